@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The kernels interface: one table of the operations the forward pass uses,
+ * implemented by each compute backend (cpu: the fp32 reference; cuda: bf16 with
+ * fp32 accumulation). kernels/ knows nothing of sessions, sockets or files.
+ *
+ * Memory: every pointer passed to an operation is backend memory (host memory
+ * for cpu, device memory for cuda) obtained from ops->alloc, unless the
+ * parameter says "host". Activations and KV pages are stored in the backend's
+ * activation type (be->act_bytes bytes per element: 4 = fp32 on cpu, 2 = bf16
+ * on cuda); logits and probabilities are always fp32; ids are int32.
+ *
+ * Errors: operations return 0 or a negative errno (-EINVAL for bad shapes,
+ * -ENOMEM, -EIO for a failed launch). They never print and never exit.
+ * Ordering: operations on one backend run in issue order (one stream); results
+ * are visible to the host after ops->download or ops->sync.
+ * Thread-safety: one backend instance is used by one thread at a time.
+ */
+#ifndef KERN_H
+#define KERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum kern_dtype {
+	KERN_F32 = 0,
+	KERN_BF16 = 1,
+	KERN_F16 = 2,
+};
+
+/* Bytes per element of a dtype; 0 for an unknown one. */
+size_t kern_dtype_size(enum kern_dtype dt);
+const char *kern_dtype_name(enum kern_dtype dt);
+
+/*
+ * Paged KV geometry and storage. A page holds page_tokens tokens of every
+ * layer, laid out [layer][K|V][kv_head][token][head_dim]; page p starts at
+ * base + p * page_elems() elements. The pool that hands pages out lives in
+ * kv_store/; kernels only read and write the pages.
+ */
+struct kern_kv {
+	void *base;
+	uint32_t n_pages;
+	uint32_t page_tokens;
+	uint32_t n_layers;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;
+};
+
+static inline size_t kern_kv_page_elems(const struct kern_kv *kv)
+{
+	return (size_t)kv->n_layers * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim;
+}
+
+/* Element offset of (page, layer, k_or_v, head, token-in-page) inside the pool. */
+static inline size_t kern_kv_offset(const struct kern_kv *kv, uint32_t page, uint32_t layer,
+				    uint32_t k_or_v, uint32_t head, uint32_t tok)
+{
+	return (size_t)page * kern_kv_page_elems(kv) +
+	       ((((size_t)layer * 2 + k_or_v) * kv->n_kv_heads + head) * kv->page_tokens + tok) *
+		       kv->head_dim;
+}
+
+/*
+ * One step's tokens, from one or more sequences, flattened: sequence s owns
+ * tokens [seq_start[s], seq_start[s+1]). All arrays are backend memory (the
+ * caller uploads them once per step). Token i sits at absolute position pos[i]
+ * of its sequence and its K/V go to KV slot slot[i] = page * page_tokens +
+ * offset-in-page. After the step, sequence s holds ctx_len[s] tokens, whose
+ * pages are block_table[s * max_blocks + j] for j < ceil(ctx_len[s]/page_tokens).
+ * Attention is causal: token i attends to positions 0 .. pos[i] of its sequence.
+ */
+struct kern_batch {
+	uint32_t n_tokens;
+	uint32_t n_seqs;
+	uint32_t max_blocks;
+	uint32_t max_ctx;         /* max over s of ctx_len[s]; a host-side hint for launch sizing */
+	const int32_t *pos;       /* [n_tokens] */
+	const int32_t *slot;      /* [n_tokens] */
+	const int32_t *seq_start; /* [n_seqs + 1] */
+	const int32_t *ctx_len;   /* [n_seqs] */
+	const int32_t *block_table; /* [n_seqs * max_blocks] */
+};
+
+struct kern_backend;
+
+struct kern_ops {
+	/* Memory. alloc returns NULL with errno set; free accepts NULL. */
+	void *(*alloc)(struct kern_backend *be, size_t bytes);
+	void (*free)(struct kern_backend *be, void *p);
+	/* Copies: host -> backend, backend -> host (synchronous: src/dst usable
+	 * on return), backend -> backend. */
+	int (*upload)(struct kern_backend *be, void *dst, const void *host_src, size_t bytes);
+	int (*download)(struct kern_backend *be, void *host_dst, const void *src, size_t bytes);
+	int (*copy)(struct kern_backend *be, void *dst, const void *src, size_t bytes);
+	/* Wait until all issued work is done. */
+	int (*sync)(struct kern_backend *be);
+
+	/*
+	 * Weights: convert n host elements of dtype `dt` into the backend's weight
+	 * type and store them in backend memory (allocated by the call; release
+	 * with ops->free). Returns NULL with errno set on failure.
+	 */
+	void *(*weight_upload)(struct kern_backend *be, const void *host_src, enum kern_dtype dt,
+			       size_t n);
+
+	/* out[i, :] = table[ids[i], :] for i < n. ids are checked: -EINVAL on an id
+	 * outside [0, vocab) with nothing written past the check (cpu) or a device
+	 * side clamp plus error flag (cuda). */
+	int (*embed)(struct kern_backend *be, void *out, const void *table, const int32_t *ids,
+		     uint32_t n, uint32_t dim, uint32_t vocab);
+
+	/*
+	 * Fused residual add and RMSNorm over n rows of dim:
+	 *   if add != NULL: resid[i] += add[i]
+	 *   out[i] = resid[i] / sqrt(mean(resid[i]^2) + eps) * weight
+	 * out may not alias resid.
+	 */
+	int (*add_rmsnorm)(struct kern_backend *be, void *out, void *resid, const void *add,
+			   const void *weight, uint32_t n, uint32_t dim, float eps);
+
+	/* out[n, m] = in[n, k] @ W[m, k]^T (+ bias[m] if bias != NULL). W is a
+	 * weight from weight_upload; bias too. */
+	int (*matmul)(struct kern_backend *be, void *out, const void *in, const void *w,
+		      const void *bias, uint32_t n, uint32_t k, uint32_t m);
+
+	/* Like matmul, but out is fp32 logits [n, m] (the LM head). */
+	int (*matmul_f32out)(struct kern_backend *be, float *out, const void *in, const void *w,
+			     uint32_t n, uint32_t k, uint32_t m);
+
+	/*
+	 * Rotary embedding (Hugging Face "rotate half" convention: dimension d pairs
+	 * with d + head_dim/2) at positions batch->pos, applied in place to q
+	 * [n_tokens, n_heads * head_dim] and to k [n_tokens, n_kv_heads * head_dim];
+	 * then the rotated k and the unchanged v of each token are written into
+	 * the KV pages of `layer` at batch->slot. inv_freq[head_dim/2] is backend
+	 * memory prepared by the caller (scaling such as llama3 is folded into it).
+	 */
+	int (*rope_kv_write)(struct kern_backend *be, void *q, void *k, const void *v,
+			     const struct kern_batch *batch, const struct kern_kv *kv,
+			     uint32_t layer, uint32_t n_heads, const float *inv_freq);
+
+	/*
+	 * Paged causal attention of the step's tokens against their sequences' KV
+	 * (which already contains this step's K/V, written by rope_kv_write):
+	 * out[i, h*hd:(h+1)*hd] = softmax(q_i,h . K^T * scale) V over positions
+	 * 0..pos[i], using kv head h / (n_heads / n_kv_heads) (GQA).
+	 */
+	int (*attention)(struct kern_backend *be, void *out, const void *q,
+			 const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+			 uint32_t n_heads, float scale);
+
+	/* out[i, j] = silu(gate[i, j]) * up[i, j] over n rows of dim. */
+	int (*swiglu)(struct kern_backend *be, void *out, const void *gate, const void *up,
+		      uint32_t n, uint32_t dim);
+
+	/* out[i, :] = in[rows[i], :] for i < n (rows: backend int32). */
+	int (*gather_rows)(struct kern_backend *be, void *out, const void *in, const int32_t *rows,
+			   uint32_t n, uint32_t dim);
+
+	/* out[i] = argmax_j logits[i, j] (lowest index on ties) for n rows of vocab. */
+	int (*argmax)(struct kern_backend *be, int32_t *out, const float *logits, uint32_t n,
+		      uint32_t vocab);
+
+	/*
+	 * Softmax restricted to a set of token ids: for each row i,
+	 * out[i, j] = exp(logits[i, ids[j]]) / sum_l exp(logits[i, ids[l]]).
+	 * ids must be in [0, vocab) (the caller validates them).
+	 */
+	int (*softmax_ids)(struct kern_backend *be, float *out, const float *logits,
+			   const int32_t *ids, uint32_t n, uint32_t n_ids, uint32_t vocab);
+
+	void (*destroy)(struct kern_backend *be);
+};
+
+struct kern_backend {
+	const struct kern_ops *ops;
+	const char *name;          /* "cpu", "cuda" */
+	uint32_t act_bytes;        /* bytes per activation / KV element */
+	enum kern_dtype act_dtype; /* KERN_F32 on cpu, KERN_BF16 on cuda */
+	char device_name[128];
+	void *priv;
+};
+
+/* Backends. Each returns NULL with errno set (ENODEV: backend or device not
+ * available in this build or on this machine). n_threads 0 = all cores. */
+struct kern_backend *kern_cpu_new(int n_threads);
+struct kern_backend *kern_cuda_new(int device_index);
+/* "cpu", "cuda" or "auto" (cuda when a device is usable, else cpu). */
+struct kern_backend *kern_backend_new(const char *name, int device_index, int n_threads);
+/* Accepts NULL. */
+void kern_backend_free(struct kern_backend *be);
+
+/* Host-side dtype conversion helpers (round-to-nearest-even for bf16). */
+float kern_bf16_to_f32(uint16_t h);
+uint16_t kern_f32_to_bf16(float f);
+float kern_f16_to_f32(uint16_t h);
+/* Convert n elements of dtype `dt` at src to fp32 at dst. */
+void kern_to_f32(float *dst, const void *src, enum kern_dtype dt, size_t n);
+
+#endif

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Models: a Hugging Face directory (config.json, model.safetensors or shards
+ * with model.safetensors.index.json) parsed defensively and loaded onto a
+ * compute backend, and the forward pass over paged KV written against the
+ * kernels interface.
+ *
+ * Errors: loaders return NULL with errno set and, when err != NULL, a message
+ * naming the file, the tensor and the reason (e.g.
+ * "model.safetensors: tensor 'model.norm.weight': shape [64] x F32 is 256 bytes but
+ * data_offsets span 128"). Nothing here prints.
+ */
+#ifndef MODEL_H
+#define MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kern.h"
+#include "kv.h"
+
+enum model_arch {
+	MODEL_ARCH_LLAMA = 1,   /* LlamaForCausalLM (Llama 2, Llama 3 with rope_scaling "llama3") */
+	MODEL_ARCH_MISTRAL = 2, /* MistralForCausalLM */
+	MODEL_ARCH_QWEN2 = 3,   /* Qwen2ForCausalLM (q/k/v bias) */
+};
+
+enum model_rope_scaling {
+	MODEL_ROPE_NONE = 0,
+	MODEL_ROPE_LLAMA3 = 1,
+};
+
+struct model_config {
+	enum model_arch arch;
+	char arch_name[64];       /* "LlamaForCausalLM", ... */
+	uint32_t vocab_size;
+	uint32_t hidden_size;
+	uint32_t intermediate_size;
+	uint32_t n_layers;
+	uint32_t n_heads;
+	uint32_t n_kv_heads;
+	uint32_t head_dim;        /* config "head_dim" or hidden_size / n_heads */
+	uint32_t max_position_embeddings;
+	uint32_t sliding_window;  /* 0 = none; the engine caps context at it */
+	float rms_norm_eps;
+	float rope_theta;
+	bool tie_word_embeddings;
+	bool qkv_bias;            /* Qwen2 (or attention_bias: true) */
+	enum kern_dtype torch_dtype; /* as stored in the files */
+	/* rope_scaling {"rope_type": "llama3", ...} */
+	enum model_rope_scaling rope_scaling;
+	float rope_factor;
+	float rope_low_freq_factor;
+	float rope_high_freq_factor;
+	uint32_t rope_original_max_pos;
+	int32_t bos_token_id;     /* -1 if absent */
+	int32_t eos_token_id;     /* -1 if absent (first of a list) */
+};
+
+/*
+ * Parse config.json text (len bytes, not NUL-terminated necessarily).
+ * Returns 0 or -EINVAL (malformed JSON, missing or out-of-range field,
+ * unsupported architecture or rope scaling) with a message in err.
+ * Bounds: every dimension > 0 and <= 1<<20, n_heads % n_kv_heads == 0,
+ * head_dim even, vocab <= 1<<22, n_layers <= 1024.
+ */
+int model_config_parse(const char *json, size_t len, struct model_config *ret,
+		       char *err, size_t errlen);
+
+/* ---------------------------------------------------------------- safetensors */
+
+#define ST_MAX_HEADER (100u << 20) /* 100 MiB, as the reference implementation */
+#define ST_MAX_DIMS 8
+
+struct st_tensor {
+	char *name;
+	enum kern_dtype dtype;
+	uint32_t n_dims;
+	uint64_t shape[ST_MAX_DIMS];
+	uint64_t n_elems;
+	const void *data;   /* into the mapping */
+	uint64_t n_bytes;
+};
+
+struct st_file {
+	char *path;
+	void *map;
+	size_t map_len;
+	uint32_t n_tensors;
+	struct st_tensor *tensors; /* sorted by data offset */
+};
+
+/*
+ * Parse a safetensors image in memory (buf, len): 8-byte little-endian header
+ * length N, N bytes of UTF-8 JSON, then the data section. Checks: N within
+ * bounds and the file; the header is valid UTF-8 and valid JSON; every key is a
+ * non-empty UTF-8 name appearing once; dtype is F32, BF16 or F16 (others
+ * -> EINVAL "unsupported dtype"); shape entries are non-negative integers whose
+ * product times the dtype size equals end - begin without overflow; ranges lie
+ * inside the data section and do not overlap. "__metadata__" is allowed and
+ * must be an object of strings. `name` (for messages) is the file name.
+ * On success fills ret (tensors point into buf) and returns 0; on failure
+ * returns -EINVAL with err filled and ret untouched.
+ */
+int st_parse(const void *buf, size_t len, const char *name, struct st_file *ret, char *err,
+	     size_t errlen);
+/* mmap `path` read-only and st_parse it. -errno on failure with err filled. */
+int st_open(const char *path, struct st_file *ret, char *err, size_t errlen);
+/* Unmap and free; accepts a zeroed struct. */
+void st_close(struct st_file *f);
+const struct st_tensor *st_find(const struct st_file *f, const char *name);
+
+/* ---------------------------------------------------------------- weights */
+
+/* Backend-memory weights of one decoder layer. Biases are NULL when absent. */
+struct model_layer {
+	void *attn_norm;  /* [hidden] */
+	void *wq, *wk, *wv; /* [n_heads*hd, hidden], [n_kv*hd, hidden] x2 */
+	void *bq, *bk, *bv;
+	void *wo;         /* [hidden, n_heads*hd] */
+	void *mlp_norm;   /* [hidden] */
+	void *w_gate, *w_up; /* [inter, hidden] */
+	void *w_down;     /* [hidden, inter] */
+};
+
+struct model {
+	struct model_config cfg;
+	struct kern_backend *be;  /* not owned */
+	char *dir;
+	void *embed;              /* [vocab, hidden] */
+	void *final_norm;         /* [hidden] */
+	void *lm_head;            /* [vocab, hidden]; == embed when tied */
+	struct model_layer *layers;
+	float *inv_freq;          /* backend memory, [head_dim / 2] */
+	uint64_t weight_bytes;    /* bytes of weights as stored in the files */
+	uint64_t fingerprint;     /* hash of config.json and tensor headers */
+	double load_seconds;
+};
+
+/*
+ * Load the model in `dir` onto backend `be`: parse config.json, open the
+ * safetensors file(s) (single file, or shards listed by
+ * model.safetensors.index.json, each shard parsed as above and every index
+ * entry checked against its shard), check that every tensor the architecture
+ * needs is present with the right shape (and no unexpected layer tensors),
+ * and upload them. Returns NULL with errno set and err filled.
+ */
+struct model *model_load(const char *dir, struct kern_backend *be, char *err, size_t errlen);
+/* Accepts NULL. */
+void model_free(struct model *m);
+
+/* RoPE inverse frequencies for cfg (llama3 scaling applied): out[head_dim/2]. */
+void model_rope_inv_freq(const struct model_config *cfg, float *out);
+
+/* ---------------------------------------------------------------- forward */
+
+struct model_seq_step {
+	struct kv_block_table *bt;  /* pages already reserved for n_past + n_new */
+	uint32_t n_past;            /* tokens already in the KV */
+	uint32_t n_new;             /* tokens in this step */
+	const int32_t *tokens;      /* host, [n_new] */
+	bool want_logits;           /* logits of the last new token */
+};
+
+struct model_scratch;
+
+/* Scratch buffers for steps of at most max_tokens tokens and max_seqs sequences. */
+struct model_scratch *model_scratch_new(const struct model *m, const struct kv_pool *pool,
+					uint32_t max_tokens, uint32_t max_seqs);
+void model_scratch_free(struct model_scratch *s);
+
+/*
+ * Run one forward step over n sequences' new tokens (at most the scratch's
+ * max_tokens in total), writing their K/V into the pool. For each sequence with
+ * want_logits, its last token's fp32 logits land in backend memory returned by
+ * model_step_logits(s, i) where i counts the sequences with want_logits in
+ * order. Returns 0 or -errno (-EINVAL on a token id outside the vocabulary,
+ * -E2BIG over the scratch's capacity, -EIO from a backend).
+ */
+int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s,
+		  const struct model_seq_step *steps, uint32_t n);
+/* Backend pointer to row i of the last step's logits ([vocab] fp32). */
+float *model_step_logits(struct model_scratch *s, uint32_t i);
+
+#endif
