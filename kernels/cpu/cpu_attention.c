@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cpu backend, attention family, fp32: rotary embedding with the KV write
+ * into pages (rope_kv_write) and paged causal attention with GQA. Batches
+ * and block tables come from the caller and are checked against the KV pool
+ * before any access: a bad slot, page or position is -EINVAL, never an
+ * out-of-bounds read or write.
+ */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "hr_common.h"
+#include "cpu_internal.h"
+
+static inline int cpu_thread_id(void)
+{
+#ifdef _OPENMP
+	return omp_get_thread_num();
+#else
+	return 0;
+#endif
+}
+
+/* KV geometry, layer and head counts shared by both operations. */
+static int cpu_kv_check(const struct kern_kv *kv, uint32_t layer, uint32_t n_heads)
+{
+	if (!kv->base || !kv->n_pages || !kv->page_tokens || !kv->n_layers || !kv->n_kv_heads ||
+	    !kv->head_dim)
+		return -EINVAL;
+	if (layer >= kv->n_layers || !n_heads || n_heads % kv->n_kv_heads)
+		return -EINVAL;
+	return 0;
+}
+
+int kern_cpu_rope_kv_write(struct kern_backend *be, void *q, void *k, const void *v,
+			   const struct kern_batch *batch, const struct kern_kv *kv,
+			   uint32_t layer, uint32_t n_heads, const float *inv_freq)
+{
+	uint64_t n_slots;
+	uint32_t hd, half, nkv;
+	int nt, r;
+
+	if (!be || !q || !k || !v || !batch || !kv || !inv_freq)
+		return -EINVAL;
+	r = cpu_kv_check(kv, layer, n_heads);
+	if (r)
+		return r;
+	if (!batch->n_tokens || !batch->pos || !batch->slot || kv->head_dim % 2)
+		return -EINVAL;
+
+	n_slots = (uint64_t)kv->n_pages * kv->page_tokens;
+	for (uint32_t i = 0; i < batch->n_tokens; i++)
+		if (batch->pos[i] < 0 || batch->slot[i] < 0 || (uint64_t)batch->slot[i] >= n_slots)
+			return -EINVAL;
+
+	nt = kern_cpu_priv(be)->n_threads;
+	hd = kv->head_dim;
+	half = hd / 2;
+	nkv = kv->n_kv_heads;
+	(void)nt;
+
+	KERN_PRAGMA(omp parallel for num_threads(nt) if (batch->n_tokens >= 16) schedule(static))
+	for (uint32_t i = 0; i < batch->n_tokens; i++) {
+		float *qi = (float *)q + (size_t)i * n_heads * hd;
+		float *ki = (float *)k + (size_t)i * nkv * hd;
+		const float *vi = (const float *)v + (size_t)i * nkv * hd;
+		uint32_t page = (uint32_t)batch->slot[i] / kv->page_tokens;
+		uint32_t tok = (uint32_t)batch->slot[i] % kv->page_tokens;
+		float fpos = (float)batch->pos[i];
+		float *base = kv->base;
+
+		/* As transformers computes it: angle = float(pos) * inv_freq[d] in
+		 * fp32, then cos/sin; dimension d pairs with d + hd/2. */
+		for (uint32_t d = 0; d < half; d++) {
+			float ang = fpos * inv_freq[d];
+			float c = cosf(ang), s = sinf(ang);
+
+			for (uint32_t h = 0; h < n_heads; h++) {
+				float *x = qi + (size_t)h * hd;
+				float x1 = x[d], x2 = x[d + half];
+
+				x[d] = x1 * c - x2 * s;
+				x[d + half] = x2 * c + x1 * s;
+			}
+			for (uint32_t h = 0; h < nkv; h++) {
+				float *x = ki + (size_t)h * hd;
+				float x1 = x[d], x2 = x[d + half];
+
+				x[d] = x1 * c - x2 * s;
+				x[d + half] = x2 * c + x1 * s;
+			}
+		}
+		for (uint32_t h = 0; h < nkv; h++) {
+			memcpy(base + kern_kv_offset(kv, page, layer, 0, h, tok), ki + (size_t)h * hd,
+			       (size_t)hd * sizeof(float));
+			memcpy(base + kern_kv_offset(kv, page, layer, 1, h, tok), vi + (size_t)h * hd,
+			       (size_t)hd * sizeof(float));
+		}
+	}
+	return 0;
+}
+
+/*
+ * Check a batch for attention: sequence bounds partition the tokens, every
+ * context fits its block table, every page a context uses is in the pool and
+ * every position is inside its context. O(n_tokens + total blocks).
+ * Returns the largest context in *ret_max_ctx.
+ */
+static int cpu_attention_check(const struct kern_batch *b, const struct kern_kv *kv,
+			       uint32_t *ret_max_ctx)
+{
+	uint64_t cap = (uint64_t)b->max_blocks * kv->page_tokens;
+	uint32_t max_ctx = 0;
+
+	if (!b->n_tokens || !b->n_seqs || !b->max_blocks || !b->pos || !b->seq_start ||
+	    !b->ctx_len || !b->block_table)
+		return -EINVAL;
+	if (b->seq_start[0] != 0 || (uint32_t)b->seq_start[b->n_seqs] != b->n_tokens)
+		return -EINVAL;
+	for (uint32_t s = 0; s < b->n_seqs; s++) {
+		int32_t t0 = b->seq_start[s], t1 = b->seq_start[s + 1];
+		int32_t ctx = b->ctx_len[s];
+		const int32_t *bt = b->block_table + (size_t)s * b->max_blocks;
+		uint32_t n_blocks;
+
+		if (t1 < t0 || ctx < 0 || (uint64_t)ctx > cap)
+			return -EINVAL;
+		n_blocks = (uint32_t)(((uint64_t)ctx + kv->page_tokens - 1) / kv->page_tokens);
+		for (uint32_t j = 0; j < n_blocks; j++)
+			if (bt[j] < 0 || (uint32_t)bt[j] >= kv->n_pages)
+				return -EINVAL;
+		for (int32_t i = t0; i < t1; i++)
+			if (b->pos[i] < 0 || b->pos[i] >= ctx)
+				return -EINVAL;
+		max_ctx = HR_MAX(max_ctx, (uint32_t)ctx);
+	}
+	*ret_max_ctx = max_ctx;
+	return 0;
+}
+
+/* The sequence owning token i: the last s with seq_start[s] <= i. */
+static uint32_t cpu_seq_of(const struct kern_batch *b, uint32_t i)
+{
+	uint32_t lo = 0, hi = b->n_seqs; /* answer in [lo, hi) */
+
+	while (hi - lo > 1) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if ((uint32_t)b->seq_start[mid] <= i)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* One (token, head) pair: two passes over the context, scores kept in
+ * `scores` (pos + 1 floats). */
+static void cpu_attend_one(float *restrict o, const float *restrict qh, float *restrict scores,
+			   const struct kern_batch *b, const struct kern_kv *kv, uint32_t s,
+			   uint32_t layer, uint32_t kvh, uint32_t n_pos, float scale)
+{
+	const int32_t *bt = b->block_table + (size_t)s * b->max_blocks;
+	const float *base = kv->base;
+	const uint32_t hd = kv->head_dim, pt = kv->page_tokens;
+	float mx = -INFINITY;
+	double sum = 0.0;
+	float inv;
+
+	for (uint32_t p0 = 0; p0 < n_pos; p0 += pt) {
+		const float *kp = base + kern_kv_offset(kv, (uint32_t)bt[p0 / pt], layer, 0, kvh, 0);
+		uint32_t cnt = HR_MIN(pt, n_pos - p0);
+
+		for (uint32_t t = 0; t < cnt; t++) {
+			float sc = kern_cpu_dot(qh, kp + (size_t)t * hd, hd) * scale;
+
+			scores[p0 + t] = sc;
+			mx = fmaxf(mx, sc);
+		}
+	}
+	/* Stable softmax: subtract the max, so exp() <= 1 and the sum >= 1. */
+	for (uint32_t p = 0; p < n_pos; p++) {
+		scores[p] = expf(scores[p] - mx);
+		sum += scores[p];
+	}
+	inv = (float)(1.0 / sum);
+
+	memset(o, 0, (size_t)hd * sizeof(float));
+	for (uint32_t p0 = 0; p0 < n_pos; p0 += pt) {
+		const float *vp = base + kern_kv_offset(kv, (uint32_t)bt[p0 / pt], layer, 1, kvh, 0);
+		uint32_t cnt = HR_MIN(pt, n_pos - p0);
+
+		for (uint32_t t = 0; t < cnt; t++) {
+			const float *vt = vp + (size_t)t * hd;
+			float wgt = scores[p0 + t] * inv;
+
+			KERN_PRAGMA(omp simd)
+			for (uint32_t d = 0; d < hd; d++)
+				o[d] += wgt * vt[d];
+		}
+	}
+}
+
+int kern_cpu_attention(struct kern_backend *be, void *out, const void *q,
+		       const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+		       uint32_t n_heads, float scale)
+{
+	struct kern_cpu *cpu;
+	uint32_t max_ctx, hd, group;
+	size_t n_pairs;
+	float *scratch;
+	size_t row;
+	int nt, r;
+
+	if (!be || !out || !q || !batch || !kv)
+		return -EINVAL;
+	r = cpu_kv_check(kv, layer, n_heads);
+	if (r)
+		return r;
+	r = cpu_attention_check(batch, kv, &max_ctx);
+	if (r)
+		return r;
+	r = kern_cpu_scratch_reserve(be, max_ctx);
+	if (r)
+		return r;
+
+	cpu = kern_cpu_priv(be);
+	nt = cpu->n_threads;
+	scratch = cpu->scratch;
+	row = cpu->scratch_row;
+	hd = kv->head_dim;
+	group = n_heads / kv->n_kv_heads;
+	n_pairs = (size_t)batch->n_tokens * n_heads;
+	(void)nt;
+
+	/* One (token, head) pair per iteration; pairs differ in context length
+	 * (causal prefill, mixed sequences), hence dynamic scheduling. */
+	KERN_PRAGMA(omp parallel for num_threads(nt) schedule(dynamic, 4)
+		    if (n_pairs > 1 && n_pairs * max_ctx * hd >= KERN_CPU_PAR_MIN_ELEMS))
+	for (size_t pi = 0; pi < n_pairs; pi++) {
+		uint32_t i = (uint32_t)(pi / n_heads), h = (uint32_t)(pi % n_heads);
+		uint32_t s = cpu_seq_of(batch, i);
+		const float *qh = (const float *)q + pi * hd;
+		float *o = (float *)out + pi * hd;
+
+		cpu_attend_one(o, qh, scratch + (size_t)cpu_thread_id() * row, batch, kv, s, layer,
+			       h / group, (uint32_t)batch->pos[i] + 1, scale);
+	}
+	return 0;
+}
