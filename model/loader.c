@@ -197,6 +197,9 @@ static int ld_open_index(struct loader *l, const char *text, size_t len)
 	l->index_json = model__json_parse(text, len, why, sizeof(why));
 	if (!l->index_json)
 		return ld_fail(l, -errno, "%s: %s", INDEX_FILE, why);
+	if (!cJSON_IsObject(l->index_json))
+		return ld_fail(l, -EINVAL, "%s: %s, not a JSON object", INDEX_FILE,
+			       model__json_type(l->index_json));
 	wm = cJSON_GetObjectItemCaseSensitive(l->index_json, "weight_map");
 	if (!cJSON_IsObject(wm))
 		return ld_fail(l, -EINVAL, "%s: 'weight_map' is %s, not an object", INDEX_FILE,
@@ -340,6 +343,28 @@ static void ld_hash_tensor(struct loader *l, const struct st_tensor *t)
 }
 
 /*
+ * Hand the tensor to the backend. The format does not align tensors (a
+ * header of odd length shifts the whole data section), and backends read
+ * elements in place, so a misaligned tensor goes through an aligned copy.
+ */
+static void *ld_upload(const struct loader *l, const struct st_tensor *t)
+{
+	size_t esize = t->n_elems ? t->n_bytes / t->n_elems : 1;
+	void *tmp, *p;
+
+	errno = 0;
+	if ((uintptr_t)t->data % esize == 0)
+		return l->be->ops->weight_upload(l->be, t->data, t->dtype, t->n_elems);
+	tmp = malloc(t->n_bytes);
+	if (!tmp)
+		return NULL;
+	memcpy(tmp, t->data, t->n_bytes);
+	p = l->be->ops->weight_upload(l->be, tmp, t->dtype, t->n_elems);
+	free(tmp);
+	return p;
+}
+
+/*
  * Find `name`, check its shape is [rows] or [rows, cols], upload it and
  * store the backend pointer in *ret. With optional, a missing tensor leaves
  * *ret NULL and returns 0.
@@ -367,8 +392,7 @@ static int ld_tensor(struct loader *l, const char *name, enum ld_dim rows, enum 
 			       name, model__fmt_shape(a, sizeof(a), want, want_dims),
 			       model__fmt_shape(b, sizeof(b), t->shape, t->n_dims));
 	ld_hash_tensor(l, t);
-	errno = 0;
-	p = l->be->ops->weight_upload(l->be, t->data, t->dtype, t->n_elems);
+	p = ld_upload(l, t);
 	if (!p) {
 		int r = errno > 0 ? -errno : -ENOMEM;
 

@@ -14,8 +14,6 @@
 
 #include <cjson/cJSON.h>
 
-#include "kern.h"
-
 /* Largest integer a JSON number (an IEEE double) holds exactly: 2^53. */
 #define MODEL_JSON_MAX_INT 9007199254740992ull
 
@@ -50,9 +48,6 @@ const char *model__esc(char *buf, size_t size, const char *s);
 
 /* "[64, 128]" into buf; returns buf. */
 const char *model__fmt_shape(char *buf, size_t size, const uint64_t *shape, uint32_t n_dims);
-
-/* "F32", "BF16", "F16", "?" */
-const char *model__dtype_name(enum kern_dtype dt);
 
 /* Size of a quoted name in messages: 128 characters, escapes and "...". */
 #define MODEL_ESC_MAX 160

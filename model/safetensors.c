@@ -302,16 +302,6 @@ const char *model__fmt_shape(char *buf, size_t size, const uint64_t *shape, uint
 	return buf;
 }
 
-const char *model__dtype_name(enum kern_dtype dt)
-{
-	size_t i;
-
-	for (i = 0; i < HR_ARRAY_SIZE(st_dtypes); i++)
-		if (st_dtypes[i].dtype == dt)
-			return st_dtypes[i].name;
-	return "?";
-}
-
 /* ---------------------------------------------------------------- parsing */
 
 struct st_ctx {
