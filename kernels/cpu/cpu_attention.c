@@ -64,7 +64,8 @@ int kern_cpu_rope_kv_write(struct kern_backend *be, void *q, void *k, const void
 	nkv = kv->n_kv_heads;
 	(void)nt;
 
-	KERN_PRAGMA(omp parallel for num_threads(nt) if (batch->n_tokens >= 16) schedule(static))
+	KERN_PRAGMA(omp parallel for num_threads(nt) schedule(static)
+		    if ((size_t)batch->n_tokens * (n_heads + 2 * nkv) * hd >= KERN_CPU_PAR_MIN_ELEMS))
 	for (uint32_t i = 0; i < batch->n_tokens; i++) {
 		float *qi = (float *)q + (size_t)i * n_heads * hd;
 		float *ki = (float *)k + (size_t)i * nkv * hd;
@@ -241,7 +242,7 @@ int kern_cpu_attention(struct kern_backend *be, void *out, const void *q,
 	/* One (token, head) pair per iteration; pairs differ in context length
 	 * (causal prefill, mixed sequences), hence dynamic scheduling. */
 	KERN_PRAGMA(omp parallel for num_threads(nt) schedule(dynamic, 4)
-		    if (n_pairs > 1 && n_pairs * max_ctx * hd >= KERN_CPU_PAR_MIN_ELEMS))
+		    if (n_pairs > 1 && n_pairs * max_ctx * hd >= KERN_CPU_ATTN_PAR_MIN))
 	for (size_t pi = 0; pi < n_pairs; pi++) {
 		uint32_t i = (uint32_t)(pi / n_heads), h = (uint32_t)(pi % n_heads);
 		uint32_t s = cpu_seq_of(batch, i);

@@ -211,5 +211,6 @@ struct kern_backend *kern_cpu_new(int n_threads)
 		 n_threads, openblas_get_config());
 	/* OpenBLAS keeps one global thread count: the last backend created wins. */
 	openblas_set_num_threads(n_threads);
+	cpu->blas_threads = n_threads;
 	return be;
 }

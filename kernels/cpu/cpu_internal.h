@@ -15,11 +15,20 @@
 
 #define KERN_CPU_ALIGN 64
 
-/* Rows of work below which an OpenMP region costs more than it saves. */
-#define KERN_CPU_PAR_MIN_ELEMS (1u << 15)
+/* Elements of row-wise work below which an OpenMP region costs more than it
+ * saves. Measured on a 2-core machine with the reactor and a client spinning
+ * beside the engine: a parallel region whose workers must first be scheduled
+ * costs tens of microseconds to milliseconds, so only large steps go wide. */
+#define KERN_CPU_PAR_MIN_ELEMS (1u << 18)
+/* Attention: multiply-adds (pairs x context x head_dim) before going wide. */
+#define KERN_CPU_ATTN_PAR_MIN (1u << 21)
+/* GEMM: multiply-adds (n x k x m) below which OpenBLAS runs on one thread
+ * (its threads would cost more to wake than the product takes). */
+#define KERN_CPU_GEMM_PAR_MIN (1ull << 22)
 
 struct kern_cpu {
 	int n_threads;
+	int blas_threads; /* what OpenBLAS was last told */
 	/* Attention score scratch: n_threads rows of scratch_row floats, grown
 	 * on demand (one backend is used by one thread at a time). */
 	float *scratch;

@@ -74,11 +74,19 @@ int kern_cpu_add_rmsnorm(struct kern_backend *be, void *out, void *resid, const 
 	return 0;
 }
 
-static int cpu_gemm(float *out, const float *in, const float *w, const float *bias, uint32_t n,
-		    uint32_t k, uint32_t m)
+static int cpu_gemm(struct kern_backend *be, float *out, const float *in, const float *w,
+		    const float *bias, uint32_t n, uint32_t k, uint32_t m)
 {
+	struct kern_cpu *cpu = kern_cpu_priv(be);
+	int want;
+
 	if (!out || !in || !w || !n || !k || !m)
 		return -EINVAL;
+	want = (uint64_t)n * k * m >= KERN_CPU_GEMM_PAR_MIN ? cpu->n_threads : 1;
+	if (want != cpu->blas_threads) {
+		openblas_set_num_threads(want);
+		cpu->blas_threads = want;
+	}
 	/* cblas takes int dimensions (this OpenBLAS has 32-bit blasint). */
 	if (n > INT_MAX || k > INT_MAX || m > INT_MAX)
 		return -EINVAL;
@@ -103,14 +111,14 @@ int kern_cpu_matmul(struct kern_backend *be, void *out, const void *in, const vo
 		    const void *bias, uint32_t n, uint32_t k, uint32_t m)
 {
 	(void)be;
-	return cpu_gemm(out, in, w, bias, n, k, m);
+	return cpu_gemm(be, out, in, w, bias, n, k, m);
 }
 
 int kern_cpu_matmul_f32out(struct kern_backend *be, float *out, const void *in, const void *w,
 			   uint32_t n, uint32_t k, uint32_t m)
 {
 	(void)be;
-	return cpu_gemm(out, in, w, NULL, n, k, m);
+	return cpu_gemm(be, out, in, w, NULL, n, k, m);
 }
 
 int kern_cpu_swiglu(struct kern_backend *be, void *out, const void *gate, const void *up,

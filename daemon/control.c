@@ -1,0 +1,453 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The control plane: the listening SOCK_SEQPACKET socket, one connection per
+ * client, SO_PEERCRED policy, protobuf-c requests, the per-client sealed
+ * memfd region, and signals (SIGTERM/SIGINT drain and stop). One epoll loop
+ * on the main thread; everything that touches sessions goes to the reactor
+ * as a command.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "hearthd.h"
+#include "hr_common.h"
+#include "hr_control.h"
+#include "hr_log.h"
+#include "shm_wait.h"
+
+static char listen_tag, signal_tag;
+
+static int mkdir_parents(const char *path)
+{
+	char buf[108], *p;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	p = strrchr(buf, '/');
+	if (!p || p == buf)
+		return 0;
+	*p = 0;
+	for (p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+int hd_control_listen(const struct hd_config *cfg, int *ret_fd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", cfg->socket_path);
+	r = mkdir_parents(cfg->socket_path);
+	if (r < 0) {
+		hr_err("cannot create the directory of %s: %s", cfg->socket_path, strerror(-r));
+		return r;
+	}
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		_cleanup_close_ int probe = -1;
+
+		r = -errno;
+		if (r != -EADDRINUSE) {
+			hr_err("bind %s: %s", cfg->socket_path, strerror(-r));
+			return r;
+		}
+		/* A stale socket from a dead daemon, or a live daemon? Ask it. */
+		probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			hr_err("%s: another hearthd is already listening there", cfg->socket_path);
+			return -EADDRINUSE;
+		}
+		unlink(cfg->socket_path);
+		if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+			r = -errno;
+			hr_err("bind %s: %s", cfg->socket_path, strerror(-r));
+			return r;
+		}
+	}
+	/* Access is decided by SO_PEERCRED against the allow-list, not by the mode. */
+	chmod(cfg->socket_path, 0666);
+	if (listen(fd, 64) < 0)
+		return -errno;
+	*ret_fd = TAKE_FD(fd);
+	return 0;
+}
+
+static bool peer_allowed(const struct hd_config *cfg, uid_t uid, gid_t gid)
+{
+	if (uid == 0 || uid == geteuid())
+		return true;
+	for (uint32_t i = 0; i < cfg->n_allow_uids; i++)
+		if (cfg->allow_uids[i] == uid)
+			return true;
+	for (uint32_t i = 0; i < cfg->n_allow_gids; i++)
+		if (cfg->allow_gids[i] == gid)
+			return true;
+	return false;
+}
+
+static void reply_error(int sock, uint64_t id, int err, const char *msg)
+{
+	Hearth__Control__Response rep = HEARTH__CONTROL__RESPONSE__INIT;
+
+	rep.id = id;
+	rep.error = err;
+	rep.message = (char *)msg;
+	hr_ctl_send(sock, &rep.base, -1);
+}
+
+static uint32_t round_pow2(uint32_t x)
+{
+	uint32_t p = 1;
+	while (p < x && p < (1u << 31))
+		p <<= 1;
+	return p;
+}
+
+/* Build, seal and map a client's region; attach it to the reactor. */
+static int client_hello(struct hd_daemon *d, struct hd_client *c, const Hearth__Control__Hello *h,
+			char *why, size_t whylen)
+{
+	const struct hd_config *cfg = &d->cfg;
+	uint32_t sq = h->sq_entries ? h->sq_entries : cfg->sq_entries;
+	uint32_t cq = h->cq_entries ? h->cq_entries : 2 * sq;
+	uint64_t arena = h->arena_bytes ? h->arena_bytes : cfg->arena_bytes;
+	struct hd_cmd cmd = { .type = HD_CMD_ATTACH, .client = c };
+	int r;
+
+	if (c->in_reactor) {
+		snprintf(why, whylen, "already attached");
+		return -EALREADY;
+	}
+	if (h->model[0] && strcmp(h->model, cfg->model_name)) {
+		snprintf(why, whylen, "no model named '%s' (this daemon serves '%s')", h->model,
+			 cfg->model_name);
+		return -ENOENT;
+	}
+	arena = HR_ALIGN_UP(arena, (uint64_t)SHM_PAGE);
+	if (sq != round_pow2(sq) || cq != round_pow2(cq) || arena > cfg->max_arena_bytes ||
+	    shm_layout_compute(sq, cq, (uint32_t)arena, &c->lay) < 0) {
+		snprintf(why, whylen,
+			 "bad sizes: sq_entries %u and cq_entries %u must be powers of two in [%u, %u], "
+			 "arena_bytes at most %u",
+			 sq, cq, SHM_RING_MIN_ENTRIES, SHM_RING_MAX_ENTRIES, cfg->max_arena_bytes);
+		return -EINVAL;
+	}
+	snprintf(c->name, sizeof(c->name), "%s", h->client_name);
+	c->memfd = memfd_create("hearth-client", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (c->memfd < 0)
+		return -errno;
+	if (ftruncate(c->memfd, (off_t)c->lay.total_size) < 0)
+		return -errno;
+	c->mem = mmap(NULL, c->lay.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, c->memfd, 0);
+	if (c->mem == MAP_FAILED) {
+		c->mem = NULL;
+		return -errno;
+	}
+	c->mem_len = c->lay.total_size;
+	/* Sealed size: a client cannot shrink the region under the daemon (SIGBUS). */
+	if (fcntl(c->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+		return -errno;
+	if ((r = shm_region_init(c->mem, c->mem_len, &c->lay)) < 0 ||
+	    (r = shm_sq_cons_init(&c->sq, c->mem, &c->lay)) < 0 ||
+	    (r = shm_cq_prod_init(&c->cq, c->mem, &c->lay)) < 0)
+		return r;
+	c->hdr = shm_region_hdr(c->mem);
+	c->arena = shm_region_arena(c->mem, &c->lay);
+	r = hd_reactor_call(d, &cmd);
+	if (r < 0)
+		return r;
+	hr_info("client %u attached: pid %d uid %u '%s', sq %u cq %u arena %u", c->id, (int)c->pid,
+		(unsigned)c->uid, c->name, sq, cq, c->lay.arena_size);
+	return 0;
+}
+
+static void fill_model_info(struct hd_daemon *d, Hearth__Control__ModelInfo *mi)
+{
+	const struct model_config *mc = &d->model->cfg;
+
+	hearth__control__model_info__init(mi);
+	mi->name = d->cfg.model_name;
+	mi->arch = (char *)mc->arch_name;
+	mi->path = d->model->dir;
+	mi->vocab_size = mc->vocab_size;
+	mi->n_layers = mc->n_layers;
+	mi->hidden_size = mc->hidden_size;
+	mi->max_context = mc->sliding_window ? HR_MIN(mc->sliding_window, mc->max_position_embeddings)
+					     : mc->max_position_embeddings;
+	mi->dtype = (char *)kern_dtype_name(mc->torch_dtype);
+	mi->backend = (char *)d->be->name;
+	mi->weight_bytes = d->model->weight_bytes;
+	mi->load_seconds = d->model->load_seconds;
+}
+
+static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8_t *buf, size_t len)
+{
+	Hearth__Control__Request *req = hearth__control__request__unpack(NULL, len, buf);
+	Hearth__Control__Response rep = HEARTH__CONTROL__RESPONSE__INIT;
+	Hearth__Control__HelloReply hello = HEARTH__CONTROL__HELLO_REPLY__INIT;
+	Hearth__Control__ModelsReply models = HEARTH__CONTROL__MODELS_REPLY__INIT;
+	Hearth__Control__OpenSessionReply open = HEARTH__CONTROL__OPEN_SESSION_REPLY__INIT;
+	Hearth__Control__SessionsReply sessions = HEARTH__CONTROL__SESSIONS_REPLY__INIT;
+	Hearth__Control__StatsReply stats = HEARTH__CONTROL__STATS_REPLY__INIT;
+	Hearth__Control__ModelInfo mi, *mip = &mi;
+	struct hd_cmd cmd = { .client = c };
+	char why[256] = "";
+	int pass_fd = -1, r = 0;
+
+	if (!req) {
+		reply_error(c->sock, 0, -EBADMSG, "malformed request");
+		return;
+	}
+	rep.id = req->id;
+	switch (req->body_case) {
+	case HEARTH__CONTROL__REQUEST__BODY_HELLO:
+		r = client_hello(d, c, req->hello, why, sizeof(why));
+		if (r == 0) {
+			fill_model_info(d, &mi);
+			hello.client_id = c->id;
+			hello.region_bytes = c->mem_len;
+			hello.sq_entries = c->lay.sq_entries;
+			hello.cq_entries = c->lay.cq_entries;
+			hello.arena_bytes = c->lay.arena_size;
+			hello.model = &mi;
+			rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_HELLO;
+			rep.hello = &hello;
+			pass_fd = c->memfd;
+		}
+		break;
+	case HEARTH__CONTROL__REQUEST__BODY_LIST_MODELS:
+		fill_model_info(d, &mi);
+		models.n_models = 1;
+		models.models = &mip;
+		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_MODELS;
+		rep.models = &models;
+		break;
+	case HEARTH__CONTROL__REQUEST__BODY_OPEN_SESSION:
+		if (!c->in_reactor) {
+			r = -ENOTCONN;
+			snprintf(why, sizeof(why), "send hello first");
+			break;
+		}
+		cmd.type = HD_CMD_OPEN;
+		cmd.name = req->open_session->name;
+		cmd.flag = req->open_session->create || !req->open_session->name[0];
+		r = hd_reactor_call(d, &cmd);
+		open.handle = cmd.out_handle;
+		open.n_tokens = cmd.out_tokens;
+		open.created = cmd.out_created;
+		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_OPEN_SESSION;
+		rep.open_session = &open;
+		break;
+	case HEARTH__CONTROL__REQUEST__BODY_CLOSE_SESSION:
+		if (!c->in_reactor) {
+			r = -ENOTCONN;
+			snprintf(why, sizeof(why), "send hello first");
+			break;
+		}
+		cmd.type = HD_CMD_CLOSE;
+		cmd.handle = req->close_session->handle;
+		cmd.flag = req->close_session->destroy;
+		r = hd_reactor_call(d, &cmd);
+		break;
+	case HEARTH__CONTROL__REQUEST__BODY_LIST_SESSIONS:
+		cmd.type = HD_CMD_SESSIONS;
+		cmd.out = &sessions;
+		r = hd_reactor_call(d, &cmd);
+		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_SESSIONS;
+		rep.sessions = &sessions;
+		break;
+	case HEARTH__CONTROL__REQUEST__BODY_GET_STATS:
+		cmd.type = HD_CMD_STATS;
+		cmd.out = &stats;
+		r = hd_reactor_call(d, &cmd);
+		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_STATS;
+		rep.stats = &stats;
+		break;
+	default:
+		r = -EOPNOTSUPP;
+		snprintf(why, sizeof(why), "unknown request");
+		break;
+	}
+	if (r < 0) {
+		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY__NOT_SET;
+		rep.error = r;
+		rep.message = why[0] ? why : (char *)strerror(-r);
+		pass_fd = -1;
+	}
+	r = hr_ctl_send(c->sock, &rep.base, pass_fd);
+	if (r < 0)
+		hr_debug("client %u: reply not sent: %s", c->id, strerror(-r));
+	/* Free what the reactor allocated for the replies. */
+	for (size_t i = 0; i < sessions.n_sessions; i++) {
+		free(sessions.sessions[i]->name);
+		free(sessions.sessions[i]->tier);
+		free(sessions.sessions[i]);
+	}
+	free(sessions.sessions);
+	for (size_t i = 0; i < stats.n_ops; i++) {
+		free(stats.ops[i]->op);
+		free(stats.ops[i]);
+	}
+	free(stats.ops);
+	hearth__control__request__free_unpacked(req, NULL);
+}
+
+static void client_free(struct hd_daemon *d, struct hd_client *c)
+{
+	if (c->in_reactor) {
+		struct hd_cmd cmd = { .type = HD_CMD_DETACH, .client = c };
+		hd_reactor_call(d, &cmd);
+		hr_info("client %u detached", c->id);
+	}
+	if (c->mem)
+		munmap(c->mem, c->mem_len);
+	if (c->memfd >= 0)
+		close(c->memfd);
+	close(c->sock);
+	d->n_conns--;
+	free(c);
+}
+
+static void accept_one(struct hd_daemon *d, int lfd, int ep)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	struct hd_client *c;
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+	if (fd < 0)
+		return;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+	    !peer_allowed(&d->cfg, cred.uid, cred.gid)) {
+		hr_warn("refused connection from uid %u pid %d: not in allow_uids/allow_gids",
+			(unsigned)cred.uid, (int)cred.pid);
+		reply_error(fd, 0, -EACCES, "uid not allowed by hearthd's policy");
+		close(fd);
+		return;
+	}
+	if (d->n_conns >= d->cfg.max_clients) {
+		reply_error(fd, 0, -EUSERS, "too many clients (max_clients)");
+		close(fd);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->sock = fd;
+	c->memfd = -1;
+	c->pid = cred.pid;
+	c->uid = cred.uid;
+	c->id = ++d->next_client_id;
+	if (epoll_ctl(ep, EPOLL_CTL_ADD, fd,
+		      &(struct epoll_event){ .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c }) < 0) {
+		close(fd);
+		free(c);
+		return;
+	}
+	d->n_conns++;
+}
+
+/* Returns false when the connection is finished. */
+static bool client_readable(struct hd_daemon *d, struct hd_client *c, uint32_t events)
+{
+	static uint8_t buf[HR_CTL_MAX_MSG];
+	int eof, r;
+
+	for (;;) {
+		r = hr_ctl_recv(c->sock, buf, sizeof(buf), NULL, &eof);
+		if (r == -EAGAIN)
+			return !(events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR));
+		if (eof || r == -ECONNRESET || r == -EPIPE || r == -ENOTCONN)
+			return false;
+		if (r < 0) {
+			reply_error(c->sock, 0, r,
+				    r == -EPROTONOSUPPORT ? "unsupported protocol version"
+							  : "malformed frame");
+			return false;
+		}
+		handle_request(d, c, buf + HR_CTL_HDR, (size_t)r);
+	}
+}
+
+int hd_control_run(struct hd_daemon *d, int lfd)
+{
+	struct epoll_event ev[32];
+	_cleanup_close_ int ep = -1, sfd = -1;
+	sigset_t mask;
+	bool running = true;
+
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	if (sfd < 0 || ep < 0 ||
+	    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &listen_tag }) < 0 ||
+	    epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &signal_tag }) < 0)
+		return -errno;
+	while (running) {
+		int n = epoll_wait(ep, ev, HR_ARRAY_SIZE(ev), -1);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		for (int i = 0; i < n; i++) {
+			if (ev[i].data.ptr == &listen_tag) {
+				accept_one(d, lfd, ep);
+			} else if (ev[i].data.ptr == &signal_tag) {
+				struct signalfd_siginfo si;
+				if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+					hr_info("%s: draining in-flight work and stopping",
+						strsignal((int)si.ssi_signo));
+					running = false;
+				}
+			} else {
+				struct hd_client *c = ev[i].data.ptr;
+				if (!client_readable(d, c, ev[i].events)) {
+					epoll_ctl(ep, EPOLL_CTL_DEL, c->sock, NULL);
+					client_free(d, c);
+				}
+			}
+		}
+	}
+	/* Stop accepting; let the reactor finish what was submitted. Clients
+	 * still connected are detached after the drain. */
+	epoll_ctl(ep, EPOLL_CTL_DEL, lfd, NULL);
+	hd_reactor_stop(d);
+	for (uint32_t i = d->n_clients; i > 0; i--) {
+		struct hd_client *c = d->clients[i - 1];
+		c->in_reactor = false;
+		shm_waitq_shutdown(&c->hdr->client_wq);
+		hd_session_close_all(d, c);
+		free(c->gens);
+		client_free(d, c);
+	}
+	d->n_clients = 0;
+	return 0;
+}

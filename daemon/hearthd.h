@@ -1,0 +1,182 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * hearthd internals shared by its threads: the daemon, its clients (one per
+ * control connection, each with a shared region), sessions, and the command
+ * queue through which the control thread hands cold-path work to the reactor.
+ *
+ * Threads: the main thread runs the control plane (listening socket, client
+ * sockets, signals) in one epoll loop; one reactor thread per model owns the
+ * engine, every session and every ring. Only the reactor touches sessions and
+ * rings; the control thread touches client sockets and region mappings, and
+ * talks to the reactor through hd_cmd (blocking request/response).
+ */
+#ifndef HEARTHD_H
+#define HEARTHD_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "engine.h"
+#include "shm_proto.h"
+#include "shm_ring.h"
+
+struct hd_daemon;
+
+/* Per-op counters, exported with stats. Written by the reactor only. */
+struct hd_op_stats {
+	uint64_t count, errors, total_ns, max_ns;
+};
+
+struct hd_stats {
+	_Atomic uint64_t tokens, steps, disconnects, bad_descriptors;
+	struct hd_op_stats ops[SHM_OP__MAX];
+};
+
+/* A GENERATE in flight: one token per reactor turn, streamed as completions. */
+struct hd_gen {
+	uint64_t user_data;
+	uint32_t session;
+	uint32_t out_off, max_tokens, produced;
+	uint64_t t_start;
+	bool active;
+};
+
+struct hd_handle_set {
+	uint32_t *slots; /* open addressing; 0 = empty */
+	uint32_t cap, n;
+};
+
+struct hd_client {
+	uint32_t id;
+	int sock;
+	int memfd;
+	pid_t pid;
+	uid_t uid;
+	void *mem;
+	size_t mem_len;
+	struct shm_layout lay;          /* private copy: never re-read from the region */
+	struct shm_sq_cons sq;
+	struct shm_cq_prod cq;
+	struct shm_region_hdr *hdr;
+	uint8_t *arena;
+	/* reactor-owned */
+	struct hd_handle_set open;      /* session handles this client may use */
+	struct hd_gen *gens;            /* [sq_entries]: generates in flight */
+	uint32_t n_gens;
+	bool dead;                      /* protocol violation: disconnect pending */
+	bool in_reactor;
+	uint32_t wait_seq;
+	char name[64];
+};
+
+struct hd_session {
+	char *name;            /* NULL: anonymous */
+	uint32_t handle;       /* (generation << 20) | slot */
+	struct engine_seq *seq;
+	uint32_t attached;     /* clients holding it open */
+	uint32_t owner;        /* anonymous: the client id that created it */
+	bool busy;             /* a GENERATE is streaming into it */
+	uint64_t last_used_ns;
+};
+
+#define HD_SLOT_BITS 20u
+#define HD_SLOT_MASK ((1u << HD_SLOT_BITS) - 1)
+
+struct hd_sessions {
+	struct hd_session **slots; /* [cap] */
+	uint16_t *gen;             /* [cap] */
+	uint32_t cap, n;
+	uint32_t *free_slots;
+	uint32_t n_free;
+};
+
+enum hd_cmd_type {
+	HD_CMD_ATTACH,
+	HD_CMD_DETACH,
+	HD_CMD_OPEN,
+	HD_CMD_CLOSE,
+	HD_CMD_SESSIONS,
+	HD_CMD_STATS,
+	HD_CMD_STOP,
+};
+
+struct hd_cmd {
+	enum hd_cmd_type type;
+	struct hd_client *client;
+	/* OPEN: name (may be empty), create; CLOSE: handle, destroy */
+	const char *name;
+	bool flag;
+	uint32_t handle;
+	/* results */
+	int res;
+	uint32_t out_handle, out_tokens;
+	bool out_created;
+	void *out;            /* SESSIONS / STATS: a protobuf reply the reactor fills */
+	/* completion */
+	bool done;
+	struct hd_cmd *next;
+};
+
+struct hd_daemon {
+	struct hd_config cfg;
+	struct kern_backend *be;
+	struct model *model;
+	struct engine *engine;
+	uint64_t start_ns;
+	/* control -> reactor command queue */
+	pthread_mutex_t cmd_lock;
+	pthread_cond_t cmd_done;
+	struct hd_cmd *cmd_head, *cmd_tail;
+	_Atomic uint32_t doorbell;     /* private futex: bumped on every new command */
+	_Atomic uint32_t reactor_sleeping;
+	pthread_t reactor;
+	/* reactor-owned */
+	struct hd_client **clients;
+	uint32_t n_clients;
+	struct hd_sessions sessions;
+	struct hd_stats stats;
+	bool stopping;
+	/* control-owned */
+	uint32_t next_client_id;
+	uint32_t n_conns;
+};
+
+/* reactor.c */
+int hd_reactor_start(struct hd_daemon *d);
+/* Queue a command and wait for the reactor to finish it; returns cmd->res. */
+int hd_reactor_call(struct hd_daemon *d, struct hd_cmd *cmd);
+/* Drain in-flight work, stop the reactor thread and join it. */
+void hd_reactor_stop(struct hd_daemon *d);
+
+/* session.c (reactor thread only) */
+int hd_sessions_init(struct hd_sessions *t);
+void hd_sessions_fini(struct hd_daemon *d);
+struct hd_session *hd_session_get(struct hd_daemon *d, uint32_t handle);
+struct hd_session *hd_session_find_name(struct hd_daemon *d, const char *name, size_t len);
+/* Open (or create) a session for client c: returns 0 and *ret, or -errno. */
+int hd_session_open(struct hd_daemon *d, struct hd_client *c, const char *name, size_t len,
+		    bool create, bool excl, struct hd_session **ret);
+/* Close c's use of handle; destroy a named one too when asked (and unused). */
+int hd_session_close(struct hd_daemon *d, struct hd_client *c, uint32_t handle, bool destroy);
+/* Close every session c holds (anonymous ones are freed). */
+void hd_session_close_all(struct hd_daemon *d, struct hd_client *c);
+bool hd_client_may_use(const struct hd_client *c, uint32_t handle);
+
+/* ops.c (reactor thread only): execute one validated descriptor. */
+void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *sqe);
+/* Advance c's GENERATEs by one token each; returns how many are still active. */
+uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c);
+/* Post one completion (the caller checked there is room). */
+void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t flags,
+		 uint32_t out_len, uint32_t pos);
+uint32_t hd_cq_room(struct hd_client *c);
+
+/* control.c */
+int hd_control_run(struct hd_daemon *d, int listen_fd);
+int hd_control_listen(const struct hd_config *cfg, int *ret_fd);
+
+#endif

@@ -1,0 +1,384 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The reactor: one thread per model that owns SQ reading, engine calls and CQ
+ * posting for all of that model's clients, with no locks on the hot path. It
+ * busy-polls while there is work and for spin_us after, then announces
+ * need-wakeup in every client's region and sleeps on all their futex words
+ * and its private command doorbell at once (futex_waitv).
+ */
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "control.pb-c.h"
+#include "hearthd.h"
+#include "hr_common.h"
+#include "hr_log.h"
+#include "shm_wait.h"
+
+#define SQ_BATCH 32u
+#define DRAIN_TIMEOUT_NS (10ull * 1000000000ull)
+
+/* ---- commands from the control thread ------------------------------------ */
+
+int hd_reactor_call(struct hd_daemon *d, struct hd_cmd *cmd)
+{
+	cmd->done = false;
+	cmd->next = NULL;
+	pthread_mutex_lock(&d->cmd_lock);
+	if (d->cmd_tail)
+		d->cmd_tail->next = cmd;
+	else
+		d->cmd_head = cmd;
+	d->cmd_tail = cmd;
+	pthread_mutex_unlock(&d->cmd_lock);
+	/* Pairs with the acquire load of the doorbell in reactor_sleep(). */
+	atomic_fetch_add_explicit(&d->doorbell, 1, memory_order_release);
+	syscall(SYS_futex, &d->doorbell, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+	pthread_mutex_lock(&d->cmd_lock);
+	while (!cmd->done)
+		pthread_cond_wait(&d->cmd_done, &d->cmd_lock);
+	pthread_mutex_unlock(&d->cmd_lock);
+	return cmd->res;
+}
+
+static int client_attach(struct hd_daemon *d, struct hd_client *c)
+{
+	struct hd_client **cs;
+
+	c->gens = calloc(c->lay.sq_entries, sizeof(*c->gens));
+	cs = realloc(d->clients, (d->n_clients + 1) * sizeof(*cs));
+	if (!c->gens || !cs) {
+		free(c->gens);
+		c->gens = NULL;
+		if (cs)
+			d->clients = cs;
+		return -ENOMEM;
+	}
+	d->clients = cs;
+	d->clients[d->n_clients++] = c;
+	c->in_reactor = true;
+	return 0;
+}
+
+static void client_detach(struct hd_daemon *d, struct hd_client *c)
+{
+	for (uint32_t i = 0; i < d->n_clients; i++)
+		if (d->clients[i] == c) {
+			d->clients[i] = d->clients[--d->n_clients];
+			break;
+		}
+	/* In-flight GENERATEs are cancelled: nobody reads their completions. */
+	c->n_gens = 0;
+	hd_session_close_all(d, c);
+	free(c->gens);
+	c->gens = NULL;
+	c->in_reactor = false;
+	/* Wake a client thread that may still sleep on this region. */
+	shm_waitq_shutdown(&c->hdr->client_wq);
+}
+
+static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *rep)
+{
+	uint64_t now = hr_now_ns();
+	uint32_t k = 0;
+
+	rep->sessions = calloc(d->sessions.n ? d->sessions.n : 1, sizeof(*rep->sessions));
+	if (!rep->sessions)
+		return;
+	for (uint32_t i = 0; i < d->sessions.cap; i++) {
+		struct hd_session *s = d->sessions.slots[i];
+		Hearth__Control__SessionInfo *si;
+
+		if (!s || !(si = calloc(1, sizeof(*si))))
+			continue;
+		hearth__control__session_info__init(si);
+		si->name = strdup(s->name ? s->name : "");
+		si->handle = s->handle;
+		si->n_tokens = engine_seq_len(s->seq);
+		si->kv_pages = (engine_seq_len(s->seq) + d->cfg.page_tokens - 1) / d->cfg.page_tokens;
+		si->tier = strdup("L1");
+		si->attached = s->attached;
+		si->last_used_ms = (now - s->last_used_ns) / 1000000;
+		rep->sessions[k++] = si;
+	}
+	rep->n_sessions = k;
+}
+
+static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
+{
+	struct kv_pool *pool = engine_pool(d->engine);
+
+	rep->uptime_ms = (hr_now_ns() - d->start_ns) / 1000000;
+	rep->clients = d->n_clients;
+	rep->sessions = d->sessions.n;
+	rep->kv_pages_total = kv_pool_n_pages(pool);
+	rep->kv_pages_free = kv_pool_n_free(pool);
+	rep->tokens_processed = atomic_load(&d->stats.tokens);
+	rep->steps = atomic_load(&d->stats.steps);
+	rep->disconnects = atomic_load(&d->stats.disconnects);
+	rep->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
+	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
+	if (!rep->ops)
+		return;
+	for (unsigned op = 0; op < SHM_OP__MAX; op++) {
+		Hearth__Control__OpCounter *oc = calloc(1, sizeof(*oc));
+		if (!oc)
+			continue;
+		hearth__control__op_counter__init(oc);
+		oc->op = strdup(shm_op_name(op));
+		oc->count = d->stats.ops[op].count;
+		oc->errors = d->stats.ops[op].errors;
+		oc->total_ns = d->stats.ops[op].total_ns;
+		oc->max_ns = d->stats.ops[op].max_ns;
+		rep->ops[rep->n_ops++] = oc;
+	}
+}
+
+static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
+{
+	struct hd_session *s;
+
+	switch (cmd->type) {
+	case HD_CMD_ATTACH:
+		cmd->res = client_attach(d, cmd->client);
+		break;
+	case HD_CMD_DETACH:
+		client_detach(d, cmd->client);
+		cmd->res = 0;
+		break;
+	case HD_CMD_OPEN:
+		cmd->res = hd_session_open(d, cmd->client, cmd->name, strlen(cmd->name), cmd->flag,
+					   false, &s);
+		if (cmd->res >= 0) {
+			cmd->out_created = cmd->res == 1;
+			cmd->out_handle = s->handle;
+			cmd->out_tokens = engine_seq_len(s->seq);
+			cmd->res = 0;
+		}
+		break;
+	case HD_CMD_CLOSE:
+		cmd->res = hd_session_close(d, cmd->client, cmd->handle, cmd->flag);
+		break;
+	case HD_CMD_SESSIONS:
+		fill_sessions(d, cmd->out);
+		cmd->res = 0;
+		break;
+	case HD_CMD_STATS:
+		fill_stats(d, cmd->out);
+		cmd->res = 0;
+		break;
+	case HD_CMD_STOP:
+		/* Completed when the reactor has drained (reactor_main). */
+		d->stopping = true;
+		return;
+	}
+	cmd->done = true;
+}
+
+/* Run queued commands; returns how many. STOP stays pending until drained. */
+static uint32_t run_cmds(struct hd_daemon *d, struct hd_cmd **stop)
+{
+	struct hd_cmd *list;
+	uint32_t n = 0;
+
+	pthread_mutex_lock(&d->cmd_lock);
+	list = d->cmd_head;
+	d->cmd_head = d->cmd_tail = NULL;
+	pthread_mutex_unlock(&d->cmd_lock);
+	if (!list)
+		return 0;
+	for (struct hd_cmd *cmd = list, *next; cmd; cmd = next, n++) {
+		next = cmd->next;
+		run_cmd(d, cmd);
+		if (cmd->type == HD_CMD_STOP)
+			*stop = cmd;
+	}
+	pthread_mutex_lock(&d->cmd_lock);
+	pthread_cond_broadcast(&d->cmd_done);
+	pthread_mutex_unlock(&d->cmd_lock);
+	return n;
+}
+
+/* ---- the hot path ------------------------------------------------------------ */
+
+/* A client broke the protocol: stop serving it and let the control thread
+ * see a hang-up, which detaches it like any other disconnect. */
+static void client_kill(struct hd_daemon *d, struct hd_client *c, const char *why)
+{
+	if (!c->dead)
+		hr_warn("client %u (pid %d): %s; disconnecting", c->id, (int)c->pid, why);
+	c->dead = true;
+	atomic_fetch_add_explicit(&d->stats.disconnects, 1, memory_order_relaxed);
+	shutdown(c->sock, SHUT_RDWR);
+}
+
+/* Serve up to SQ_BATCH descriptors of one client; returns how many. */
+static uint32_t serve_client(struct hd_daemon *d, struct hd_client *c)
+{
+	struct shm_sqe batch[SQ_BATCH];
+	uint32_t room, idx, n;
+	int r;
+
+	room = hd_cq_room(c);
+	if (!room)
+		return 0;
+	r = shm_sq_peek(&c->sq, HR_MIN(room, SQ_BATCH), &idx);
+	if (r <= 0) {
+		if (r < 0)
+			client_kill(d, c, "SQ tail moved impossibly");
+		return 0;
+	}
+	n = (uint32_t)r;
+	/* One copy of each descriptor into private memory; the slots go back to
+	 * the client at once and the copies are all we look at from here on. */
+	for (uint32_t i = 0; i < n; i++)
+		shm_sq_copy(&c->sq, idx + i, &batch[i]);
+	shm_sq_advance(&c->sq, n);
+	for (uint32_t i = 0; i < n; i++)
+		hd_ops_execute(d, c, &batch[i]);
+	return n;
+}
+
+static void notify_client(struct hd_client *c)
+{
+	if (shm_cq_publish(&c->cq))
+		shm_wake(&c->hdr->client_wq, SHM_WAIT_F_CQ_DATA | SHM_WAIT_F_SQ_SPACE);
+}
+
+static uint32_t reactor_turn(struct hd_daemon *d)
+{
+	uint32_t work = 0;
+
+	for (uint32_t i = 0; i < d->n_clients; i++) {
+		struct hd_client *c = d->clients[i];
+
+		if (c->dead)
+			continue;
+		work += serve_client(d, c);
+		if (c->n_gens)
+			work += hd_ops_generate_step(d, c) + 1;
+		notify_client(c);
+		if (c->dead)
+			client_kill(d, c, "CQ head moved impossibly");
+	}
+	return work;
+}
+
+static bool client_has_work(struct hd_client *c)
+{
+	return !c->dead && (c->n_gens || (hd_cq_room(c) && shm_ring_cons_refresh(&c->sq.r) != 0));
+}
+
+/*
+ * Sleep until a client submits, a blocked CQ gains room, or a command comes.
+ * Every waitq is announced first and every condition re-checked after
+ * (shm_wait.h explains the handshake), so no wake-up is lost.
+ */
+static void reactor_sleep(struct hd_daemon *d)
+{
+	static bool waitv_missing;
+	struct futex_waitv w[FUTEX_WAITV_MAX];
+	uint32_t n = 0, bits[FUTEX_WAITV_MAX];
+	bool idle = true;
+	struct timespec ts;
+
+	/* Pairs with the release increment in hd_reactor_call(). */
+	w[n++] = (struct futex_waitv){ .val = atomic_load_explicit(&d->doorbell, memory_order_acquire),
+				       .uaddr = (uintptr_t)&d->doorbell,
+				       .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG };
+	for (uint32_t i = 0; i < d->n_clients && n < FUTEX_WAITV_MAX; i++) {
+		struct hd_client *c = d->clients[i];
+
+		if (c->dead)
+			continue;
+		bits[n] = SHM_WAIT_F_SQ_DATA | SHM_WAIT_F_CQ_SPACE;
+		c->wait_seq = shm_wait_prepare(&c->hdr->daemon_wq, bits[n]);
+		w[n++] = (struct futex_waitv){ .val = c->wait_seq, .uaddr = (uintptr_t)&c->hdr->daemon_wq.futex,
+					       .flags = FUTEX_32 };
+	}
+	pthread_mutex_lock(&d->cmd_lock);
+	idle = d->cmd_head == NULL;
+	pthread_mutex_unlock(&d->cmd_lock);
+	for (uint32_t i = 0; idle && i < d->n_clients; i++)
+		idle = !client_has_work(d->clients[i]);
+	if (idle && !d->stopping) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += 1;
+		if (!waitv_missing &&
+		    syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC) < 0 && errno == ENOSYS) {
+			waitv_missing = true;
+			hr_warn("futex_waitv unavailable (kernel < 5.16): the reactor polls every 100 us when idle");
+		}
+		if (waitv_missing)
+			nanosleep(&(struct timespec){ 0, 100000 }, NULL);
+	}
+	for (uint32_t i = 0, k = 1; i < d->n_clients && k < n; i++) {
+		struct hd_client *c = d->clients[i];
+		if (!c->dead)
+			shm_wait_finish(&c->hdr->daemon_wq, bits[k++]);
+	}
+}
+
+static bool drained(struct hd_daemon *d)
+{
+	for (uint32_t i = 0; i < d->n_clients; i++)
+		if (client_has_work(d->clients[i]))
+			return false;
+	return true;
+}
+
+static void *reactor_main(void *arg)
+{
+	struct hd_daemon *d = arg;
+	uint64_t spin_ns = (uint64_t)d->cfg.spin_us * 1000, last_work = hr_now_ns(), stop_at = 0;
+	struct hd_cmd *stop = NULL;
+
+	for (;;) {
+		uint32_t work = run_cmds(d, &stop) + reactor_turn(d);
+		uint64_t now;
+
+		if (stop) {
+			if (!stop_at)
+				stop_at = hr_now_ns() + DRAIN_TIMEOUT_NS;
+			if (drained(d) || hr_now_ns() > stop_at)
+				break;
+		}
+		if (work) {
+			last_work = hr_now_ns();
+			continue;
+		}
+		now = hr_now_ns();
+		if (now - last_work < spin_ns) {
+			shm_cpu_relax();
+			continue;
+		}
+		reactor_sleep(d);
+		last_work = hr_now_ns() - spin_ns; /* after a sleep, spin again only on work */
+	}
+	pthread_mutex_lock(&d->cmd_lock);
+	stop->res = 0;
+	stop->done = true;
+	pthread_cond_broadcast(&d->cmd_done);
+	pthread_mutex_unlock(&d->cmd_lock);
+	return NULL;
+}
+
+int hd_reactor_start(struct hd_daemon *d)
+{
+	int r = pthread_create(&d->reactor, NULL, reactor_main, d);
+	return -r;
+}
+
+void hd_reactor_stop(struct hd_daemon *d)
+{
+	struct hd_cmd cmd = { .type = HD_CMD_STOP };
+
+	hd_reactor_call(d, &cmd);
+	pthread_join(d->reactor, NULL);
+}
