@@ -243,8 +243,13 @@ int hd_config_load(struct hd_config *c, int argc, char **argv, bool *ret_check, 
 			help = true;
 		else if (strncmp(argv[i], "--config=", 9) == 0)
 			path = argv[i] + 9;
-		else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+		else if (strcmp(argv[i], "--config") == 0) {
+			if (i + 1 >= argc) {
+				snprintf(err, errlen, "option '--config' needs a file");
+				return -EINVAL;
+			}
 			path = argv[++i];
+		}
 	}
 	*ret_check = check;
 	*ret_help = help;
@@ -266,11 +271,12 @@ int hd_config_load(struct hd_config *c, int argc, char **argv, bool *ret_check, 
 
 		if (strcmp(arg, "--check-config") == 0)
 			continue;
-		if (strncmp(arg, "--config", 8) == 0) {
-			if (arg[8] == 0)
-				i++;
+		if (strcmp(arg, "--config") == 0) {
+			i++;
 			continue;
 		}
+		if (strncmp(arg, "--config=", 9) == 0)
+			continue;
 		if (strncmp(arg, "--", 2) != 0 || strlen(arg + 2) >= sizeof(name)) {
 			snprintf(err, errlen, "unexpected argument '%s' (see --help)", arg);
 			return -EINVAL;

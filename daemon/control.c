@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
-#include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -28,6 +28,24 @@
 #include "shm_wait.h"
 
 static char listen_tag, signal_tag;
+
+/* SIGTERM/SIGINT: a handler that pokes an eventfd. Blocking the signals and
+ * reading a signalfd is not enough: libraries start threads before main()
+ * (OpenBLAS does, from a constructor) that never block them. */
+static int signal_efd = -1;
+static volatile sig_atomic_t signal_seen;
+
+static void on_signal(int sig)
+{
+	uint64_t one = 1;
+	int saved = errno;
+
+	signal_seen = sig;
+	if (write(signal_efd, &one, sizeof(one)) < 0) {
+		/* Nothing to do in a handler: the counter is already non-zero. */
+	}
+	errno = saved;
+}
 
 static int mkdir_parents(const char *path)
 {
@@ -398,15 +416,14 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 {
 	struct epoll_event ev[32];
 	_cleanup_close_ int ep = -1, sfd = -1;
-	sigset_t mask;
+	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
 	bool running = true;
 
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+	signal_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	sfd = signal_efd;
+	sigemptyset(&sa.sa_mask);
 	ep = epoll_create1(EPOLL_CLOEXEC);
-	if (sfd < 0 || ep < 0 ||
+	if (sfd < 0 || ep < 0 || sigaction(SIGTERM, &sa, NULL) < 0 || sigaction(SIGINT, &sa, NULL) < 0 ||
 	    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &listen_tag }) < 0 ||
 	    epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &signal_tag }) < 0)
 		return -errno;
@@ -421,10 +438,10 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 			if (ev[i].data.ptr == &listen_tag) {
 				accept_one(d, lfd, ep);
 			} else if (ev[i].data.ptr == &signal_tag) {
-				struct signalfd_siginfo si;
-				if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+				uint64_t v;
+				if (read(sfd, &v, sizeof(v)) == sizeof(v)) {
 					hr_info("%s: draining in-flight work and stopping",
-						strsignal((int)si.ssi_signo));
+						strsignal((int)signal_seen));
 					running = false;
 				}
 			} else {

@@ -43,6 +43,7 @@ struct hd_gen {
 	uint32_t out_off, max_tokens, produced;
 	uint64_t t_start;
 	bool active;
+	bool finishing;  /* every token posted; the final completion waits for CQ room */
 };
 
 struct hd_handle_set {
@@ -67,7 +68,8 @@ struct hd_client {
 	struct hd_handle_set open;      /* session handles this client may use */
 	struct hd_gen *gens;            /* [sq_entries]: generates in flight */
 	uint32_t n_gens;
-	bool dead;                      /* protocol violation: disconnect pending */
+	bool dead;                      /* protocol violation: no longer served */
+	bool killed;                    /* ... and its disconnect was started */
 	bool in_reactor;
 	uint32_t wait_seq;
 	char name[64];
@@ -83,15 +85,19 @@ struct hd_session {
 	uint64_t last_used_ns;
 };
 
+/* A handle is (generation << 20) | slot with an 11-bit generation that skips
+ * 0: handles are positive int32 (they travel as a completion's res), never 0,
+ * and a stale handle matches a reused slot only after 2047 reuses. */
 #define HD_SLOT_BITS 20u
 #define HD_SLOT_MASK ((1u << HD_SLOT_BITS) - 1)
+#define HD_GEN_MASK 0x7ffu
 
 struct hd_sessions {
 	struct hd_session **slots; /* [cap] */
 	uint16_t *gen;             /* [cap] */
 	uint32_t cap, n;
-	uint32_t *free_slots;
-	uint32_t n_free;
+	uint32_t *free_slots;      /* FIFO ring [cap]: a freed slot is reused last, */
+	uint32_t free_head, n_free; /* so a stale handle stays stale for long */
 };
 
 enum hd_cmd_type {
@@ -168,7 +174,8 @@ bool hd_client_may_use(const struct hd_client *c, uint32_t handle);
 
 /* ops.c (reactor thread only): execute one validated descriptor. */
 void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *sqe);
-/* Advance c's GENERATEs by one token each; returns how many are still active. */
+/* Advance c's GENERATEs by one token each where its CQ has room; returns how
+ * many made progress (0: all wait for the client to reap completions). */
 uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c);
 /* Post one completion (the caller checked there is room). */
 void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t flags,

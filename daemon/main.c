@@ -75,7 +75,6 @@ int main(int argc, char **argv)
 	static struct hd_daemon d;
 	bool check, help;
 	char err[512] = "";
-	sigset_t mask;
 	int lfd = -1, r, rc = 1;
 
 	hd_config_defaults(&d.cfg);
@@ -94,11 +93,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	hr_log_set_level(d.cfg.log_level);
-	/* Signals go to the control loop's signalfd: block them in every thread. */
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGTERM);
-	sigaddset(&mask, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &mask, NULL);
+	/* SIGTERM/SIGINT are handled by the control loop (control.c). */
 	signal(SIGPIPE, SIG_IGN);
 
 	hr_info("hearthd %s starting", HEARTH_VERSION);

@@ -103,7 +103,11 @@ static int do_score(struct hd_daemon *d, struct hd_client *c, struct hd_session 
 		return -EINVAL;
 	if (q->out_cap < q->aux_len)
 		return -ENOBUFS;
+	/* Check the labels before the append, so that a bad SCORE changes nothing. */
 	memcpy(labels, c->arena + q->aux_off, q->aux_len);
+	for (uint32_t i = 0; i < n; i++)
+		if (labels[i] < 0 || (uint32_t)labels[i] >= d->model->cfg.vocab_size)
+			return -EINVAL;
 	r = do_append(d, c, s, q->in_off, q->in_len);
 	if (r < 0)
 		return r;
@@ -153,8 +157,10 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 
 	r = shm_sqe_validate(q, c->lay.arena_size);
 	if (r < 0) {
-		d->stats.bad_descriptors++;
-		goto done;
+		/* Counted apart: the op of a malformed descriptor means nothing. */
+		atomic_fetch_add_explicit(&d->stats.bad_descriptors, 1, memory_order_relaxed);
+		hd_post_cqe(c, q->user_data, r, 0, 0, 0);
+		return;
 	}
 	switch (q->op) {
 	case SHM_OP_NOP:
@@ -197,7 +203,6 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 	}
 	if (s)
 		pos = engine_seq_len(s->seq);
-done:
 	count(d, q->op, r, t0);
 	hd_post_cqe(c, q->user_data, r, 0, out_len, pos);
 }
@@ -217,7 +222,7 @@ static void gen_finish(struct hd_daemon *d, struct hd_client *c, struct hd_gen *
 
 uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c)
 {
-	uint32_t active = 0, j = 0;
+	uint32_t progress = 0, j = 0;
 	int32_t eos = d->model->cfg.eos_token_id;
 
 	for (uint32_t i = 0; i < c->n_gens; i++) {
@@ -226,9 +231,13 @@ uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c)
 		int32_t tok;
 		int r;
 
-		/* A token and, when it is the last, the final completion: two slots. */
-		if (g->active && hd_cq_room(c) >= 2) {
-			if (!s) {
+		/* One CQ slot per turn: a token, or the final completion. The client
+		 * wakes us when it frees a slot of a full CQ (hearth_cqe_seen). */
+		if (g->active && hd_cq_room(c) >= 1) {
+			progress++;
+			if (g->finishing) {
+				gen_finish(d, c, g, 0);
+			} else if (!s) {
 				gen_finish(d, c, g, -EBADF);
 			} else {
 				r = engine_generate(d->engine, s->seq, 1, &tok, NULL, NULL, 0);
@@ -241,16 +250,17 @@ uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c)
 								  memory_order_relaxed);
 					hd_post_cqe(c, g->user_data, 1, SHM_CQE_F_MORE,
 						    g->produced * 4, engine_seq_len(s->seq));
-					if (g->produced == g->max_tokens || tok == eos)
-						gen_finish(d, c, g, 0);
+					if (g->produced == g->max_tokens || tok == eos) {
+						g->finishing = true;
+						if (hd_cq_room(c) >= 1)
+							gen_finish(d, c, g, 0);
+					}
 				}
 			}
 		}
-		if (g->active) {
-			active++;
+		if (g->active)
 			c->gens[j++] = *g;
-		}
 	}
 	c->n_gens = j;
-	return active;
+	return progress;
 }

@@ -211,9 +211,11 @@ static uint32_t run_cmds(struct hd_daemon *d, struct hd_cmd **stop)
  * see a hang-up, which detaches it like any other disconnect. */
 static void client_kill(struct hd_daemon *d, struct hd_client *c, const char *why)
 {
-	if (!c->dead)
-		hr_warn("client %u (pid %d): %s; disconnecting", c->id, (int)c->pid, why);
 	c->dead = true;
+	if (c->killed)
+		return;
+	c->killed = true;
+	hr_warn("client %u (pid %d): %s; disconnecting", c->id, (int)c->pid, why);
 	atomic_fetch_add_explicit(&d->stats.disconnects, 1, memory_order_relaxed);
 	shutdown(c->sock, SHUT_RDWR);
 }
@@ -262,7 +264,7 @@ static uint32_t reactor_turn(struct hd_daemon *d)
 			continue;
 		work += serve_client(d, c);
 		if (c->n_gens)
-			work += hd_ops_generate_step(d, c) + 1;
+			work += hd_ops_generate_step(d, c);
 		notify_client(c);
 		if (c->dead)
 			client_kill(d, c, "CQ head moved impossibly");
@@ -270,9 +272,17 @@ static uint32_t reactor_turn(struct hd_daemon *d)
 	return work;
 }
 
+/* Work the reactor can do now: submissions with CQ room to answer them, or
+ * GENERATEs with room for their next completions. A client that stopped
+ * reaping its CQ has none: the reactor sleeps until it frees slots. */
 static bool client_has_work(struct hd_client *c)
 {
-	return !c->dead && (c->n_gens || (hd_cq_room(c) && shm_ring_cons_refresh(&c->sq.r) != 0));
+	uint32_t room;
+
+	if (c->dead)
+		return false;
+	room = hd_cq_room(c);
+	return room && (c->n_gens || shm_ring_cons_refresh(&c->sq.r) != 0);
 }
 
 /*
@@ -307,9 +317,17 @@ static void reactor_sleep(struct hd_daemon *d)
 	pthread_mutex_unlock(&d->cmd_lock);
 	for (uint32_t i = 0; idle && i < d->n_clients; i++)
 		idle = !client_has_work(d->clients[i]);
-	if (idle && !d->stopping) {
+	if (idle) {
+		/* While draining, wake often to notice the end of the drain. */
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += 1;
+		if (d->stopping)
+			ts.tv_nsec += 10000000;
+		else
+			ts.tv_sec += 1;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
 		if (!waitv_missing &&
 		    syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC) < 0 && errno == ENOSYS) {
 			waitv_missing = true;
@@ -325,11 +343,16 @@ static void reactor_sleep(struct hd_daemon *d)
 	}
 }
 
+/* Nothing in flight: no GENERATE streaming and no submission waiting (even
+ * for CQ room: a slow reader still gets everything it asked for, within
+ * DRAIN_TIMEOUT_NS). */
 static bool drained(struct hd_daemon *d)
 {
-	for (uint32_t i = 0; i < d->n_clients; i++)
-		if (client_has_work(d->clients[i]))
+	for (uint32_t i = 0; i < d->n_clients; i++) {
+		struct hd_client *c = d->clients[i];
+		if (!c->dead && (c->n_gens || shm_ring_cons_refresh(&c->sq.r) != 0))
 			return false;
+	}
 	return true;
 }
 

@@ -105,7 +105,7 @@ static int table_grow(struct hd_sessions *t)
 	uint32_t cap = t->cap ? t->cap * 2 : 64;
 	struct hd_session **slots;
 	uint16_t *gen;
-	uint32_t *free_slots;
+	uint32_t *fq;
 
 	if (cap > HD_SLOT_MASK + 1)
 		return -ENOSPC;
@@ -115,20 +115,40 @@ static int table_grow(struct hd_sessions *t)
 	gen = realloc(t->gen, cap * sizeof(*gen));
 	if (gen)
 		t->gen = gen;
-	free_slots = realloc(t->free_slots, cap * sizeof(*free_slots));
-	if (free_slots)
-		t->free_slots = free_slots;
-	if (!slots || !gen || !free_slots)
+	fq = malloc(cap * sizeof(*fq));
+	if (!slots || !gen || !fq) {
+		free(fq);
 		return -ENOMEM;
+	}
 	for (uint32_t i = t->cap; i < cap; i++) {
 		t->slots[i] = NULL;
 		t->gen[i] = 1;
 	}
-	/* Hand out low slots first. */
-	for (uint32_t i = cap; i > t->cap; i--)
-		t->free_slots[t->n_free++] = i - 1;
+	/* The queued free slots keep their order; the new ones follow. */
+	for (uint32_t i = 0; i < t->n_free; i++)
+		fq[i] = t->free_slots[(t->free_head + i) % t->cap];
+	for (uint32_t i = t->cap; i < cap; i++)
+		fq[t->n_free++] = i;
+	free(t->free_slots);
+	t->free_slots = fq;
+	t->free_head = 0;
 	t->cap = cap;
 	return 0;
+}
+
+static uint32_t slot_take(struct hd_sessions *t)
+{
+	uint32_t slot = t->free_slots[t->free_head];
+
+	t->free_head = (t->free_head + 1) % t->cap;
+	t->n_free--;
+	return slot;
+}
+
+static void slot_give(struct hd_sessions *t, uint32_t slot)
+{
+	t->free_slots[(t->free_head + t->n_free) % t->cap] = slot;
+	t->n_free++;
 }
 
 struct hd_session *hd_session_get(struct hd_daemon *d, uint32_t handle)
@@ -161,9 +181,10 @@ static void session_destroy(struct hd_daemon *d, struct hd_session *s)
 
 	t->slots[slot] = NULL;
 	/* Skip generation 0 so that a handle is never 0. */
-	if (++t->gen[slot] == 0)
+	t->gen[slot] = (uint16_t)((t->gen[slot] + 1) & HD_GEN_MASK);
+	if (!t->gen[slot])
 		t->gen[slot] = 1;
-	t->free_slots[t->n_free++] = slot;
+	slot_give(t, slot);
 	t->n--;
 	engine_seq_free(d->engine, s->seq);
 	free(s->name);
@@ -224,13 +245,13 @@ int hd_session_open(struct hd_daemon *d, struct hd_client *c, const char *name, 
 	s->seq = engine_seq_new(d->engine);
 	if (!s->seq)
 		goto nomem;
-	slot = t->free_slots[t->n_free - 1];
+	slot = t->free_slots[t->free_head];
 	s->handle = ((uint32_t)t->gen[slot] << HD_SLOT_BITS) | slot;
 	if (hs_insert(&c->open, s->handle) < 0) {
 		engine_seq_free(d->engine, s->seq);
 		goto nomem;
 	}
-	t->n_free--;
+	slot_take(t);
 	t->slots[slot] = s;
 	t->n++;
 	s->attached = 1;
