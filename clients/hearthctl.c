@@ -104,7 +104,7 @@ static void print_models(const Hearth__Control__ModelsReply *m)
 		printf("  max context    %u\n", mi->max_context);
 		printf("  dtype          %s\n", mi->dtype);
 		printf("  backend        %s\n", mi->backend);
-		printf("  weights        %.1f MB\n", mi->weight_bytes / 1e6);
+		printf("  weights        %.1f MB\n", (double)mi->weight_bytes / 1e6);
 		printf("  load time      %.0f ms\n", mi->load_seconds * 1e3);
 	}
 }

@@ -32,7 +32,7 @@ struct hd_op_stats {
 };
 
 struct hd_stats {
-	_Atomic uint64_t tokens, steps, disconnects, bad_descriptors;
+	_Atomic uint64_t tokens, disconnects, bad_descriptors;
 	struct hd_op_stats ops[SHM_OP__MAX];
 };
 

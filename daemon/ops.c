@@ -192,10 +192,8 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		break;
 	case SHM_OP_GENERATE:
 		if ((r = use_session(d, c, q->session, &s)) == 0 &&
-		    (r = start_generate(d, c, s, q)) == 0) {
-			count(d, q->op, 0, t0);
-			return; /* completions follow from hd_ops_generate_step() */
-		}
+		    (r = start_generate(d, c, s, q)) == 0)
+			return; /* completions follow from hd_ops_generate_step(); counted when done */
 		break;
 	default:
 		r = -EOPNOTSUPP;
@@ -216,6 +214,7 @@ static void gen_finish(struct hd_daemon *d, struct hd_client *c, struct hd_gen *
 		s->busy = false;
 		pos = engine_seq_len(s->seq);
 	}
+	count(d, SHM_OP_GENERATE, res, g->t_start);
 	hd_post_cqe(c, g->user_data, res < 0 ? res : (int32_t)g->produced, 0, g->produced * 4, pos);
 	g->active = false;
 }
@@ -245,6 +244,7 @@ uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c)
 					gen_finish(d, c, g, r);
 				} else {
 					int32_t *out = (int32_t *)(c->arena + g->out_off);
+					s->last_used_ns = hr_now_ns();
 					out[g->produced++] = tok;
 					atomic_fetch_add_explicit(&d->stats.tokens, 1,
 								  memory_order_relaxed);

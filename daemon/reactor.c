@@ -75,6 +75,7 @@ static void client_detach(struct hd_daemon *d, struct hd_client *c)
 		}
 	/* In-flight GENERATEs are cancelled: nobody reads their completions. */
 	c->n_gens = 0;
+	atomic_fetch_add_explicit(&d->stats.disconnects, 1, memory_order_relaxed);
 	hd_session_close_all(d, c);
 	free(c->gens);
 	c->gens = NULL;
@@ -120,7 +121,7 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 	rep->kv_pages_total = kv_pool_n_pages(pool);
 	rep->kv_pages_free = kv_pool_n_free(pool);
 	rep->tokens_processed = atomic_load(&d->stats.tokens);
-	rep->steps = atomic_load(&d->stats.steps);
+	rep->steps = engine_n_steps(d->engine);
 	rep->disconnects = atomic_load(&d->stats.disconnects);
 	rep->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
 	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
@@ -216,7 +217,6 @@ static void client_kill(struct hd_daemon *d, struct hd_client *c, const char *wh
 		return;
 	c->killed = true;
 	hr_warn("client %u (pid %d): %s; disconnecting", c->id, (int)c->pid, why);
-	atomic_fetch_add_explicit(&d->stats.disconnects, 1, memory_order_relaxed);
 	shutdown(c->sock, SHUT_RDWR);
 }
 

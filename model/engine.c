@@ -22,6 +22,7 @@ struct engine {
 	uint32_t max_step_tokens;
 	uint32_t max_context;
 	const struct engine_seq *logits_owner; /* whose logits are in scratch row 0 */
+	uint64_t n_steps;
 	int32_t *ids_dev;   /* [ENGINE_MAX_IDS] */
 	float *probs_dev;   /* [ENGINE_MAX_IDS] */
 	int32_t *argmax_dev;
@@ -108,6 +109,11 @@ struct kv_pool *engine_pool(const struct engine *e)
 	return e->pool;
 }
 
+uint64_t engine_n_steps(const struct engine *e)
+{
+	return e->n_steps;
+}
+
 struct engine_seq *engine_seq_new(struct engine *e)
 {
 	(void)e;
@@ -170,6 +176,7 @@ static int run_steps(struct engine *e, struct engine_seq *s, uint32_t from, uint
 			.want_logits = at + n == to,
 		};
 		r = model_forward(e->m, e->pool, e->scratch, &st, 1);
+		e->n_steps++;
 		if (r < 0) {
 			kv_bt_truncate(e->pool, &s->bt, from);
 			s->bt.n_tokens = from;

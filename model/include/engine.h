@@ -34,6 +34,8 @@ struct engine *engine_new(struct model *m, const struct engine_params *p);
 void engine_free(struct engine *e);
 struct model *engine_model(const struct engine *e);
 struct kv_pool *engine_pool(const struct engine *e);
+/* Forward steps run since engine_new (a long append counts one per chunk). */
+uint64_t engine_n_steps(const struct engine *e);
 
 struct engine_seq *engine_seq_new(struct engine *e);
 /* Release the sequence's pages and memory. Accepts NULL. */

@@ -4,6 +4,7 @@
  * control-socket helpers, and a raw protocol client over shm_ring.h.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -394,6 +395,24 @@ unsigned th_daemon_log_count(const struct th_daemon *d, const char *needle)
 	return n;
 }
 
+int th_daemon_fd_count(const struct th_daemon *d)
+{
+	char path[64];
+	struct dirent *e;
+	DIR *dir;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)d->pid);
+	dir = opendir(path);
+	if (!dir)
+		return -errno;
+	while ((e = readdir(dir)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(dir);
+	return n;
+}
+
 uint64_t th_daemon_cpu_ns(const struct th_daemon *d)
 {
 	char path[64], buf[1024], *p;
@@ -459,7 +478,9 @@ int th_ctl_call(int sock, Hearth__Control__Request *req, Hearth__Control__Respon
 		r = -EBADMSG;
 		goto out;
 	}
-	if (rep->id != req->id) {
+	/* An error about the connection itself (EUSERS, EACCES at accept)
+	 * comes unasked, with id 0. */
+	if (rep->id != req->id && !(rep->id == 0 && rep->error)) {
 		hearth__control__response__free_unpacked(rep, NULL);
 		r = -EBADMSG;
 		goto out;

@@ -88,6 +88,8 @@ bool th_daemon_judge(struct th_daemon *d);
 void th_daemon_dump_log(const struct th_daemon *d, unsigned max_lines);
 /* Count occurrences of needle in the daemon's log so far. */
 unsigned th_daemon_log_count(const struct th_daemon *d, const char *needle);
+/* Open file descriptors of the daemon (from /proc), or -errno. */
+int th_daemon_fd_count(const struct th_daemon *d);
 /* CPU time (user + system) the daemon used so far, in ns (from /proc). */
 uint64_t th_daemon_cpu_ns(const struct th_daemon *d);
 

@@ -152,6 +152,196 @@ static bool hung_up(int sock, unsigned timeout_ms)
 	return recv(sock, b, sizeof(b), MSG_DONTWAIT) <= 0;
 }
 
+/* ---- 0. the control plane, by hand ---------------------------------------------------- */
+
+static int send_frame(int fd, uint32_t magic, uint16_t version, const void *payload, size_t len,
+		      int pass_fd)
+{
+	struct hr_ctl_hdr hdr = { magic, version, 0 };
+	struct iovec iov[2] = { { &hdr, sizeof(hdr) }, { (void *)payload, len } };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} ctrl;
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = len ? 2 : 1 };
+
+	if (pass_fd >= 0) {
+		struct cmsghdr *cm;
+
+		memset(&ctrl, 0, sizeof(ctrl));
+		mh.msg_control = ctrl.buf;
+		mh.msg_controllen = sizeof(ctrl.buf);
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &pass_fd, sizeof(int));
+	}
+	return sendmsg(fd, &mh, MSG_NOSIGNAL) < 0 ? -errno : 0;
+}
+
+/* Receive one response; its error field, or a harness error. */
+static int32_t recv_error(int fd)
+{
+	static uint8_t buf[HR_CTL_MAX_MSG];
+	Hearth__Control__Response *rep;
+	int eof = 0, rfd = -1;
+	int32_t e;
+	int r = hr_ctl_recv(fd, buf, sizeof(buf), &rfd, &eof);
+
+	if (rfd >= 0)
+		close(rfd);
+	if (r < 0 || eof)
+		return TH_EHARNESS;
+	rep = hearth__control__response__unpack(NULL, (size_t)r, buf + HR_CTL_HDR);
+	if (!rep)
+		return TH_EHARNESS;
+	e = rep->error;
+	hearth__control__response__free_unpacked(rep, NULL);
+	return e;
+}
+
+static int32_t ctl_hello(int fd, uint32_t sq, uint32_t arena, const char *model)
+{
+	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+	Hearth__Control__Hello h = HEARTH__CONTROL__HELLO__INIT;
+	Hearth__Control__Response *rep = NULL;
+	int32_t e;
+
+	h.client_name = (char *)"ctl-adversary";
+	h.model = (char *)model;
+	h.sq_entries = sq;
+	h.arena_bytes = arena;
+	req.id = 21;
+	req.body_case = HEARTH__CONTROL__REQUEST__BODY_HELLO;
+	req.hello = &h;
+	if (th_ctl_call(fd, &req, &rep, NULL) < 0)
+		return TH_EHARNESS;
+	e = rep->error;
+	hearth__control__response__free_unpacked(rep, NULL);
+	return e;
+}
+
+static int32_t ctl_open(int fd, const char *name, bool create)
+{
+	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+	Hearth__Control__OpenSession o = HEARTH__CONTROL__OPEN_SESSION__INIT;
+	Hearth__Control__Response *rep = NULL;
+	int32_t e;
+
+	o.name = (char *)name;
+	o.create = create;
+	req.id = 22;
+	req.body_case = HEARTH__CONTROL__REQUEST__BODY_OPEN_SESSION;
+	req.open_session = &o;
+	if (th_ctl_call(fd, &req, &rep, NULL) < 0)
+		return TH_EHARNESS;
+	e = rep->error ? rep->error : (int32_t)rep->open_session->handle;
+	hearth__control__response__free_unpacked(rep, NULL);
+	return e;
+}
+
+static int32_t ctl_close(int fd, uint32_t handle, bool destroy)
+{
+	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+	Hearth__Control__CloseSession cs = HEARTH__CONTROL__CLOSE_SESSION__INIT;
+	Hearth__Control__Response *rep = NULL;
+	int32_t e;
+
+	cs.handle = handle;
+	cs.destroy = destroy;
+	req.id = 23;
+	req.body_case = HEARTH__CONTROL__REQUEST__BODY_CLOSE_SESSION;
+	req.close_session = &cs;
+	if (th_ctl_call(fd, &req, &rep, NULL) < 0)
+		return TH_EHARNESS;
+	e = rep->error;
+	hearth__control__response__free_unpacked(rep, NULL);
+	return e;
+}
+
+static void control_phase(struct th_daemon *d, uint32_t foreign)
+{
+	int fd = th_ctl_connect(d->sock), fds0, fds1, devnull;
+	char longname[301];
+	int32_t e;
+
+	REQUIRE(fd >= 0, "connect");
+	CHECK((e = ctl_open(fd, "ctl:x", true)) == -ENOTCONN, "OpenSession before Hello: %d", e);
+	CHECK((e = ctl_close(fd, 1, false)) == -ENOTCONN, "CloseSession before Hello: %d", e);
+	{
+		/* A request with no body. */
+		Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+		Hearth__Control__Response *rep = NULL;
+		req.id = 9;
+		if (CHECK(th_ctl_call(fd, &req, &rep, NULL) == 0, "empty request: no reply")) {
+			CHECK(rep->error == -EOPNOTSUPP, "empty request: error %d", rep->error);
+			hearth__control__response__free_unpacked(rep, NULL);
+		}
+	}
+	/* Garbage protobuf in a well-formed frame: an error, and the connection lives. */
+	{
+		static const uint8_t junk[] = { 0xff, 0xff, 0xff, 0xff, 0x0f, 0x12, 0x99, 0x01, 0x02 };
+		CHECK(send_frame(fd, HR_CTL_MAGIC, HR_CTL_VERSION, junk, sizeof(junk), -1) == 0, "send");
+		CHECK((e = recv_error(fd)) == -EBADMSG, "garbage request: error %d", e);
+	}
+	CHECK((e = ctl_hello(fd, 3, 0, "")) == -EINVAL, "Hello sq_entries 3: %d", e);
+	CHECK((e = ctl_hello(fd, 1u << 16, 0, "")) == -EINVAL, "Hello sq_entries 65536: %d", e);
+	CHECK((e = ctl_hello(fd, 0, 1u << 30, "")) == -EINVAL, "Hello arena 1 GiB (max 64 MiB): %d", e);
+	CHECK((e = ctl_hello(fd, 0, 0, "no-such-model")) == -ENOENT, "Hello unknown model: %d", e);
+	CHECK((e = ctl_hello(fd, 0, 0, "")) == 0, "Hello after failed ones: %d", e);
+	CHECK((e = ctl_hello(fd, 0, 0, "")) == -EALREADY, "Hello twice: %d", e);
+	memset(longname, 'n', 300);
+	longname[300] = 0;
+	CHECK((e = ctl_open(fd, longname, true)) == -EINVAL, "OpenSession 300-byte name: %d", e);
+	CHECK((e = ctl_open(fd, "a\tb", true)) == -EINVAL, "OpenSession name with a tab: %d", e);
+	CHECK((e = ctl_open(fd, "ctl:absent", false)) == -ENOENT, "OpenSession absent, no create: %d", e);
+	CHECK((e = ctl_close(fd, foreign, true)) == -EBADF, "CloseSession of another client's session: %d", e);
+	CHECK((e = ctl_close(fd, 0, false)) == -EBADF, "CloseSession handle 0: %d", e);
+	e = ctl_open(fd, NULL, false);
+	CHECK(e > 0 && ctl_close(fd, (uint32_t)e, false) == 0, "anonymous open/close over control: %d", e);
+
+	/* Descriptors passed along with requests are not kept. */
+	devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	fds0 = th_daemon_fd_count(d);
+	for (int i = 0; i < 64; i++) {
+		Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+		Hearth__Control__GetStats gs = HEARTH__CONTROL__GET_STATS__INIT;
+		uint8_t buf[64];
+		size_t n;
+
+		req.id = 100 + (uint64_t)i;
+		req.body_case = HEARTH__CONTROL__REQUEST__BODY_GET_STATS;
+		req.get_stats = &gs;
+		n = hearth__control__request__pack(&req, buf);
+		CHECK(send_frame(fd, HR_CTL_MAGIC, HR_CTL_VERSION, buf, n, devnull) == 0, "send with fd");
+		CHECK(recv_error(fd) == 0, "GetStats with an fd attached");
+	}
+	fds1 = th_daemon_fd_count(d);
+	CHECK(fds1 == fds0, "hearthd holds %d descriptors after 64 requests that each passed one, %d before",
+	      fds1, fds0);
+	close(devnull);
+
+	/* A bad magic, then another version: an error each, then a hang-up. */
+	CHECK(send_frame(fd, 0x12345678u, HR_CTL_VERSION, "x", 1, -1) == 0, "send");
+	CHECK((e = recv_error(fd)) == -EBADMSG, "bad magic: error %d", e);
+	CHECK(hung_up(fd, 5000), "bad magic: the connection stays open");
+	close(fd);
+	fd = th_ctl_connect(d->sock);
+	REQUIRE(fd >= 0, "connect");
+	CHECK(send_frame(fd, HR_CTL_MAGIC, 2, "x", 1, -1) == 0, "send");
+	CHECK((e = recv_error(fd)) == -EPROTONOSUPPORT, "version 2: error %d", e);
+	CHECK(hung_up(fd, 5000), "version 2: the connection stays open");
+	close(fd);
+	/* A frame shorter than its header. */
+	fd = th_ctl_connect(d->sock);
+	REQUIRE(fd >= 0, "connect");
+	CHECK(send(fd, "HRT", 3, MSG_NOSIGNAL) == 3, "send");
+	CHECK((e = recv_error(fd)) == -EBADMSG, "3-byte frame: error %d", e);
+	CHECK(hung_up(fd, 5000), "3-byte frame: the connection stays open");
+	close(fd);
+}
+
 /* ---- 1. crafted descriptors, one expected errno each --------------------------------- */
 
 static void crafted(struct adv *a)
@@ -743,7 +933,7 @@ int main(int argc, char **argv)
 	struct adv a = { 0 };
 	struct ref ref;
 	pid_t hon;
-	int st, r;
+	int st, r, fds_before, fds;
 	uint64_t deadline;
 
 	th_init("adversary", 110);
@@ -766,6 +956,9 @@ int main(int argc, char **argv)
 		th_sleep_ms(1);
 	REQUIRE(atomic_load(&sh->iterations) > 0, "the honest client did not start");
 
+	fds_before = th_daemon_fd_count(&d);
+	control_phase(&d, atomic_load(&sh->handle));
+	th_log("control plane done");
 	REQUIRE(rc_connect(&a.c, d.sock, &(struct rc_opts){ .name = "adversary" }) == 0, "connect");
 	a.arena = a.c.lay.arena_size;
 	a.foreign = atomic_load(&sh->handle);
@@ -851,6 +1044,11 @@ int main(int argc, char **argv)
 		th_sleep_ms(10);
 	} while (th_now_ns() < deadline);
 	CHECK(s3.clients == 0, "%u clients left", s3.clients);
+	/* Every region and socket of the gone clients is closed (the honest one
+	 * was connected when fds_before was taken). */
+	fds = th_daemon_fd_count(&d);
+	CHECK(fds <= fds_before - 2, "hearthd holds %d descriptors after all clients left, %d with the "
+				      "honest client connected", fds, fds_before);
 	{
 		struct th_session_info si[64];
 		int n = th_sessions(d.sock, si, 64);

@@ -49,7 +49,7 @@ static bool failed_cleanly(const struct run *r)
  * bounded by 10 s. */
 static void run(struct run *r, const char *const *args)
 {
-	const char *argv[64];
+	const char *argv[160];
 	int po[2], pe[2];
 	size_t no = 0, ne = 0, n = 0;
 	pid_t pid;
@@ -57,7 +57,7 @@ static void run(struct run *r, const char *const *args)
 
 	memset(r, 0, sizeof(*r));
 	argv[n++] = hearthd;
-	for (unsigned i = 0; args[i] && n < 63; i++)
+	for (unsigned i = 0; args[i] && n < 159; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;
 	REQUIRE(pipe2(po, O_CLOEXEC) == 0 && pipe2(pe, O_CLOEXEC) == 0, "pipe");
@@ -221,34 +221,80 @@ static void good_file(char keys[][64], unsigned n_keys)
 	}
 }
 
+static void flag_names(const struct kv *v, char *flag, size_t len)
+{
+	snprintf(flag, len, "--%s", v->key);
+	for (char *p = flag + 2; *p; p++)
+		if (*p == '_')
+			*p = '-';
+}
+
+/* One key as a flag, both spellings (used to find the culprit when the
+ * all-flags run fails). */
+static void one_key_as_flag(const struct kv *v)
+{
+	char flag[80], flag_eq[600];
+	struct run r;
+
+	flag_names(v, flag, sizeof(flag));
+	snprintf(flag_eq, sizeof(flag_eq), "%s=%s", flag, v->value);
+	{
+		const char *args[] = { "--check-config", flag, v->value, NULL };
+		run(&r, args);
+		if (CHECK(exited_ok(&r), "%s %s: status 0x%x: %s", flag, v->value, r.status, r.err))
+			CHECK(dump_has(r.out, v->key, v->dump ? v->dump : v->value),
+			      "%s %s: the dump does not show it", flag, v->value);
+	}
+	{
+		const char *args[] = { flag_eq, "--check-config", NULL };
+		run(&r, args);
+		if (CHECK(exited_ok(&r), "%s: status 0x%x: %s", flag_eq, r.status, r.err))
+			CHECK(dump_has(r.out, v->key, v->dump ? v->dump : v->value),
+			      "%s: the dump does not show it", flag_eq);
+	}
+}
+
+/* Every key as a flag at once, as `--flag value` and as `--flag=value`
+ * (each hearthd start costs ~0.1 s where it links the CUDA runtime). */
 static void every_key_as_flag(char keys[][64], unsigned n_keys)
 {
-	for (unsigned i = 0; i < n_keys; i++) {
-		const struct kv *v = find_value(keys[i]);
-		char flag[80], flag_eq[600];
+	static char flags[64][80], eqs[64][600];
+	for (int form = 0; form < 2; form++) {
+		const char *args[2 * 64 + 2];
+		unsigned n = 0;
+		bool ok = true;
 		struct run r;
 
-		if (!v)
-			continue; /* reported by good_file */
-		snprintf(flag, sizeof(flag), "--%s", v->key);
-		for (char *p = flag + 2; *p; p++)
-			if (*p == '_')
-				*p = '-';
-		snprintf(flag_eq, sizeof(flag_eq), "%s=%s", flag, v->value);
-		{
-			const char *args[] = { "--check-config", flag, v->value, NULL };
-			run(&r, args);
-			if (CHECK(exited_ok(&r), "%s %s: status 0x%x: %s", flag, v->value, r.status, r.err))
-				CHECK(dump_has(r.out, v->key, v->dump ? v->dump : v->value),
-				      "%s %s: the dump does not show it", flag, v->value);
+		args[n++] = "--check-config";
+		for (unsigned i = 0; i < n_keys && i < 64; i++) {
+			const struct kv *v = find_value(keys[i]);
+
+			if (!v)
+				continue; /* reported by good_file */
+			flag_names(v, flags[i], sizeof(flags[i]));
+			if (form == 0) {
+				args[n++] = flags[i];
+				args[n++] = v->value;
+			} else {
+				snprintf(eqs[i], sizeof(eqs[i]), "%s=%s", flags[i], v->value);
+				args[n++] = eqs[i];
+			}
 		}
-		{
-			const char *args[] = { flag_eq, "--check-config", NULL };
-			run(&r, args);
-			if (CHECK(exited_ok(&r), "%s: status 0x%x: %s", flag_eq, r.status, r.err))
-				CHECK(dump_has(r.out, v->key, v->dump ? v->dump : v->value),
-				      "%s: the dump does not show it", flag_eq);
+		args[n] = NULL;
+		run(&r, args);
+		ok = exited_ok(&r);
+		for (unsigned i = 0; ok && i < n_keys; i++) {
+			const struct kv *v = find_value(keys[i]);
+			ok = !v || dump_has(r.out, v->key, v->dump ? v->dump : v->value);
 		}
+		if (ok)
+			continue;
+		th_log("every key as a flag (%s form) failed: trying one key at a time",
+		       form ? "--flag=value" : "--flag value");
+		for (unsigned i = 0; i < n_keys; i++)
+			if (find_value(keys[i]))
+				one_key_as_flag(find_value(keys[i]));
+		return;
 	}
 }
 
