@@ -19,12 +19,16 @@ static const char *prog = "hearthctl";
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: %s [--socket PATH] COMMAND\n"
+		"Usage: %s [--socket PATH] COMMAND [SESSION]\n"
 		"\n"
 		"Commands:\n"
 		"  status     uptime, clients, sessions, KV pages, counters, per-op latency\n"
 		"  models     the model the daemon serves\n"
 		"  sessions   every session: name, handle, tokens, KV pages, tier, idle time\n"
+		"  evict SESSION   page a session out to L2 now (SESSION: a name, or a handle\n"
+		"                  such as 0x100003)\n"
+		"  pin SESSION     keep a session in L1: never evicted\n"
+		"  unpin SESSION   make it evictable again\n"
 		"\n"
 		"Options:\n"
 		"  -s, --socket PATH   control socket (default: $HEARTH_SOCKET, else the\n"
@@ -74,6 +78,13 @@ static void print_status(const char *path, const Hearth__Control__StatsReply *st
 	printf("  steps              %llu\n", (unsigned long long)st->steps);
 	printf("  disconnects        %llu\n", (unsigned long long)st->disconnects);
 	printf("  bad descriptors    %llu\n", (unsigned long long)st->bad_descriptors);
+	if (st->pager && st->pager[0])
+		printf("  L2 (%s)%*s %u free / %u slots; out %llu pages (%.1f MB), in %llu pages "
+		       "(%.1f MB); %llu errors, %llu recomputed\n",
+		       st->pager, (int)(10 - strlen(st->pager)), "", st->l2_slots_free, st->l2_slots,
+		       (unsigned long long)st->pages_out, st->bytes_out / 1e6,
+		       (unsigned long long)st->pages_in, st->bytes_in / 1e6,
+		       (unsigned long long)st->tier_errors, (unsigned long long)st->recomputed);
 	printf("\n  %-14s %10s %8s %12s %12s\n", "op", "count", "errors", "mean", "max");
 	for (size_t i = 0; i < st->n_ops; i++) {
 		const Hearth__Control__OpCounter *oc = st->ops[i];
@@ -130,10 +141,11 @@ static void print_sessions(const Hearth__Control__SessionsReply *s)
 	printf("%zu session%s\n", s->n_sessions, s->n_sessions == 1 ? "" : "s");
 }
 
-enum cmd { CMD_STATUS, CMD_MODELS, CMD_SESSIONS };
+enum cmd { CMD_STATUS, CMD_MODELS, CMD_SESSIONS, CMD_EVICT, CMD_PIN, CMD_UNPIN };
 
-static int run(const char *path, enum cmd cmd)
+static int run(const char *path, enum cmd cmd, const char *session)
 {
+	Hearth__Control__SessionAction sa = HEARTH__CONTROL__SESSION_ACTION__INIT;
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
 	Hearth__Control__ListModels lm = HEARTH__CONTROL__LIST_MODELS__INIT;
 	Hearth__Control__ListSessions ls = HEARTH__CONTROL__LIST_SESSIONS__INIT;
@@ -163,6 +175,24 @@ static int run(const char *path, enum cmd cmd)
 		req.body_case = HEARTH__CONTROL__REQUEST__BODY_LIST_SESSIONS;
 		req.list_sessions = &ls;
 		break;
+	case CMD_EVICT:
+	case CMD_PIN:
+	case CMD_UNPIN: {
+		char *end;
+		unsigned long h = strtoul(session, &end, 0);
+
+		/* A number is a handle; anything else is a name. */
+		if (*session && !*end && h && h <= UINT32_MAX)
+			sa.handle = (uint32_t)h;
+		else
+			sa.name = (char *)session;
+		sa.action = cmd == CMD_EVICT ? HEARTH__CONTROL__SESSION_ACTION__ACTION__EVICT
+			    : cmd == CMD_PIN ? HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN
+					     : HEARTH__CONTROL__SESSION_ACTION__ACTION__UNPIN;
+		req.body_case = HEARTH__CONTROL__REQUEST__BODY_SESSION_ACTION;
+		req.session_action = &sa;
+		break;
+	}
 	}
 	r = hearth__ctl_call(sock, &id, &req, &rep, NULL, msg, sizeof(msg));
 	if (r < 0) {
@@ -176,6 +206,9 @@ static int run(const char *path, enum cmd cmd)
 		print_models(rep->models);
 	else if (cmd == CMD_SESSIONS && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_SESSIONS)
 		print_sessions(rep->sessions);
+	else if (cmd >= CMD_EVICT)
+		printf("%s: %s\n", session, cmd == CMD_EVICT ? "paging out to L2"
+					     : cmd == CMD_PIN ? "pinned in L1" : "unpinned");
 	else {
 		fprintf(stderr, "%s: %s: unexpected reply from the daemon\n", prog, path);
 		r = 1;
@@ -191,7 +224,7 @@ int main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{}
 	};
-	static const char *const names[] = { "status", "models", "sessions" };
+	static const char *const names[] = { "status", "models", "sessions", "evict", "pin", "unpin" };
 	const char *socket_opt = NULL;
 	char path[108];
 	int c, r;
@@ -211,8 +244,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind != argc - 1) {
-		fprintf(stderr, "%s: %s\n", prog, optind == argc ? "missing command" : "too many arguments");
+	if (optind == argc) {
+		fprintf(stderr, "%s: missing command\n", prog);
 		usage(stderr);
 		return 2;
 	}
@@ -221,9 +254,18 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: socket path: %s\n", prog, strerror(-r));
 		return 2;
 	}
-	for (size_t i = 0; i < HR_ARRAY_SIZE(names); i++)
-		if (strcmp(argv[optind], names[i]) == 0)
-			return run(path, (enum cmd)i);
+	for (size_t i = 0; i < HR_ARRAY_SIZE(names); i++) {
+		int want = i >= CMD_EVICT ? 2 : 1;
+
+		if (strcmp(argv[optind], names[i]))
+			continue;
+		if (argc - optind != want) {
+			fprintf(stderr, "%s: %s takes %s\n", prog, names[i],
+				want == 2 ? "one SESSION argument" : "no argument");
+			return 2;
+		}
+		return run(path, (enum cmd)i, want == 2 ? argv[optind + 1] : NULL);
+	}
 	fprintf(stderr, "%s: unknown command '%s'\n", prog, argv[optind]);
 	usage(stderr);
 	return 2;

@@ -48,6 +48,13 @@ static const struct key keys[] = {
 	U32("model", kv_pages, 0, 1u << 24, "KV pages in L1 (0: sized for a few full contexts)"),
 	U32("model", page_tokens, 1, 1024, "tokens per KV page"),
 	U32("model", max_step_tokens, 1, 65536, "most tokens in one forward step"),
+	STR("kv", l2_path, "L2 file for paged-out KV (empty: no L2, sessions stay in L1)"),
+	U32("kv", l2_mib, 1, 1u << 24, "size of the L2 file in MiB"),
+	STR("kv", pager, "L2 I/O: auto, io_uring or threads"),
+	STR("kv", state_dir, "directory of named sessions' manifests (empty: not durable)"),
+	U32("kv", evict_low_pct, 0, 100, "evict when free L1 pages fall under this percentage"),
+	U32("kv", evict_high_pct, 0, 100, "... until this percentage is free"),
+	U32("kv", checkpoint_ms, 0, 3600000, "how often named sessions' histories are saved (0: only on eviction and stop)"),
 	U32("reactor", spin_us, 0, 1000000, "busy-poll time before the reactor sleeps (us)"),
 	U32("client", sq_entries, 1, 65536, "default SQ ring entries (power of two)"),
 	U32("client", arena_bytes, 4096, 1u << 30, "default client arena bytes"),
@@ -74,6 +81,11 @@ void hd_config_defaults(struct hd_config *c)
 	c->page_tokens = 16;
 	c->max_step_tokens = 512;
 	c->spin_us = 50;
+	c->l2_mib = 1024;
+	snprintf(c->pager, sizeof(c->pager), "auto");
+	c->evict_low_pct = 10;
+	c->evict_high_pct = 25;
+	c->checkpoint_ms = 1000;
 	c->sq_entries = 64;
 	c->arena_bytes = 1u << 20;
 	c->max_arena_bytes = 64u << 20;
@@ -324,6 +336,15 @@ int hd_config_validate(const struct hd_config *c, char *err, size_t errlen)
 	}
 	if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda")) {
 		snprintf(err, errlen, "backend '%s' is not one of auto, cpu, cuda", c->backend);
+		return -EINVAL;
+	}
+	if (strcmp(c->pager, "auto") && strcmp(c->pager, "io_uring") && strcmp(c->pager, "threads")) {
+		snprintf(err, errlen, "pager '%s' is not one of auto, io_uring, threads", c->pager);
+		return -EINVAL;
+	}
+	if (c->evict_low_pct > c->evict_high_pct) {
+		snprintf(err, errlen, "evict_low_pct %u exceeds evict_high_pct %u", c->evict_low_pct,
+			 c->evict_high_pct);
 		return -EINVAL;
 	}
 	if (c->model_path[0]) {

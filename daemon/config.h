@@ -36,6 +36,14 @@ struct hd_config {
 	uint32_t kv_pages;
 	uint32_t page_tokens;
 	uint32_t max_step_tokens;
+	/* [kv] */
+	char l2_path[4096];
+	uint32_t l2_mib;
+	char pager[16];
+	char state_dir[4096];
+	uint32_t evict_low_pct;
+	uint32_t evict_high_pct;
+	uint32_t checkpoint_ms;
 	/* [reactor] */
 	uint32_t spin_us;
 	/* [client] */

@@ -297,6 +297,19 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_SESSIONS;
 		rep.sessions = &sessions;
 		break;
+	case HEARTH__CONTROL__REQUEST__BODY_SESSION_ACTION:
+		cmd.type = HD_CMD_SESSION_ACTION;
+		cmd.name = req->session_action->name;
+		cmd.handle = req->session_action->handle;
+		cmd.action = req->session_action->action;
+		r = hd_reactor_call(d, &cmd);
+		if (r == -EOPNOTSUPP)
+			snprintf(why, sizeof(why), "no L2 configured (l2_path): sessions cannot be evicted");
+		else if (r == -EBUSY)
+			snprintf(why, sizeof(why), "session is pinned, streaming, or has no KV in L1");
+		else if (r == -ENOENT)
+			snprintf(why, sizeof(why), "no such session");
+		break;
 	case HEARTH__CONTROL__REQUEST__BODY_GET_STATS:
 		cmd.type = HD_CMD_STATS;
 		cmd.out = &stats;
@@ -330,6 +343,8 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 		free(stats.ops[i]);
 	}
 	free(stats.ops);
+	if (stats.pager != protobuf_c_empty_string)
+		free(stats.pager);
 	hearth__control__request__free_unpacked(req, NULL);
 }
 
@@ -466,5 +481,7 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 		client_free(d, c);
 	}
 	d->n_clients = 0;
+	/* The reactor is gone: this thread owns the sessions now. */
+	hd_tier_flush(d);
 	return 0;
 }

@@ -75,8 +75,34 @@ struct hd_client {
 	char name[64];
 };
 
+enum hd_tier {
+	HD_TIER_L1 = 0,        /* KV in L1 (possibly partial: the rest recomputes on use) */
+	HD_TIER_PAGING_OUT,    /* L1 pages being written to L2 */
+	HD_TIER_L2,            /* KV only in L2 slots */
+	HD_TIER_PAGING_IN,     /* L2 slots being read into reserved L1 pages */
+};
+
+/* A descriptor that waits for its session's page-in. */
+struct hd_deferred {
+	struct shm_sqe sqe;
+	uint32_t client_id;
+};
+
 struct hd_session {
 	char *name;            /* NULL: anonymous */
+	/* tiering (tier.c) */
+	enum hd_tier tier;
+	bool pinned;           /* never evicted */
+	bool want_in;          /* a request waits: page in as soon as L1 has room */
+	uint32_t n_pages;      /* pages in this transfer */
+	uint32_t *slots;       /* [n_pages] L2 slots */
+	uint64_t *checksums;   /* [n_pages] */
+	uint32_t io_next;      /* pages queued so far */
+	uint32_t io_done;      /* pages completed */
+	int io_err;            /* first error of the transfer */
+	uint32_t manifest_len; /* history length in the last manifest written */
+	struct hd_deferred *deferred;
+	uint32_t n_deferred, cap_deferred;
 	uint32_t handle;       /* (generation << 20) | slot */
 	struct engine_seq *seq;
 	uint32_t attached;     /* clients holding it open */
@@ -107,6 +133,7 @@ enum hd_cmd_type {
 	HD_CMD_CLOSE,
 	HD_CMD_SESSIONS,
 	HD_CMD_STATS,
+	HD_CMD_SESSION_ACTION,
 	HD_CMD_STOP,
 };
 
@@ -117,6 +144,7 @@ struct hd_cmd {
 	const char *name;
 	bool flag;
 	uint32_t handle;
+	int action;           /* SESSION_ACTION: Hearth__Control__SessionAction__Action */
 	/* results */
 	int res;
 	uint32_t out_handle, out_tokens;
@@ -145,6 +173,7 @@ struct hd_daemon {
 	uint32_t n_clients;
 	struct hd_sessions sessions;
 	struct hd_stats stats;
+	struct hd_tiering *tiering;   /* NULL: no L2 configured */
 	bool stopping;
 	/* control-owned */
 	uint32_t next_client_id;
@@ -171,6 +200,37 @@ int hd_session_close(struct hd_daemon *d, struct hd_client *c, uint32_t handle, 
 /* Close every session c holds (anonymous ones are freed). */
 void hd_session_close_all(struct hd_daemon *d, struct hd_client *c);
 bool hd_client_may_use(const struct hd_client *c, uint32_t handle);
+
+/* tier.c (reactor thread only): L1 <-> L2 paging, eviction, manifests. */
+struct hd_tier_stats {
+	uint64_t pages_out, pages_in, bytes_out, bytes_in, errors, recomputed;
+	uint32_t l2_slots, l2_free;
+	const char *pager;
+};
+void hd_tier_stats(const struct hd_daemon *d, struct hd_tier_stats *ret);
+int hd_tier_init(struct hd_daemon *d);
+void hd_tier_fini(struct hd_daemon *d);
+/* Reap I/O, advance transfers, evict under the watermark, checkpoint.
+ * Returns progress made (0: nothing to do now). */
+uint32_t hd_tier_turn(struct hd_daemon *d);
+/* I/O in flight (the reactor must keep turning, not sleep long). */
+bool hd_tier_busy(const struct hd_daemon *d);
+/* 0 when s's KV is usable now; -EAGAIN when it is (being) paged in: defer. */
+int hd_tier_ready(struct hd_daemon *d, struct hd_session *s);
+/* Ask for pages: evict idle sessions until n pages could be free. Returns
+ * true when eviction can help (the caller defers), false when it cannot. */
+bool hd_tier_make_room(struct hd_daemon *d, uint32_t n);
+int hd_tier_evict(struct hd_daemon *d, struct hd_session *s);
+/* SIGTERM: write every named session's pages and manifest. */
+void hd_tier_flush(struct hd_daemon *d);
+/* s is being destroyed; drop: delete its manifest too. */
+void hd_tier_forget(struct hd_daemon *d, struct hd_session *s, bool drop);
+/* Queue sqe until s is paged in: 0, or -EBUSY when too many wait. */
+int hd_session_defer(struct hd_session *s, uint32_t client_id, const struct shm_sqe *sqe);
+/* Register a session restored from a manifest (session.c). */
+struct hd_session *hd_session_restore(struct hd_daemon *d, const char *name,
+				      struct engine_seq *seq);
+struct hd_client *hd_client_by_id(struct hd_daemon *d, uint32_t id);
 
 /* ops.c (reactor thread only): execute one validated descriptor. */
 void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *sqe);

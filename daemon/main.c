@@ -50,6 +50,8 @@ static int daemon_init(struct hd_daemon *d)
 		       strerror(errno));
 		return -errno;
 	}
+	if (hd_tier_init(d) < 0)
+		return -EINVAL;
 	hr_info("model '%s' resident: %s, %u layers, vocab %u, %.1f MB in %.0f ms; KV pool %u pages of %u tokens",
 		cfg->model_name, d->model->cfg.arch_name, d->model->cfg.n_layers,
 		d->model->cfg.vocab_size, d->model->weight_bytes / 1e6,
@@ -62,6 +64,7 @@ static void daemon_fini(struct hd_daemon *d)
 {
 	if (d->engine)
 		hd_sessions_fini(d);
+	hd_tier_fini(d);
 	engine_free(d->engine);
 	model_free(d->model);
 	kern_backend_free(d->be);

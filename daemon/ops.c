@@ -148,6 +148,20 @@ static int start_generate(struct hd_daemon *d, struct hd_client *c, struct hd_se
 	return 0;
 }
 
+static bool is_session_op(unsigned op)
+{
+	return op == SHM_OP_APPEND || op == SHM_OP_SCORE || op == SHM_OP_TRUNCATE ||
+	       op == SHM_OP_GENERATE;
+}
+
+/* KV pages the op may need for s. */
+static uint32_t pages_needed(struct hd_daemon *d, struct hd_session *s, const struct shm_sqe *q)
+{
+	uint64_t toks = (uint64_t)engine_seq_len(s->seq) + q->in_len / 4 +
+			(q->op == SHM_OP_GENERATE ? q->arg[0] : 0);
+	return (uint32_t)HR_MIN((toks + d->cfg.page_tokens - 1) / d->cfg.page_tokens, UINT32_MAX);
+}
+
 void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q)
 {
 	uint64_t t0 = hr_now_ns();
@@ -162,6 +176,17 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		hd_post_cqe(c, q->user_data, r, 0, 0, 0);
 		return;
 	}
+	if (is_session_op(q->op)) {
+		r = use_session(d, c, q->session, &s);
+		if (r == 0 && d->tiering && (s->n_deferred || hd_tier_ready(d, s) == -EAGAIN)) {
+			/* Paged out (or behind requests that are): wait for its own pages. */
+			r = hd_session_defer(s, c->id, q);
+			if (r == 0)
+				return;
+		}
+		if (r < 0)
+			goto done;
+	}
 	switch (q->op) {
 	case SHM_OP_NOP:
 		r = 0;
@@ -169,36 +194,37 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 	case SHM_OP_SESSION_OPEN:
 		r = hd_session_open(d, c, (const char *)c->arena + q->aux_off, q->aux_len,
 				    q->arg[0] & SHM_OPEN_F_CREATE, q->arg[0] & SHM_OPEN_F_EXCL, &s);
-		if (r >= 0) {
+		if (r >= 0)
 			r = (int)s->handle;
-			pos = engine_seq_len(s->seq);
-		}
 		break;
 	case SHM_OP_SESSION_CLOSE:
 		r = hd_session_close(d, c, q->session, q->arg[0] & SHM_CLOSE_F_DROP);
 		break;
 	case SHM_OP_APPEND:
-		if ((r = use_session(d, c, q->session, &s)) == 0)
-			r = q->in_len ? do_append(d, c, s, q->in_off, q->in_len) : -EINVAL;
+		r = q->in_len ? do_append(d, c, s, q->in_off, q->in_len) : -EINVAL;
 		break;
 	case SHM_OP_SCORE:
-		if ((r = use_session(d, c, q->session, &s)) == 0)
-			r = do_score(d, c, s, q, &out_len);
+		r = do_score(d, c, s, q, &out_len);
 		break;
 	case SHM_OP_TRUNCATE:
-		if ((r = use_session(d, c, q->session, &s)) == 0 &&
-		    (r = engine_truncate(d->engine, s->seq, q->arg[0])) == 0)
+		r = engine_truncate(d->engine, s->seq, q->arg[0]);
+		if (r == 0)
 			r = (int)q->arg[0];
 		break;
 	case SHM_OP_GENERATE:
-		if ((r = use_session(d, c, q->session, &s)) == 0 &&
-		    (r = start_generate(d, c, s, q)) == 0)
+		r = start_generate(d, c, s, q);
+		if (r == 0)
 			return; /* completions follow from hd_ops_generate_step(); counted when done */
 		break;
 	default:
 		r = -EOPNOTSUPP;
 		break;
 	}
+	/* KV exhausted: the engine kept nothing, so the op can wait for evictions. */
+	if (r == -ENOMEM && s && hd_tier_make_room(d, pages_needed(d, s, q)) &&
+	    hd_session_defer(s, c->id, q) == 0)
+		return;
+done:
 	if (s)
 		pos = engine_seq_len(s->seq);
 	count(d, q->op, r, t0);

@@ -103,7 +103,11 @@ static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *r
 		si->handle = s->handle;
 		si->n_tokens = engine_seq_len(s->seq);
 		si->kv_pages = (engine_seq_len(s->seq) + d->cfg.page_tokens - 1) / d->cfg.page_tokens;
-		si->tier = strdup("L1");
+		{
+			static const char *const tiers[] = { "L1", "L1->L2", "L2", "L2->L1" };
+			si->tier = strdup(tiers[s->tier]);
+		}
+		si->pinned = s->pinned;
 		si->attached = s->attached;
 		si->last_used_ms = (now - s->last_used_ns) / 1000000;
 		rep->sessions[k++] = si;
@@ -124,6 +128,19 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 	rep->steps = engine_n_steps(d->engine);
 	rep->disconnects = atomic_load(&d->stats.disconnects);
 	rep->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
+	{
+		struct hd_tier_stats ts;
+		hd_tier_stats(d, &ts);
+		rep->pages_out = ts.pages_out;
+		rep->pages_in = ts.pages_in;
+		rep->bytes_out = ts.bytes_out;
+		rep->bytes_in = ts.bytes_in;
+		rep->tier_errors = ts.errors;
+		rep->recomputed = ts.recomputed;
+		rep->l2_slots = ts.l2_slots;
+		rep->l2_slots_free = ts.l2_free;
+		rep->pager = strdup(ts.pager ? ts.pager : "");
+	}
 	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
 	if (!rep->ops)
 		return;
@@ -173,6 +190,15 @@ static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
 	case HD_CMD_STATS:
 		fill_stats(d, cmd->out);
 		cmd->res = 0;
+		break;
+	case HD_CMD_SESSION_ACTION:
+		s = cmd->name[0] ? hd_session_find_name(d, cmd->name, strlen(cmd->name))
+				 : hd_session_get(d, cmd->handle);
+		cmd->res = s ? 0 : -ENOENT;
+		if (s && cmd->action == HEARTH__CONTROL__SESSION_ACTION__ACTION__EVICT)
+			cmd->res = hd_tier_evict(d, s);
+		else if (s)
+			s->pinned = cmd->action == HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN;
 		break;
 	case HD_CMD_STOP:
 		/* Completed when the reactor has drained (reactor_main). */
@@ -363,7 +389,7 @@ static void *reactor_main(void *arg)
 	struct hd_cmd *stop = NULL;
 
 	for (;;) {
-		uint32_t work = run_cmds(d, &stop) + reactor_turn(d);
+		uint32_t work = run_cmds(d, &stop) + reactor_turn(d) + hd_tier_turn(d);
 		uint64_t now;
 
 		if (stop) {
@@ -372,7 +398,7 @@ static void *reactor_main(void *arg)
 			if (drained(d) || hr_now_ns() > stop_at)
 				break;
 		}
-		if (work) {
+		if (work || hd_tier_busy(d)) {
 			last_work = hr_now_ns();
 			continue;
 		}

@@ -174,7 +174,7 @@ struct hd_session *hd_session_find_name(struct hd_daemon *d, const char *name, s
 	return NULL;
 }
 
-static void session_destroy(struct hd_daemon *d, struct hd_session *s)
+static void session_destroy(struct hd_daemon *d, struct hd_session *s, bool drop)
 {
 	struct hd_sessions *t = &d->sessions;
 	uint32_t slot = s->handle & HD_SLOT_MASK;
@@ -186,6 +186,7 @@ static void session_destroy(struct hd_daemon *d, struct hd_session *s)
 		t->gen[slot] = 1;
 	slot_give(t, slot);
 	t->n--;
+	hd_tier_forget(d, s, drop);
 	engine_seq_free(d->engine, s->seq);
 	free(s->name);
 	free(s);
@@ -269,7 +270,7 @@ static void session_release(struct hd_daemon *d, struct hd_session *s, bool dest
 {
 	s->attached--;
 	if (!s->name || (destroy && !s->attached))
-		session_destroy(d, s);
+		session_destroy(d, s, destroy);
 }
 
 int hd_session_close(struct hd_daemon *d, struct hd_client *c, uint32_t handle, bool destroy)
@@ -308,9 +309,42 @@ void hd_sessions_fini(struct hd_daemon *d)
 
 	for (uint32_t i = 0; i < t->cap; i++)
 		if (t->slots[i])
-			session_destroy(d, t->slots[i]);
+			session_destroy(d, t->slots[i], false);
 	free(t->slots);
 	free(t->gen);
 	free(t->free_slots);
 	memset(t, 0, sizeof(*t));
+}
+
+struct hd_session *hd_session_restore(struct hd_daemon *d, const char *name, struct engine_seq *seq)
+{
+	struct hd_sessions *t = &d->sessions;
+	struct hd_session *s;
+	uint32_t slot;
+
+	if (!t->n_free && table_grow(t) < 0)
+		return NULL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->name = strdup(name);
+	if (!s->name) {
+		free(s);
+		return NULL;
+	}
+	slot = slot_take(t);
+	s->handle = ((uint32_t)t->gen[slot] << HD_SLOT_BITS) | slot;
+	s->seq = seq;
+	s->last_used_ns = hr_now_ns();
+	t->slots[slot] = s;
+	t->n++;
+	return s;
+}
+
+struct hd_client *hd_client_by_id(struct hd_daemon *d, uint32_t id)
+{
+	for (uint32_t i = 0; i < d->n_clients; i++)
+		if (d->clients[i]->id == id)
+			return d->clients[i];
+	return NULL;
 }

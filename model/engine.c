@@ -314,3 +314,57 @@ int engine_truncate(struct engine *e, struct engine_seq *s, uint32_t n)
 		e->logits_owner = NULL;
 	return 0;
 }
+
+const struct kv_block_table *engine_seq_kv(const struct engine_seq *s)
+{
+	return &s->bt;
+}
+
+void engine_seq_drop_kv(struct engine *e, struct engine_seq *s)
+{
+	if (e->logits_owner == s)
+		e->logits_owner = NULL;
+	kv_bt_release(e->pool, &s->bt);
+}
+
+int engine_seq_reserve_kv(struct engine *e, struct engine_seq *s)
+{
+	if (e->logits_owner == s)
+		e->logits_owner = NULL;
+	kv_bt_truncate(e->pool, &s->bt, 0);
+	return kv_bt_reserve(e->pool, &s->bt, s->len);
+}
+
+void engine_seq_kv_restored(struct engine *e, struct engine_seq *s)
+{
+	(void)e;
+	s->bt.n_tokens = s->len;
+}
+
+struct engine_seq *engine_seq_from_history(struct engine *e, const int32_t *tokens, uint32_t n)
+{
+	struct engine_seq *s = engine_seq_new(e);
+
+	if (!s)
+		return NULL;
+	if (n && history_reserve(s, n) < 0) {
+		free(s);
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (n)
+		memcpy(s->tokens, tokens, (size_t)n * sizeof(int32_t));
+	s->len = n;
+	return s;
+}
+
+void *engine_page_ptr(struct engine *e, uint32_t page)
+{
+	return (char *)kv_pool_kern(e->pool)->base + (size_t)page * engine_page_bytes(e);
+}
+
+size_t engine_page_bytes(const struct engine *e)
+{
+	const struct kern_kv *kv = kv_pool_kern(e->pool);
+	return kern_kv_page_elems(kv) * e->m->be->act_bytes;
+}

@@ -62,6 +62,24 @@ int engine_probs(struct engine *e, struct engine_seq *s, const int32_t *ids, uin
 typedef int (*engine_token_cb)(void *userdata, uint32_t i, int32_t token, const float *logits);
 int engine_generate(struct engine *e, struct engine_seq *s, uint32_t n, int32_t *out,
 		    engine_token_cb cb, void *userdata, int want_logits);
+/*
+ * Paging support (the daemon's L1 <-> L2 tiering). A sequence's KV may hold
+ * fewer positions than its token history: the missing ones are recomputed
+ * from the history on the next use, so dropping KV never loses anything.
+ */
+const struct kv_block_table *engine_seq_kv(const struct engine_seq *s);
+/* Release every KV page of s (its history stays). */
+void engine_seq_drop_kv(struct engine *e, struct engine_seq *s);
+/* Take L1 pages for the whole history (to be filled by a page-in): 0 or -ENOMEM. */
+int engine_seq_reserve_kv(struct engine *e, struct engine_seq *s);
+/* The reserved pages now hold the history's K/V (a page-in completed). */
+void engine_seq_kv_restored(struct engine *e, struct engine_seq *s);
+/* A sequence with this history and no KV (restored from a manifest). */
+struct engine_seq *engine_seq_from_history(struct engine *e, const int32_t *tokens, uint32_t n);
+/* Backend address and size of one L1 page, for the pager's copies. */
+void *engine_page_ptr(struct engine *e, uint32_t page);
+size_t engine_page_bytes(const struct engine *e);
+
 /* Keep the first n tokens (n <= length). Logits of the new last position are
  * recomputed on demand. */
 int engine_truncate(struct engine *e, struct engine_seq *s, uint32_t n);

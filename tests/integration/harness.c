@@ -30,10 +30,14 @@ unsigned th_failures;
 static const char *test_name = "test";
 static pid_t owner_pid;
 
-#define MAX_DAEMONS 8
-static struct th_daemon *daemons[MAX_DAEMONS];
-/* Copy of the live pids for the signal handler (no pointers chased there). */
+/* Every daemon started, by value (a test's struct th_daemon may live on a
+ * stack frame that is gone by exit time): its pid while it runs, for the
+ * signal handler and atexit, and its directory, removed at exit. */
+#define MAX_DAEMONS 16
 static volatile pid_t daemon_pids[MAX_DAEMONS];
+static char daemon_dirs[MAX_DAEMONS][64];
+static char daemon_logs[MAX_DAEMONS][160];
+static unsigned n_daemons;
 
 /* ---- checks ---------------------------------------------------------------- */
 
@@ -81,9 +85,9 @@ static void rm_dir(const char *dir)
 		fprintf(stderr, "[%s] keeping %s\n", test_name, dir);
 		return;
 	}
-	snprintf(p, sizeof(p), "%s/hearthd.log", dir);
+	snprintf(p, sizeof(p), "%.64s/hearthd.log", dir);
 	unlink(p);
-	snprintf(p, sizeof(p), "%s/h.sock", dir);
+	snprintf(p, sizeof(p), "%.64s/h.sock", dir);
 	unlink(p);
 	rmdir(dir);
 }
@@ -92,21 +96,18 @@ static void cleanup_at_exit(void)
 {
 	if (getpid() != owner_pid)
 		return; /* a forked client: the daemons are the parent's */
-	for (int i = 0; i < MAX_DAEMONS; i++) {
-		struct th_daemon *d = daemons[i];
+	for (unsigned i = 0; i < n_daemons; i++) {
+		pid_t pid = daemon_pids[i];
 
-		if (!d)
-			continue;
-		if (d->pid > 0) {
-			fprintf(stderr, "[%s] killing hearthd %d left running\n", test_name, (int)d->pid);
-			kill(d->pid, SIGKILL);
-			waitpid(d->pid, NULL, 0);
-			d->pid = 0;
+		if (pid > 0) {
+			fprintf(stderr, "[%s] killing hearthd %d left running\n", test_name, (int)pid);
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+			daemon_pids[i] = 0;
 		}
-		daemon_pids[i] = 0;
-		rm_dir(d->dir);
-		daemons[i] = NULL;
+		rm_dir(daemon_dirs[i]);
 	}
+	n_daemons = 0;
 }
 
 static void on_fatal_signal(int sig)
@@ -126,9 +127,12 @@ void th_fatal(const char *why)
 {
 	fprintf(stderr, "[%s %d] FATAL: %s\n", test_name, (int)getpid(), why);
 	if (getpid() == owner_pid)
-		for (int i = 0; i < MAX_DAEMONS; i++)
-			if (daemons[i])
-				th_daemon_dump_log(daemons[i], 40);
+		for (unsigned i = 0; i < n_daemons; i++)
+			if (daemon_pids[i] > 0) {
+				struct th_daemon t = { .pid = daemon_pids[i] };
+				snprintf(t.log, sizeof(t.log), "%.159s", daemon_logs[i]);
+				th_daemon_dump_log(&t, 40);
+			}
 	exit(1); /* atexit kills the daemons (in the owner) */
 }
 
@@ -149,6 +153,14 @@ void th_init(const char *name, unsigned watchdog_s)
 	alarm(watchdog_s);
 }
 
+void th_child_init(unsigned watchdog_s)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != owner_pid)
+		_exit(127); /* the parent is already gone */
+	alarm(watchdog_s);
+}
+
 int th_result(void)
 {
 	if (th_failures) {
@@ -157,6 +169,59 @@ int th_result(void)
 	}
 	fprintf(stderr, "[%s] all checks passed\n", test_name);
 	return 0;
+}
+
+int th_run_capture(const char *const *argv, char *out, size_t cap, unsigned timeout_ms)
+{
+	uint64_t deadline = th_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	size_t len = 0;
+	int pfd[2], st = -1;
+	pid_t pid;
+
+	if (cap)
+		out[0] = 0;
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0) {
+		close(pfd[0]);
+		close(pfd[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		dup2(pfd[1], 1);
+		dup2(pfd[1], 2);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	for (;;) {
+		struct pollfd p = { .fd = pfd[0], .events = POLLIN };
+		int64_t left = (int64_t)(deadline - th_now_ns()) / 1000000;
+		char sink[256];
+		ssize_t k;
+
+		if (left <= 0) {
+			kill(pid, SIGKILL);
+			break;
+		}
+		if (poll(&p, 1, (int)left) <= 0)
+			continue;
+		if (len + 1 < cap)
+			k = read(pfd[0], out + len, cap - 1 - len);
+		else
+			k = read(pfd[0], sink, sizeof(sink));
+		if (k <= 0)
+			break;
+		if (len + 1 < cap)
+			len += (size_t)k;
+	}
+	if (cap)
+		out[len] = 0;
+	close(pfd[0]);
+	waitpid(pid, &st, 0);
+	return st;
 }
 
 uint64_t th_now_ns(void)
@@ -216,14 +281,15 @@ void th_daemon_start(struct th_daemon *d, const char *hearthd, const char *model
 	int logfd;
 
 	memset(d, 0, sizeof(*d));
-	for (slot = 0; slot < MAX_DAEMONS && daemons[slot]; slot++)
-		;
-	REQUIRE(slot < MAX_DAEMONS, "too many daemons");
+	REQUIRE(n_daemons < MAX_DAEMONS, "too many daemons");
+	slot = n_daemons;
 	snprintf(d->dir, sizeof(d->dir), "/tmp/hearth-integ-XXXXXX");
 	REQUIRE(mkdtemp(d->dir) != NULL, "mkdtemp: %s", strerror(errno));
 	snprintf(d->sock, sizeof(d->sock), "%s/h.sock", d->dir);
 	snprintf(d->log, sizeof(d->log), "%s/hearthd.log", d->dir);
-	daemons[slot] = d;
+	snprintf(daemon_dirs[slot], sizeof(daemon_dirs[slot]), "%s", d->dir);
+	snprintf(daemon_logs[slot], sizeof(daemon_logs[slot]), "%s", d->log);
+	n_daemons++;
 
 	argv[n++] = hearthd;
 	argv[n++] = "--socket-path";
@@ -464,7 +530,9 @@ int th_ctl_call(int sock, Hearth__Control__Request *req, Hearth__Control__Respon
 	if (!buf)
 		return -ENOMEM;
 	r = hr_ctl_send(sock, &req->base, -1);
-	if (r < 0)
+	/* A peer that refused us (EUSERS, EACCES) replied, then closed: its
+	 * reply may still be queued for us although our send failed. */
+	if (r < 0 && r != -EPIPE && r != -ECONNRESET)
 		goto out;
 	r = hr_ctl_recv(sock, buf, HR_CTL_MAX_MSG, &fd, &eof);
 	if (r < 0)

@@ -46,8 +46,17 @@ void th_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * fatal signals. Call first in main().
  */
 void th_init(const char *name, unsigned watchdog_s);
+/* First call in a forked client process: it dies with its parent
+ * (PDEATHSIG) and after watchdog_s seconds at most (alarms are not
+ * inherited across fork). */
+void th_child_init(unsigned watchdog_s);
 /* Exit status for main: 0 if every check passed, else 1 (prints a summary). */
 int th_result(void);
+
+/* Run argv (argv[0] a path), stdout and stderr into out (NUL-terminated,
+ * truncated to cap - 1), bounded by timeout_ms (then SIGKILL). Returns the
+ * waitpid status, or -1 when it could not run. */
+int th_run_capture(const char *const *argv, char *out, size_t cap, unsigned timeout_ms);
 
 uint64_t th_now_ns(void);
 void th_sleep_ms(unsigned ms);

@@ -8,6 +8,11 @@
 
 void ref_init(struct ref *r, const char *model_dir)
 {
+	ref_init_kv(r, model_dir, 0);
+}
+
+void ref_init_kv(struct ref *r, const char *model_dir, uint32_t kv_pages)
+{
 	char err[512] = "";
 
 	memset(r, 0, sizeof(*r));
@@ -15,7 +20,8 @@ void ref_init(struct ref *r, const char *model_dir)
 	REQUIRE(r->be, "cpu backend: %s", strerror(errno));
 	r->m = model_load(model_dir, r->be, err, sizeof(err));
 	REQUIRE(r->m, "model_load %s: %s", model_dir, err);
-	r->e = engine_new(r->m, &(struct engine_params){ .page_tokens = 16, .max_step_tokens = 512 });
+	r->e = engine_new(r->m, &(struct engine_params){ .kv_pages = kv_pages, .page_tokens = 16,
+							  .max_step_tokens = 512 });
 	REQUIRE(r->e, "engine_new: %s", strerror(errno));
 }
 

@@ -21,6 +21,10 @@ struct ref {
 /* Load the model on the CPU backend with the daemon's default engine
  * parameters. Fatal on failure. */
 void ref_init(struct ref *r, const char *model_dir);
+/* The same with a KV pool of kv_pages pages (0: the engine's default, 128
+ * pages of 16 tokens for the tiny model), for references holding many or
+ * long sequences at once. */
+void ref_init_kv(struct ref *r, const char *model_dir, uint32_t kv_pages);
 void ref_fini(struct ref *r);
 
 /* One-call helpers on a fresh sequence: append each chunk (as the daemon

@@ -8,9 +8,11 @@
  * tokens than the completion ring holds) equal to the engine's greedy tokens;
  * a hypothetical event scored and rolled back with TRUNCATE; named sessions
  * reopened by other connections with their tokens, shared by two live
- * connections, destroyed; the control socket's stats moving as they must.
+ * connections, destroyed; a fixed-time phase where every process stamps its
+ * requests and checks it gets exactly its own back (DPDK style); the control
+ * socket's stats moving as they must.
  *
- * Usage: test_integ_clients HEARTHD MODEL_DIR
+ * Usage: test_integ_clients HEARTHD MODEL_DIR [HEARTHCTL]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -63,6 +65,7 @@ static struct script sc[N_PROC];
 
 struct shared {
 	_Atomic uint32_t ready, go;
+	_Atomic uint64_t stamped; /* NOPs the stamp phase sent, all clients */
 };
 static struct shared *sh;
 static const char *sock;
@@ -152,7 +155,7 @@ static void sync_named(struct hearth *h, const struct script *s, uint32_t named,
 static void async_anon(struct hearth *h, const struct script *s, uint32_t anon, int p)
 {
 	int32_t *pfx = hearth_arena_alloc(h, PFX * 4), *lab = hearth_arena_alloc(h, NL * 4);
-	int32_t *tok[K];
+	int32_t *tok[K], *ovl;
 	float *out[K], *logp;
 	struct hearth_sqe *sqe;
 	struct hearth_cqe *cqe;
@@ -183,10 +186,18 @@ static void async_anon(struct hearth *h, const struct script *s, uint32_t anon, 
 	hearth_prep_score(h, sqe, anon, NULL, 0, lab, NL, logp);
 	sqe->arg[0] = HEARTH_SCORE_F_LOGPROB;
 	sqe->user_data = 2999;
+	/* Output over the labels themselves: "the daemon reads in/aux before it
+	 * writes out; ranges may overlap". */
+	ovl = hearth_arena_alloc(h, NL * 4);
+	sqe = hearth_get_sqe(h);
+	REQUIRE(ovl && sqe, "arena/sqe");
+	memcpy(ovl, labels, sizeof(labels));
+	hearth_prep_score(h, sqe, anon, NULL, 0, ovl, NL, (float *)ovl);
+	sqe->user_data = 3999;
 	r = hearth_submit(h);
-	CHECK(r == (int)K + 2, "client %d: submit published %d, want %u", p, r, K + 2);
-	for (uint32_t i = 0; i < K + 2; i++) {
-		uint64_t want_ud = i == 0 ? 1000 : i <= K ? 2000 + i - 1 : 2999;
+	CHECK(r == (int)K + 3, "client %d: submit published %d, want %u", p, r, K + 3);
+	for (uint32_t i = 0; i < K + 3; i++) {
+		uint64_t want_ud = i == 0 ? 1000 : i <= K ? 2000 + i - 1 : i == K + 1 ? 2999 : 3999;
 
 		r = hearth_wait_cqe(h, &cqe, 10000000000ll);
 		if (!CHECK(r == 0, "client %d: async completion %u: %s", p, i, hearth_strerror(r)))
@@ -197,6 +208,10 @@ static void async_anon(struct hearth *h, const struct script *s, uint32_t anon, 
 		if (want_ud == 1000) {
 			CHECK(cqe->res == (int)PFX && cqe->pos == PFX, "client %d: async append res %d pos %u",
 			      p, cqe->res, cqe->pos);
+		} else if (want_ud == 3999) {
+			snprintf(what, sizeof(what), "client %d: async score with out over its labels", p);
+			if (CHECK(cqe->res == (int)NL, "%s: res %d", what, cqe->res))
+				th_close((const float *)ovl, s->anon[K - 1], NL, what);
 		} else if (want_ud == 2999) {
 			float e[NL];
 			for (uint32_t j = 0; j < NL; j++)
@@ -260,12 +275,18 @@ static void gen_long(struct hearth *h, const struct script *s, int p)
 	struct hearth_sqe *sqe = hearth_get_sqe(h);
 	struct hearth_cqe *cqe;
 	uint32_t got = 0;
+	bool busy_checked = false;
 
 	REQUIRE(sess > 0 && pr && out && sqe, "long generate setup");
 	memcpy(pr, s->lprompt, sizeof(s->lprompt));
 	hearth_prep_generate(h, sqe, (uint32_t)sess, pr, 6, GEN_LONG, out);
 	sqe->user_data = 3000;
-	CHECK(hearth_submit(h) == 1, "submit");
+	/* In the same batch: a TRUNCATE of the session being generated into. */
+	sqe = hearth_get_sqe(h);
+	REQUIRE(sqe, "sqe");
+	hearth_prep_truncate(h, sqe, (uint32_t)sess, 0);
+	sqe->user_data = 3001;
+	CHECK(hearth_submit(h) == 2, "submit");
 	for (;;) {
 		int r = hearth_wait_cqe(h, &cqe, 10000000000ll);
 
@@ -273,6 +294,25 @@ static void gen_long(struct hearth *h, const struct script *s, int p)
 				   "10 s after %u tokens: %s",
 			   p, GEN_LONG, 128, got, hearth_strerror(r)))
 			break;
+		if (cqe->user_data == 3001) {
+			CHECK(cqe->res == -EBUSY && !(cqe->flags & HEARTH_CQE_F_MORE),
+			      "client %d: TRUNCATE during a GENERATE into the session: res %d, want -EBUSY",
+			      p, cqe->res);
+			hearth_cqe_seen(h, cqe);
+			continue;
+		}
+		if (!CHECK(cqe->user_data == 3000, "client %d: completion for %llu", p,
+			   (unsigned long long)cqe->user_data)) {
+			hearth_cqe_seen(h, cqe);
+			continue;
+		}
+		if (got == 1 && !busy_checked) {
+			/* Streaming, and stalled on our CQ until we read on (GEN_LONG
+			 * exceeds it): closing the session must wait. */
+			int r2 = hearth_session_close(h, (uint32_t)sess, 0);
+			CHECK(r2 == -EBUSY, "client %d: close during a GENERATE: %d, want -EBUSY", p, r2);
+			busy_checked = true;
+		}
 		if (cqe->flags & HEARTH_CQE_F_MORE) {
 			CHECK(cqe->res == 1 && cqe->out_len == 4 * (got + 1), "client %d: stream %u: res %d out_len %u",
 			      p, got, cqe->res, cqe->out_len);
@@ -298,6 +338,40 @@ static void gen_long(struct hearth *h, const struct script *s, int p)
 	}
 }
 
+/* DPDK-style: for a fixed time, every client stamps its requests with its id
+ * and a sequence number and checks that exactly its own come back, in order,
+ * while the others do the same. */
+static void stamp(struct hearth *h, int p)
+{
+	uint64_t seq = 0, next = 0, end = th_now_ns() + 300000000ull;
+
+	while (th_now_ns() < end && th_failures == 0) {
+		struct hearth_cqe *cqe;
+		int n = 0;
+
+		for (; n < 8; n++) {
+			struct hearth_sqe *q = hearth_get_sqe(h);
+			if (!q)
+				break;
+			hearth_prep_nop(h, q);
+			q->user_data = ((uint64_t)(p + 1) << 48) | seq++;
+		}
+		CHECK(hearth_submit(h) == n, "stamp: submit");
+		for (int i = 0; i < n; i++) {
+			int r = hearth_wait_cqe(h, &cqe, 10000000000ll);
+			if (!CHECK(r == 0, "client %d: stamp: no completion: %s", p, hearth_strerror(r)))
+				return;
+			CHECK(cqe->user_data == (((uint64_t)(p + 1) << 48) | next) && cqe->res == 0,
+			      "client %d: stamp: completion %llx res %d, want %llx", p,
+			      (unsigned long long)cqe->user_data, cqe->res,
+			      (unsigned long long)(((uint64_t)(p + 1) << 48) | next));
+			next++;
+			hearth_cqe_seen(h, cqe);
+		}
+	}
+	atomic_fetch_add(&sh->stamped, seq);
+}
+
 static void client(int p)
 {
 	const struct script *s = &sc[p];
@@ -307,7 +381,7 @@ static void client(int p)
 	int64_t named, anon;
 	uint64_t deadline;
 
-	alarm(60); /* the watchdog of the parent does not cover us */
+	th_child_init(60);
 	snprintf(name, sizeof(name), "client-%d", p);
 	snprintf(sname, sizeof(sname), "acct:%d", p);
 	h = hearth_connect(&(struct hearth_opts){ .socket_path = sock, .client_name = name });
@@ -328,6 +402,7 @@ static void client(int p)
 		hypothetical(h, s, (uint32_t)named, p);
 		gen_short(h, s, (uint32_t)anon, p);
 		CHECK(hearth_nop(h) == 0, "nop");
+		stamp(h, p);
 		gen_long(h, s, p); /* last: after a stall this connection is unusable */
 	}
 	hearth_close(h);
@@ -416,8 +491,61 @@ static void reopen_and_share(struct ref *r, struct th_daemon *d)
 		      st.kv_free, st2.kv_free);
 	}
 	CHECK(hearth_session_open(h2, "acct:1", 0, NULL) == -ENOENT, "acct:1 is gone");
+
+	/* A GENERATE streaming into a shared named session makes it busy for the
+	 * other connection, and only while it streams. */
+	{
+		int64_t g1 = hearth_session_open(h1, "acct:2", 0, NULL);
+		int64_t g2 = hearth_session_open(h2, "acct:2", 0, NULL);
+		int32_t *o = hearth_arena_alloc(h1, 200 * 4), t = 9;
+		struct hearth_sqe *q = hearth_get_sqe(h1);
+		struct hearth_cqe *c;
+		uint32_t seen = 0;
+		bool fin = false;
+
+		REQUIRE(g1 > 0 && g2 > 0 && o && q, "acct:2 setup");
+		hearth_prep_generate(h1, q, (uint32_t)g1, NULL, 0, 200, o);
+		q->user_data = 4000;
+		CHECK(hearth_submit(h1) == 1, "submit");
+		CHECK(hearth_wait_cqe(h1, &c, 10000000000ll) == 0, "first token");
+		/* h1 stops reading: 200 tokens > its CQ, the GENERATE stays in flight. */
+		rr = hearth_append(h2, (uint32_t)g2, &t, 1);
+		CHECK(rr == -EBUSY, "append from another connection during a GENERATE: %d, want -EBUSY", rr);
+		while (!fin && hearth_wait_cqe(h1, &c, 10000000000ll) == 0) {
+			fin = !(c->flags & HEARTH_CQE_F_MORE);
+			seen++;
+			hearth_cqe_seen(h1, c);
+		}
+		CHECK(fin, "acct:2 GENERATE: no final completion after %u", seen);
+		hearth_arena_reset(h1);
+		rr = hearth_append(h2, (uint32_t)g2, &t, 1);
+		CHECK(rr > (int)L_NAMED, "append after the GENERATE: %d", rr);
+	}
 	hearth_close(h2);
 	hearth_close(h1);
+}
+
+/* hearthctl agrees with the control socket. */
+static void hearthctl(const char *path, struct th_daemon *d)
+{
+	static char out[65536];
+	struct th_stats st;
+	const char *status[] = { path, "--socket", d->sock, "status", NULL };
+	const char *sessions[] = { path, "--socket", d->sock, "sessions", NULL };
+	char line[64];
+	int r;
+
+	REQUIRE(th_stats(d->sock, &st) == 0, "stats");
+	r = th_run_capture(status, out, sizeof(out), 10000);
+	if (CHECK(WIFEXITED(r) && WEXITSTATUS(r) == 0, "hearthctl status: status 0x%x: %s", r, out)) {
+		snprintf(line, sizeof(line), "sessions           %u\n", st.sessions);
+		CHECK(strstr(out, line), "hearthctl status does not say '%.30s':\n%s", line, out);
+	}
+	r = th_run_capture(sessions, out, sizeof(out), 10000);
+	if (CHECK(WIFEXITED(r) && WEXITSTATUS(r) == 0, "hearthctl sessions: status 0x%x: %s", r, out))
+		CHECK(strstr(out, "acct:0") && strstr(out, "acct:3") && !strstr(out, "acct:1 "),
+		      "hearthctl sessions does not list acct:0 and acct:3 (and not the destroyed acct:1):\n%s",
+		      out);
 }
 
 int main(int argc, char **argv)
@@ -430,7 +558,7 @@ int main(int argc, char **argv)
 	bool children_ok;
 
 	th_init("clients", 110);
-	REQUIRE(argc == 3, "usage: %s HEARTHD MODEL_DIR", argv[0]);
+	REQUIRE(argc == 3 || argc == 4, "usage: %s HEARTHD MODEL_DIR [HEARTHCTL]", argv[0]);
 	ref_init(&ref, argv[2]);
 	make_scripts(&ref);
 	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -480,26 +608,34 @@ int main(int argc, char **argv)
 		tokens += PFX + K * EV + EV + PFX + K * EV + 4 + sc[p].n_gen + 6 + sc[p].n_lgen;
 	CHECK(s2.tokens - s0.tokens == tokens, "stats: tokens_processed moved by %llu, want %llu",
 	      (unsigned long long)(s2.tokens - s0.tokens), (unsigned long long)tokens);
-	CHECK(s2.op_count[SHM_OP_SCORE] - s0.op_count[SHM_OP_SCORE] == N_PROC * (2 * K + 3),
+	CHECK(s2.op_count[SHM_OP_SCORE] - s0.op_count[SHM_OP_SCORE] == N_PROC * (2 * K + 4),
 	      "stats: score count moved by %llu, want %u",
-	      (unsigned long long)(s2.op_count[SHM_OP_SCORE] - s0.op_count[SHM_OP_SCORE]), N_PROC * (2 * K + 3));
+	      (unsigned long long)(s2.op_count[SHM_OP_SCORE] - s0.op_count[SHM_OP_SCORE]), N_PROC * (2 * K + 4));
 	CHECK(s2.op_count[SHM_OP_GENERATE] - s0.op_count[SHM_OP_GENERATE] == 2 * N_PROC,
 	      "stats: generate count moved by %llu",
 	      (unsigned long long)(s2.op_count[SHM_OP_GENERATE] - s0.op_count[SHM_OP_GENERATE]));
-	CHECK(s2.op_count[SHM_OP_TRUNCATE] - s0.op_count[SHM_OP_TRUNCATE] == N_PROC,
-	      "stats: truncate count moved by %llu",
-	      (unsigned long long)(s2.op_count[SHM_OP_TRUNCATE] - s0.op_count[SHM_OP_TRUNCATE]));
+	CHECK(s2.op_count[SHM_OP_TRUNCATE] - s0.op_count[SHM_OP_TRUNCATE] == 2 * N_PROC &&
+		      s2.op_errors[SHM_OP_TRUNCATE] - s0.op_errors[SHM_OP_TRUNCATE] == N_PROC,
+	      "stats: truncate count/errors moved by %llu/%llu",
+	      (unsigned long long)(s2.op_count[SHM_OP_TRUNCATE] - s0.op_count[SHM_OP_TRUNCATE]),
+	      (unsigned long long)(s2.op_errors[SHM_OP_TRUNCATE] - s0.op_errors[SHM_OP_TRUNCATE]));
 	CHECK(s2.op_count[SHM_OP_APPEND] - s0.op_count[SHM_OP_APPEND] == 3 * N_PROC &&
 		      s2.op_errors[SHM_OP_APPEND] - s0.op_errors[SHM_OP_APPEND] == N_PROC,
 	      "stats: append count/errors moved by %llu/%llu, want %u/%u",
 	      (unsigned long long)(s2.op_count[SHM_OP_APPEND] - s0.op_count[SHM_OP_APPEND]),
 	      (unsigned long long)(s2.op_errors[SHM_OP_APPEND] - s0.op_errors[SHM_OP_APPEND]),
 	      3 * N_PROC, N_PROC);
-	CHECK(s2.op_count[SHM_OP_NOP] - s0.op_count[SHM_OP_NOP] == N_PROC, "stats: nop count moved by %llu",
-	      (unsigned long long)(s2.op_count[SHM_OP_NOP] - s0.op_count[SHM_OP_NOP]));
+	CHECK(s2.op_count[SHM_OP_NOP] - s0.op_count[SHM_OP_NOP] == N_PROC + atomic_load(&sh->stamped),
+	      "stats: nop count moved by %llu, want %llu",
+	      (unsigned long long)(s2.op_count[SHM_OP_NOP] - s0.op_count[SHM_OP_NOP]),
+	      (unsigned long long)(N_PROC + atomic_load(&sh->stamped)));
+	th_log("stamp phase: %llu NOPs from %d processes, each seeing only its own",
+	       (unsigned long long)atomic_load(&sh->stamped), N_PROC);
 
 reopen:
 	reopen_and_share(&ref, &d);
+	if (argc > 3)
+		hearthctl(argv[3], &d);
 	th_daemon_stop(&d, 20000);
 	munmap(sh, sizeof(*sh));
 	ref_fini(&ref);

@@ -124,7 +124,7 @@ struct kv {
 	const char *section, *key, *value, *dump; /* dump: how --check-config prints it */
 };
 
-static char sock_path[128];
+static char sock_path[128], l2_path[128], state_dir[128];
 
 static struct kv values[] = {
 	{ "daemon", "socket_path", sock_path, NULL },
@@ -145,6 +145,13 @@ static struct kv values[] = {
 	{ "client", "arena_bytes", "2097152", NULL },
 	{ "client", "max_arena_bytes", "8388608", NULL },
 	{ "client", "max_sessions_per_client", "99", NULL },
+	{ "kv", "l2_path", l2_path, NULL },
+	{ "kv", "l2_mib", "64", NULL },
+	{ "kv", "pager", "threads", NULL },
+	{ "kv", "state_dir", state_dir, NULL },
+	{ "kv", "evict_low_pct", "5", NULL },
+	{ "kv", "evict_high_pct", "30", NULL },
+	{ "kv", "checkpoint_ms", "250", NULL },
 };
 #define N_VALUES (sizeof(values) / sizeof(values[0]))
 
@@ -367,6 +374,10 @@ static void bad_cases(void)
 	bad_file("sq_entries not a power of two", "[client]\nsq_entries = 100\n", "sq_entries", NULL);
 	bad_file("arena over its maximum", "[client]\narena_bytes = 8388608\nmax_arena_bytes = 4194304\n",
 		 "arena_bytes", NULL);
+	bad_file("bad pager", "[kv]\npager = aio\n", "pager", "aio");
+	bad_file("evict_low_pct over evict_high_pct", "[kv]\nevict_low_pct = 50\nevict_high_pct = 40\n",
+		 "evict_low_pct", NULL);
+	bad_file("percentage over 100", "[kv]\nevict_high_pct = 101\n", "evict_high_pct", NULL);
 	bad_file("relative socket path", "[daemon]\nsocket_path = run/h.sock\n", "socket_path", NULL);
 	snprintf(text, sizeof(text), "[model]\nmodel_path = %s/no-such-model\n", dir);
 	bad_file("model path not a directory", text, "model_path", NULL);
@@ -439,6 +450,8 @@ int main(int argc, char **argv)
 	snprintf(dir, sizeof(dir), "/tmp/hearth-cfg-XXXXXX");
 	REQUIRE(mkdtemp(dir), "mkdtemp");
 	snprintf(sock_path, sizeof(sock_path), "%s/run/h.sock", dir);
+	snprintf(l2_path, sizeof(l2_path), "%s/l2.bin", dir);
+	snprintf(state_dir, sizeof(state_dir), "%s/state", dir);
 	for (size_t i = 0; i < N_VALUES; i++)
 		if (!values[i].value)
 			values[i].value = model;
@@ -453,6 +466,11 @@ int main(int argc, char **argv)
 
 	/* --check-config must not start anything: no socket appeared. */
 	CHECK(access(sock_path, F_OK) < 0, "--check-config created %s", sock_path);
+	CHECK(access(l2_path, F_OK) < 0, "--check-config created %s", l2_path);
+	CHECK(access(state_dir, F_OK) < 0, "--check-config created %s", state_dir);
+	unlink(sock_path);
+	unlink(l2_path);
+	rmdir(state_dir);
 	for (const char *f = "good.conf\0bad.conf\0override.conf\0"; *f; f += strlen(f) + 1) {
 		snprintf(p, sizeof(p), "%s/%s", dir, f);
 		unlink(p);

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * A client killed with SIGKILL in the middle of a long GENERATE: the daemon
- * sees the hang-up, detaches it (stats: client count back, its anonymous
- * sessions freed, KV pages back to what they were, its named session kept),
- * keeps serving the other clients correctly, and exits 0 on SIGTERM.
+ * A client killed with SIGKILL in the middle of two long GENERATEs (one into
+ * an anonymous session, one into a named one): the daemon sees the hang-up,
+ * detaches it (stats: client count back, the anonymous session freed, KV
+ * pages back to what they were but for the named session's growth), leaves
+ * the named session usable (not busy) with exactly the tokens generated so
+ * far, keeps serving the other clients correctly, and exits 0 on SIGTERM.
  * While the dying client has stopped reading its completion ring, the
  * reactor must not burn a core waiting for room (it has a wake-up bit for it).
  *
@@ -112,36 +114,44 @@ static char read_byte(int fd, unsigned timeout_ms)
 	}
 }
 
-static int stop_reading(void *ud, uint32_t got)
+static int32_t named_tokens(uint32_t i)
 {
-	(void)ud;
-	return got >= READ_BEFORE_KILL;
+	return (int32_t)(i * 13 + 5);
 }
 
-/* The client that dies: a named session with tokens, then an anonymous one
- * streaming a long GENERATE of which it reads a few tokens and stops. */
+/* The client that dies: a named session with tokens and an anonymous one,
+ * each streaming a long GENERATE, of which it reads a few completions and
+ * then stops reading. Default rings (sq 64, cq 128): both GENERATEs stall
+ * on the full CQ well before their 400 tokens. */
 static void victim(const char *sock, int to_parent, int from_parent)
 {
 	struct rc c;
-	int32_t named, anon, toks[NAMED_TOKENS], out[GEN_TOKENS];
-	int32_t r;
+	int32_t named, anon, toks[NAMED_TOKENS];
+	struct shm_cqe cqe;
 
-	/* Default ring sizes (sq 64, cq 128): the GENERATE stalls on the full CQ
-	 * well before its 400 tokens once the victim stops reading. */
 	if (rc_connect(&c, sock, &(struct rc_opts){ .name = "victim" }) < 0)
 		_exit(2);
 	named = rc_open(&c, "kill9:keep", SHM_OPEN_F_CREATE, NULL);
 	anon = rc_open(&c, NULL, 0, NULL);
 	for (uint32_t i = 0; i < NAMED_TOKENS; i++)
-		toks[i] = (int32_t)(i * 13 + 5);
+		toks[i] = named_tokens(i);
 	if (named <= 0 || anon <= 0 || rc_append(&c, (uint32_t)named, toks, NAMED_TOKENS, NULL) !=
 						     (int32_t)NAMED_TOKENS)
 		_exit(3);
 	if (write_byte(to_parent, 'R') < 0 || read_byte(from_parent, 20000) != 'G')
 		_exit(4);
-	r = rc_generate(&c, (uint32_t)anon, prompt, PROMPT_LEN, GEN_TOKENS, out, stop_reading, NULL);
-	if (r != (int32_t)READ_BEFORE_KILL)
-		_exit(5);
+	memcpy(c.arena + RC_IN_OFF, prompt, sizeof(prompt));
+	for (int i = 0; i < 2; i++) {
+		struct shm_sqe q = { .op = SHM_OP_GENERATE, .session = (uint32_t)(i ? named : anon),
+				     .user_data = 77 + (uint64_t)i, .in_off = RC_IN_OFF,
+				     .in_len = PROMPT_LEN * 4, .out_off = RC_OUT_OFF + (uint32_t)i * 4096,
+				     .out_cap = GEN_TOKENS * 4, .arg = { GEN_TOKENS } };
+		if (rc_submit(&c, &q) < 0)
+			_exit(5);
+	}
+	for (uint32_t i = 0; i < READ_BEFORE_KILL; i++)
+		if (rc_wait(&c, &cqe, RC_TIMEOUT_NS) < 0 || !(cqe.flags & SHM_CQE_F_MORE) || cqe.res != 1)
+			_exit(6);
 	write_byte(to_parent, 'T');
 	/* Hold the region and stop reading: the daemon is mid-stream. */
 	for (;;)
@@ -169,6 +179,7 @@ int main(int argc, char **argv)
 	struct rc b, cc;
 	int32_t sb, r;
 	int up[2], down[2], st, n;
+	uint32_t named_len = 0;
 	pid_t victim_pid;
 	uint64_t deadline;
 
@@ -198,6 +209,7 @@ int main(int argc, char **argv)
 	victim_pid = fork();
 	REQUIRE(victim_pid >= 0, "fork");
 	if (victim_pid == 0) {
+		th_child_init(60);
 		close(up[0]);
 		close(down[1]);
 		victim(d.sock, up[1], down[0]);
@@ -220,8 +232,8 @@ int main(int argc, char **argv)
 	REQUIRE(th_stats(d.sock, &s3) == 0, "stats");
 	CHECK(s3.kv_free < s2.kv_free, "the stalled GENERATE holds no KV pages? free %u before, %u now",
 	      s2.kv_free, s3.kv_free);
-	CHECK(s3.tokens < s2.tokens + PROMPT_LEN + GEN_TOKENS,
-	      "the GENERATE finished although its client stopped reading (%llu tokens)",
+	CHECK(s3.tokens < s2.tokens + 2 * (PROMPT_LEN + GEN_TOKENS),
+	      "the GENERATEs finished although their client stopped reading (%llu tokens)",
 	      (unsigned long long)(s3.tokens - s2.tokens));
 	check_reactor_idle(&d);
 	honest_event(&b, (uint32_t)sb, 1, "while the victim's GENERATE is stalled");
@@ -229,11 +241,12 @@ int main(int argc, char **argv)
 	kill(victim_pid, SIGKILL);
 	REQUIRE(waitpid(victim_pid, &st, 0) == victim_pid && WIFSIGNALED(st), "victim reaped");
 
-	/* The daemon notices within a bounded time. */
+	/* The daemon notices within a bounded time. The named session keeps
+	 * what the GENERATE had appended to it, and its pages. */
 	deadline = th_now_ns() + 5000000000ull;
 	for (;;) {
 		REQUIRE(th_stats(d.sock, &s3) == 0, "stats");
-		if (s3.clients == 1 && s3.sessions == 2 && s3.kv_free == s2.kv_free)
+		if (s3.clients == 1 && s3.sessions == 2)
 			break;
 		if (th_now_ns() > deadline)
 			break;
@@ -242,25 +255,36 @@ int main(int argc, char **argv)
 	CHECK(s3.clients == 1, "5 s after SIGKILL: %u clients, want 1", s3.clients);
 	CHECK(s3.sessions == 2, "5 s after SIGKILL: %u sessions, want 2 (B's and the named one)",
 	      s3.sessions);
-	CHECK(s3.kv_free == s2.kv_free, "5 s after SIGKILL: %u KV pages free, want %u as before",
-	      s3.kv_free, s2.kv_free);
 	n = th_sessions(d.sock, si, 16);
 	CHECK(n == 2, "ListSessions: %d sessions", n);
 	for (int i = 0; i < n && i < 16; i++)
-		if (si[i].name[0])
-			CHECK(strcmp(si[i].name, "kill9:keep") == 0 && si[i].n_tokens == NAMED_TOKENS &&
-				      si[i].attached == 0,
-			      "named session '%s': %u tokens, %u attached", si[i].name, si[i].n_tokens,
+		if (si[i].name[0]) {
+			named_len = si[i].n_tokens;
+			CHECK(strcmp(si[i].name, "kill9:keep") == 0 && si[i].attached == 0 &&
+				      named_len > NAMED_TOKENS + PROMPT_LEN &&
+				      named_len < NAMED_TOKENS + PROMPT_LEN + GEN_TOKENS,
+			      "named session '%s': %u tokens, %u attached", si[i].name, named_len,
 			      si[i].attached);
+		}
+	th_log("named session: %u tokens when its client was killed mid-GENERATE", named_len);
+	REQUIRE(th_stats(d.sock, &s3) == 0, "stats");
+	CHECK(s3.kv_free == s2.kv_free - ((named_len + 15) / 16 - (NAMED_TOKENS + 15) / 16),
+	      "after SIGKILL: %u KV pages free, want %u (as before, less the named session's growth "
+	      "from %u to %u tokens)",
+	      s3.kv_free, s2.kv_free - ((named_len + 15) / 16 - (NAMED_TOKENS + 15) / 16),
+	      NAMED_TOKENS, named_len);
 
 	/* B is unaffected. */
 	honest_event(&b, (uint32_t)sb, 2, "after the victim died");
 
-	/* A new client: correct greedy tokens, and the named session kept. */
+	/* A new client: correct greedy tokens; the named session is usable (not
+	 * left busy by the cancelled GENERATE) and holds exactly the tokens the
+	 * GENERATE had produced. */
 	REQUIRE(rc_connect(&cc, d.sock, &(struct rc_opts){ .name = "after" }) == 0, "connect C");
 	{
-		int32_t got[64], want[64];
-		uint32_t len = 0, nw;
+		int32_t got[64], want[64], hist[NAMED_TOKENS + PROMPT_LEN + GEN_TOKENS], one = 321;
+		float p_got[N_LABELS], p_want[N_LABELS];
+		uint32_t len = 0, nw, pos = 0;
 		struct engine_seq *s = ref_seq(&ref);
 		int32_t sc = rc_open(&cc, NULL, 0, NULL), sn;
 
@@ -271,7 +295,29 @@ int main(int argc, char **argv)
 		if (CHECK(r == (int32_t)nw, "C generate: %d tokens, want %u", r, nw))
 			CHECK(memcmp(got, want, nw * 4) == 0, "C generate: tokens differ from the engine's");
 		sn = rc_open(&cc, "kill9:keep", 0, &len);
-		CHECK(sn > 0 && len == NAMED_TOKENS, "reopen named: res %d len %u", sn, len);
+		CHECK(sn > 0 && len == named_len, "reopen named: res %d len %u, want %u", sn, len, named_len);
+		r = rc_append(&cc, (uint32_t)sn, &one, 1, &pos);
+		CHECK(r == 1 && pos == named_len + 1,
+		      "append to the named session whose GENERATE was cancelled: res %d pos %u", r, pos);
+		if (r == 1 && named_len <= NAMED_TOKENS + PROMPT_LEN + GEN_TOKENS) {
+			uint32_t k = 0;
+
+			s = ref_seq(&ref);
+			for (uint32_t i = 0; i < NAMED_TOKENS; i++)
+				hist[k++] = named_tokens(i);
+			memcpy(hist + k, prompt, sizeof(prompt));
+			k += PROMPT_LEN;
+			ref_append(&ref, s, hist, k);
+			ref_generate(&ref, s, named_len - k, hist + k);
+			ref_append(&ref, s, &one, 1);
+			ref_probs(&ref, s, labels, N_LABELS, p_want);
+			engine_seq_free(ref.e, s);
+			r = rc_score(&cc, (uint32_t)sn, NULL, 0, labels, N_LABELS, p_got);
+			if (CHECK(r == (int32_t)N_LABELS, "score named: %d", r))
+				th_close(p_got, p_want, N_LABELS,
+					 "named session after its GENERATE was cancelled by SIGKILL");
+		}
+		CHECK(rc_close_session(&cc, (uint32_t)sn, SHM_CLOSE_F_DROP) == 0, "drop the named session");
 	}
 	honest_event(&b, (uint32_t)sb, 3, "at the end");
 	rc_close(&cc);

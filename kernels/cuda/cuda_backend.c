@@ -1,0 +1,377 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cuda backend: bf16 activations, KV and weights with fp32 arithmetic, on
+ * one CUDA stream. This file owns construction (ENODEV when no usable GPU or
+ * driver, so that "auto" falls back to cpu), device memory, copies through
+ * pinned staging, weight upload with conversion to bf16, the device error
+ * word, and the ops table; the operations live in cuda_ops.c, cuda_gemm.c
+ * and the .cu files.
+ *
+ * Synchronisation: upload returns once the data sits in pinned staging (the
+ * copy to the device is queued on the stream); download and sync wait for the
+ * stream. Nothing else waits for the device, except free (cudaFree) and the
+ * rare growth of the attention workspace.
+ * Deferred errors: kernels that find bad indices in device data (ids, rows,
+ * slots, pages, positions) clamp or skip them and set the error word; the
+ * next download or sync returns -EINVAL and clears it.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "hr_common.h"
+#include "cuda_internal.h"
+
+/* Preallocated attention workspace: split partials of a 64-token decode
+ * batch of 32 heads x 128 dims x 8 splits fit without growing. */
+#define KC_ATTN_WS_INIT ((size_t)8 << 20)
+
+int kc_err(cudaError_t e)
+{
+	if (e == cudaSuccess)
+		return 0;
+	(void)cudaGetLastError();
+	return e == cudaErrorMemoryAllocation ? -ENOMEM : -EIO;
+}
+
+int kc_enter(struct kern_backend *be)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int cur = -1;
+
+	if (cudaGetDevice(&cur) == cudaSuccess && cur == c->device)
+		return 0;
+	return kc_err(cudaSetDevice(c->device));
+}
+
+int kc_attn_ws_reserve(struct kern_backend *be, size_t bytes)
+{
+	struct kern_cuda *c = kc_priv(be);
+	void *p = NULL;
+	cudaError_t e;
+
+	if (bytes <= c->attn_ws_bytes)
+		return 0;
+	if (bytes < 2 * c->attn_ws_bytes)
+		bytes = 2 * c->attn_ws_bytes;
+	/* cudaFree waits for the device, so no queued kernel still uses it. */
+	cudaFree(c->attn_ws);
+	c->attn_ws = NULL;
+	c->attn_ws_bytes = 0;
+	e = cudaMalloc(&p, bytes);
+	if (e != cudaSuccess)
+		return kc_err(e);
+	c->attn_ws = p;
+	c->attn_ws_bytes = bytes;
+	return 0;
+}
+
+/* Deferred device-side errors, see the file comment. Call after a sync. */
+static int take_dev_err(struct kern_cuda *c)
+{
+	volatile uint32_t *w = c->err_host;
+
+	if (!*w)
+		return 0;
+	*w = 0;
+	return -EINVAL;
+}
+
+static void *cuda_alloc(struct kern_backend *be, size_t bytes)
+{
+	void *p = NULL;
+	int r = kc_enter(be);
+	cudaError_t e;
+
+	if (r < 0) {
+		errno = -r;
+		return NULL;
+	}
+	/* A zero-size request still gets a unique pointer. */
+	e = cudaMalloc(&p, bytes ? bytes : 256);
+	if (e != cudaSuccess) {
+		errno = -kc_err(e);
+		return NULL;
+	}
+	return p;
+}
+
+static void cuda_free(struct kern_backend *be, void *p)
+{
+	if (!p || kc_enter(be) < 0)
+		return;
+	cudaFree(p);
+}
+
+/* Take the next staging slot, waiting until its last copy is done. */
+static int stage_take(struct kern_cuda *c, unsigned *ret_slot)
+{
+	unsigned s = c->stage_next++ % KC_STAGE_SLOTS;
+	int r = kc_err(cudaEventSynchronize(c->stage_ev[s]));
+
+	if (r == 0)
+		*ret_slot = s;
+	return r;
+}
+
+static int cuda_upload(struct kern_backend *be, void *dst, const void *host_src, size_t bytes)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!bytes)
+		return 0;
+	if (!dst || !host_src)
+		return -EINVAL;
+	r = kc_enter(be);
+	for (size_t off = 0; !r && off < bytes; off += KC_STAGE_BYTES) {
+		size_t len = HR_MIN(KC_STAGE_BYTES, bytes - off);
+		unsigned s = 0;
+
+		r = stage_take(c, &s);
+		if (r < 0)
+			break;
+		memcpy(c->stage_host[s], (const char *)host_src + off, len);
+		r = kc_err(cudaMemcpyAsync((char *)dst + off, c->stage_host[s], len,
+					   cudaMemcpyHostToDevice, c->stream));
+		if (!r)
+			r = kc_err(cudaEventRecord(c->stage_ev[s], c->stream));
+	}
+	return r;
+}
+
+static int cuda_download(struct kern_backend *be, void *host_dst, const void *src, size_t bytes)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!bytes)
+		return 0;
+	if (!host_dst || !src)
+		return -EINVAL;
+	r = kc_enter(be);
+	/* The device writes the slot in stream order, after any pending copy
+	 * out of it, so no wait on the slot's event is needed here. */
+	for (size_t off = 0; !r && off < bytes; off += KC_STAGE_BYTES) {
+		size_t len = HR_MIN(KC_STAGE_BYTES, bytes - off);
+		unsigned s = c->stage_next++ % KC_STAGE_SLOTS;
+
+		r = kc_err(cudaMemcpyAsync(c->stage_host[s], (const char *)src + off, len,
+					   cudaMemcpyDeviceToHost, c->stream));
+		if (!r)
+			r = kc_err(cudaStreamSynchronize(c->stream));
+		if (!r)
+			memcpy((char *)host_dst + off, c->stage_host[s], len);
+	}
+	return r ? r : take_dev_err(c);
+}
+
+static int cuda_copy(struct kern_backend *be, void *dst, const void *src, size_t bytes)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!bytes)
+		return 0;
+	if (!dst || !src)
+		return -EINVAL;
+	r = kc_enter(be);
+	if (r < 0)
+		return r;
+	return kc_err(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+}
+
+static int cuda_sync(struct kern_backend *be)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r = kc_enter(be);
+
+	if (!r)
+		r = kc_err(cudaStreamSynchronize(c->stream));
+	return r ? r : take_dev_err(c);
+}
+
+/*
+ * bf16 goes through staging as is; f32 and f16 go through staging to a
+ * device slot and are converted there by a kernel (the host only copies,
+ * which keeps a large fp32 checkpoint loading at copy speed).
+ */
+static void *cuda_weight_upload(struct kern_backend *be, const void *host_src,
+				enum kern_dtype dt, size_t n)
+{
+	struct kern_cuda *c = kc_priv(be);
+	size_t esize = kern_dtype_size(dt), bytes, chunk;
+	char *dst;
+	int r;
+
+	if (!host_src || !n || !esize) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (!hr_mul_ok(n, 2, &bytes)) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	dst = cuda_alloc(be, bytes);
+	if (!dst)
+		return NULL;
+	if (dt == KERN_BF16) {
+		r = cuda_upload(be, dst, host_src, bytes);
+		goto out;
+	}
+	chunk = KC_STAGE_BYTES / esize;
+	r = 0;
+	for (size_t off = 0; !r && off < n; off += chunk) {
+		size_t cnt = HR_MIN(chunk, n - off);
+		unsigned s = 0;
+
+		r = stage_take(c, &s);
+		if (r < 0)
+			break;
+		memcpy(c->stage_host[s], (const char *)host_src + off * esize, cnt * esize);
+		r = kc_err(cudaMemcpyAsync(c->stage_dev[s], c->stage_host[s], cnt * esize,
+					   cudaMemcpyHostToDevice, c->stream));
+		if (!r)
+			r = kc_convert_bf16(dst + off * 2, c->stage_dev[s], dt, cnt, c->stream);
+		if (!r)
+			r = kc_err(cudaEventRecord(c->stage_ev[s], c->stream));
+	}
+out:
+	if (r < 0) {
+		cuda_free(be, dst);
+		errno = -r;
+		return NULL;
+	}
+	return dst;
+}
+
+static void cuda_destroy(struct kern_backend *be)
+{
+	struct kern_cuda *c = kc_priv(be);
+
+	if (c) {
+		cudaSetDevice(c->device);
+		if (c->stream)
+			cudaStreamSynchronize(c->stream);
+		kc_gemm_destroy(c);
+		cudaFree(c->attn_ws);
+		for (unsigned i = 0; i < KC_STAGE_SLOTS; i++) {
+			if (c->stage_ev[i])
+				cudaEventDestroy(c->stage_ev[i]);
+			cudaFreeHost(c->stage_host[i]);
+			cudaFree(c->stage_dev[i]);
+		}
+		cudaFreeHost(c->err_host);
+		if (c->stream)
+			cudaStreamDestroy(c->stream);
+		(void)cudaGetLastError();
+	}
+	free(c);
+	free(be);
+}
+
+static const struct kern_ops cuda_ops = {
+	.alloc = cuda_alloc,
+	.free = cuda_free,
+	.upload = cuda_upload,
+	.download = cuda_download,
+	.copy = cuda_copy,
+	.sync = cuda_sync,
+	.weight_upload = cuda_weight_upload,
+	.embed = kc_embed_op,
+	.add_rmsnorm = kc_add_rmsnorm_op,
+	.matmul = kc_matmul_op,
+	.matmul_f32out = kc_matmul_f32out_op,
+	.rope_kv_write = kc_rope_kv_write_op,
+	.attention = kc_attention_op,
+	.swiglu = kc_swiglu_op,
+	.gather_rows = kc_gather_rows_op,
+	.argmax = kc_argmax_op,
+	.softmax_ids = kc_softmax_ids_op,
+	.destroy = cuda_destroy,
+};
+
+/* Everything that can fail after the device is known to be usable. */
+static int cuda_setup(struct kern_backend *be)
+{
+	struct kern_cuda *c = kc_priv(be);
+	void *p;
+	int r;
+
+	r = kc_err(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+	for (unsigned i = 0; !r && i < KC_STAGE_SLOTS; i++) {
+		r = kc_err(cudaHostAlloc(&c->stage_host[i], KC_STAGE_BYTES, cudaHostAllocDefault));
+		if (!r)
+			r = kc_err(cudaMalloc(&c->stage_dev[i], KC_STAGE_BYTES));
+		if (!r)
+			r = kc_err(cudaEventCreateWithFlags(&c->stage_ev[i],
+							    cudaEventDisableTiming));
+	}
+	if (r)
+		return r;
+	r = kc_err(cudaHostAlloc(&p, sizeof(uint32_t), cudaHostAllocMapped));
+	if (r)
+		return r;
+	c->err_host = p;
+	*c->err_host = 0;
+	r = kc_err(cudaHostGetDevicePointer(&p, c->err_host, 0));
+	if (r)
+		return r;
+	c->err_dev = p;
+	r = kc_err(cudaMalloc(&c->attn_ws, KC_ATTN_WS_INIT));
+	if (r)
+		return r;
+	c->attn_ws_bytes = KC_ATTN_WS_INIT;
+	r = kc_gemm_init(c);
+	if (r)
+		return r;
+	return kc_attention_init(c->smem_optin);
+}
+
+struct kern_backend *kern_cuda_new(int device_index)
+{
+	struct cudaDeviceProp prop;
+	struct kern_backend *be;
+	struct kern_cuda *c;
+	int n = 0, r;
+
+	/* No driver, no device, or a device this build has no code for: ENODEV,
+	 * so that "auto" falls back to the cpu backend. */
+	if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0 || device_index < 0 ||
+	    device_index >= n || cudaSetDevice(device_index) != cudaSuccess ||
+	    cudaGetDeviceProperties(&prop, device_index) != cudaSuccess || prop.major < 8 ||
+	    kc_probe(NULL) < 0 || cudaDeviceSynchronize() != cudaSuccess) {
+		(void)cudaGetLastError();
+		errno = ENODEV;
+		return NULL;
+	}
+	be = calloc(1, sizeof(*be));
+	c = calloc(1, sizeof(*c));
+	if (!be || !c) {
+		free(be);
+		free(c);
+		errno = ENOMEM;
+		return NULL;
+	}
+	c->device = device_index;
+	c->n_sms = prop.multiProcessorCount;
+	c->smem_optin = prop.sharedMemPerBlockOptin;
+	be->ops = &cuda_ops;
+	be->name = "cuda";
+	be->act_bytes = 2;
+	be->act_dtype = KERN_BF16;
+	be->priv = c;
+	snprintf(be->device_name, sizeof(be->device_name), "%.80s (sm_%d%d, %zu MiB, %d SMs)",
+		 prop.name, prop.major, prop.minor, prop.totalGlobalMem >> 20,
+		 prop.multiProcessorCount);
+	r = cuda_setup(be);
+	if (r < 0) {
+		cuda_destroy(be);
+		errno = -r;
+		return NULL;
+	}
+	return be;
+}

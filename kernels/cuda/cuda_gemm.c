@@ -1,0 +1,242 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cuda backend, matmul through cuBLASLt: out[n, m] = in[n, k] @ W[m, k]^T
+ * (+ bias[m]) with bf16 operands, fp32 compute and bf16 or fp32 output.
+ * Column-major view: out^T (m x n, ld m) = op_T(W: k x m, ld k) x in^T (k x n,
+ * ld k), the bias a BIAS epilogue over D's rows. Descriptors, layouts and the
+ * heuristic's algorithm are cached per shape and pointer alignment (asking
+ * the heuristic costs tens of microseconds; a step asks for the same few
+ * shapes every time). Shapes cuBLASLt declines go to a plain kernel; up to
+ * KC_GEMV_MAX_N rows go to the GEMV kernel (cuda_gemv.cu).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublasLt.h>
+
+#include "cuda_internal.h"
+
+#define KC_GEMM_CACHE 64
+#define KC_GEMM_WS ((size_t)32 << 20)
+
+struct kc_gemm_key {
+	uint32_t n, k, m;
+	uint32_t flags; /* out_f32 | has_bias << 1 | log2 alignments << 4.. */
+};
+
+struct kc_gemm_plan {
+	struct kc_gemm_key key;
+	int used;
+	int simple; /* cuBLASLt found no algorithm: kc_gemm_simple() */
+	cublasLtMatmulDesc_t desc;
+	cublasLtMatrixLayout_t la, lb, lc;
+	cublasLtMatmulAlgo_t algo;
+};
+
+struct kc_gemm_cache {
+	struct kc_gemm_plan e[KC_GEMM_CACHE];
+	unsigned victim;
+};
+
+/* log2 of the largest power of two (<= 256) dividing the address. */
+static uint32_t align_log2(const void *p)
+{
+	uintptr_t a = (uintptr_t)p;
+	uint32_t l = 0;
+
+	if (!a)
+		return 8;
+	while (l < 8 && !(a & ((uintptr_t)1 << l)))
+		l++;
+	return l;
+}
+
+static void plan_clear(struct kc_gemm_plan *p)
+{
+	if (p->la)
+		cublasLtMatrixLayoutDestroy(p->la);
+	if (p->lb)
+		cublasLtMatrixLayoutDestroy(p->lb);
+	if (p->lc)
+		cublasLtMatrixLayoutDestroy(p->lc);
+	if (p->desc)
+		cublasLtMatmulDescDestroy(p->desc);
+	memset(p, 0, sizeof(*p));
+}
+
+#define LT_OK(x) ((x) == CUBLAS_STATUS_SUCCESS)
+
+/* Build descriptors and ask the heuristic. Returns 0 (possibly with
+ * p->simple set) or -ENOMEM / -EIO. */
+static int plan_make(struct kern_cuda *c, struct kc_gemm_plan *p, const struct kc_gemm_key *key,
+		     const void *bias, uint32_t al_in, uint32_t al_w, uint32_t al_out)
+{
+	cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+	cudaDataType_t ot = key->flags & 1 ? CUDA_R_32F : CUDA_R_16BF;
+	cublasLtMatmulPreference_t pref = NULL;
+	cublasLtMatmulHeuristicResult_t res;
+	uint64_t ws = c->lt_ws_bytes;
+	int count = 0, r = -EIO;
+
+	memset(p, 0, sizeof(*p));
+	p->key = *key;
+	if (!LT_OK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) ||
+	    !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta,
+						  sizeof(ta))) ||
+	    !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb,
+						  sizeof(tb))))
+		goto out;
+	if (bias) {
+		cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+		cudaDataType_t bt = CUDA_R_16BF;
+
+		if (!LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE,
+							  &epi, sizeof(epi))) ||
+		    !LT_OK(cublasLtMatmulDescSetAttribute(p->desc,
+							  CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt,
+							  sizeof(bt))) ||
+		    !LT_OK(cublasLtMatmulDescSetAttribute(p->desc,
+							  CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+							  sizeof(bias))))
+			goto out;
+	}
+	if (!LT_OK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, key->k, key->m, key->k)) ||
+	    !LT_OK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, key->k, key->n, key->k)) ||
+	    !LT_OK(cublasLtMatrixLayoutCreate(&p->lc, ot, key->m, key->n, key->m)) ||
+	    !LT_OK(cublasLtMatmulPreferenceCreate(&pref)) ||
+	    !LT_OK(cublasLtMatmulPreferenceSetAttribute(
+		    pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws))))
+		goto out;
+	{
+		uint32_t a_in = 1u << al_in, a_w = 1u << al_w, a_out = 1u << al_out;
+
+		if (!LT_OK(cublasLtMatmulPreferenceSetAttribute(
+			    pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &a_w, sizeof(a_w))) ||
+		    !LT_OK(cublasLtMatmulPreferenceSetAttribute(
+			    pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &a_in, sizeof(a_in))) ||
+		    !LT_OK(cublasLtMatmulPreferenceSetAttribute(
+			    pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &a_out,
+			    sizeof(a_out))) ||
+		    !LT_OK(cublasLtMatmulPreferenceSetAttribute(
+			    pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &a_out,
+			    sizeof(a_out))))
+			goto out;
+	}
+	if (!LT_OK(cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc,
+						  pref, 1, &res, &count)) ||
+	    count < 1 || !LT_OK(res.state))
+		p->simple = 1;
+	else
+		p->algo = res.algo;
+	p->used = 1;
+	r = 0;
+out:
+	if (pref)
+		cublasLtMatmulPreferenceDestroy(pref);
+	if (r < 0)
+		plan_clear(p);
+	return r;
+}
+
+static struct kc_gemm_plan *plan_get(struct kern_cuda *c, const struct kc_gemm_key *key,
+				     const void *bias, uint32_t al_in, uint32_t al_w,
+				     uint32_t al_out, int *ret)
+{
+	struct kc_gemm_cache *g = c->gemm;
+	struct kc_gemm_plan *p = NULL;
+
+	for (unsigned i = 0; i < KC_GEMM_CACHE; i++) {
+		struct kc_gemm_plan *e = &g->e[i];
+
+		if (e->used && !memcmp(&e->key, key, sizeof(*key)))
+			return e;
+		if (!e->used && !p)
+			p = e;
+	}
+	if (!p) { /* full: replace round-robin */
+		p = &g->e[g->victim++ % KC_GEMM_CACHE];
+		plan_clear(p);
+	}
+	*ret = plan_make(c, p, key, bias, al_in, al_w, al_out);
+	return *ret < 0 ? NULL : p;
+}
+
+int kc_gemm_init(struct kern_cuda *c)
+{
+	cublasLtHandle_t lt;
+	cudaError_t e;
+
+	c->gemm = calloc(1, sizeof(*c->gemm));
+	if (!c->gemm)
+		return -ENOMEM;
+	if (!LT_OK(cublasLtCreate(&lt)))
+		return -EIO;
+	c->lt = lt;
+	e = cudaMalloc(&c->lt_ws, KC_GEMM_WS);
+	if (e != cudaSuccess)
+		return kc_err(e);
+	c->lt_ws_bytes = KC_GEMM_WS;
+	return 0;
+}
+
+void kc_gemm_destroy(struct kern_cuda *c)
+{
+	if (c->gemm)
+		for (unsigned i = 0; i < KC_GEMM_CACHE; i++)
+			plan_clear(&c->gemm->e[i]);
+	free(c->gemm);
+	c->gemm = NULL;
+	if (c->lt)
+		cublasLtDestroy(c->lt);
+	c->lt = NULL;
+	cudaFree(c->lt_ws);
+	c->lt_ws = NULL;
+}
+
+int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
+	    const void *bias, uint32_t n, uint32_t k, uint32_t m)
+{
+	struct kern_cuda *c = kc_priv(be);
+	uint32_t al_in = align_log2(in), al_w = align_log2(w), al_out = align_log2(out);
+	uint32_t al_b = bias ? align_log2(bias) : 8;
+	struct kc_gemm_key key = {
+		.n = n, .k = k, .m = m,
+		.flags = (uint32_t)!!out_f32 | (uint32_t)!!bias << 1 | al_in << 4 | al_w << 8 |
+			 al_out << 12 | al_b << 16,
+	};
+	const float alpha = 1.0f, beta = 0.0f;
+	struct kc_gemm_plan *p;
+	cublasStatus_t st;
+	int r = 0;
+
+	if (!out || !in || !w || !n || !k || !m)
+		return -EINVAL;
+	r = kc_enter(be);
+	if (r < 0)
+		return r;
+	/* Element alignment is the least any kernel needs; less is a caller bug. */
+	if (al_in < 1 || al_w < 1 || al_out < (out_f32 ? 2u : 1u) || al_b < 1)
+		return -EINVAL;
+	/* Few rows (decode): bound by reading W once, which the GEMV kernel does
+	 * near copy bandwidth; cuBLASLt's choices for n = 1 read it slower. */
+	if (n <= KC_GEMV_MAX_N && !c->gemv_off && k % 8 == 0 && al_in >= 4 && al_w >= 4)
+		return kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms, c->stream);
+	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);
+	if (!p)
+		return r;
+	if (p->simple)
+		return kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+							   &bias, sizeof(bias))))
+		return -EIO;
+	st = cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, in, p->lb, &beta, out, p->lc, out,
+			    p->lc, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream);
+	if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+		/* The heuristic's choice refused at run time: use the plain kernel
+		 * for this shape from now on. */
+		p->simple = 1;
+		return kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+	}
+	return LT_OK(st) ? 0 : -EIO;
+}

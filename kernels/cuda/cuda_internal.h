@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private state of the cuda backend and the launchers of its kernels.
+ * cuda_backend.c owns construction, memory, copies and the ops table;
+ * cuda_ops.c checks arguments and calls the launchers; cuda_gemm.c drives
+ * cuBLASLt and the GEMV fast path. The .cu files hold the kernels and their extern "C" launchers,
+ * which take a cudaStream_t and return 0 or a negative errno (-EIO for a
+ * failed launch). This header is C and C++ clean; nothing outside
+ * kernels/cuda and tests/gpu includes it.
+ */
+#ifndef KERN_CUDA_INTERNAL_H
+#define KERN_CUDA_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "kern.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Pinned staging for upload, download and weight conversion: slots used
+ * round-robin, each reusable once its event has completed. 8 x 2 MiB keeps
+ * several copies in flight while weights stream in. */
+#define KC_STAGE_SLOTS 8
+#define KC_STAGE_BYTES ((size_t)2 << 20)
+
+/* Bits of the device error word. Kernels that find bad indices in device
+ * data (which the host cannot check without a synchronisation) clamp or skip
+ * and set a bit; the next sync or download reports -EINVAL and clears it. */
+#define KC_ERR_EMBED_ID (1u << 0)  /* embed: id outside [0, vocab) */
+#define KC_ERR_ROW (1u << 1)       /* gather_rows: negative row */
+#define KC_ERR_IDS (1u << 2)       /* softmax_ids: id outside [0, vocab) */
+#define KC_ERR_SLOT (1u << 3)      /* rope_kv_write: bad slot or position */
+#define KC_ERR_BATCH (1u << 4)     /* attention: bad seq_start, ctx_len or pos */
+#define KC_ERR_PAGE (1u << 5)      /* attention: page outside the pool */
+
+/* Attention kernel choice; tests force one, the backend picks by shape. */
+enum kc_attn_path {
+	KC_ATTN_AUTO = 0,
+	KC_ATTN_SMALL = 1, /* 128 threads, up to 16 query rows per block: decode */
+	KC_ATTN_LARGE = 2, /* 256 threads, up to 64 query rows per block: prefill */
+};
+
+struct kc_gemm_cache;
+
+struct kern_cuda {
+	int device;
+	int n_sms;
+	size_t smem_optin;          /* max dynamic shared memory per block */
+	cudaStream_t stream;
+
+	void *stage_host[KC_STAGE_SLOTS]; /* pinned */
+	void *stage_dev[KC_STAGE_SLOTS];  /* raw source of a conversion */
+	cudaEvent_t stage_ev[KC_STAGE_SLOTS];
+	unsigned stage_next;
+
+	uint32_t *err_host;         /* mapped pinned word, see KC_ERR_* */
+	uint32_t *err_dev;          /* its device address */
+
+	void *lt;                   /* cublasLtHandle_t */
+	void *lt_ws;
+	size_t lt_ws_bytes;
+	struct kc_gemm_cache *gemm;
+
+	void *attn_ws;              /* split partials and the tile plan */
+	size_t attn_ws_bytes;
+	enum kc_attn_path attn_path; /* KC_ATTN_AUTO unless a test forces one */
+	uint32_t attn_splits;        /* 0 = by shape; tests force a count */
+	int gemv_off;                /* tests: every matmul through cuBLASLt */
+};
+
+static inline struct kern_cuda *kc_priv(struct kern_backend *be)
+{
+	return (struct kern_cuda *)be->priv;
+}
+
+/* Map a CUDA error to a negative errno: allocation failures are -ENOMEM,
+ * everything else -EIO. Clears the (non-sticky) last error. */
+int kc_err(cudaError_t e);
+/* Make be's device current on this thread (cheap when it already is). */
+int kc_enter(struct kern_backend *be);
+/* Grow the attention workspace to at least `bytes`. */
+int kc_attn_ws_reserve(struct kern_backend *be, size_t bytes);
+
+/* cuda_gemm.c */
+int kc_gemm_init(struct kern_cuda *c);
+void kc_gemm_destroy(struct kern_cuda *c);
+int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
+	    const void *bias, uint32_t n, uint32_t k, uint32_t m);
+
+/* cuda_ops.c: the operations of the ops table. */
+int kc_embed_op(struct kern_backend *be, void *out, const void *table, const int32_t *ids,
+		uint32_t n, uint32_t dim, uint32_t vocab);
+int kc_add_rmsnorm_op(struct kern_backend *be, void *out, void *resid, const void *add,
+		      const void *weight, uint32_t n, uint32_t dim, float eps);
+int kc_matmul_op(struct kern_backend *be, void *out, const void *in, const void *w,
+		 const void *bias, uint32_t n, uint32_t k, uint32_t m);
+int kc_matmul_f32out_op(struct kern_backend *be, float *out, const void *in, const void *w,
+			uint32_t n, uint32_t k, uint32_t m);
+int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v,
+			const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+			uint32_t n_heads, const float *inv_freq);
+int kc_attention_op(struct kern_backend *be, void *out, const void *q,
+		    const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+		    uint32_t n_heads, float scale);
+int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,
+		 uint32_t n, uint32_t dim);
+int kc_gather_rows_op(struct kern_backend *be, void *out, const void *in, const int32_t *rows,
+		      uint32_t n, uint32_t dim);
+int kc_argmax_op(struct kern_backend *be, int32_t *out, const float *logits, uint32_t n,
+		 uint32_t vocab);
+int kc_softmax_ids_op(struct kern_backend *be, float *out, const float *logits,
+		      const int32_t *ids, uint32_t n, uint32_t n_ids, uint32_t vocab);
+
+/* ------------------------------------------------------------ launchers */
+
+/* kc_rowops.cu. Shapes are checked by the caller; n, dim > 0. */
+int kc_probe(cudaStream_t st);
+int kc_convert_bf16(void *dst, const void *src, enum kern_dtype dt, size_t n, cudaStream_t st);
+int kc_embed(void *out, const void *table, const int32_t *ids, uint32_t n, uint32_t dim,
+	     uint32_t vocab, uint32_t *err, cudaStream_t st);
+int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight, uint32_t n,
+		   uint32_t dim, float eps, cudaStream_t st);
+int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, cudaStream_t st);
+int kc_gather_rows(void *out, const void *in, const int32_t *rows, uint32_t n, uint32_t dim,
+		   uint32_t *err, cudaStream_t st);
+int kc_argmax(int32_t *out, const float *logits, uint32_t n, uint32_t vocab, cudaStream_t st);
+int kc_softmax_ids(float *out, const float *logits, const int32_t *ids, uint32_t n,
+		   uint32_t n_ids, uint32_t vocab, uint32_t *err, cudaStream_t st);
+/* Reference GEMM for shapes cuBLASLt declines: out[n, m] = in @ W^T + bias. */
+int kc_gemm_simple(void *out, int out_f32, const void *in, const void *w, const void *bias,
+		   uint32_t n, uint32_t k, uint32_t m, cudaStream_t st);
+
+/* cuda_gemv.cu: matmul for n <= KC_GEMV_MAX_N rows (decode); -EINVAL when
+ * the shape or alignment does not suit it (k % 8, 16-byte in and w). */
+#define KC_GEMV_MAX_N 4 /* H200: ties cuBLASLt at n = 4, 1.5x slower at n = 8 */
+int kc_gemv(void *out, int out_f32, const void *in, const void *w, const void *bias, uint32_t n,
+	    uint32_t k, uint32_t m, int n_sms, cudaStream_t st);
+
+/* cuda_attention.cu */
+struct kc_attn_args {
+	void *out;                 /* [n_tokens, n_heads * head_dim] bf16 */
+	const void *q;             /* [n_tokens, n_heads * head_dim] bf16 */
+	const void *kv_base;       /* bf16 pages */
+	const int32_t *pos, *seq_start, *ctx_len, *block_table;
+	uint32_t n_tokens, n_seqs, max_blocks;
+	uint32_t n_pages, page_tokens, n_kv_heads, head_dim, n_heads;
+	uint64_t page_elems;       /* elements of one page */
+	uint64_t layer_off;        /* element offset of (layer, K, head 0) in a page */
+	float scale;
+	uint32_t *err;
+	int32_t *tile_start;       /* workspace: [n_seqs + 1] */
+	float *part;               /* workspace: split partials, see kc_attn_part_floats() */
+};
+
+int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *pos, const int32_t *slot,
+		     uint32_t n_tokens, uint32_t n_heads, const struct kern_kv *kv, uint32_t layer,
+		     const float *inv_freq, uint32_t *err, cudaStream_t st);
+/* Set the kernels' shared-memory limits once per device. */
+int kc_attention_init(size_t smem_optin);
+/* Dynamic shared memory of one block of `path` for head_dim hd. */
+size_t kc_attn_smem_bytes(enum kc_attn_path path, uint32_t hd);
+/* Query rows (token x head pairs) one block of `path` handles at most. */
+uint32_t kc_attn_rows(enum kc_attn_path path);
+/* Floats of split partials for n_splits > 1. */
+size_t kc_attn_part_floats(uint32_t n_splits, uint32_t n_tokens, uint32_t n_heads, uint32_t hd);
+/* Plan (tiles of sequences), attention, and the split combine when n_splits > 1.
+ * split_len: KV positions per split (a multiple of 32), ignored for 1 split. */
+int kc_attention(const struct kc_attn_args *a, enum kc_attn_path path, uint32_t n_splits,
+		 uint32_t split_len, cudaStream_t st);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

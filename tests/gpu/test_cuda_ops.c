@@ -1,0 +1,436 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The cuda backend's memory, copies, weight conversion and row-wise
+ * operations against the cpu backend on fresh random inputs: embed,
+ * add_rmsnorm, matmul (with and without bias, bf16 and fp32 out, shapes
+ * cuBLASLt takes and odd ones it may not), swiglu, gather_rows, argmax (ties,
+ * NaN), softmax_ids; and the deferred errors: a bad id or row in device
+ * memory is reported as -EINVAL by the next sync, once.
+ * Tolerances: gt.h. Exit 77 without a CUDA device.
+ */
+#include "gt.h"
+#include "cuda_internal.h"
+
+static struct kt_rng rng = { 0x6770755f6f7073ull };
+
+static void test_memory(void)
+{
+	struct kern_backend *g = gt_gpu;
+	static const size_t sizes[] = { 1, 3, 4096, 100003, (5u << 20) + 3 };
+	char what[64];
+
+	for (size_t t = 0; t < KT_ARRAY_SIZE(sizes); t++) {
+		size_t n = sizes[t];
+		uint8_t *src = kt_xmalloc(n), *dst = kt_xmalloc(n), *orig = kt_xmalloc(n);
+		void *a = g->ops->alloc(g, n), *b = g->ops->alloc(g, n);
+
+		for (size_t i = 0; i < n; i++)
+			src[i] = (uint8_t)kt_next(&rng);
+		memcpy(orig, src, n);
+		memset(dst, 0, n);
+		KT_CHECK(a && b);
+		KT_CHECK_EQ_INT(g->ops->upload(g, a, src, n), 0);
+		/* The source is free to change once upload returns. */
+		memset(src, 0xa5, n);
+		KT_CHECK_EQ_INT(g->ops->copy(g, b, a, n), 0);
+		KT_CHECK_EQ_INT(g->ops->download(g, dst, b, n), 0);
+		KT_CHECK(!memcmp(orig, dst, n));
+		free(orig);
+		snprintf(what, sizeof(what), "memory round trip %zu bytes", n);
+		printf("  %-44s ok\n", what);
+		g->ops->free(g, a);
+		g->ops->free(g, b);
+		free(src);
+		free(dst);
+	}
+	{
+		void *z = g->ops->alloc(g, 0);
+
+		KT_CHECK(z != NULL);
+		g->ops->free(g, z);
+		g->ops->free(g, NULL);
+	}
+	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+}
+
+/* Conversion on the device equals the host helpers bit for bit. */
+static void test_weight_upload(void)
+{
+	struct kern_backend *g = gt_gpu;
+	const size_t n = (3u << 20) + 5; /* crosses staging chunks for every dtype */
+	uint32_t *f32 = kt_xmalloc(n * 4);
+	uint16_t *h16 = kt_xmalloc(n * 2), *want = kt_xmalloc(n * 2), *got = kt_xmalloc(n * 2);
+	float *tmp = kt_xmalloc(n * 4);
+	enum kern_dtype dts[] = { KERN_F32, KERN_F16, KERN_BF16 };
+
+	for (size_t i = 0; i < n; i++) {
+		/* Random bit patterns (every exponent, subnormals, infinities), no NaN. */
+		uint32_t u = (uint32_t)kt_next(&rng);
+
+		if ((u & 0x7f800000u) == 0x7f800000u)
+			u &= ~0x007fffffu;
+		f32[i] = u;
+		h16[i] = (uint16_t)kt_next(&rng);
+		if ((h16[i] & 0x7c00u) == 0x7c00u)
+			h16[i] &= 0xfc00u;
+	}
+	for (size_t d = 0; d < KT_ARRAY_SIZE(dts); d++) {
+		const void *src = dts[d] == KERN_F32 ? (const void *)f32 : (const void *)h16;
+		size_t bad = 0;
+		void *w;
+
+		kern_to_f32(tmp, src, dts[d], n);
+		for (size_t i = 0; i < n; i++)
+			want[i] = dts[d] == KERN_BF16 ? h16[i] : kern_f32_to_bf16(tmp[i]);
+		w = g->ops->weight_upload(g, src, dts[d], n);
+		KT_CHECK(w != NULL);
+		if (!w)
+			continue;
+		KT_CHECK_EQ_INT(g->ops->download(g, got, w, n * 2), 0);
+		for (size_t i = 0; i < n; i++)
+			bad += got[i] != want[i];
+		printf("  weight_upload %-30s n=%-8zu mismatches=%zu\n", kern_dtype_name(dts[d]), n,
+		       bad);
+		KT_CHECK(bad == 0);
+		g->ops->free(g, w);
+	}
+	errno = 0;
+	KT_CHECK(g->ops->weight_upload(g, NULL, KERN_F32, 4) == NULL && errno == EINVAL);
+	free(f32);
+	free(h16);
+	free(want);
+	free(got);
+	free(tmp);
+}
+
+/* A weight on both backends: fp32 reference values w (already bf16-exact). */
+static void *put_weight(struct kern_backend *be, const float *w, size_t n)
+{
+	void *p = be->ops->weight_upload(be, w, KERN_F32, n);
+
+	if (!p) {
+		fprintf(stderr, "weight_upload failed\n");
+		exit(1);
+	}
+	return p;
+}
+
+static void test_embed(uint32_t dim)
+{
+	const uint32_t vocab = 1000, n = 37;
+	float *table = gt_rand(&rng, (size_t)vocab * dim, 1.0f);
+	int32_t ids[37];
+	void *tc, *tg, *ic, *ig, *oc, *og;
+	float *rc, *rg;
+	char what[64];
+
+	for (uint32_t i = 0; i < n; i++)
+		ids[i] = (int32_t)kt_below(&rng, vocab);
+	ids[0] = 0;
+	ids[1] = (int32_t)vocab - 1;
+	tc = put_weight(gt_cpu, table, (size_t)vocab * dim);
+	tg = put_weight(gt_gpu, table, (size_t)vocab * dim);
+	ic = kt_upload(gt_cpu, ids, sizeof(ids));
+	ig = kt_upload(gt_gpu, ids, sizeof(ids));
+	oc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * dim * 4);
+	og = gt_gpu->ops->alloc(gt_gpu, (size_t)n * dim * 2);
+	KT_CHECK_EQ_INT(gt_cpu->ops->embed(gt_cpu, oc, tc, ic, n, dim, vocab), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->embed(gt_gpu, og, tg, ig, n, dim, vocab), 0);
+	rc = gt_get(gt_cpu, oc, (size_t)n * dim);
+	rg = gt_get(gt_gpu, og, (size_t)n * dim);
+	snprintf(what, sizeof(what), "embed dim %u", dim);
+	gt_close(what, rg, rc, (size_t)n * dim, 0, 0);
+
+	/* An id outside the vocabulary: clamped on the device, reported once. */
+	ids[5] = (int32_t)vocab;
+	gt_gpu->ops->upload(gt_gpu, ig, ids, sizeof(ids));
+	KT_CHECK_EQ_INT(gt_gpu->ops->embed(gt_gpu, og, tg, ig, n, dim, vocab), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->embed(gt_gpu, og, tg, NULL, n, dim, vocab), -EINVAL);
+
+	void *bufs_c[] = { tc, ic, oc }, *bufs_g[] = { tg, ig, og };
+	for (int i = 0; i < 3; i++) {
+		gt_cpu->ops->free(gt_cpu, bufs_c[i]);
+		gt_gpu->ops->free(gt_gpu, bufs_g[i]);
+	}
+	free(table);
+	free(rc);
+	free(rg);
+}
+
+static void test_add_rmsnorm(uint32_t n, uint32_t dim, int with_add)
+{
+	size_t ne = (size_t)n * dim;
+	float *x = gt_rand(&rng, ne, 2.0f), *a = gt_rand(&rng, ne, 1.0f);
+	float *w = gt_rand(&rng, dim, 1.5f);
+	void *xc = gt_put(gt_cpu, x, ne), *xg = gt_put(gt_gpu, x, ne);
+	void *ac = gt_put(gt_cpu, a, ne), *ag = gt_put(gt_gpu, a, ne);
+	void *wc = put_weight(gt_cpu, w, dim), *wg = put_weight(gt_gpu, w, dim);
+	void *oc = gt_cpu->ops->alloc(gt_cpu, ne * 4), *og = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+	float *rc, *rg, *resc, *resg;
+	char what[64];
+
+	KT_CHECK_EQ_INT(gt_cpu->ops->add_rmsnorm(gt_cpu, oc, xc, with_add ? ac : NULL, wc, n, dim,
+						 1e-5f), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->add_rmsnorm(gt_gpu, og, xg, with_add ? ag : NULL, wg, n, dim,
+						 1e-5f), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->add_rmsnorm(gt_gpu, xg, xg, NULL, wg, n, dim, 1e-5f), -EINVAL);
+	rc = gt_get(gt_cpu, oc, ne);
+	rg = gt_get(gt_gpu, og, ne);
+	resc = gt_get(gt_cpu, xc, ne);
+	resg = gt_get(gt_gpu, xg, ne);
+	snprintf(what, sizeof(what), "add_rmsnorm %ux%u%s: out", n, dim, with_add ? " +add" : "");
+	gt_close(what, rg, rc, ne, GT_ATOL, GT_RTOL);
+	snprintf(what, sizeof(what), "add_rmsnorm %ux%u%s: resid", n, dim, with_add ? " +add" : "");
+	/* The residual is one bf16 rounding of an exact fp32 sum: 2^-8 relative
+	 * at most (just above a power of two), plus a hair for the compare. */
+	gt_close(what, resg, resc, ne, 0, 1.0 / 250);
+
+	void *bc[] = { xc, ac, wc, oc }, *bg[] = { xg, ag, wg, og };
+	for (int i = 0; i < 4; i++) {
+		gt_cpu->ops->free(gt_cpu, bc[i]);
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	}
+	free(x);
+	free(a);
+	free(w);
+	free(rc);
+	free(rg);
+	free(resc);
+	free(resg);
+}
+
+static const char *gemm_path = "";
+
+static void test_matmul(uint32_t n, uint32_t k, uint32_t m, int with_bias)
+{
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f);
+	float *w = gt_rand(&rng, (size_t)m * k, (float)(1.5 / sqrt(k)));
+	float *b = gt_rand(&rng, m, 0.5f);
+	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
+	void *wc = put_weight(gt_cpu, w, (size_t)m * k), *wg = put_weight(gt_gpu, w, (size_t)m * k);
+	void *bc = put_weight(gt_cpu, b, m), *bg = put_weight(gt_gpu, b, m);
+	void *oc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
+	void *og = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
+	float *fg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 4);
+	float *rc, *rg, *rf;
+	char what[80];
+
+	KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc, xc, wc, with_bias ? bc : NULL, n, k, m), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->matmul(gt_gpu, og, xg, wg, with_bias ? bg : NULL, n, k, m), 0);
+	rc = gt_get(gt_cpu, oc, (size_t)n * m);
+	rg = gt_get(gt_gpu, og, (size_t)n * m);
+	snprintf(what, sizeof(what), "matmul%s n=%u k=%u m=%u%s", gemm_path, n, k, m,
+		 with_bias ? " +bias" : "");
+	gt_close(what, rg, rc, (size_t)n * m, GT_ATOL, GT_RTOL);
+	free(rc);
+	if (!with_bias) {
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul_f32out(gt_cpu, oc, xc, wc, n, k, m), 0);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_f32out(gt_gpu, fg, xg, wg, n, k, m), 0);
+		rc = gt_get_f32(gt_cpu, oc, (size_t)n * m);
+		rf = gt_get_f32(gt_gpu, fg, (size_t)n * m);
+		snprintf(what, sizeof(what), "matmul_f32out%s n=%u k=%u m=%u", gemm_path, n, k, m);
+		gt_close(what, rf, rc, (size_t)n * m, 1e-3, 1e-3);
+		free(rc);
+		free(rf);
+	}
+	KT_CHECK_EQ_INT(gt_gpu->ops->matmul(gt_gpu, og, xg, wg, NULL, 0, k, m), -EINVAL);
+
+	void *fc[] = { xc, wc, bc, oc }, *fgp[] = { xg, wg, bg, og, fg };
+	for (int i = 0; i < 4; i++)
+		gt_cpu->ops->free(gt_cpu, fc[i]);
+	for (int i = 0; i < 5; i++)
+		gt_gpu->ops->free(gt_gpu, fgp[i]);
+	free(x);
+	free(w);
+	free(b);
+	free(rg);
+}
+
+static void test_swiglu(uint32_t n, uint32_t dim)
+{
+	size_t ne = (size_t)n * dim;
+	float *gt = gt_rand(&rng, ne, 6.0f), *up = gt_rand(&rng, ne, 2.0f);
+	void *gc = gt_put(gt_cpu, gt, ne), *gg = gt_put(gt_gpu, gt, ne);
+	void *uc = gt_put(gt_cpu, up, ne), *ug = gt_put(gt_gpu, up, ne);
+	void *oc = gt_cpu->ops->alloc(gt_cpu, ne * 4), *og = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+	float *rc, *rg;
+	char what[64];
+
+	KT_CHECK_EQ_INT(gt_cpu->ops->swiglu(gt_cpu, oc, gc, uc, n, dim), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->swiglu(gt_gpu, og, gg, ug, n, dim), 0);
+	rc = gt_get(gt_cpu, oc, ne);
+	rg = gt_get(gt_gpu, og, ne);
+	snprintf(what, sizeof(what), "swiglu %ux%u", n, dim);
+	gt_close(what, rg, rc, ne, GT_ATOL, GT_RTOL);
+
+	void *bc[] = { gc, uc, oc }, *bg[] = { gg, ug, og };
+	for (int i = 0; i < 3; i++) {
+		gt_cpu->ops->free(gt_cpu, bc[i]);
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	}
+	free(gt);
+	free(up);
+	free(rc);
+	free(rg);
+}
+
+static void test_gather(uint32_t dim)
+{
+	const uint32_t n_in = 50, n = 9;
+	float *x = gt_rand(&rng, (size_t)n_in * dim, 1.0f);
+	int32_t rows[9];
+	void *xc = gt_put(gt_cpu, x, (size_t)n_in * dim), *xg = gt_put(gt_gpu, x, (size_t)n_in * dim);
+	void *rcd, *rgd;
+	void *oc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * dim * 4);
+	void *og = gt_gpu->ops->alloc(gt_gpu, (size_t)n * dim * 2);
+	float *rc, *rg;
+	char what[64];
+
+	for (uint32_t i = 0; i < n; i++)
+		rows[i] = (int32_t)kt_below(&rng, n_in);
+	rcd = kt_upload(gt_cpu, rows, sizeof(rows));
+	rgd = kt_upload(gt_gpu, rows, sizeof(rows));
+	KT_CHECK_EQ_INT(gt_cpu->ops->gather_rows(gt_cpu, oc, xc, rcd, n, dim), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->gather_rows(gt_gpu, og, xg, rgd, n, dim), 0);
+	rc = gt_get(gt_cpu, oc, (size_t)n * dim);
+	rg = gt_get(gt_gpu, og, (size_t)n * dim);
+	snprintf(what, sizeof(what), "gather_rows dim %u", dim);
+	gt_close(what, rg, rc, (size_t)n * dim, 0, 0);
+	rows[3] = -1;
+	gt_gpu->ops->upload(gt_gpu, rgd, rows, sizeof(rows));
+	KT_CHECK_EQ_INT(gt_gpu->ops->gather_rows(gt_gpu, og, xg, rgd, n, dim), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+
+	void *bc[] = { xc, rcd, oc }, *bg[] = { xg, rgd, og };
+	for (int i = 0; i < 3; i++) {
+		gt_cpu->ops->free(gt_cpu, bc[i]);
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	}
+	free(x);
+	free(rc);
+	free(rg);
+}
+
+/* fp32 logits: both backends must agree exactly, ties and NaN included. */
+static void test_argmax(uint32_t vocab)
+{
+	const uint32_t n = 6;
+	size_t ne = (size_t)n * vocab;
+	float *l = kt_xmalloc(ne * 4);
+	int32_t oc[6], og[6];
+	void *lc, *lg, *dc, *dg;
+
+	kt_fill(&rng, l, ne, 10.0f);
+	/* Row 1: a tie between two maxima; row 2: two NaNs; row 3: max at the
+	 * last index; row 4: all equal; row 5: NaN at index 0. */
+	l[1 * vocab + 100] = l[1 * vocab + vocab - 3] = 50.0f;
+	l[2 * vocab + vocab / 2] = NAN;
+	l[2 * vocab + vocab / 3] = NAN;
+	l[3 * vocab + vocab - 1] = 60.0f;
+	for (uint32_t j = 0; j < vocab; j++)
+		l[4 * vocab + j] = -1.0f;
+	l[5 * vocab] = NAN;
+	lc = kt_upload(gt_cpu, l, ne * 4);
+	lg = kt_upload(gt_gpu, l, ne * 4);
+	dc = gt_cpu->ops->alloc(gt_cpu, sizeof(oc));
+	dg = gt_gpu->ops->alloc(gt_gpu, sizeof(og));
+	KT_CHECK_EQ_INT(gt_cpu->ops->argmax(gt_cpu, dc, lc, n, vocab), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->argmax(gt_gpu, dg, lg, n, vocab), 0);
+	gt_cpu->ops->download(gt_cpu, oc, dc, sizeof(oc));
+	KT_CHECK_EQ_INT(gt_gpu->ops->download(gt_gpu, og, dg, sizeof(og)), 0);
+	for (uint32_t i = 0; i < n; i++)
+		KT_CHECK_EQ_INT(og[i], oc[i]);
+	KT_CHECK_EQ_INT(oc[1], 100);
+	KT_CHECK_EQ_INT(oc[2], vocab / 3);
+	printf("  argmax vocab %-31u rows=%u mismatches=%d\n", vocab, n,
+	       (int)(memcmp(oc, og, sizeof(oc)) != 0));
+	gt_cpu->ops->free(gt_cpu, lc);
+	gt_cpu->ops->free(gt_cpu, dc);
+	gt_gpu->ops->free(gt_gpu, lg);
+	gt_gpu->ops->free(gt_gpu, dg);
+	free(l);
+}
+
+static void test_softmax_ids(void)
+{
+	const uint32_t n = 4, vocab = 5000, n_ids = 300;
+	float *l = kt_xmalloc((size_t)n * vocab * 4);
+	int32_t *ids = kt_xmalloc(n_ids * 4);
+	void *lc, *lg, *ic, *ig, *oc, *og;
+	float *rc, *rg;
+
+	kt_fill(&rng, l, (size_t)n * vocab, 8.0f);
+	for (uint32_t j = 0; j < n_ids; j++)
+		ids[j] = (int32_t)kt_below(&rng, vocab);
+	lc = kt_upload(gt_cpu, l, (size_t)n * vocab * 4);
+	lg = kt_upload(gt_gpu, l, (size_t)n * vocab * 4);
+	ic = kt_upload(gt_cpu, ids, n_ids * 4);
+	ig = kt_upload(gt_gpu, ids, n_ids * 4);
+	oc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * n_ids * 4);
+	og = gt_gpu->ops->alloc(gt_gpu, (size_t)n * n_ids * 4);
+	KT_CHECK_EQ_INT(gt_cpu->ops->softmax_ids(gt_cpu, oc, lc, ic, n, n_ids, vocab), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->softmax_ids(gt_gpu, og, lg, ig, n, n_ids, vocab), 0);
+	rc = gt_get_f32(gt_cpu, oc, (size_t)n * n_ids);
+	rg = gt_get_f32(gt_gpu, og, (size_t)n * n_ids);
+	gt_close("softmax_ids 4 rows x 300 ids", rg, rc, (size_t)n * n_ids, 1e-7, 1e-5);
+	ids[7] = -2;
+	gt_gpu->ops->upload(gt_gpu, ig, ids, n_ids * 4);
+	KT_CHECK_EQ_INT(gt_gpu->ops->softmax_ids(gt_gpu, og, lg, ig, n, n_ids, vocab), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+
+	void *bc[] = { lc, ic, oc }, *bg[] = { lg, ig, og };
+	for (int i = 0; i < 3; i++) {
+		gt_cpu->ops->free(gt_cpu, bc[i]);
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	}
+	free(l);
+	free(ids);
+	free(rc);
+	free(rg);
+}
+
+int main(void)
+{
+	static const uint32_t mm[][3] = {
+		{ 1, 128, 256 }, { 5, 2048, 512 }, { 64, 1024, 3072 }, { 300, 512, 1000 },
+		{ 1, 4096, 1024 }, { 3, 36, 18 }, { 2, 7, 5 }, { 17, 30, 9 },
+		{ 8, 2048, 520 }, { 9, 256, 300 }, { 1, 8192, 33 }, { 4, 64, 4097 },
+		{ 1, 2048, 50000 }, { 7, 128, 448 },
+	};
+
+	gt_init("test_cuda_ops");
+	test_memory();
+	test_weight_upload();
+	test_embed(256);
+	test_embed(100);
+	test_add_rmsnorm(19, 4096, 1);
+	test_add_rmsnorm(19, 4096, 0);
+	test_add_rmsnorm(7, 1002, 1);
+	test_add_rmsnorm(1, 64, 1);
+	/* Rows <= KC_GEMV_MAX_N take the GEMV kernel unless turned off: both. */
+	for (int lt = 0; lt < 2; lt++) {
+		((struct kern_cuda *)gt_gpu->priv)->gemv_off = lt;
+		gemm_path = lt ? " [lt]" : "";
+		for (size_t i = 0; i < KT_ARRAY_SIZE(mm); i++) {
+			if (lt && mm[i][0] > KC_GEMV_MAX_N)
+				continue;
+			test_matmul(mm[i][0], mm[i][1], mm[i][2], 0);
+			test_matmul(mm[i][0], mm[i][1], mm[i][2], 1);
+		}
+	}
+	((struct kern_cuda *)gt_gpu->priv)->gemv_off = 0;
+	test_swiglu(13, 1024);
+	test_swiglu(3, 1003);
+	test_gather(256);
+	test_gather(98);
+	test_argmax(50000);
+	test_argmax(1001);
+	test_softmax_ids();
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+	gt_fini();
+	return kt_finish("test_cuda_ops");
+}
