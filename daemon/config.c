@@ -247,6 +247,8 @@ int hd_config_load(struct hd_config *c, int argc, char **argv, bool *ret_check, 
 	bool check = false, help = false;
 	int r;
 
+	*ret_check = false;
+	*ret_help = false;
 	/* First pass: --config, --check-config, --help; the file is read before flags. */
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--check-config") == 0)

@@ -239,6 +239,13 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 		reply_error(c->sock, 0, -EBADMSG, "malformed request");
 		return;
 	}
+	if (c->refused) {
+		reply_error(c->sock, req->id, c->refused,
+			    c->refused == -EACCES ? "uid not allowed by hearthd's policy"
+						  : "too many clients (max_clients)");
+		hearth__control__request__free_unpacked(req, NULL);
+		return;
+	}
 	rep.id = req->id;
 	switch (req->body_case) {
 	case HEARTH__CONTROL__REQUEST__BODY_HELLO:
@@ -360,16 +367,25 @@ static void client_free(struct hd_daemon *d, struct hd_client *c)
 	if (c->memfd >= 0)
 		close(c->memfd);
 	close(c->sock);
+	if (c->conn_prev)
+		c->conn_prev->conn_next = c->conn_next;
+	else
+		d->conns = c->conn_next;
+	if (c->conn_next)
+		c->conn_next->conn_prev = c->conn_prev;
 	d->n_conns--;
+	d->n_refused -= c->refused != 0;
 	free(c);
 }
 
+#define HD_MAX_REFUSED 64
+
 static void accept_one(struct hd_daemon *d, int lfd, int ep)
 {
-	struct ucred cred;
+	struct ucred cred = { 0 };
 	socklen_t len = sizeof(cred);
 	struct hd_client *c;
-	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	int refused = 0, fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
 	if (fd < 0)
 		return;
@@ -377,12 +393,14 @@ static void accept_one(struct hd_daemon *d, int lfd, int ep)
 	    !peer_allowed(&d->cfg, cred.uid, cred.gid)) {
 		hr_warn("refused connection from uid %u pid %d: not in allow_uids/allow_gids",
 			(unsigned)cred.uid, (int)cred.pid);
-		reply_error(fd, 0, -EACCES, "uid not allowed by hearthd's policy");
-		close(fd);
-		return;
+		refused = -EACCES;
+	} else if (d->n_conns - d->n_refused >= d->cfg.max_clients) {
+		refused = -EUSERS;
 	}
-	if (d->n_conns >= d->cfg.max_clients) {
-		reply_error(fd, 0, -EUSERS, "too many clients (max_clients)");
+	/* A refused peer is kept until it hangs up, and each of its requests is
+	 * answered with the refusal: closing at once would reset the connection
+	 * under a Hello already sent, and the reason would be lost. */
+	if (refused && d->n_refused >= HD_MAX_REFUSED) {
 		close(fd);
 		return;
 	}
@@ -395,6 +413,7 @@ static void accept_one(struct hd_daemon *d, int lfd, int ep)
 	c->memfd = -1;
 	c->pid = cred.pid;
 	c->uid = cred.uid;
+	c->refused = refused;
 	c->id = ++d->next_client_id;
 	if (epoll_ctl(ep, EPOLL_CTL_ADD, fd,
 		      &(struct epoll_event){ .events = EPOLLIN | EPOLLRDHUP, .data.ptr = c }) < 0) {
@@ -402,7 +421,12 @@ static void accept_one(struct hd_daemon *d, int lfd, int ep)
 		free(c);
 		return;
 	}
+	c->conn_next = d->conns;
+	if (d->conns)
+		d->conns->conn_prev = c;
+	d->conns = c;
 	d->n_conns++;
+	d->n_refused += refused != 0;
 }
 
 /* Returns false when the connection is finished. */
@@ -478,9 +502,11 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 		shm_waitq_shutdown(&c->hdr->client_wq);
 		hd_session_close_all(d, c);
 		free(c->gens);
-		client_free(d, c);
 	}
 	d->n_clients = 0;
+	/* Every connection, attached or not, is closed and freed. */
+	while (d->conns)
+		client_free(d, d->conns);
 	/* The reactor is gone: this thread owns the sessions now. */
 	hd_tier_flush(d);
 	return 0;

@@ -71,6 +71,8 @@ struct hd_client {
 	bool dead;                      /* protocol violation: no longer served */
 	bool killed;                    /* ... and its disconnect was started */
 	bool in_reactor;
+	int refused;                    /* -EACCES / -EUSERS: answered so until it hangs up */
+	struct hd_client *conn_next, *conn_prev; /* control-owned list of connections */
 	uint32_t wait_seq;
 	char name[64];
 };
@@ -177,7 +179,8 @@ struct hd_daemon {
 	bool stopping;
 	/* control-owned */
 	uint32_t next_client_id;
-	uint32_t n_conns;
+	uint32_t n_conns, n_refused;
+	struct hd_client *conns;
 };
 
 /* reactor.c */

@@ -76,7 +76,7 @@ static void daemon_fini(struct hd_daemon *d)
 int main(int argc, char **argv)
 {
 	static struct hd_daemon d;
-	bool check, help;
+	bool check = false, help = false;
 	char err[512] = "";
 	int lfd = -1, r, rc = 1;
 

@@ -320,7 +320,7 @@ static void reactor_sleep(struct hd_daemon *d)
 {
 	static bool waitv_missing;
 	struct futex_waitv w[FUTEX_WAITV_MAX];
-	uint32_t n = 0, bits[FUTEX_WAITV_MAX];
+	uint32_t n = 0, bits[FUTEX_WAITV_MAX], ci = 0;
 	bool idle = true;
 	struct timespec ts;
 
@@ -328,8 +328,8 @@ static void reactor_sleep(struct hd_daemon *d)
 	w[n++] = (struct futex_waitv){ .val = atomic_load_explicit(&d->doorbell, memory_order_acquire),
 				       .uaddr = (uintptr_t)&d->doorbell,
 				       .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG };
-	for (uint32_t i = 0; i < d->n_clients && n < FUTEX_WAITV_MAX; i++) {
-		struct hd_client *c = d->clients[i];
+	for (; ci < d->n_clients && n < FUTEX_WAITV_MAX; ci++) {
+		struct hd_client *c = d->clients[ci];
 
 		if (c->dead)
 			continue;
@@ -344,9 +344,12 @@ static void reactor_sleep(struct hd_daemon *d)
 	for (uint32_t i = 0; idle && i < d->n_clients; i++)
 		idle = !client_has_work(d->clients[i]);
 	if (idle) {
-		/* While draining, wake often to notice the end of the drain. */
+		/* While draining, wake often to notice the end of the drain. Past
+		 * FUTEX_WAITV_MAX - 1 clients, the ones not watched are polled. */
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		if (d->stopping)
+		if (ci < d->n_clients)
+			ts.tv_nsec += 100000;
+		else if (d->stopping)
 			ts.tv_nsec += 10000000;
 		else
 			ts.tv_sec += 1;

@@ -236,6 +236,18 @@ bool hd_tier_make_room(struct hd_daemon *d, uint32_t n)
 	return n <= total && evict_until(d, n + total * d->cfg.evict_low_pct / 100);
 }
 
+static void fail_deferred(struct hd_daemon *d, struct hd_session *s, int err)
+{
+	for (uint32_t i = 0; i < s->n_deferred; i++) {
+		struct hd_client *c = hd_client_by_id(d, s->deferred[i].client_id);
+		if (c && !c->dead && hd_cq_room(c)) {
+			hd_post_cqe(c, s->deferred[i].sqe.user_data, err, 0, 0, engine_seq_len(s->seq));
+			d->stats.ops[s->deferred[i].sqe.op].errors++;
+		}
+	}
+	s->n_deferred = 0;
+}
+
 static uint32_t start_page_ins(struct hd_daemon *d)
 {
 	struct kv_pool *pool = engine_pool(d->engine);
@@ -245,11 +257,17 @@ static uint32_t start_page_ins(struct hd_daemon *d)
 		struct hd_session *s = d->sessions.slots[i];
 		uint32_t need;
 
-		if (!s || s->tier != HD_TIER_L2 || !s->want_in)
+		if (!s || s->tier != HD_TIER_L2 || !(s->want_in || s->n_deferred))
 			continue;
 		need = s->n_pages;
 		if (kv_pool_n_free(pool) < need || engine_seq_reserve_kv(d->engine, s->seq) < 0) {
-			evict_until(d, need);
+			/* No room now and none coming (L1 holds only sessions that
+			 * cannot move, L2 is full): the waiting requests fail with
+			 * -ENOMEM instead of waiting forever; the session stays in L2. */
+			if (!evict_until(d, need) && !pages_in_flight_out(d)) {
+				fail_deferred(d, s, -ENOMEM);
+				s->want_in = false;
+			}
 			continue;
 		}
 		s->tier = HD_TIER_PAGING_IN;
@@ -353,8 +371,8 @@ int hd_tier_ready(struct hd_daemon *d, struct hd_session *s)
 		s->want_in = true;
 		return -EAGAIN;
 	case HD_TIER_L2:
+		/* hd_tier_turn() starts the page-in, after the caller deferred. */
 		s->want_in = true;
-		start_page_ins(d);
 		return -EAGAIN;
 	case HD_TIER_PAGING_IN:
 		return -EAGAIN;
@@ -394,11 +412,7 @@ void hd_tier_forget(struct hd_daemon *d, struct hd_session *s, bool drop)
 	struct hd_tiering *t = d->tiering;
 
 	/* Requests still waiting for this session end now, with an error. */
-	for (uint32_t i = 0; i < s->n_deferred; i++) {
-		struct hd_client *c = hd_client_by_id(d, s->deferred[i].client_id);
-		if (c && !c->dead && hd_cq_room(c))
-			hd_post_cqe(c, s->deferred[i].sqe.user_data, -ECANCELED, 0, 0, 0);
-	}
+	fail_deferred(d, s, -ECANCELED);
 	free(s->deferred);
 	s->deferred = NULL;
 	s->n_deferred = 0;

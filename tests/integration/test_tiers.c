@@ -7,6 +7,7 @@
  * hold them (they stay in L1).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,7 +44,8 @@ static void event(struct world *w, int32_t *ev)
 }
 
 /* Score one event in every session through the daemon and in the reference. */
-static void score_round(struct world *w, struct hearth *h, const uint32_t *handles, const char *what)
+static void score_round_ex(struct world *w, struct hearth *h, const uint32_t *handles,
+			   const char *what, bool allow_enomem, uint32_t *ret_enomem)
 {
 	for (int i = 0; i < N_SESS; i++) {
 		int32_t ev[EVENT];
@@ -52,6 +54,11 @@ static void score_round(struct world *w, struct hearth *h, const uint32_t *handl
 
 		event(w, ev);
 		r = hearth_score(h, handles[i], ev, EVENT, labels, 2, got);
+		if (allow_enomem && r == -ENOMEM) {
+			/* KV exhausted in both tiers: refused, and the session unchanged. */
+			(*ret_enomem)++;
+			continue;
+		}
 		CHECK(r == 2, "%s: session %d: score: %s", what, i, hearth_strerror(r));
 		if (r != 2)
 			continue;
@@ -59,6 +66,11 @@ static void score_round(struct world *w, struct hearth *h, const uint32_t *handl
 		ref_probs(&w->ref, w->seq[i], labels, 2, want);
 		th_close(got, want, 2, what);
 	}
+}
+
+static void score_round(struct world *w, struct hearth *h, const uint32_t *handles, const char *what)
+{
+	score_round_ex(w, h, handles, what, false, NULL);
 }
 
 static struct hearth *attach(struct th_daemon *d)
@@ -148,7 +160,7 @@ static void run_pager(const char *hearthd, const char *model, const char *pager)
 	struct hearth *h;
 
 	REQUIRE(mkdtemp(dir), "mkdtemp");
-	ref_init(&w.ref, model);
+	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, pager, "64", "0");
 	if (!th_daemon_alive(&d) && !strcmp(pager, "io_uring")) {
 		th_log("skip io_uring pager: hearthd could not set it up here");
@@ -217,7 +229,7 @@ static void run_kill9(const char *hearthd, const char *model)
 	struct hearth *h;
 
 	REQUIRE(mkdtemp(dir), "mkdtemp");
-	ref_init(&w.ref, model);
+	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, "threads", "64", "20");
 	h = attach(&d);
 	build(&w, h, handles);
@@ -259,14 +271,22 @@ static void run_small_l2(const char *hearthd, const char *model)
 	struct hearth *h;
 
 	REQUIRE(mkdtemp(dir), "mkdtemp");
-	ref_init(&w.ref, model);
+	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, "threads", "1", "0");
 	h = attach(&d);
 	for (int i = 0; i < N_SESS; i++)
 		handles[i] = 0;
 	build(&w, h, handles);
-	score_round(&w, h, handles, "small L2");
-	score_round(&w, h, handles, "small L2 again");
+	uint32_t enomem = 0, lens[N_SESS];
+	score_round_ex(&w, h, handles, "small L2", true, &enomem);
+	score_round_ex(&w, h, handles, "small L2 again", true, &enomem);
+	th_log("small L2: %u of %u scores refused with ENOMEM", enomem, 2 * N_SESS);
+	/* Every session is intact, whatever was refused. */
+	open_all(h, handles, lens);
+	for (int i = 0; i < N_SESS; i++)
+		CHECK(lens[i] == engine_seq_len(w.seq[i]), "small L2: session %d has %u tokens, want %u",
+		      i, lens[i], engine_seq_len(w.seq[i]));
+	score_round_ex(&w, h, handles, "small L2 last", true, &enomem);
 	hearth_close(h);
 	CHECK(th_daemon_stop(&d, 30000), "SIGTERM with a small L2: clean exit");
 	ref_fini(&w.ref);
