@@ -468,6 +468,7 @@ static int l2_open_file(struct kv_l2 *l2, uint32_t flags, char *err, size_t errl
 	bool want_direct = !(flags & KV_L2_F_BUFFERED);
 	int oflags = O_RDWR | O_CREAT | O_CLOEXEC;
 	struct stat st;
+	bool existed = stat(l2->path, &st) == 0;
 	int ret;
 
 	l2->fd = open(l2->path, oflags | (want_direct ? O_DIRECT : 0), 0600);
@@ -492,7 +493,12 @@ static int l2_open_file(struct kv_l2 *l2, uint32_t flags, char *err, size_t errl
 			ret == -EBUSY ? "in use by another store (locked)" : strerror(-ret));
 		return ret;
 	}
-	return l2_preallocate(l2, err, errlen);
+	/* A file this open created and could not size is removed (we hold
+	 * the lock, so no other store uses it): a failed start leaves no
+	 * half-allocated file taking the disk. */
+	if ((ret = l2_preallocate(l2, err, errlen)) < 0 && !existed)
+		unlink(l2->path);
+	return ret;
 }
 
 /* One aligned read of the first block, with the staging area mapped. */
@@ -551,12 +557,14 @@ static int l2_alloc_tables(struct kv_l2 *l2)
 	return 0;
 }
 
+#if HEARTH_HAVE_IO_URING
 static bool uring_fallback_ok(int err)
 {
 	/* Containers and hardened kernels refuse io_uring with these. */
 	return err == -EPERM || err == -ENOSYS || err == -EINVAL || err == -EACCES ||
 	       err == -EOPNOTSUPP;
 }
+#endif
 
 static int l2_start_pager(struct kv_l2 *l2, enum kv_l2_pager want, char *err, size_t errlen)
 {
@@ -631,7 +639,8 @@ struct kv_l2 *kv_l2_open(const struct kv_l2_params *p, char *err, size_t errlen)
 	l2->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (l2->event_fd < 0) {
 		ret = -errno;
-		goto fail_msg;
+		l2_errf(err, errlen, "kv_l2: eventfd: %s", strerror(-ret));
+		goto fail;
 	}
 	if ((ret = l2_open_file(l2, p->flags, err, errlen)) < 0 ||
 	    (ret = l2_probe_direct(l2, p->flags, err, errlen)) < 0 ||

@@ -69,7 +69,8 @@ size_t kv_l2_slot_bytes(size_t page_bytes);
  * io_uring still references the file), preallocate, set up staging and the
  * pager. A file larger than needed is kept as it is; existing slots keep
  * their bytes (restore them with kv_l2_slot_mark_used). A process with an
- * RLIMIT_FSIZE should ignore SIGXFSZ (its default action kills).
+ * RLIMIT_FSIZE should ignore SIGXFSZ (its default action kills). A file
+ * created here that cannot be preallocated is removed again.
  * Returns NULL with errno set and a reason in err (which names the path and,
  * for ENOSPC/EFBIG, the size asked for): EINVAL (parameters; O_DIRECT refused
  * with KV_L2_F_REQUIRE_DIRECT), EBUSY (locked by another store), ENOSPC,

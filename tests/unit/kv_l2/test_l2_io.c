@@ -3,9 +3,11 @@
  * L2 store transfers, for the pager named on the command line: many pages of
  * random bytes written and read back in random slot order with batches of 1
  * up to the queue depth and with the queue kept full; checksum mismatches
- * (bytes corrupted on disk, a wrong expected value); argument checks; the
+ * (bytes corrupted on disk, a wrong expected value); a read cut short by the
+ * end of the file (-EIO); argument checks; the
  * eventfd; close with I/O in flight, then reopen and read what it wrote.
  */
+#define _GNU_SOURCE /* fallocate */
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/stat.h>
@@ -187,6 +189,23 @@ static void test_checksums(struct kv_l2 *l2, struct shadow *sh)
 	sh->gen[7] = sh->gen[9] = 0; /* no longer hold what the shadow says */
 }
 
+/* A slot cut in half by a shorter file: the read comes back short, the rest
+ * makes no progress: -EIO. */
+static void test_short_read(struct kv_l2 *l2, struct shadow *sh)
+{
+	size_t slot_bytes = kv_l2_slot_bytes(PAGE_BYTES);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+
+	CHECK(fd >= 0);
+	CHECK(ftruncate(fd, (off_t)((N_SLOTS - 1) * slot_bytes + 8192)) == 0);
+	CHECK_EQ(read_one(l2, N_SLOTS - 1, sh->checksum[N_SLOTS - 1]), -EIO);
+	CHECK_EQ(read_one(l2, N_SLOTS - 2, sh->checksum[N_SLOTS - 2]), 0);
+	CHECK(ftruncate(fd, (off_t)(N_SLOTS * slot_bytes)) == 0);
+	CHECK(fallocate(fd, 0, 0, (off_t)(N_SLOTS * slot_bytes)) == 0);
+	close(fd);
+	sh->gen[N_SLOTS - 1] = 0;
+}
+
 static void test_arguments(struct kv_l2 *l2)
 {
 	struct kv_l2_io ios[QD + 4], out[QD];
@@ -318,6 +337,7 @@ int main(int argc, char **argv)
 
 	test_roundtrip(l2, &sh);
 	test_checksums(l2, &sh);
+	test_short_read(l2, &sh);
 	test_arguments(l2);
 	test_event_fd(l2);
 	kv_l2_close(l2);

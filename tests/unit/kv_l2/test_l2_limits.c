@@ -169,10 +169,12 @@ static void child_fsize_open(const char *path)
 	limit_file_size(1 << 20);
 	expect_open_error(&p, EFBIG, path);
 	expect_open_error(&p, EFBIG, "4194304 bytes");
+	CHECK(access(path, F_OK) < 0 && errno == ENOENT); /* not left behind */
 }
 
-/* Under a 1 MiB limit, a 4 MiB store made before: writes below the limit
- * succeed, writes past it complete with -EFBIG, reads anywhere work. */
+/* Under a limit of 1 MiB + half a page, a 4 MiB store made before: writes
+ * below the limit succeed, the one across it is cut short there (and its
+ * rest fails), those past it complete with -EFBIG. */
 static void child_fsize_io(const char *path)
 {
 	struct kv_l2_params p = params(path, 4 << 20);
@@ -180,7 +182,7 @@ static void child_fsize_io(const char *path)
 	struct kv_l2 *l2;
 	uint32_t n_ok = 0, n_big = 0;
 
-	limit_file_size(1 << 20);
+	limit_file_size((1 << 20) + PAGE_BYTES / 2);
 	l2 = l2t_open(&p);
 	for (uint32_t i = 0; i < 8; i++) {
 		ios[i] = (struct kv_l2_io){ .buf = kv_l2_staging_get(l2), .slot = i * 8, .tag = i };
@@ -214,7 +216,6 @@ static void test_file_size_limit(void)
 
 	snprintf(path, sizeof(path), "%s/fsize.bin", dir);
 	CHECK_EQ(in_child(child_fsize_open, path), 0);
-	unlink(path);
 	p = params(path, 4 << 20);
 	kv_l2_close(l2t_open(&p)); /* preallocated without the limit */
 	CHECK_EQ(in_child(child_fsize_io, path), 0);
@@ -241,9 +242,9 @@ static void child_tmpfs(const char *mnt)
 	p = params(path, 4 << 20);
 	expect_open_error(&p, ENOSPC, path);
 	expect_open_error(&p, ENOSPC, "4194304 bytes");
+	CHECK(access(path, F_OK) < 0 && errno == ENOENT); /* not left behind */
 
 	/* Preallocated first, then the disk fills up: the store still writes. */
-	unlink(path);
 	p = params(path, 8 * PAGE_BYTES);
 	l2 = l2t_open(&p);
 	printf("  tmpfs store: pager %s, direct %d%s%s\n", kv_l2_pager_name(l2),

@@ -1,0 +1,46 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# End-to-end figures on a GPU machine, from binaries packed here:
+#   bench/gpu-e2e.sh --pack build          # here: fills build-e2e/ (carry it)
+#   OUT=/dir bench/gpu-e2e.sh [1b]         # there: logs and BENCH lines under $OUT
+# Makes a random-weight model of a real shape with transformers, then runs
+# hearth-run (prefill and decode at context 2048 on the cuda backend),
+# hearthd + hearth-bench-ipc (APPEND 32 + SCORE through the daemon), and
+# hearth-bench-kv (L2 paging on this machine's disk).
+set -u
+R=build-e2e
+if [ "${1:-}" = "--pack" ]; then
+	B=${2:-build}
+	rm -rf "$R" && mkdir -p "$R/lib" || exit 1
+	cp "$B/daemon/hearthd" "$B/tools/hearth-run" "$B/bench/hearth-bench-ipc" \
+		"$B/bench/hearth-bench-kv" "$B/clients/hearthctl" "$R/" || exit 1
+	cp -L "$B"/clients/libhearth.so.0 "$R/lib/"
+	for b in "$R"/hearthd "$R"/hearth-bench-ipc "$R"/hearth-bench-kv; do ldd "$b"; done |
+		awk '/=>/ {print $3}' | sort -u |
+		grep -E 'openblas|gfortran|quadmath|gomp|cjson|xxhash|protobuf-c|inih|uring' |
+		while read -r f; do cp -L "$f" "$R/lib/"; done
+	du -sh "$R"
+	exit 0
+fi
+SHAPE=${1:-1b}
+OUT=${OUT:-/tmp/hearth-e2e}
+M=/tmp/hearth-model-$SHAPE
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH="$PWD/$R/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv >"$OUT/smi.txt" 2>&1
+t0=$(date +%s)
+python3 bench/make_random_model.py --shape "$SHAPE" --out "$M" >"$OUT/make-$SHAPE.log" 2>&1 ||
+	{ tail -5 "$OUT/make-$SHAPE.log"; exit 1; }
+echo "== model $SHAPE written in $(($(date +%s) - t0)) s"
+prompt=$(python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(1000, 100000)) for _ in range(2048)))")
+"$R/hearth-run" --backend cuda --model "$M" --tokens "$prompt" --generate 64 >"$OUT/run-$SHAPE.log" 2>&1
+echo "== hearth-run rc=$?"; cat "$OUT/run-$SHAPE.log"
+S=/tmp/hearth-e2e.sock
+"$R/hearthd" --backend cuda --model-path "$M" --kv-pages 4096 --socket-path "$S" 2>"$OUT/hearthd-$SHAPE.log" &
+pid=$!
+for _ in $(seq 600); do [ -S "$S" ] && break; sleep 0.1; done
+"$R/hearth-bench-ipc" --socket "$S" --context 2048 --iters 20000 --score-iters 300 >"$OUT/ipc-$SHAPE.log" 2>&1
+echo "== hearth-bench-ipc rc=$?"; cat "$OUT/ipc-$SHAPE.log"
+kill -TERM $pid; wait $pid; echo "== hearthd exit $?"; tail -3 "$OUT/hearthd-$SHAPE.log"
+"$R/hearth-bench-kv" --dir /var/tmp --shape both >"$OUT/kv.log" 2>&1
+echo "== hearth-bench-kv rc=$?"; tail -12 "$OUT/kv.log"
