@@ -85,6 +85,14 @@ static void print_status(const char *path, const Hearth__Control__StatsReply *st
 		       (unsigned long long)st->pages_out, st->bytes_out / 1e6,
 		       (unsigned long long)st->pages_in, st->bytes_in / 1e6,
 		       (unsigned long long)st->tier_errors, (unsigned long long)st->recomputed);
+	if (st->pager && st->pager[0])
+		printf("  session page-outs  %llu (mean %.2f ms, max %.2f ms); page-ins %llu (mean %.2f ms, "
+		       "max %.2f ms)\n",
+		       (unsigned long long)st->pageouts,
+		       st->pageouts ? st->pageout_ns_total / 1e6 / st->pageouts : 0.0,
+		       st->pageout_ns_max / 1e6, (unsigned long long)st->pageins,
+		       st->pageins ? st->pagein_ns_total / 1e6 / st->pageins : 0.0,
+		       st->pagein_ns_max / 1e6);
 	printf("\n  %-14s %10s %8s %12s %12s\n", "op", "count", "errors", "mean", "max");
 	for (size_t i = 0; i < st->n_ops; i++) {
 		const Hearth__Control__OpCounter *oc = st->ops[i];

@@ -103,6 +103,7 @@ struct hd_session {
 	uint32_t io_done;      /* pages completed */
 	int io_err;            /* first error of the transfer */
 	uint32_t manifest_len; /* history length in the last manifest written */
+	uint64_t io_start_ns;  /* when this transfer started */
 	struct hd_deferred *deferred;
 	uint32_t n_deferred, cap_deferred;
 	uint32_t handle;       /* (generation << 20) | slot */
@@ -207,6 +208,7 @@ bool hd_client_may_use(const struct hd_client *c, uint32_t handle);
 /* tier.c (reactor thread only): L1 <-> L2 paging, eviction, manifests. */
 struct hd_tier_stats {
 	uint64_t pages_out, pages_in, bytes_out, bytes_in, errors, recomputed;
+	uint64_t outs, ins, out_ns, in_ns, out_max_ns, in_max_ns;
 	uint32_t l2_slots, l2_free;
 	const char *pager;
 };

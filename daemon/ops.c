@@ -221,9 +221,16 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		break;
 	}
 	/* KV exhausted: the engine kept nothing, so the op can wait for evictions. */
-	if (r == -ENOMEM && s && hd_tier_make_room(d, pages_needed(d, s, q)) &&
-	    hd_session_defer(s, c->id, q) == 0)
-		return;
+	if (r == -ENOMEM && s) {
+		uint32_t need = pages_needed(d, s, q);
+
+		if (hd_tier_make_room(d, need) && hd_session_defer(s, c->id, q) == 0)
+			return;
+		hr_warn("client %u: %s on session %#x: KV cache full (%u of %u pages free, %u needed) "
+			"and nothing can be paged out", c->id, shm_op_name(q->op), s->handle,
+			kv_pool_n_free(engine_pool(d->engine)), kv_pool_n_pages(engine_pool(d->engine)),
+			need);
+	}
 done:
 	if (s)
 		pos = engine_seq_len(s->seq);

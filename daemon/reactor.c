@@ -140,6 +140,12 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 		rep->l2_slots = ts.l2_slots;
 		rep->l2_slots_free = ts.l2_free;
 		rep->pager = strdup(ts.pager ? ts.pager : "");
+		rep->pageouts = ts.outs;
+		rep->pageout_ns_total = ts.out_ns;
+		rep->pageout_ns_max = ts.out_max_ns;
+		rep->pageins = ts.ins;
+		rep->pagein_ns_total = ts.in_ns;
+		rep->pagein_ns_max = ts.in_max_ns;
 	}
 	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
 	if (!rep->ops)

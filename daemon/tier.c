@@ -59,6 +59,7 @@ static int pageout_start(struct hd_daemon *d, struct hd_session *s)
 	for (uint32_t i = 0; i < s->n_pages; i++)
 		s->slots[i] = (uint32_t)kv_l2_slot_alloc(d->tiering->l2);
 	s->tier = HD_TIER_PAGING_OUT;
+	s->io_start_ns = hr_now_ns();
 	s->io_next = s->io_done = 0;
 	s->io_err = 0;
 	return 0;
@@ -121,6 +122,9 @@ static void transfer_done(struct hd_daemon *d, struct hd_session *s)
 			return;
 		}
 		t->pages_out += s->n_pages;
+		t->outs++;
+		t->out_ns += hr_now_ns() - s->io_start_ns;
+		t->out_max_ns = HR_MAX(t->out_max_ns, hr_now_ns() - s->io_start_ns);
 		t->bytes_out += (uint64_t)s->n_pages * t->page_bytes;
 		engine_seq_drop_kv(d->engine, s->seq);
 		s->tier = HD_TIER_L2;
@@ -136,6 +140,9 @@ static void transfer_done(struct hd_daemon *d, struct hd_session *s)
 		engine_seq_drop_kv(d->engine, s->seq);
 	} else {
 		t->pages_in += s->n_pages;
+		t->ins++;
+		t->in_ns += hr_now_ns() - s->io_start_ns;
+		t->in_max_ns = HR_MAX(t->in_max_ns, hr_now_ns() - s->io_start_ns);
 		t->bytes_in += (uint64_t)s->n_pages * t->page_bytes;
 		engine_seq_kv_restored(d->engine, s->seq);
 	}
@@ -189,14 +196,16 @@ static void reap(struct hd_daemon *d, bool wait)
 
 /* ---- policy ------------------------------------------------------------------------ */
 
+/* L1 pages that page-outs under way will free. */
 static uint32_t pages_in_flight_out(struct hd_daemon *d)
 {
 	uint32_t n = 0;
 
 	for (uint32_t i = 0; i < d->sessions.cap; i++) {
 		struct hd_session *s = d->sessions.slots[i];
+		/* Its L1 pages are released when the whole transfer is done. */
 		if (s && s->tier == HD_TIER_PAGING_OUT)
-			n += s->n_pages - s->io_done;
+			n += s->n_pages;
 	}
 	return n;
 }
@@ -271,6 +280,7 @@ static uint32_t start_page_ins(struct hd_daemon *d)
 			continue;
 		}
 		s->tier = HD_TIER_PAGING_IN;
+		s->io_start_ns = hr_now_ns();
 		s->io_next = s->io_done = 0;
 		s->io_err = 0;
 		started++;
@@ -547,6 +557,12 @@ void hd_tier_stats(const struct hd_daemon *d, struct hd_tier_stats *ret)
 	ret->bytes_out = t->bytes_out;
 	ret->bytes_in = t->bytes_in;
 	ret->errors = t->errors;
+	ret->outs = t->outs;
+	ret->ins = t->ins;
+	ret->out_ns = t->out_ns;
+	ret->in_ns = t->in_ns;
+	ret->out_max_ns = t->out_max_ns;
+	ret->in_max_ns = t->in_max_ns;
 	ret->recomputed = t->recomputed;
 	if (t->l2) {
 		ret->l2_slots = kv_l2_n_slots(t->l2);

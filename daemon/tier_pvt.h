@@ -35,6 +35,8 @@ struct hd_tiering {
 	char sessions_dir[4120];
 	/* counters */
 	uint64_t pages_out, pages_in, bytes_out, bytes_in, errors, recomputed;
+	/* whole-session transfers: count, total and worst latency */
+	uint64_t outs, ins, out_ns, in_ns, out_max_ns, in_max_ns;
 };
 
 

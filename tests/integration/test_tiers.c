@@ -292,6 +292,122 @@ static void run_small_l2(const char *hearthd, const char *model)
 	ref_fini(&w.ref);
 }
 
+/* One session's tier as hearthd reports it ("" when absent). */
+static void session_tier(const char *sock, const char *name, char *tier, size_t len)
+{
+	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+	Hearth__Control__ListSessions ls = HEARTH__CONTROL__LIST_SESSIONS__INIT;
+	Hearth__Control__Response *rep = NULL;
+	int fd = th_ctl_connect(sock);
+
+	tier[0] = 0;
+	if (fd < 0)
+		return;
+	req.body_case = HEARTH__CONTROL__REQUEST__BODY_LIST_SESSIONS;
+	req.list_sessions = &ls;
+	if (th_ctl_call(fd, &req, &rep, NULL) == 0 && rep && rep->sessions)
+		for (size_t i = 0; i < rep->sessions->n_sessions; i++)
+			if (!strcmp(rep->sessions->sessions[i]->name, name))
+				snprintf(tier, len, "%s", rep->sessions->sessions[i]->tier);
+	if (rep)
+		hearth__control__response__free_unpacked(rep, NULL);
+	close(fd);
+}
+
+/* hearthctl evict / pin / unpin, by name. Returns the daemon's error. */
+static int session_action(const char *sock, const char *name, int action)
+{
+	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+	Hearth__Control__SessionAction sa = HEARTH__CONTROL__SESSION_ACTION__INIT;
+	Hearth__Control__Response *rep = NULL;
+	int fd = th_ctl_connect(sock), r;
+
+	if (fd < 0)
+		return fd;
+	sa.name = (char *)name;
+	sa.action = action;
+	req.body_case = HEARTH__CONTROL__REQUEST__BODY_SESSION_ACTION;
+	req.session_action = &sa;
+	r = th_ctl_call(fd, &req, &rep, NULL);
+	if (r == 0 && rep)
+		r = rep->error;
+	if (rep)
+		hearth__control__response__free_unpacked(rep, NULL);
+	close(fd);
+	return r;
+}
+
+/* 6: pin keeps a session in L1 under pressure, evict moves one to L2 on
+ * demand; then a daemon serving another model refuses the manifests. */
+static void run_controls(const char *hearthd, const char *model)
+{
+	struct world w = { .rng = 5 };
+	struct th_daemon d;
+	uint32_t handles[N_SESS];
+	char dir[] = "/var/tmp/hearth-tiers-XXXXXX", tier[16], other[512];
+	struct hearth *h;
+	int r;
+
+	REQUIRE(mkdtemp(dir), "mkdtemp");
+	ref_init_kv(&w.ref, model, 1024);
+	start(&d, hearthd, model, dir, "threads", "64", "0");
+	h = attach(&d);
+	{
+		uint32_t lens[N_SESS];
+		open_all(h, handles, lens);
+	}
+	CHECK(session_action(d.sock, "tier:0", HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN) == 0,
+	      "pin tier:0");
+	CHECK(session_action(d.sock, "nope", HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN) == -ENOENT,
+	      "pin of an unknown session: ENOENT");
+	hearth_close(h);
+	h = attach(&d);
+	build(&w, h, handles); /* reopens the same named sessions */
+	score_round(&w, h, handles, "pinned");
+	session_tier(d.sock, "tier:0", tier, sizeof(tier));
+	CHECK(!strcmp(tier, "L1"), "pinned tier:0 is in %s, want L1", tier);
+	r = session_action(d.sock, "tier:0", HEARTH__CONTROL__SESSION_ACTION__ACTION__EVICT);
+	CHECK(r == -EBUSY, "evict of a pinned session: %d, want -EBUSY", r);
+	CHECK(session_action(d.sock, "tier:0", HEARTH__CONTROL__SESSION_ACTION__ACTION__UNPIN) == 0,
+	      "unpin");
+	CHECK(session_action(d.sock, "tier:0", HEARTH__CONTROL__SESSION_ACTION__ACTION__EVICT) == 0,
+	      "evict tier:0");
+	for (int i = 0; i < 500; i++) {
+		session_tier(d.sock, "tier:0", tier, sizeof(tier));
+		if (!strcmp(tier, "L2"))
+			break;
+		th_sleep_ms(10);
+	}
+	CHECK(!strcmp(tier, "L2"), "evicted tier:0 is in %s, want L2", tier);
+	score_round(&w, h, handles, "after evict");
+	hearth_close(h);
+	CHECK(th_daemon_stop(&d, 30000), "SIGTERM: clean exit");
+
+	/* The same state directory under another model: refused, clearly. */
+	snprintf(other, sizeof(other), "%s", model);
+	{
+		char *slash = strrchr(other, '/');
+		REQUIRE(slash, "model path");
+		snprintf(slash + 1, sizeof(other) - (size_t)(slash + 1 - other), "qwen2-tiny");
+	}
+	{
+		char l2[256], state[256];
+		const char *extra[] = { "--kv-pages", "64", l2, state, NULL };
+		snprintf(l2, sizeof(l2), "--l2-path=%s/l2-other.kv", dir);
+		snprintf(state, sizeof(state), "--state-dir=%s/state", dir);
+		th_daemon_start(&d, hearthd, other, extra);
+	}
+	CHECK(th_daemon_log_count(&d, "was made for another model") == N_SESS,
+	      "another model: %u refusals logged, want %d", th_daemon_log_count(&d, "was made for another model"),
+	      N_SESS);
+	{
+		struct th_session_info si[4];
+		CHECK(th_sessions(d.sock, si, 4) == 0, "another model: no session restored");
+	}
+	CHECK(th_daemon_stop(&d, 30000), "SIGTERM with refused manifests: clean exit");
+	ref_fini(&w.ref);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 3) {
@@ -303,5 +419,6 @@ int main(int argc, char **argv)
 	run_pager(argv[1], argv[2], "io_uring");
 	run_kill9(argv[1], argv[2]);
 	run_small_l2(argv[1], argv[2]);
+	run_controls(argv[1], argv[2]);
 	return th_result();
 }
