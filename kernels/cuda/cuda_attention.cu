@@ -27,6 +27,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda_device.cuh"
 #include "cuda_internal.h"
 
 typedef __nv_bfloat16 bf16;
@@ -48,26 +49,6 @@ static __device__ __forceinline__ uint32_t pack2(float a, float b)
 	return *reinterpret_cast<uint32_t *>(&h);
 }
 
-static __device__ __forceinline__ void set_err(uint32_t *err, uint32_t bit)
-{
-	*(volatile uint32_t *)err = bit;
-}
-
-static __device__ __forceinline__ float warp_sum(float x)
-{
-#pragma unroll
-	for (int o = 16; o; o >>= 1)
-		x += __shfl_xor_sync(0xffffffffu, x, o);
-	return x;
-}
-
-static __device__ __forceinline__ float warp_max(float x)
-{
-#pragma unroll
-	for (int o = 16; o; o >>= 1)
-		x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-	return x;
-}
 
 /*
  * One block per token. Angles as transformers computes them: float(pos) *

@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda_device.cuh"
 #include "cuda_internal.h"
 
 typedef __nv_bfloat16 bf16;
@@ -71,27 +72,6 @@ static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
 	return (uint16_t)(u >> 16);
 }
 
-/* Errors from device data: any non-zero value will do, so a plain store. */
-static __device__ __forceinline__ void set_err(uint32_t *err, uint32_t bit)
-{
-	*(volatile uint32_t *)err = bit;
-}
-
-static __device__ __forceinline__ float warp_sum(float x)
-{
-#pragma unroll
-	for (int o = 16; o; o >>= 1)
-		x += __shfl_xor_sync(0xffffffffu, x, o);
-	return x;
-}
-
-static __device__ __forceinline__ float warp_max(float x)
-{
-#pragma unroll
-	for (int o = 16; o; o >>= 1)
-		x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-	return x;
-}
 
 /* Sum (or max) over the block, returned to every thread. blockDim.x is a
  * multiple of 32; `red` has 32 floats. */
