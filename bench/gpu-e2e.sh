@@ -33,14 +33,15 @@ python3 bench/make_random_model.py --shape "$SHAPE" --out "$M" >"$OUT/make-$SHAP
 	{ tail -5 "$OUT/make-$SHAPE.log"; exit 1; }
 echo "== model $SHAPE written in $(($(date +%s) - t0)) s"
 prompt=$(python3 -c "import random; random.seed(1); print(' '.join(str(random.randrange(1000, 100000)) for _ in range(2048)))")
-"$R/hearth-run" --backend cuda --model "$M" --tokens "$prompt" --generate 64 >"$OUT/run-$SHAPE.log" 2>&1
+[ -n "${SKIP_RUN:-}" ] || "$R/hearth-run" --backend cuda --model "$M" --tokens "$prompt" --generate 64 >"$OUT/run-$SHAPE.log" 2>&1
 echo "== hearth-run rc=$?"; cat "$OUT/run-$SHAPE.log"
 S=/tmp/hearth-e2e.sock
-"$R/hearthd" --backend cuda --model-path "$M" --kv-pages 4096 --socket-path "$S" 2>"$OUT/hearthd-$SHAPE.log" &
+"$R/hearthd" --backend cuda --model-path "$M" --kv-pages 4096 --socket-path "$S" \
+	--l2-path /var/tmp/hearth-e2e-l2.kv --l2-mib 4096 2>"$OUT/hearthd-$SHAPE.log" &
 pid=$!
 for _ in $(seq 600); do [ -S "$S" ] && break; sleep 0.1; done
-"$R/hearth-bench-ipc" --socket "$S" --context 2048 --iters 20000 --score-iters 300 >"$OUT/ipc-$SHAPE.log" 2>&1
+"$R/hearth-bench-ipc" --socket "$S" --context 2048 --iters 20000 --score-iters 300 --resume 10 >"$OUT/ipc-$SHAPE.log" 2>&1
 echo "== hearth-bench-ipc rc=$?"; cat "$OUT/ipc-$SHAPE.log"
 kill -TERM $pid; wait $pid; echo "== hearthd exit $?"; tail -3 "$OUT/hearthd-$SHAPE.log"
-"$R/hearth-bench-kv" --dir /var/tmp --shape both >"$OUT/kv.log" 2>&1
+[ -n "${SKIP_KV:-}" ] || "$R/hearth-bench-kv" --dir /var/tmp --shape both >"$OUT/kv.log" 2>&1
 echo "== hearth-bench-kv rc=$?"; tail -12 "$OUT/kv.log"

@@ -213,3 +213,23 @@ int hearth_session_close(struct hearth *h, uint32_t session, int destroy)
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
+
+int hearth_session_evict(struct hearth *h, uint32_t session)
+{
+	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
+	Hearth__Control__SessionAction sa = HEARTH__CONTROL__SESSION_ACTION__INIT;
+	Hearth__Control__Response *rep = NULL;
+	int r;
+
+	if (!h || !session)
+		return -EINVAL;
+	sa.handle = session;
+	sa.action = HEARTH__CONTROL__SESSION_ACTION__ACTION__EVICT;
+	req.body_case = HEARTH__CONTROL__REQUEST__BODY_SESSION_ACTION;
+	req.session_action = &sa;
+	r = call(h, &req, &rep);
+	if (r < 0)
+		return r;
+	hearth__control__response__free_unpacked(rep, NULL);
+	return 0;
+}

@@ -263,6 +263,8 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 			pass_fd = c->memfd;
 		}
 		break;
+	case HEARTH__CONTROL__REQUEST__BODY_PING:
+		break;
 	case HEARTH__CONTROL__REQUEST__BODY_LIST_MODELS:
 		fill_model_info(d, &mi);
 		models.n_models = 1;

@@ -59,6 +59,7 @@ static int pageout_start(struct hd_daemon *d, struct hd_session *s)
 	for (uint32_t i = 0; i < s->n_pages; i++)
 		s->slots[i] = (uint32_t)kv_l2_slot_alloc(d->tiering->l2);
 	s->tier = HD_TIER_PAGING_OUT;
+	d->tiering->scan = true;
 	s->io_start_ns = hr_now_ns();
 	s->io_next = s->io_done = 0;
 	s->io_err = 0;
@@ -242,6 +243,7 @@ bool hd_tier_make_room(struct hd_daemon *d, uint32_t n)
 	if (!d->tiering)
 		return false;
 	total = kv_pool_n_pages(engine_pool(d->engine));
+	d->tiering->scan = true; /* the caller defers a request: replay it */
 	return n <= total && evict_until(d, n + total * d->cfg.evict_low_pct / 100);
 }
 
@@ -335,26 +337,34 @@ uint32_t hd_tier_turn(struct hd_daemon *d)
 		reap(d, false);
 	if (kv_pool_n_free(pool) < total * d->cfg.evict_low_pct / 100)
 		evict_until(d, total * d->cfg.evict_high_pct / 100);
-	progress += start_page_ins(d);
-	for (uint32_t i = 0; i < d->sessions.cap; i++) {
-		struct hd_session *s = d->sessions.slots[i];
+	/* The scan over sessions runs only while some are moving or waiting:
+	 * an idle tier costs the reactor's hot path two comparisons. */
+	if (t->scan) {
+		t->scan = false;
+		progress += start_page_ins(d);
+		for (uint32_t i = 0; i < d->sessions.cap; i++) {
+			struct hd_session *s = d->sessions.slots[i];
 
-		if (!s)
-			continue;
-		if ((s->tier == HD_TIER_PAGING_OUT || s->tier == HD_TIER_PAGING_IN) &&
-		    s->io_next < s->n_pages && !s->io_err)
-			progress += transfer_pump(d, s);
-		else if ((s->tier == HD_TIER_PAGING_OUT || s->tier == HD_TIER_PAGING_IN) &&
-			 s->io_err && s->io_done == s->io_next)
-			transfer_done(d, s); /* nothing more in flight for a failed transfer */
-		if (s->tier == HD_TIER_L1 && s->n_deferred) {
-			uint32_t before = s->n_deferred;
-			replay_deferred(d, s);
-			progress += before - s->n_deferred;
+			if (!s)
+				continue;
+			if ((s->tier == HD_TIER_PAGING_OUT || s->tier == HD_TIER_PAGING_IN) &&
+			    s->io_next < s->n_pages && !s->io_err)
+				progress += transfer_pump(d, s);
+			else if ((s->tier == HD_TIER_PAGING_OUT || s->tier == HD_TIER_PAGING_IN) &&
+				 s->io_err && s->io_done == s->io_next)
+				transfer_done(d, s); /* nothing more in flight for a failed transfer */
+			if (s->tier == HD_TIER_L1 && s->n_deferred) {
+				uint32_t before = s->n_deferred;
+				replay_deferred(d, s);
+				progress += before - s->n_deferred;
+			}
+			if (s->tier != HD_TIER_L1 ? s->tier != HD_TIER_L2 || s->want_in || s->n_deferred
+						  : s->n_deferred != 0)
+				t->scan = true;
 		}
 	}
-	now = hr_now_ns();
-	if (d->cfg.checkpoint_ms && now - t->last_checkpoint_ns > d->cfg.checkpoint_ms * 1000000ull) {
+	if (d->cfg.checkpoint_ms && t->sessions_dir[0] &&
+	    (now = hr_now_ns()) - t->last_checkpoint_ns > d->cfg.checkpoint_ms * 1000000ull) {
 		t->last_checkpoint_ns = now;
 		for (uint32_t i = 0; i < d->sessions.cap; i++) {
 			struct hd_session *s = d->sessions.slots[i];
@@ -373,6 +383,8 @@ bool hd_tier_busy(const struct hd_daemon *d)
 
 int hd_tier_ready(struct hd_daemon *d, struct hd_session *s)
 {
+	if (s->tier != HD_TIER_L1 || s->n_deferred)
+		d->tiering->scan = true;
 	switch (s->tier) {
 	case HD_TIER_L1:
 		return 0;

@@ -25,6 +25,7 @@ struct hd_tiering {
 	size_t page_bytes;
 	uint64_t last_checkpoint_ns;
 	uint32_t inflight;              /* I/Os queued and not reaped */
+	bool scan;                      /* sessions are moving or waiting: visit them */
 	/* manifest writer thread */
 	pthread_t writer;
 	bool writer_started;

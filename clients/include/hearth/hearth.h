@@ -96,6 +96,13 @@ int64_t hearth_session_open(struct hearth *h, const char *name, uint32_t flags,
  * always freed. Call when no request on it is in flight (-EBUSY during a
  * GENERATE). Returns 0 or -errno (-EBADF: not open here). */
 int hearth_session_close(struct hearth *h, uint32_t session, int destroy);
+/*
+ * Start paging a session out to the daemon's L2 file now (hearthctl evict).
+ * Returns 0 once the page-out has started; the next request on the session
+ * waits for it and pages it back in. -EOPNOTSUPP: the daemon has no L2;
+ * -EBUSY: pinned, streaming, or nothing in L1.
+ */
+int hearth_session_evict(struct hearth *h, uint32_t session);
 
 /* ---- synchronous data path (rings) ----------------------------------------- */
 
