@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Build hearth and run the whole test suite: every suite in a normal build, the
-# unit, parity and fuzz-replay suites again under AddressSanitizer+UBSan, and the
+# unit, parity, fuzz-replay and integration suites again under AddressSanitizer+UBSan
+# (the daemon itself sanitized), and the
 # ring tests under ThreadSanitizer. Ends with one line of totals:
 #   N passed, N failed, N skipped
 set -uo pipefail
@@ -32,7 +33,7 @@ run_suite() {
 }
 
 run_suite build-test ""
-run_suite build-asan "-Db_sanitize=address,undefined -Dcuda=disabled" --suite unit --suite parity --suite fuzz
+run_suite build-asan "-Db_sanitize=address,undefined -Dcuda=disabled" --suite unit --suite parity --suite fuzz --suite integration
 run_suite build-tsan "-Db_sanitize=thread -Dcuda=disabled" --suite stress --suite shm
 
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -37,6 +37,13 @@ static void session_name(char *buf, size_t len, int i)
 	snprintf(buf, len, "tier:%d", i);
 }
 
+static void world_fini(struct world *w)
+{
+	for (int i = 0; i < N_SESS; i++)
+		engine_seq_free(w->ref.e, w->seq[i]);
+	ref_fini(&w->ref);
+}
+
 static void event(struct world *w, int32_t *ev)
 {
 	for (int i = 0; i < EVENT; i++)
@@ -165,7 +172,7 @@ static void run_pager(const char *hearthd, const char *model, const char *pager)
 	if (!th_daemon_alive(&d) && !strcmp(pager, "io_uring")) {
 		th_log("skip io_uring pager: hearthd could not set it up here");
 		th_daemon_dump_log(&d, 5);
-		ref_fini(&w.ref);
+		world_fini(&w);
 		return;
 	}
 	h = attach(&d);
@@ -215,7 +222,7 @@ static void run_pager(const char *hearthd, const char *model, const char *pager)
 	CHECK(rec > 0, "%s: corrupted pages: %llu sessions recomputed", pager, (unsigned long long)rec);
 	hearth_close(h);
 	CHECK(th_daemon_stop(&d, 30000), "SIGTERM after corruption: clean exit");
-	ref_fini(&w.ref);
+	world_fini(&w);
 }
 
 /* 3: kill -9 while sessions are being paged out: histories checkpointed
@@ -252,12 +259,13 @@ static void run_kill9(const char *hearthd, const char *model)
 			struct engine_seq *old = w.seq[i];
 			w.seq[i] = ref_seq(&w.ref);
 			ref_append(&w.ref, w.seq[i], engine_seq_tokens(old), CTX + EVENT);
+			engine_seq_free(w.ref.e, old);
 		}
 	}
 	score_round(&w, h, handles, "after kill -9");
 	hearth_close(h);
 	CHECK(th_daemon_stop(&d, 30000), "SIGTERM after kill -9 restart: clean exit");
-	ref_fini(&w.ref);
+	world_fini(&w);
 }
 
 /* 5: an L2 of 1 MiB holds only a few sessions' pages: page-outs that find
@@ -289,7 +297,7 @@ static void run_small_l2(const char *hearthd, const char *model)
 	score_round_ex(&w, h, handles, "small L2 last", true, &enomem);
 	hearth_close(h);
 	CHECK(th_daemon_stop(&d, 30000), "SIGTERM with a small L2: clean exit");
-	ref_fini(&w.ref);
+	world_fini(&w);
 }
 
 /* One session's tier as hearthd reports it ("" when absent). */
@@ -405,7 +413,7 @@ static void run_controls(const char *hearthd, const char *model)
 		CHECK(th_sessions(d.sock, si, 4) == 0, "another model: no session restored");
 	}
 	CHECK(th_daemon_stop(&d, 30000), "SIGTERM with refused manifests: clean exit");
-	ref_fini(&w.ref);
+	world_fini(&w);
 }
 
 int main(int argc, char **argv)
