@@ -2,8 +2,9 @@
 /*
  * Backend-independent part of the kernels interface: dtype sizes and names,
  * host-side bf16/f16 <-> f32 conversions, and backend selection by name.
- * The CUDA constructor is a stub returning ENODEV unless the CUDA backend is
- * built (HEARTH_CUDA_BACKEND), which then provides the real kern_cuda_new().
+ * Without the CUDA backend (HEARTH_CUDA_BACKEND undefined), kern_cuda_new()
+ * fails with ENODEV; a CUDA build provides the real one. Backend selection by
+ * name falls back from "auto" to the CPU.
  */
 #include <errno.h>
 #include <string.h>
