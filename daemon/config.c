@@ -100,7 +100,7 @@ static int parse_u32(const char *v, uint32_t *ret)
 	if (!*v || *v == '-')
 		return -EINVAL;
 	errno = 0;
-	x = strtoull(v, &end, 0);
+	x = strtoull(v, &end, 10); /* decimal: "010" is ten, not eight */
 	if (errno || *end || x > UINT32_MAX)
 		return -EINVAL;
 	*ret = (uint32_t)x;
