@@ -34,7 +34,7 @@ struct key {
 static const struct key keys[] = {
 	STR("daemon", socket_path, "control socket path"),
 	{ "daemon", "allow_uids", K_IDS_UID, offsetof(struct hd_config, allow_uids), 0, 0, 0,
-	  "uids allowed to connect, comma-separated (default: root and the daemon's uid)" },
+	  "uids allowed to connect besides root and the daemon's own, comma-separated" },
 	{ "daemon", "allow_gids", K_IDS_GID, offsetof(struct hd_config, allow_gids), 0, 0, 0,
 	  "gids allowed to connect, comma-separated" },
 	U32("daemon", max_clients, 1, 1024, "most client connections at once"),
@@ -408,9 +408,17 @@ void hd_config_usage(FILE *f)
 		for (char *p = flag + 2; *p; p++)
 			if (*p == '_')
 				*p = '-';
-		fprintf(f, "  %-28s [%s] %s (default: ", flag, keys[i].section, keys[i].help);
-		print_value(&d, &keys[i], f);
-		fputs(")\n", f);
+		bool empty = (keys[i].type == K_STR && !((const char *)&d + keys[i].off)[0]) ||
+			     (keys[i].type == K_IDS_UID && !d.n_allow_uids) ||
+			     (keys[i].type == K_IDS_GID && !d.n_allow_gids);
+
+		fprintf(f, "  %-28s [%s] %s", flag, keys[i].section, keys[i].help);
+		if (!empty) {
+			fputs(" (default: ", f);
+			print_value(&d, &keys[i], f);
+			fputc(')', f);
+		}
+		fputc('\n', f);
 	}
 	fputs("\n  --check-config               parse and validate, print the effective "
 	      "configuration, exit\n",
