@@ -25,6 +25,7 @@
 #include "hr_common.h"
 #include "hr_control.h"
 #include "hr_log.h"
+#include "notify.h"
 #include "shm_wait.h"
 
 static char listen_tag, signal_tag;
@@ -199,6 +200,7 @@ static int client_hello(struct hd_daemon *d, struct hd_client *c, const Hearth__
 		return r;
 	hr_info("client %u attached: pid %d uid %u '%s', sq %u cq %u arena %u", c->id, (int)c->pid,
 		(unsigned)c->uid, c->name, sq, cq, c->lay.arena_size);
+	hd_notify("STATUS=serving model '%s', %u connections", d->cfg.model_name, d->n_conns);
 	return 0;
 }
 
@@ -458,6 +460,10 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 	struct epoll_event ev[32];
 	_cleanup_close_ int ep = -1, sfd = -1;
 	struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
+	uint64_t wd_usec = hd_watchdog_usec(), last_ping = 0, last_turns = 0;
+	/* Ping the watchdog at half its interval, and only while the reactor
+	 * turns (it wakes at least once a second even when idle). */
+	int timeout_ms = wd_usec ? (int)HR_MAX(wd_usec / 2000, 1) : -1;
 	bool running = true;
 
 	signal_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -469,8 +475,16 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 	    epoll_ctl(ep, EPOLL_CTL_ADD, sfd, &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &signal_tag }) < 0)
 		return -errno;
 	while (running) {
-		int n = epoll_wait(ep, ev, HR_ARRAY_SIZE(ev), -1);
+		int n = epoll_wait(ep, ev, HR_ARRAY_SIZE(ev), timeout_ms);
 
+		if (wd_usec && hr_now_ns() - last_ping >= wd_usec * 500) {
+			uint64_t turns = atomic_load_explicit(&d->reactor_turns, memory_order_relaxed);
+			if (turns != last_turns) {
+				hd_notify("WATCHDOG=1");
+				last_turns = turns;
+				last_ping = hr_now_ns();
+			}
+		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -483,6 +497,7 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 				if (read(sfd, &v, sizeof(v)) == sizeof(v)) {
 					hr_info("%s: draining in-flight work and stopping",
 						strsignal((int)signal_seen));
+					hd_notify("STOPPING=1\nSTATUS=draining in-flight work");
 					running = false;
 				}
 			} else {

@@ -169,7 +169,8 @@ struct hd_daemon {
 	pthread_cond_t cmd_done;
 	struct hd_cmd *cmd_head, *cmd_tail;
 	_Atomic uint32_t doorbell;     /* private futex: bumped on every new command */
-	_Atomic uint32_t reactor_sleeping;
+	_Atomic uint64_t reactor_turns;   /* the watchdog's proof of life */
+	uint64_t idle_wake_ns;            /* longest idle sleep of the reactor */
 	pthread_t reactor;
 	/* reactor-owned */
 	struct hd_client **clients;

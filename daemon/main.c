@@ -5,6 +5,7 @@
  * in-flight work and exit 0.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 
 #include "hearth_config.h"
 #include "hearthd.h"
+#include "notify.h"
 #include "hr_common.h"
 #include "hr_log.h"
 
@@ -79,6 +81,7 @@ int main(int argc, char **argv)
 	bool check = false, help = false;
 	char err[512] = "";
 	int lfd = -1, r, rc = 1;
+	bool activated = false;
 
 	hd_config_defaults(&d.cfg);
 	r = hd_config_load(&d.cfg, argc, argv, &check, &help, err, sizeof(err));
@@ -102,13 +105,28 @@ int main(int argc, char **argv)
 	hr_info("hearthd %s starting", HEARTH_VERSION);
 	if (daemon_init(&d) < 0)
 		goto out;
-	if (hd_control_listen(&d.cfg, &lfd) < 0)
+	lfd = hd_listen_fd();
+	if (lfd >= 0) {
+		/* Socket activation: systemd owns the socket file. */
+		activated = true;
+		fcntl(lfd, F_SETFL, fcntl(lfd, F_GETFL) | O_NONBLOCK);
+		fcntl(lfd, F_SETFD, FD_CLOEXEC);
+	} else if (lfd == -EINVAL) {
+		hr_err("socket activation: expected one SOCK_SEQPACKET listening socket");
 		goto out;
+	} else if (hd_control_listen(&d.cfg, &lfd) < 0) {
+		goto out;
+	}
+	/* An idle reactor wakes at least four times per watchdog interval. */
+	d.idle_wake_ns = hd_watchdog_usec() ? HR_MIN(hd_watchdog_usec() * 250, 1000000000ull)
+					    : 1000000000ull;
 	if ((r = hd_reactor_start(&d)) < 0) {
 		hr_err("cannot start the reactor: %s", strerror(-r));
 		goto out;
 	}
-	hr_info("listening on %s", d.cfg.socket_path);
+	hr_info("listening on %s", activated ? "the socket passed by systemd" : d.cfg.socket_path);
+	hd_notify("READY=1\nSTATUS=serving model '%s' (%s, %s backend)", d.cfg.model_name,
+		  d.model->cfg.arch_name, d.be->name);
 	r = hd_control_run(&d, lfd);
 	if (r < 0) {
 		hr_err("control loop: %s", strerror(-r));
@@ -119,7 +137,8 @@ int main(int argc, char **argv)
 out:
 	if (lfd >= 0) {
 		close(lfd);
-		unlink(d.cfg.socket_path);
+		if (!activated)
+			unlink(d.cfg.socket_path);
 	}
 	daemon_fini(&d);
 	return rc;

@@ -357,6 +357,8 @@ static void reactor_sleep(struct hd_daemon *d)
 			ts.tv_nsec += 100000;
 		else if (d->stopping)
 			ts.tv_nsec += 10000000;
+		else if (d->idle_wake_ns < 1000000000ull)
+			ts.tv_nsec += (long)d->idle_wake_ns; /* the watchdog wants proof of life */
 		else
 			ts.tv_sec += 1;
 		if (ts.tv_nsec >= 1000000000) {
@@ -399,6 +401,11 @@ static void *reactor_main(void *arg)
 
 	for (;;) {
 		uint32_t work = run_cmds(d, &stop) + reactor_turn(d) + hd_tier_turn(d);
+
+		/* Relaxed: read by the control thread only to see that it changes. */
+		atomic_store_explicit(&d->reactor_turns,
+				      atomic_load_explicit(&d->reactor_turns, memory_order_relaxed) + 1,
+				      memory_order_relaxed);
 		uint64_t now;
 
 		if (stop) {
