@@ -3,6 +3,7 @@
  * hearthd configuration: the key table, INI parsing through inih, flags,
  * validation and dumping.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <ini.h>
@@ -38,6 +39,8 @@ static const struct key keys[] = {
 	{ "daemon", "allow_gids", K_IDS_GID, offsetof(struct hd_config, allow_gids), 0, 0, 0,
 	  "gids allowed to connect, comma-separated" },
 	U32("daemon", max_clients, 1, 1024, "most client connections at once"),
+	U32("daemon", metrics_port, 0, 65535, "HTTP port of Prometheus /metrics and /health (0: off)"),
+	STR("daemon", metrics_addr, "address the metrics port binds (IPv4)"),
 	{ "daemon", "log_level", K_LOGLEVEL, offsetof(struct hd_config, log_level), 0, 0, 0,
 	  "err, warn, info or debug" },
 	STR("model", model_path, "Hugging Face model directory (default: the embedded tiny model)"),
@@ -76,6 +79,7 @@ void hd_config_defaults(struct hd_config *c)
 			 (unsigned)getuid());
 	c->max_clients = 64;
 	c->log_level = HR_LOG_INFO;
+	snprintf(c->metrics_addr, sizeof(c->metrics_addr), "127.0.0.1");
 	snprintf(c->model_name, sizeof(c->model_name), "default");
 	snprintf(c->backend, sizeof(c->backend), "auto");
 	c->page_tokens = 16;
@@ -343,6 +347,13 @@ int hd_config_validate(const struct hd_config *c, char *err, size_t errlen)
 	if (strcmp(c->pager, "auto") && strcmp(c->pager, "io_uring") && strcmp(c->pager, "threads")) {
 		snprintf(err, errlen, "pager '%s' is not one of auto, io_uring, threads", c->pager);
 		return -EINVAL;
+	}
+	{
+		struct in_addr a;
+		if (inet_pton(AF_INET, c->metrics_addr, &a) != 1) {
+			snprintf(err, errlen, "metrics_addr '%s' is not an IPv4 address", c->metrics_addr);
+			return -EINVAL;
+		}
 	}
 	if (c->evict_low_pct > c->evict_high_pct) {
 		snprintf(err, errlen, "evict_low_pct %u exceeds evict_high_pct %u", c->evict_low_pct,

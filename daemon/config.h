@@ -27,6 +27,8 @@ struct hd_config {
 	uint32_t n_allow_gids;
 	uint32_t max_clients;
 	enum hr_log_level log_level;
+	uint32_t metrics_port;
+	char metrics_addr[64];
 	/* [model] */
 	char model_path[4096];
 	char model_name[64];

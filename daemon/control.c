@@ -512,6 +512,7 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 	/* Stop accepting; let the reactor finish what was submitted. Clients
 	 * still connected are detached after the drain. */
 	epoll_ctl(ep, EPOLL_CTL_DEL, lfd, NULL);
+	hd_metrics_stop(d); /* its scrapes ask the reactor, which is about to stop */
 	hd_reactor_stop(d);
 	for (uint32_t i = d->n_clients; i > 0; i--) {
 		struct hd_client *c = d->clients[i - 1];

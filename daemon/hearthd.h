@@ -27,8 +27,13 @@
 struct hd_daemon;
 
 /* Per-op counters, exported with stats. Written by the reactor only. */
+/* Latency histogram bucket bounds (ns), shared by stats and /metrics. */
+#define HD_LAT_BUCKETS 12
+extern const uint64_t hd_lat_bounds_ns[HD_LAT_BUCKETS];
+
 struct hd_op_stats {
 	uint64_t count, errors, total_ns, max_ns;
+	uint64_t buckets[HD_LAT_BUCKETS + 1]; /* per bucket (not cumulative); last: +Inf */
 };
 
 struct hd_stats {
@@ -137,6 +142,7 @@ enum hd_cmd_type {
 	HD_CMD_SESSIONS,
 	HD_CMD_STATS,
 	HD_CMD_SESSION_ACTION,
+	HD_CMD_METRICS,
 	HD_CMD_STOP,
 };
 
@@ -178,6 +184,7 @@ struct hd_daemon {
 	struct hd_sessions sessions;
 	struct hd_stats stats;
 	struct hd_tiering *tiering;   /* NULL: no L2 configured */
+	void *http;                   /* the metrics server, or NULL */
 	bool stopping;
 	/* control-owned */
 	uint32_t next_client_id;
@@ -247,6 +254,18 @@ uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c);
 void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t flags,
 		 uint32_t out_len, uint32_t pos);
 uint32_t hd_cq_room(struct hd_client *c);
+
+/* A copy of everything /metrics exports, taken by the reactor. */
+struct hd_metrics {
+	struct hd_op_stats ops[SHM_OP__MAX];
+	uint64_t tokens, steps, disconnects, bad_descriptors;
+	uint32_t clients, sessions, kv_total, kv_free, sessions_l2;
+	struct hd_tier_stats tier;
+};
+
+/* metrics.c: Prometheus text exposition over HTTP (libmicrohttpd). */
+int hd_metrics_start(struct hd_daemon *d);
+void hd_metrics_stop(struct hd_daemon *d);
 
 /* control.c */
 int hd_control_run(struct hd_daemon *d, int listen_fd);

@@ -125,6 +125,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	hr_info("listening on %s", activated ? "the socket passed by systemd" : d.cfg.socket_path);
+	if (hd_metrics_start(&d) < 0) {
+		hd_reactor_stop(&d);
+		goto out;
+	}
 	hd_notify("READY=1\nSTATUS=serving model '%s' (%s, %s backend)", d.cfg.model_name,
 		  d.model->cfg.arch_name, d.be->name);
 	r = hd_control_run(&d, lfd);

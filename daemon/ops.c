@@ -48,11 +48,20 @@ void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t 
 				 .out_len = out_len, .pos = pos };
 }
 
+const uint64_t hd_lat_bounds_ns[HD_LAT_BUCKETS] = {
+	10000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+	10000000, 50000000, 250000000, 1000000000,
+};
+
 static void count(struct hd_daemon *d, unsigned op, int res, uint64_t t0)
 {
 	struct hd_op_stats *st = &d->stats.ops[op < SHM_OP__MAX ? op : 0];
 	uint64_t dt = hr_now_ns() - t0;
+	unsigned b = 0;
 
+	while (b < HD_LAT_BUCKETS && dt > hd_lat_bounds_ns[b])
+		b++;
+	st->buckets[b]++;
 	st->count++;
 	st->errors += res < 0;
 	st->total_ns += dt;

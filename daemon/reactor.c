@@ -206,6 +206,24 @@ static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
 		else if (s)
 			s->pinned = cmd->action == HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN;
 		break;
+	case HD_CMD_METRICS: {
+		struct hd_metrics *m = cmd->out;
+		memcpy(m->ops, d->stats.ops, sizeof(m->ops));
+		m->tokens = atomic_load(&d->stats.tokens);
+		m->steps = engine_n_steps(d->engine);
+		m->disconnects = atomic_load(&d->stats.disconnects);
+		m->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
+		m->clients = d->n_clients;
+		m->sessions = d->sessions.n;
+		m->kv_total = kv_pool_n_pages(engine_pool(d->engine));
+		m->kv_free = kv_pool_n_free(engine_pool(d->engine));
+		m->sessions_l2 = 0;
+		for (uint32_t i = 0; i < d->sessions.cap; i++)
+			m->sessions_l2 += d->sessions.slots[i] && d->sessions.slots[i]->tier != HD_TIER_L1;
+		hd_tier_stats(d, &m->tier);
+		cmd->res = 0;
+		break;
+	}
 	case HD_CMD_STOP:
 		/* Completed when the reactor has drained (reactor_main). */
 		d->stopping = true;

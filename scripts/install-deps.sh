@@ -6,7 +6,7 @@ set -euo pipefail
 
 pkgs=(gcc g++ pkg-config meson ninja-build
       libopenblas-dev libcjson-dev libxxhash-dev liburing-dev
-      libprotobuf-c-dev protobuf-c-compiler libinih-dev systemd)
+      libprotobuf-c-dev protobuf-c-compiler libinih-dev libmicrohttpd-dev systemd)
 [ "$#" -gt 0 ] && pkgs+=("$@")
 
 missing=()

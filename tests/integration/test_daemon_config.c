@@ -131,6 +131,8 @@ static struct kv values[] = {
 	{ "daemon", "allow_uids", "1000, 1001", "1000,1001" },
 	{ "daemon", "allow_gids", "27", NULL },
 	{ "daemon", "max_clients", "17", NULL },
+	{ "daemon", "metrics_port", "19999", NULL },
+	{ "daemon", "metrics_addr", "127.0.0.2", NULL },
 	{ "daemon", "log_level", "debug", NULL },
 	{ "model", "model_path", NULL /* the model dir */, NULL },
 	{ "model", "model_name", "tiny-test", NULL },
@@ -369,6 +371,7 @@ static void bad_cases(void)
 	bad_file("empty number", "[reactor]\nspin_us =\n", "spin_us", NULL);
 	bad_file("float", "[reactor]\nspin_us = 1.5\n", "spin_us", NULL);
 	bad_file("bad log level", "[daemon]\nlog_level = loud\n", "log_level", "loud");
+	bad_file("bad metrics address", "[daemon]\nmetrics_addr = localhost\n", "metrics_addr", "localhost");
 	bad_file("bad backend", "[model]\nbackend = tpu\n", "backend", "tpu");
 	bad_file("bad uid list", "[daemon]\nallow_uids = 1,abc\n", "allow_uids", NULL);
 	bad_file("sq_entries not a power of two", "[client]\nsq_entries = 100\n", "sq_entries", NULL);
