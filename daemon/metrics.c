@@ -159,7 +159,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return reply(conn, MHD_HTTP_OK, "text/plain", strdup("ok\n"), 3);
 	if (strcmp(url, "/metrics"))
 		return reply(conn, MHD_HTTP_NOT_FOUND, "text/plain", strdup("not found\n"), 10);
-	if (d->stopping || hd_reactor_call(d, &cmd) < 0)
+	/* hd_metrics_stop() runs before the reactor stops, so this call returns. */
+	if (hd_reactor_call(d, &cmd) < 0)
 		return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain",
 			     strdup("stopping\n"), 9);
 	render(d, &m, &t);

@@ -115,38 +115,53 @@ static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *r
 	rep->n_sessions = k;
 }
 
+/* Everything stats and /metrics export, read in one place. */
+static void snapshot(struct hd_daemon *d, struct hd_metrics *m)
+{
+	memcpy(m->ops, d->stats.ops, sizeof(m->ops));
+	m->tokens = atomic_load(&d->stats.tokens);
+	m->steps = engine_n_steps(d->engine);
+	m->disconnects = atomic_load(&d->stats.disconnects);
+	m->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
+	m->clients = d->n_clients;
+	m->sessions = d->sessions.n;
+	m->kv_total = kv_pool_n_pages(engine_pool(d->engine));
+	m->kv_free = kv_pool_n_free(engine_pool(d->engine));
+	m->sessions_l2 = 0;
+	for (uint32_t i = 0; i < d->sessions.cap; i++)
+		m->sessions_l2 += d->sessions.slots[i] && d->sessions.slots[i]->tier != HD_TIER_L1;
+	hd_tier_stats(d, &m->tier);
+}
+
 static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 {
-	struct kv_pool *pool = engine_pool(d->engine);
+	struct hd_metrics m;
 
+	snapshot(d, &m);
 	rep->uptime_ms = (hr_now_ns() - d->start_ns) / 1000000;
-	rep->clients = d->n_clients;
-	rep->sessions = d->sessions.n;
-	rep->kv_pages_total = kv_pool_n_pages(pool);
-	rep->kv_pages_free = kv_pool_n_free(pool);
-	rep->tokens_processed = atomic_load(&d->stats.tokens);
-	rep->steps = engine_n_steps(d->engine);
-	rep->disconnects = atomic_load(&d->stats.disconnects);
-	rep->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
-	{
-		struct hd_tier_stats ts;
-		hd_tier_stats(d, &ts);
-		rep->pages_out = ts.pages_out;
-		rep->pages_in = ts.pages_in;
-		rep->bytes_out = ts.bytes_out;
-		rep->bytes_in = ts.bytes_in;
-		rep->tier_errors = ts.errors;
-		rep->recomputed = ts.recomputed;
-		rep->l2_slots = ts.l2_slots;
-		rep->l2_slots_free = ts.l2_free;
-		rep->pager = strdup(ts.pager ? ts.pager : "");
-		rep->pageouts = ts.outs;
-		rep->pageout_ns_total = ts.out_ns;
-		rep->pageout_ns_max = ts.out_max_ns;
-		rep->pageins = ts.ins;
-		rep->pagein_ns_total = ts.in_ns;
-		rep->pagein_ns_max = ts.in_max_ns;
-	}
+	rep->clients = m.clients;
+	rep->sessions = m.sessions;
+	rep->kv_pages_total = m.kv_total;
+	rep->kv_pages_free = m.kv_free;
+	rep->tokens_processed = m.tokens;
+	rep->steps = m.steps;
+	rep->disconnects = m.disconnects;
+	rep->bad_descriptors = m.bad_descriptors;
+	rep->pages_out = m.tier.pages_out;
+	rep->pages_in = m.tier.pages_in;
+	rep->bytes_out = m.tier.bytes_out;
+	rep->bytes_in = m.tier.bytes_in;
+	rep->tier_errors = m.tier.errors;
+	rep->recomputed = m.tier.recomputed;
+	rep->l2_slots = m.tier.l2_slots;
+	rep->l2_slots_free = m.tier.l2_free;
+	rep->pager = strdup(m.tier.pager ? m.tier.pager : "");
+	rep->pageouts = m.tier.outs;
+	rep->pageout_ns_total = m.tier.out_ns;
+	rep->pageout_ns_max = m.tier.out_max_ns;
+	rep->pageins = m.tier.ins;
+	rep->pagein_ns_total = m.tier.in_ns;
+	rep->pagein_ns_max = m.tier.in_max_ns;
 	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
 	if (!rep->ops)
 		return;
@@ -156,10 +171,10 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 			continue;
 		hearth__control__op_counter__init(oc);
 		oc->op = strdup(shm_op_name(op));
-		oc->count = d->stats.ops[op].count;
-		oc->errors = d->stats.ops[op].errors;
-		oc->total_ns = d->stats.ops[op].total_ns;
-		oc->max_ns = d->stats.ops[op].max_ns;
+		oc->count = m.ops[op].count;
+		oc->errors = m.ops[op].errors;
+		oc->total_ns = m.ops[op].total_ns;
+		oc->max_ns = m.ops[op].max_ns;
 		rep->ops[rep->n_ops++] = oc;
 	}
 }
@@ -206,24 +221,10 @@ static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
 		else if (s)
 			s->pinned = cmd->action == HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN;
 		break;
-	case HD_CMD_METRICS: {
-		struct hd_metrics *m = cmd->out;
-		memcpy(m->ops, d->stats.ops, sizeof(m->ops));
-		m->tokens = atomic_load(&d->stats.tokens);
-		m->steps = engine_n_steps(d->engine);
-		m->disconnects = atomic_load(&d->stats.disconnects);
-		m->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
-		m->clients = d->n_clients;
-		m->sessions = d->sessions.n;
-		m->kv_total = kv_pool_n_pages(engine_pool(d->engine));
-		m->kv_free = kv_pool_n_free(engine_pool(d->engine));
-		m->sessions_l2 = 0;
-		for (uint32_t i = 0; i < d->sessions.cap; i++)
-			m->sessions_l2 += d->sessions.slots[i] && d->sessions.slots[i]->tier != HD_TIER_L1;
-		hd_tier_stats(d, &m->tier);
+	case HD_CMD_METRICS:
+		snapshot(d, cmd->out);
 		cmd->res = 0;
 		break;
-	}
 	case HD_CMD_STOP:
 		/* Completed when the reactor has drained (reactor_main). */
 		d->stopping = true;

@@ -22,10 +22,8 @@ static uint32_t hs_hash(uint32_t h)
 	return h;
 }
 
-bool hd_client_may_use(const struct hd_client *c, uint32_t handle)
+static bool hs_contains(const struct hd_handle_set *s, uint32_t handle)
 {
-	const struct hd_handle_set *s = &c->open;
-
 	if (!s->cap || !handle)
 		return false;
 	for (uint32_t i = hs_hash(handle) & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
@@ -34,6 +32,11 @@ bool hd_client_may_use(const struct hd_client *c, uint32_t handle)
 		if (!s->slots[i])
 			return false;
 	}
+}
+
+bool hd_client_may_use(const struct hd_client *c, uint32_t handle)
+{
+	return hs_contains(&c->open, handle);
 }
 
 static int hs_insert(struct hd_handle_set *s, uint32_t handle);
@@ -76,8 +79,7 @@ static void hs_remove(struct hd_handle_set *s, uint32_t handle)
 {
 	uint32_t i, j;
 
-	if (!hd_client_may_use((struct hd_client *)((char *)s - offsetof(struct hd_client, open)),
-			       handle))
+	if (!hs_contains(s, handle))
 		return;
 	for (i = hs_hash(handle) & (s->cap - 1); s->slots[i] != handle; i = (i + 1) & (s->cap - 1))
 		;
