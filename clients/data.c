@@ -23,7 +23,7 @@ _Static_assert(offsetof(struct hearth_sqe, in_off) == offsetof(struct shm_sqe, i
 _Static_assert(offsetof(struct hearth_sqe, out_off) == offsetof(struct shm_sqe, out_off), "sqe.out_off");
 _Static_assert(offsetof(struct hearth_sqe, aux_off) == offsetof(struct shm_sqe, aux_off), "sqe.aux_off");
 _Static_assert(offsetof(struct hearth_sqe, arg) == offsetof(struct shm_sqe, arg), "sqe.arg");
-_Static_assert(offsetof(struct hearth_sqe, reserved1) == offsetof(struct shm_sqe, reserved1), "sqe.reserved1");
+_Static_assert(offsetof(struct hearth_sqe, deadline_ns) == offsetof(struct shm_sqe, deadline_ns), "sqe.deadline_ns");
 _Static_assert(sizeof(struct hearth_cqe) == sizeof(struct shm_cqe), "cqe size");
 _Static_assert(offsetof(struct hearth_cqe, res) == offsetof(struct shm_cqe, res), "cqe.res");
 _Static_assert(offsetof(struct hearth_cqe, flags) == offsetof(struct shm_cqe, flags), "cqe.flags");
@@ -31,6 +31,7 @@ _Static_assert(offsetof(struct hearth_cqe, out_len) == offsetof(struct shm_cqe, 
 _Static_assert(offsetof(struct hearth_cqe, pos) == offsetof(struct shm_cqe, pos), "cqe.pos");
 _Static_assert(HEARTH_CQE_F_MORE == SHM_CQE_F_MORE, "cqe flag");
 _Static_assert(HEARTH_SQE_F_LATENCY == SHM_SQE_F_LATENCY, "sqe flag");
+_Static_assert(HEARTH_SQE_F_BULK == SHM_SQE_F_BULK, "sqe flag");
 _Static_assert(HEARTH_SCORE_F_LOGPROB == SHM_SCORE_F_LOGPROB, "score flag");
 
 /* An offset no arena reaches (arenas are at most 1 GiB) and 4096-aligned, so
@@ -157,6 +158,15 @@ void hearth_prep_truncate(struct hearth *h, struct hearth_sqe *sqe, uint32_t ses
 	if (!prep(sqe, SHM_OP_TRUNCATE, session))
 		return;
 	sqe->arg[0] = n;
+}
+
+void hearth_prep_cancel(struct hearth *h, struct hearth_sqe *sqe, uint64_t target_user_data)
+{
+	(void)h;
+	if (!prep(sqe, SHM_OP_CANCEL, 0))
+		return;
+	sqe->arg[0] = (uint32_t)target_user_data;
+	sqe->arg[1] = (uint32_t)(target_user_data >> 32);
 }
 
 int hearth_submit(struct hearth *h)
@@ -449,8 +459,18 @@ static void gen_more(struct hearth *h, const struct hearth_cqe *c, void *arg)
 		return;
 	/* The token is in the arena before the completion that reports it
 	 * (the daemon's release of the CQ tail, our acquire in peek). */
-	if (g->cb(g->userdata, g->out[n - 1]))
+	if (g->cb(g->userdata, g->out[n - 1])) {
+		struct hearth_sqe *sqe = hearth_get_sqe(h);
+
+		/* Stop the daemon too; its CANCEL completion is skipped by
+		 * sync_run (another user_data), the GENERATE's ends the call. */
 		g->stopped = true;
+		if (sqe) {
+			hearth_prep_cancel(h, sqe, c->user_data);
+			sqe->user_data = c->user_data ^ HEARTH__CANCEL_TAG;
+			hearth_submit(h);
+		}
+	}
 }
 
 int hearth_generate(struct hearth *h, uint32_t session, const int32_t *prompt, uint32_t n_prompt,
@@ -482,7 +502,8 @@ int hearth_generate(struct hearth *h, uint32_t session, const int32_t *prompt, u
 		return -EPROTO;
 	if (out)
 		memcpy(out, dst, c.out_len & ~3u);
-	return c.res;
+	/* Stopped by the callback: the tokens so far are the result. */
+	return g.stopped && c.res == -ECANCELED ? (int)(c.out_len / 4) : c.res;
 }
 
 int hearth_truncate(struct hearth *h, uint32_t session, uint32_t n)

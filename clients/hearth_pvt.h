@@ -25,6 +25,7 @@
 #define HEARTH__ARENA_ALIGN 64u
 /* user_data of the synchronous calls: the top bit set, a sequence below. */
 #define HEARTH__SYNC_TAG (1ull << 63)
+#define HEARTH__CANCEL_TAG (1ull << 62) /* a sync call's CANCEL: never its user_data */
 
 struct hearth {
 	int sock;                       /* control socket; its hang-up detaches us */

@@ -171,12 +171,13 @@ int64_t hearth_session_open(struct hearth *h, const char *name, uint32_t flags,
 	int64_t handle;
 	int r;
 
-	if (!h || flags & ~HEARTH_OPEN_CREATE)
+	if (!h || flags & ~(HEARTH_OPEN_CREATE | HEARTH_OPEN_BULK))
 		return -EINVAL;
 	if (name && strlen(name) > SHM_SESSION_NAME_MAX)
 		return -ENAMETOOLONG;
 	os.name = (char *)(name ? name : "");
 	os.create = flags & HEARTH_OPEN_CREATE;
+	os.bulk = flags & HEARTH_OPEN_BULK;
 	req.body_case = HEARTH__CONTROL__REQUEST__BODY_OPEN_SESSION;
 	req.open_session = &os;
 	r = call(h, &req, &rep);

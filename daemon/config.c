@@ -50,7 +50,9 @@ static const struct key keys[] = {
 	U32("model", threads, 0, 1024, "CPU backend threads (0: all cores)"),
 	U32("model", kv_pages, 0, 1u << 24, "KV pages in L1 (0: sized for a few full contexts)"),
 	U32("model", page_tokens, 1, 1024, "tokens per KV page"),
-	U32("model", max_step_tokens, 1, 65536, "most tokens in one forward step"),
+	U32("model", max_step_tokens, 1, 65536, "token budget of one forward step, all sessions together"),
+	U32("scheduler", max_batch, 1, 1024, "most sessions in one forward step"),
+	U32("scheduler", bulk_share_pct, 0, 100, "share of a step's tokens kept for bulk requests while they wait"),
 	STR("kv", l2_path, "L2 file for paged-out KV (empty: no L2, sessions stay in L1)"),
 	U32("kv", l2_mib, 1, 1u << 24, "size of the L2 file in MiB"),
 	STR("kv", pager, "L2 I/O: auto, io_uring or threads"),
@@ -84,6 +86,8 @@ void hd_config_defaults(struct hd_config *c)
 	snprintf(c->backend, sizeof(c->backend), "auto");
 	c->page_tokens = 16;
 	c->max_step_tokens = 512;
+	c->max_batch = 64;
+	c->bulk_share_pct = 25;
 	c->spin_us = 50;
 	c->l2_mib = 1024;
 	snprintf(c->pager, sizeof(c->pager), "auto");

@@ -38,6 +38,8 @@ struct hd_config {
 	uint32_t kv_pages;
 	uint32_t page_tokens;
 	uint32_t max_step_tokens;
+	uint32_t max_batch;
+	uint32_t bulk_share_pct;
 	/* [kv] */
 	char l2_path[4096];
 	uint32_t l2_mib;

@@ -283,6 +283,7 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 		cmd.type = HD_CMD_OPEN;
 		cmd.name = req->open_session->name;
 		cmd.flag = req->open_session->create || !req->open_session->name[0];
+		cmd.bulk = req->open_session->bulk;
 		r = hd_reactor_call(d, &cmd);
 		open.handle = cmd.out_handle;
 		open.n_tokens = cmd.out_tokens;
@@ -518,8 +519,8 @@ int hd_control_run(struct hd_daemon *d, int lfd)
 		struct hd_client *c = d->clients[i - 1];
 		c->in_reactor = false;
 		shm_waitq_shutdown(&c->hdr->client_wq);
+		hd_sched_drop_client(d, c);
 		hd_session_close_all(d, c);
-		free(c->gens);
 	}
 	d->n_clients = 0;
 	/* Every connection, attached or not, is closed and freed. */

@@ -25,6 +25,7 @@
 #include "shm_ring.h"
 
 struct hd_daemon;
+struct hd_job;
 
 /* Per-op counters, exported with stats. Written by the reactor only. */
 /* Latency histogram bucket bounds (ns), shared by stats and /metrics. */
@@ -39,16 +40,6 @@ struct hd_op_stats {
 struct hd_stats {
 	_Atomic uint64_t tokens, disconnects, bad_descriptors;
 	struct hd_op_stats ops[SHM_OP__MAX];
-};
-
-/* A GENERATE in flight: one token per reactor turn, streamed as completions. */
-struct hd_gen {
-	uint64_t user_data;
-	uint32_t session;
-	uint32_t out_off, max_tokens, produced;
-	uint64_t t_start;
-	bool active;
-	bool finishing;  /* every token posted; the final completion waits for CQ room */
 };
 
 struct hd_handle_set {
@@ -71,8 +62,10 @@ struct hd_client {
 	uint8_t *arena;
 	/* reactor-owned */
 	struct hd_handle_set open;      /* session handles this client may use */
-	struct hd_gen *gens;            /* [sq_entries]: generates in flight */
-	uint32_t n_gens;
+	/* Descriptors taken from the SQ whose last completion is not posted yet
+	 * (queued jobs, deferred ones): each has a CQ slot kept for it, so the
+	 * reactor takes a descriptor only while room > n_outstanding. */
+	uint32_t n_outstanding;
 	bool dead;                      /* protocol violation: no longer served */
 	bool killed;                    /* ... and its disconnect was started */
 	bool in_reactor;
@@ -102,6 +95,7 @@ struct hd_session {
 	bool pinned;           /* never evicted */
 	bool want_in;          /* a request waits: page in as soon as L1 has room */
 	uint32_t n_pages;      /* pages in this transfer */
+	uint32_t kv_tokens;    /* positions those pages hold (<= history) */
 	uint32_t *slots;       /* [n_pages] L2 slots */
 	uint64_t *checksums;   /* [n_pages] */
 	uint32_t io_next;      /* pages queued so far */
@@ -115,7 +109,11 @@ struct hd_session {
 	struct engine_seq *seq;
 	uint32_t attached;     /* clients holding it open */
 	uint32_t owner;        /* anonymous: the client id that created it */
-	bool busy;             /* a GENERATE is streaming into it */
+	bool bulk;             /* its requests are bulk unless they say otherwise */
+	/* scheduler (sched.c): requests in arrival order; the head one runs */
+	struct hd_job *jobs, *jobs_tail;
+	uint32_t n_jobs;
+	uint32_t active_idx;   /* index in the scheduler's active list */
 	uint64_t last_used_ns;
 };
 
@@ -152,6 +150,7 @@ struct hd_cmd {
 	/* OPEN: name (may be empty), create; CLOSE: handle, destroy */
 	const char *name;
 	bool flag;
+	bool bulk;            /* OPEN: a created session is bulk by default */
 	uint32_t handle;
 	int action;           /* SESSION_ACTION: Hearth__Control__SessionAction__Action */
 	/* results */
@@ -162,6 +161,27 @@ struct hd_cmd {
 	/* completion */
 	bool done;
 	struct hd_cmd *next;
+};
+
+/* Scheduler statistics (reactor-owned). */
+#define HD_BATCH_BUCKETS 10 /* sequences per step: 1, 2, 4, ... 256, more */
+struct hd_sched_stats {
+	uint64_t steps, step_tokens, step_ns;
+	uint64_t batch[HD_BATCH_BUCKETS];
+	uint64_t timeouts, cancels, kv_waits;
+	uint32_t queued;       /* jobs queued now */
+	uint32_t active;       /* sessions with jobs now */
+};
+
+struct hd_sched {
+	struct hd_session **active;   /* sessions with jobs */
+	uint32_t n_active, cap_active;
+	struct hd_job *free_jobs;
+	struct engine_work *work;     /* [max_batch] */
+	struct hd_job **step_jobs;    /* [max_batch] */
+	struct hd_job **cand;         /* [cap_active] */
+	uint32_t n_deadlines;         /* queued jobs with a deadline */
+	struct hd_sched_stats st;
 };
 
 struct hd_daemon {
@@ -182,6 +202,7 @@ struct hd_daemon {
 	struct hd_client **clients;
 	uint32_t n_clients;
 	struct hd_sessions sessions;
+	struct hd_sched sched;
 	struct hd_stats stats;
 	struct hd_tiering *tiering;   /* NULL: no L2 configured */
 	void *http;                   /* the metrics server, or NULL */
@@ -245,19 +266,48 @@ struct hd_session *hd_session_restore(struct hd_daemon *d, const char *name,
 				      struct engine_seq *seq);
 struct hd_client *hd_client_by_id(struct hd_daemon *d, uint32_t id);
 
-/* ops.c (reactor thread only): execute one validated descriptor. */
+/* ops.c (reactor thread only): execute one descriptor taken from c's SQ
+ * (counted in c->n_outstanding until its last completion). */
 void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *sqe);
-/* Advance c's GENERATEs by one token each where its CQ has room; returns how
- * many made progress (0: all wait for the client to reap completions). */
-uint32_t hd_ops_generate_step(struct hd_daemon *d, struct hd_client *c);
-/* Post one completion (the caller checked there is room). */
+/* TRUNCATE and SESSION_CLOSE, run at once or when they reach the head of
+ * their session's queue: res. */
+int hd_ops_run_simple(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q);
+/* Post one completion into the CQ slot kept for it; one without
+ * SHM_CQE_F_MORE is the descriptor's last and releases the slot. */
 void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t flags,
 		 uint32_t out_len, uint32_t pos);
 uint32_t hd_cq_room(struct hd_client *c);
+/* Count one finished request in the per-op statistics. */
+void hd_count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0);
+
+/* sched.c (reactor thread only): continuous batching. */
+int hd_sched_init(struct hd_daemon *d);
+void hd_sched_fini(struct hd_daemon *d);
+/* Queue a validated descriptor on s (APPEND, SCORE, GENERATE, or TRUNCATE /
+ * SESSION_CLOSE behind earlier ones): 0, or -errno to complete it with. */
+int hd_sched_submit(struct hd_daemon *d, struct hd_client *c, struct hd_session *s,
+		    const struct shm_sqe *q);
+/* Form and run one step from every runnable job; returns the jobs that
+ * advanced (0: none can run now). */
+uint32_t hd_sched_turn(struct hd_daemon *d);
+/* Some job could run now (the reactor must not sleep). */
+bool hd_sched_ready(struct hd_daemon *d);
+/* The earliest deadline of a job not started (the reactor wakes for it), 0: none. */
+uint64_t hd_sched_next_deadline(const struct hd_daemon *d);
+int hd_sched_cancel(struct hd_daemon *d, struct hd_client *c, uint64_t user_data);
+/* Forget c's jobs (it disconnected: nobody reads their completions). */
+void hd_sched_drop_client(struct hd_daemon *d, struct hd_client *c);
+/* s is being destroyed: its remaining jobs complete with err. */
+void hd_sched_drop_session(struct hd_daemon *d, struct hd_session *s, int err);
+static inline bool hd_session_busy(const struct hd_session *s)
+{
+	return s->jobs != NULL;
+}
 
 /* A copy of everything /metrics exports, taken by the reactor. */
 struct hd_metrics {
 	struct hd_op_stats ops[SHM_OP__MAX];
+	struct hd_sched_stats sched;
 	uint64_t tokens, steps, disconnects, bad_descriptors;
 	uint32_t clients, sessions, kv_total, kv_free, sessions_l2;
 	struct hd_tier_stats tier;

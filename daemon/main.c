@@ -46,11 +46,16 @@ static int daemon_init(struct hd_daemon *d)
 						 .kv_pages = cfg->kv_pages,
 						 .page_tokens = cfg->page_tokens,
 						 .max_step_tokens = cfg->max_step_tokens,
+						 .max_batch = cfg->max_batch,
 					 });
 	if (!d->engine) {
 		hr_err("cannot create the engine (KV pool of %u pages): %s", cfg->kv_pages,
 		       strerror(errno));
 		return -errno;
+	}
+	if (hd_sched_init(d) < 0) {
+		hr_err("cannot create the scheduler: %s", strerror(ENOMEM));
+		return -ENOMEM;
 	}
 	if (hd_tier_init(d) < 0)
 		return -EINVAL;
@@ -66,6 +71,7 @@ static void daemon_fini(struct hd_daemon *d)
 {
 	if (d->engine)
 		hd_sessions_fini(d);
+	hd_sched_fini(d);
 	hd_tier_fini(d);
 	engine_free(d->engine);
 	model_free(d->model);

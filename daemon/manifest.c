@@ -137,6 +137,7 @@ void hd_manifest_save(struct hd_daemon *d, struct hd_session *s, bool with_slots
 	m.page_bytes = t->page_bytes;
 	if (with_slots && s->tier == HD_TIER_L2) {
 		m.n_slots = m.n_checksums = s->n_pages;
+		m.kv_tokens = s->kv_tokens;
 		m.slots = s->slots;
 		m.checksums = s->checksums;
 	}
@@ -249,7 +250,9 @@ static int restore_one(struct hd_daemon *d, const char *path)
 		goto out;
 	}
 	s->manifest_len = (uint32_t)m->n_tokens;
-	need = (uint32_t)((m->n_tokens + pt - 1) / pt);
+	/* Manifests before kv_tokens held pages for the whole history. */
+	s->kv_tokens = m->kv_tokens ? m->kv_tokens : (uint32_t)m->n_tokens;
+	need = s->kv_tokens <= m->n_tokens ? (s->kv_tokens + pt - 1) / pt : 0;
 	/* Pages in L2 only when they fit this configuration exactly; otherwise the
 	 * history is enough: the KV is recomputed on first use. */
 	if (t->l2 && m->n_slots == need && m->n_checksums == need && need &&

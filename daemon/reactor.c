@@ -51,15 +51,9 @@ static int client_attach(struct hd_daemon *d, struct hd_client *c)
 {
 	struct hd_client **cs;
 
-	c->gens = calloc(c->lay.sq_entries, sizeof(*c->gens));
 	cs = realloc(d->clients, (d->n_clients + 1) * sizeof(*cs));
-	if (!c->gens || !cs) {
-		free(c->gens);
-		c->gens = NULL;
-		if (cs)
-			d->clients = cs;
+	if (!cs)
 		return -ENOMEM;
-	}
 	d->clients = cs;
 	d->clients[d->n_clients++] = c;
 	c->in_reactor = true;
@@ -73,12 +67,10 @@ static void client_detach(struct hd_daemon *d, struct hd_client *c)
 			d->clients[i] = d->clients[--d->n_clients];
 			break;
 		}
-	/* In-flight GENERATEs are cancelled: nobody reads their completions. */
-	c->n_gens = 0;
+	/* Its queued and running requests go: nobody reads their completions. */
+	hd_sched_drop_client(d, c);
 	atomic_fetch_add_explicit(&d->stats.disconnects, 1, memory_order_relaxed);
 	hd_session_close_all(d, c);
-	free(c->gens);
-	c->gens = NULL;
 	c->in_reactor = false;
 	/* Wake a client thread that may still sleep on this region. */
 	shm_waitq_shutdown(&c->hdr->client_wq);
@@ -119,6 +111,8 @@ static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *r
 static void snapshot(struct hd_daemon *d, struct hd_metrics *m)
 {
 	memcpy(m->ops, d->stats.ops, sizeof(m->ops));
+	m->sched = d->sched.st;
+	m->sched.active = d->sched.n_active;
 	m->tokens = atomic_load(&d->stats.tokens);
 	m->steps = engine_n_steps(d->engine);
 	m->disconnects = atomic_load(&d->stats.disconnects);
@@ -196,13 +190,20 @@ static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
 					   false, &s);
 		if (cmd->res >= 0) {
 			cmd->out_created = cmd->res == 1;
+			if (cmd->out_created)
+				s->bulk = cmd->bulk;
 			cmd->out_handle = s->handle;
 			cmd->out_tokens = engine_seq_len(s->seq);
 			cmd->res = 0;
 		}
 		break;
 	case HD_CMD_CLOSE:
-		cmd->res = hd_session_close(d, cmd->client, cmd->handle, cmd->flag);
+		/* Requests still queued on it keep it (the ring's SESSION_CLOSE
+		 * waits behind them instead). */
+		s = hd_session_get(d, cmd->handle);
+		cmd->res = s && hd_session_busy(s) && hd_client_may_use(cmd->client, cmd->handle)
+				   ? -EBUSY
+				   : hd_session_close(d, cmd->client, cmd->handle, cmd->flag);
 		break;
 	case HD_CMD_SESSIONS:
 		fill_sessions(d, cmd->out);
@@ -271,14 +272,24 @@ static void client_kill(struct hd_daemon *d, struct hd_client *c, const char *wh
 	shutdown(c->sock, SHUT_RDWR);
 }
 
-/* Serve up to SQ_BATCH descriptors of one client; returns how many. */
+/* CQ slots free beyond the ones kept for c's outstanding descriptors. */
+static uint32_t cq_avail(struct hd_client *c)
+{
+	uint32_t room = hd_cq_room(c);
+
+	return room > c->n_outstanding ? room - c->n_outstanding : 0;
+}
+
+/* Take up to SQ_BATCH descriptors of one client; returns how many. Each
+ * keeps a CQ slot until its last completion, so a client that submits more
+ * than its CQ holds waits in its own SQ (backpressure), never dropped. */
 static uint32_t serve_client(struct hd_daemon *d, struct hd_client *c)
 {
 	struct shm_sqe batch[SQ_BATCH];
 	uint32_t room, idx, n;
 	int r;
 
-	room = hd_cq_room(c);
+	room = cq_avail(c);
 	if (!room)
 		return 0;
 	r = shm_sq_peek(&c->sq, HR_MIN(room, SQ_BATCH), &idx);
@@ -293,6 +304,7 @@ static uint32_t serve_client(struct hd_daemon *d, struct hd_client *c)
 	for (uint32_t i = 0; i < n; i++)
 		shm_sq_copy(&c->sq, idx + i, &batch[i]);
 	shm_sq_advance(&c->sq, n);
+	c->n_outstanding += n;
 	for (uint32_t i = 0; i < n; i++)
 		hd_ops_execute(d, c, &batch[i]);
 	return n;
@@ -304,18 +316,21 @@ static void notify_client(struct hd_client *c)
 		shm_wake(&c->hdr->client_wq, SHM_WAIT_F_CQ_DATA | SHM_WAIT_F_SQ_SPACE);
 }
 
+/* Take every client's submissions, run one batched step over all of them,
+ * then publish every CQ. */
 static uint32_t reactor_turn(struct hd_daemon *d)
 {
 	uint32_t work = 0;
 
+	for (uint32_t i = 0; i < d->n_clients; i++)
+		if (!d->clients[i]->dead)
+			work += serve_client(d, d->clients[i]);
+	work += hd_sched_turn(d);
 	for (uint32_t i = 0; i < d->n_clients; i++) {
 		struct hd_client *c = d->clients[i];
 
-		if (c->dead)
+		if (c->dead && c->killed)
 			continue;
-		work += serve_client(d, c);
-		if (c->n_gens)
-			work += hd_ops_generate_step(d, c);
 		notify_client(c);
 		if (c->dead)
 			client_kill(d, c, "CQ head moved impossibly");
@@ -323,17 +338,14 @@ static uint32_t reactor_turn(struct hd_daemon *d)
 	return work;
 }
 
-/* Work the reactor can do now: submissions with CQ room to answer them, or
- * GENERATEs with room for their next completions. A client that stopped
- * reaping its CQ has none: the reactor sleeps until it frees slots. */
+/* Submissions with a CQ slot to answer them: work the reactor can do now. A
+ * client that stopped reaping its CQ has none: the reactor sleeps until it
+ * frees slots. */
 static bool client_has_work(struct hd_client *c)
 {
-	uint32_t room;
-
 	if (c->dead)
 		return false;
-	room = hd_cq_room(c);
-	return room && (c->n_gens || shm_ring_cons_refresh(&c->sq.r) != 0);
+	return cq_avail(c) && shm_ring_cons_refresh(&c->sq.r) != 0;
 }
 
 /*
@@ -368,6 +380,7 @@ static void reactor_sleep(struct hd_daemon *d)
 	pthread_mutex_unlock(&d->cmd_lock);
 	for (uint32_t i = 0; idle && i < d->n_clients; i++)
 		idle = !client_has_work(d->clients[i]);
+	idle = idle && !hd_sched_ready(d);
 	if (idle) {
 		/* While draining, wake often to notice the end of the drain. Past
 		 * FUTEX_WAITV_MAX - 1 clients, the ones not watched are polled. */
@@ -384,6 +397,12 @@ static void reactor_sleep(struct hd_daemon *d)
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000;
 		}
+		/* A queued request's deadline: wake to complete it with -ETIMEDOUT. */
+		uint64_t dl = hd_sched_next_deadline(d);
+		if (dl && dl < (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) {
+			ts.tv_sec = (time_t)(dl / 1000000000ull);
+			ts.tv_nsec = (long)(dl % 1000000000ull);
+		}
 		if (!waitv_missing &&
 		    syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC) < 0 && errno == ENOSYS) {
 			waitv_missing = true;
@@ -399,14 +418,14 @@ static void reactor_sleep(struct hd_daemon *d)
 	}
 }
 
-/* Nothing in flight: no GENERATE streaming and no submission waiting (even
- * for CQ room: a slow reader still gets everything it asked for, within
- * DRAIN_TIMEOUT_NS). */
+/* Nothing in flight: no request queued or running and no submission waiting
+ * (even for CQ room: a slow reader still gets everything it asked for,
+ * within DRAIN_TIMEOUT_NS). */
 static bool drained(struct hd_daemon *d)
 {
 	for (uint32_t i = 0; i < d->n_clients; i++) {
 		struct hd_client *c = d->clients[i];
-		if (!c->dead && (c->n_gens || shm_ring_cons_refresh(&c->sq.r) != 0))
+		if (!c->dead && (c->n_outstanding || shm_ring_cons_refresh(&c->sq.r) != 0))
 			return false;
 	}
 	return true;

@@ -188,6 +188,7 @@ static void session_destroy(struct hd_daemon *d, struct hd_session *s, bool drop
 		t->gen[slot] = 1;
 	slot_give(t, slot);
 	t->n--;
+	hd_sched_drop_session(d, s, -EBADF);
 	hd_tier_forget(d, s, drop);
 	engine_seq_free(d->engine, s->seq);
 	free(s->name);
@@ -281,8 +282,6 @@ int hd_session_close(struct hd_daemon *d, struct hd_client *c, uint32_t handle, 
 
 	if (!s || !hd_client_may_use(c, handle))
 		return -EBADF;
-	if (s->busy)
-		return -EBUSY;
 	if (destroy && s->name && s->attached > 1)
 		return -EBUSY;
 	hs_remove(&c->open, handle);
@@ -296,10 +295,8 @@ void hd_session_close_all(struct hd_daemon *d, struct hd_client *c)
 		uint32_t h = c->open.slots[i];
 		struct hd_session *s = h ? hd_session_get(d, h) : NULL;
 
-		if (s) {
-			s->busy = false;
+		if (s)
 			session_release(d, s, false);
-		}
 	}
 	free(c->open.slots);
 	memset(&c->open, 0, sizeof(c->open));

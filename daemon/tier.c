@@ -42,20 +42,27 @@ static void slots_release(struct hd_daemon *d, struct hd_session *s)
 static int pageout_start(struct hd_daemon *d, struct hd_session *s)
 {
 	const struct kv_block_table *bt = engine_seq_kv(s->seq);
+	uint32_t n;
 
 	if (!d->tiering->l2)
 		return -EOPNOTSUPP;
-	if (s->tier != HD_TIER_L1 || s->busy || s->pinned || !bt->n_pages)
+	if (s->tier != HD_TIER_L1 || hd_session_busy(s) || s->pinned || !bt->n_pages)
 		return -EBUSY;
-	if (kv_l2_n_free_slots(d->tiering->l2) < bt->n_pages)
+	/* The KV may hold fewer positions than the history (tokens pending):
+	 * only the computed positions travel; the rest recompute on use. */
+	n = (bt->n_tokens + d->cfg.page_tokens - 1) / d->cfg.page_tokens;
+	if (!n)
+		return -EBUSY;
+	if (kv_l2_n_free_slots(d->tiering->l2) < n)
 		return -ENOSPC;
-	s->slots = malloc(bt->n_pages * sizeof(uint32_t));
-	s->checksums = calloc(bt->n_pages, sizeof(uint64_t));
+	s->slots = malloc(n * sizeof(uint32_t));
+	s->checksums = calloc(n, sizeof(uint64_t));
 	if (!s->slots || !s->checksums) {
 		transfer_free(s);
 		return -ENOMEM;
 	}
-	s->n_pages = bt->n_pages;
+	s->n_pages = n;
+	s->kv_tokens = bt->n_tokens;
 	for (uint32_t i = 0; i < s->n_pages; i++)
 		s->slots[i] = (uint32_t)kv_l2_slot_alloc(d->tiering->l2);
 	s->tier = HD_TIER_PAGING_OUT;
@@ -145,7 +152,7 @@ static void transfer_done(struct hd_daemon *d, struct hd_session *s)
 		t->in_ns += hr_now_ns() - s->io_start_ns;
 		t->in_max_ns = HR_MAX(t->in_max_ns, hr_now_ns() - s->io_start_ns);
 		t->bytes_in += (uint64_t)s->n_pages * t->page_bytes;
-		engine_seq_kv_restored(d->engine, s->seq);
+		engine_seq_kv_restored(d->engine, s->seq, s->kv_tokens);
 	}
 	slots_release(d, s);
 	s->tier = HD_TIER_L1;
@@ -223,7 +230,7 @@ static bool evict_until(struct hd_daemon *d, uint32_t want)
 
 		for (uint32_t i = 0; i < d->sessions.cap; i++) {
 			struct hd_session *s = d->sessions.slots[i];
-			if (s && s->tier == HD_TIER_L1 && !s->busy && !s->pinned && !s->n_deferred &&
+			if (s && s->tier == HD_TIER_L1 && !hd_session_busy(s) && !s->pinned && !s->n_deferred &&
 			    engine_seq_kv(s->seq)->n_pages &&
 			    (!lru || s->last_used_ns < lru->last_used_ns))
 				lru = s;
@@ -271,7 +278,7 @@ static uint32_t start_page_ins(struct hd_daemon *d)
 		if (!s || s->tier != HD_TIER_L2 || !(s->want_in || s->n_deferred))
 			continue;
 		need = s->n_pages;
-		if (kv_pool_n_free(pool) < need || engine_seq_reserve_kv(d->engine, s->seq) < 0) {
+		if (kv_pool_n_free(pool) < need || engine_seq_reserve_kv(d->engine, s->seq, s->kv_tokens) < 0) {
 			/* No room now and none coming (L1 holds only sessions that
 			 * cannot move, L2 is full): the waiting requests fail with
 			 * -ENOMEM instead of waiting forever; the session stays in L2. */
@@ -368,7 +375,7 @@ uint32_t hd_tier_turn(struct hd_daemon *d)
 		t->last_checkpoint_ns = now;
 		for (uint32_t i = 0; i < d->sessions.cap; i++) {
 			struct hd_session *s = d->sessions.slots[i];
-			if (s && s->name && s->tier == HD_TIER_L1 && !s->busy &&
+			if (s && s->name && s->tier == HD_TIER_L1 && !hd_session_busy(s) &&
 			    s->manifest_len != engine_seq_len(s->seq))
 				hd_manifest_save(d, s, false);
 		}
@@ -516,7 +523,7 @@ void hd_tier_flush(struct hd_daemon *d)
 
 		if (!s || !s->name)
 			continue;
-		s->busy = false;
+		hd_sched_drop_session(d, s, -ECANCELED); /* the drain timed out */
 		s->pinned = false;
 		if (s->tier == HD_TIER_L1 && engine_seq_kv(s->seq)->n_pages && t->l2 &&
 		    pageout_start(d, s) == 0)

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The engine: a model, its L1 page pool, one scratch area and sequences.
- * Logits of only one sequence are held at a time (the last one that ran a
- * step); asking another sequence for its logits recomputes its last position
- * (one one-token step), which is also how truncation is served.
+ * The engine: a model, its L1 page pool, one scratch area and sequences. A
+ * sequence's history and its computed KV are apart: positions past the KV are
+ * pending and are computed by engine_step(), many sequences per forward pass.
+ * Logits are not kept between steps: asking for the last position's outputs
+ * of a sequence with nothing pending recomputes that one position.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -20,12 +21,17 @@ struct engine {
 	struct kv_pool *pool;
 	struct model_scratch *scratch;
 	uint32_t max_step_tokens;
+	uint32_t max_batch;
 	uint32_t max_context;
-	const struct engine_seq *logits_owner; /* whose logits are in scratch row 0 */
 	uint64_t n_steps;
-	int32_t *ids_dev;   /* [ENGINE_MAX_IDS] */
-	float *probs_dev;   /* [ENGINE_MAX_IDS] */
-	int32_t *argmax_dev;
+	struct model_seq_step *steps; /* [max_batch] */
+	uint32_t *item;               /* [max_batch]: work item of each step entry */
+	int32_t *ids_host;            /* [max_batch * ENGINE_MAX_IDS] */
+	int32_t *ids_dev;             /* the same, on the backend */
+	float *probs_dev;             /* [max_batch * ENGINE_MAX_IDS] */
+	float *probs_host;
+	int32_t *argmax_dev;          /* [max_batch] */
+	int32_t *argmax_host;
 };
 
 struct engine_seq {
@@ -42,6 +48,7 @@ struct engine *engine_new(struct model *m, const struct engine_params *p)
 	struct kv_geom g;
 	struct engine *e;
 	uint32_t pages;
+	size_t n_ids;
 
 	if (!p)
 		p = &defaults;
@@ -50,6 +57,8 @@ struct engine *engine_new(struct model *m, const struct engine_params *p)
 		return NULL;
 	e->m = m;
 	e->max_step_tokens = p->max_step_tokens ? p->max_step_tokens : 512;
+	e->max_batch = p->max_batch ? p->max_batch : 64;
+	e->max_batch = HR_MIN(e->max_batch, e->max_step_tokens);
 	e->max_context = p->max_context ? p->max_context : c->max_position_embeddings;
 	e->max_context = HR_MIN(e->max_context, c->max_position_embeddings);
 	if (c->sliding_window)
@@ -66,13 +75,20 @@ struct engine *engine_new(struct model *m, const struct engine_params *p)
 	e->pool = kv_pool_new(be, &g, pages);
 	if (!e->pool)
 		goto fail;
-	e->scratch = model_scratch_new(m, e->pool, e->max_step_tokens, 1);
+	e->scratch = model_scratch_new(m, e->pool, e->max_step_tokens, e->max_batch);
 	if (!e->scratch)
 		goto fail;
-	e->ids_dev = be->ops->alloc(be, ENGINE_MAX_IDS * sizeof(int32_t));
-	e->probs_dev = be->ops->alloc(be, ENGINE_MAX_IDS * sizeof(float));
-	e->argmax_dev = be->ops->alloc(be, sizeof(int32_t));
-	if (!e->ids_dev || !e->probs_dev || !e->argmax_dev) {
+	n_ids = (size_t)e->max_batch * ENGINE_MAX_IDS;
+	e->steps = calloc(e->max_batch, sizeof(*e->steps));
+	e->item = calloc(e->max_batch, sizeof(*e->item));
+	e->ids_host = malloc(n_ids * sizeof(int32_t));
+	e->probs_host = malloc(n_ids * sizeof(float));
+	e->argmax_host = malloc(e->max_batch * sizeof(int32_t));
+	e->ids_dev = be->ops->alloc(be, n_ids * sizeof(int32_t));
+	e->probs_dev = be->ops->alloc(be, n_ids * sizeof(float));
+	e->argmax_dev = be->ops->alloc(be, e->max_batch * sizeof(int32_t));
+	if (!e->steps || !e->item || !e->ids_host || !e->probs_host || !e->argmax_host ||
+	    !e->ids_dev || !e->probs_dev || !e->argmax_dev) {
 		errno = ENOMEM;
 		goto fail;
 	}
@@ -94,6 +110,11 @@ void engine_free(struct engine *e)
 	be->ops->free(be, e->ids_dev);
 	be->ops->free(be, e->probs_dev);
 	be->ops->free(be, e->argmax_dev);
+	free(e->steps);
+	free(e->item);
+	free(e->ids_host);
+	free(e->probs_host);
+	free(e->argmax_host);
 	model_scratch_free(e->scratch);
 	kv_pool_free(e->pool);
 	free(e);
@@ -114,6 +135,21 @@ uint64_t engine_n_steps(const struct engine *e)
 	return e->n_steps;
 }
 
+uint32_t engine_max_batch(const struct engine *e)
+{
+	return e->max_batch;
+}
+
+uint32_t engine_max_step_tokens(const struct engine *e)
+{
+	return e->max_step_tokens;
+}
+
+uint32_t engine_max_context(const struct engine *e)
+{
+	return e->max_context;
+}
+
 struct engine_seq *engine_seq_new(struct engine *e)
 {
 	(void)e;
@@ -124,8 +160,6 @@ void engine_seq_free(struct engine *e, struct engine_seq *s)
 {
 	if (!s)
 		return;
-	if (e->logits_owner == s)
-		e->logits_owner = NULL;
 	kv_bt_release(e->pool, &s->bt);
 	free(s->tokens);
 	free(s);
@@ -139,6 +173,11 @@ uint32_t engine_seq_len(const struct engine_seq *s)
 const int32_t *engine_seq_tokens(const struct engine_seq *s)
 {
 	return s->tokens;
+}
+
+uint32_t engine_seq_pending(const struct engine_seq *s)
+{
+	return s->len - HR_MIN(s->bt.n_tokens, s->len);
 }
 
 static int history_reserve(struct engine_seq *s, uint32_t n)
@@ -157,143 +196,249 @@ static int history_reserve(struct engine_seq *s, uint32_t n)
 	return 0;
 }
 
-/* Run the forward pass over tokens already in s->tokens[from, to). */
-static int run_steps(struct engine *e, struct engine_seq *s, uint32_t from, uint32_t to)
+int engine_seq_push(struct engine *e, struct engine_seq *s, const int32_t *tokens, uint32_t n)
+{
+	uint32_t vocab = e->m->cfg.vocab_size;
+	int r;
+
+	if (!tokens || !n)
+		return -EINVAL;
+	if (n > e->max_context || s->len > e->max_context - n)
+		return -E2BIG;
+	for (uint32_t i = 0; i < n; i++)
+		if (tokens[i] < 0 || (uint32_t)tokens[i] >= vocab)
+			return -EINVAL;
+	r = history_reserve(s, s->len + n);
+	if (r < 0)
+		return r;
+	memcpy(s->tokens + s->len, tokens, (size_t)n * sizeof(int32_t));
+	s->len += n;
+	return 0;
+}
+
+static bool wants_output(const struct engine_work *w)
+{
+	return w->ids || w->next_token || w->logits;
+}
+
+/* Check one item and add its chunk to the step; returns the chunk (0: none). */
+static uint32_t plan_item(struct engine *e, struct engine_work *w, uint32_t budget)
+{
+	struct engine_seq *s = w->seq;
+	uint32_t vocab = e->m->cfg.vocab_size, chunk;
+
+	if (!s || !w->max_tokens || (w->ids && (!w->probs || !w->n_ids || w->n_ids > ENGINE_MAX_IDS))) {
+		w->res = -EINVAL;
+		return 0;
+	}
+	for (uint32_t i = 0; w->ids && i < w->n_ids; i++)
+		if (w->ids[i] < 0 || (uint32_t)w->ids[i] >= vocab) {
+			w->res = -EINVAL;
+			return 0;
+		}
+	if (s->bt.n_tokens > s->len)
+		kv_bt_truncate(e->pool, &s->bt, s->len);
+	if (s->bt.n_tokens == s->len && wants_output(w)) {
+		if (!s->len) {
+			w->res = -ENODATA;
+			return 0;
+		}
+		/* Outputs are not kept between steps: recompute the last position. */
+		kv_bt_truncate(e->pool, &s->bt, s->len - 1);
+	}
+	chunk = HR_MIN(HR_MIN(s->len - s->bt.n_tokens, w->max_tokens), budget);
+	if (!chunk) {
+		w->res = s->len == s->bt.n_tokens ? 0 : -EAGAIN;
+		return 0;
+	}
+	w->res = kv_bt_reserve(e->pool, &s->bt, s->bt.n_tokens + chunk);
+	return w->res < 0 ? 0 : chunk;
+}
+
+/* Outputs of the rows that reached the end of their history. */
+static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k)
+{
+	struct kern_backend *be = e->m->be;
+	uint32_t vocab = e->m->cfg.vocab_size, row = 0, n_ids = 0, n_rows = 0;
+	bool any_ids = false, any_argmax = false;
+	int r;
+
+	for (uint32_t j = 0; j < k; j++) {
+		struct engine_work *x = &w[e->item[j]];
+		if (!e->steps[j].want_logits)
+			continue;
+		if (x->ids) {
+			memcpy(e->ids_host + n_ids, x->ids, x->n_ids * sizeof(int32_t));
+			n_ids += x->n_ids;
+			any_ids = true;
+		}
+		any_argmax |= x->next_token != NULL;
+		n_rows++;
+	}
+	if (any_ids && (r = be->ops->upload(be, e->ids_dev, e->ids_host, n_ids * sizeof(int32_t))) < 0)
+		return r;
+	n_ids = 0;
+	for (uint32_t j = 0; j < k; j++) {
+		struct engine_work *x = &w[e->item[j]];
+		const float *logits;
+
+		if (!e->steps[j].want_logits)
+			continue;
+		logits = model_step_logits(e->scratch, row);
+		if (x->ids) {
+			r = be->ops->softmax_ids(be, e->probs_dev + n_ids, logits, e->ids_dev + n_ids, 1,
+						 x->n_ids, vocab);
+			if (r < 0)
+				return r;
+			n_ids += x->n_ids;
+		}
+		if (x->next_token && (r = be->ops->argmax(be, e->argmax_dev + row, logits, 1, vocab)) < 0)
+			return r;
+		if (x->logits &&
+		    (r = be->ops->download(be, x->logits, logits, (size_t)vocab * sizeof(float))) < 0)
+			return r;
+		row++;
+	}
+	if ((any_ids && (r = be->ops->download(be, e->probs_host, e->probs_dev,
+					      n_ids * sizeof(float))) < 0) ||
+	    (any_argmax && (r = be->ops->download(be, e->argmax_host, e->argmax_dev,
+						 n_rows * sizeof(int32_t))) < 0))
+		return r;
+	row = n_ids = 0;
+	for (uint32_t j = 0; j < k; j++) {
+		struct engine_work *x = &w[e->item[j]];
+
+		if (!e->steps[j].want_logits)
+			continue;
+		if (x->ids) {
+			memcpy(x->probs, e->probs_host + n_ids, x->n_ids * sizeof(float));
+			n_ids += x->n_ids;
+		}
+		if (x->next_token)
+			*x->next_token = e->argmax_host[row];
+		x->out_ready = true;
+		row++;
+	}
+	return 0;
+}
+
+int engine_step(struct engine *e, struct engine_work *w, uint32_t n)
+{
+	uint32_t k = 0, budget = e->max_step_tokens;
+	int r;
+
+	if (!w || !n || n > e->max_batch)
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		struct engine_work *x = &w[i];
+		struct engine_seq *s = x->seq;
+		uint32_t chunk;
+
+		x->done = 0;
+		x->out_ready = false;
+		chunk = plan_item(e, x, budget);
+		if (!chunk)
+			continue;
+		budget -= chunk;
+		e->item[k] = i;
+		e->steps[k++] = (struct model_seq_step){
+			.bt = &s->bt,
+			.n_past = s->bt.n_tokens,
+			.n_new = chunk,
+			.tokens = s->tokens + s->bt.n_tokens,
+			.want_logits = s->bt.n_tokens + chunk == s->len && wants_output(x),
+		};
+	}
+	if (!k)
+		return 0;
+	r = model_forward(e->m, e->pool, e->scratch, e->steps, k);
+	e->n_steps++;
+	if (r == 0)
+		r = step_outputs(e, w, k);
+	for (uint32_t j = 0; j < k; j++) {
+		struct engine_work *x = &w[e->item[j]];
+		struct model_seq_step *st = &e->steps[j];
+
+		if (r < 0) {
+			/* Nothing of a failed step is kept: its pages go back. */
+			kv_bt_truncate(e->pool, st->bt, st->n_past);
+			x->res = r;
+			x->out_ready = false;
+		} else {
+			st->bt->n_tokens = st->n_past + st->n_new;
+			x->done = st->n_new;
+		}
+	}
+	return r;
+}
+
+/* Step one sequence alone until its outputs (if any) are ready and nothing is
+ * pending; the single-sequence calls below are built on this. */
+static int run_alone(struct engine *e, struct engine_work *w)
 {
 	int r;
 
-	r = kv_bt_reserve(e->pool, &s->bt, to);
-	if (r < 0)
-		return r;
-	e->logits_owner = NULL;
-	for (uint32_t at = from; at < to;) {
-		uint32_t n = HR_MIN(to - at, e->max_step_tokens);
-		struct model_seq_step st = {
-			.bt = &s->bt,
-			.n_past = at,
-			.n_new = n,
-			.tokens = s->tokens + at,
-			.want_logits = at + n == to,
-		};
-		r = model_forward(e->m, e->pool, e->scratch, &st, 1);
-		e->n_steps++;
-		if (r < 0) {
-			kv_bt_truncate(e->pool, &s->bt, from);
-			s->bt.n_tokens = from;
+	w->max_tokens = e->max_step_tokens;
+	do {
+		r = engine_step(e, w, 1);
+		if (r == 0)
+			r = w->res;
+		if (r < 0)
 			return r;
-		}
-		at += n;
-		s->bt.n_tokens = at;
-	}
-	e->logits_owner = s;
+	} while (engine_seq_pending(w->seq) || (wants_output(w) && !w->out_ready));
 	return 0;
 }
 
 int engine_append(struct engine *e, struct engine_seq *s, const int32_t *tokens, uint32_t n)
 {
-	uint32_t vocab = e->m->cfg.vocab_size, old = s->len;
+	uint32_t old = s->len;
 	int r;
 
-	if (!tokens || !n)
-		return -EINVAL;
-	if (n > e->max_context || old > e->max_context - n)
-		return -E2BIG;
-	for (uint32_t i = 0; i < n; i++)
-		if (tokens[i] < 0 || (uint32_t)tokens[i] >= vocab)
-			return -EINVAL;
-	r = history_reserve(s, old + n);
+	r = engine_seq_push(e, s, tokens, n);
 	if (r < 0)
 		return r;
-	memcpy(s->tokens + old, tokens, (size_t)n * sizeof(int32_t));
-	/* A truncation may have left the KV behind the history: redo from there. */
-	r = run_steps(e, s, HR_MIN(s->bt.n_tokens, old), old + n);
+	r = run_alone(e, &(struct engine_work){ .seq = s });
 	if (r < 0)
-		return r;
-	s->len = old + n;
-	return 0;
-}
-
-/* Make s's last-position logits the ones in scratch row 0. */
-static int ensure_logits(struct engine *e, struct engine_seq *s)
-{
-	if (!s->len)
-		return -ENODATA;
-	if (e->logits_owner == s)
-		return 0;
-	/* Recompute the last position from the token history. */
-	if (s->bt.n_tokens >= s->len) {
-		kv_bt_truncate(e->pool, &s->bt, s->len - 1);
-		s->bt.n_tokens = s->len - 1;
-	}
-	return run_steps(e, s, s->bt.n_tokens, s->len);
+		engine_truncate(e, s, old);
+	return r;
 }
 
 int engine_logits(struct engine *e, struct engine_seq *s, float *out, uint32_t vocab)
 {
-	struct kern_backend *be = e->m->be;
-	int r;
-
 	if (!out || vocab != e->m->cfg.vocab_size)
 		return -EINVAL;
-	r = ensure_logits(e, s);
-	if (r < 0)
-		return r;
-	return be->ops->download(be, out, model_step_logits(e->scratch, 0),
-				 (size_t)vocab * sizeof(float));
+	return run_alone(e, &(struct engine_work){ .seq = s, .logits = out });
 }
 
 int engine_probs(struct engine *e, struct engine_seq *s, const int32_t *ids, uint32_t n,
 		 float *out)
 {
-	struct kern_backend *be = e->m->be;
-	uint32_t vocab = e->m->cfg.vocab_size;
-	int r;
-
 	if (!ids || !out || !n || n > ENGINE_MAX_IDS)
 		return -EINVAL;
-	for (uint32_t i = 0; i < n; i++)
-		if (ids[i] < 0 || (uint32_t)ids[i] >= vocab)
-			return -EINVAL;
-	r = ensure_logits(e, s);
-	if (r < 0)
-		return r;
-	if ((r = be->ops->upload(be, e->ids_dev, ids, n * sizeof(int32_t))) < 0 ||
-	    (r = be->ops->softmax_ids(be, e->probs_dev, model_step_logits(e->scratch, 0),
-				      e->ids_dev, 1, n, vocab)) < 0)
-		return r;
-	return be->ops->download(be, out, e->probs_dev, n * sizeof(float));
+	return run_alone(e, &(struct engine_work){ .seq = s, .ids = ids, .n_ids = n, .probs = out });
 }
 
 int engine_generate(struct engine *e, struct engine_seq *s, uint32_t n, int32_t *out,
 		    engine_token_cb cb, void *userdata, int want_logits)
 {
-	struct kern_backend *be = e->m->be;
-	uint32_t vocab = e->m->cfg.vocab_size;
 	_cleanup_free_ float *logits = NULL;
 	int r;
 
 	if (!out && n)
 		return -EINVAL;
 	if (want_logits && cb) {
-		logits = malloc((size_t)vocab * sizeof(float));
+		logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float));
 		if (!logits)
 			return -ENOMEM;
 	}
 	for (uint32_t i = 0; i < n; i++) {
 		int32_t tok;
 
-		r = ensure_logits(e, s);
+		r = run_alone(e, &(struct engine_work){ .seq = s, .next_token = &tok, .logits = logits });
 		if (r < 0)
 			return r;
-		if ((r = be->ops->argmax(be, e->argmax_dev, model_step_logits(e->scratch, 0), 1,
-					 vocab)) < 0 ||
-		    (r = be->ops->download(be, &tok, e->argmax_dev, sizeof(tok))) < 0)
-			return r;
-		if (logits && (r = be->ops->download(be, logits, model_step_logits(e->scratch, 0),
-						     (size_t)vocab * sizeof(float))) < 0)
-			return r;
 		out[i] = tok;
-		r = engine_append(e, s, &tok, 1);
+		r = engine_seq_push(e, s, &tok, 1);
 		if (r < 0)
 			return r;
 		if (cb && (r = cb(userdata, i, tok, logits)) != 0)
@@ -306,12 +451,8 @@ int engine_truncate(struct engine *e, struct engine_seq *s, uint32_t n)
 {
 	if (n > s->len)
 		return -EINVAL;
-	if (n == s->len)
-		return 0;
 	kv_bt_truncate(e->pool, &s->bt, n);
 	s->len = n;
-	if (e->logits_owner == s)
-		e->logits_owner = NULL;
 	return 0;
 }
 
@@ -322,23 +463,21 @@ const struct kv_block_table *engine_seq_kv(const struct engine_seq *s)
 
 void engine_seq_drop_kv(struct engine *e, struct engine_seq *s)
 {
-	if (e->logits_owner == s)
-		e->logits_owner = NULL;
 	kv_bt_release(e->pool, &s->bt);
 }
 
-int engine_seq_reserve_kv(struct engine *e, struct engine_seq *s)
+int engine_seq_reserve_kv(struct engine *e, struct engine_seq *s, uint32_t n)
 {
-	if (e->logits_owner == s)
-		e->logits_owner = NULL;
+	if (n > s->len)
+		return -EINVAL;
 	kv_bt_truncate(e->pool, &s->bt, 0);
-	return kv_bt_reserve(e->pool, &s->bt, s->len);
+	return kv_bt_reserve(e->pool, &s->bt, n);
 }
 
-void engine_seq_kv_restored(struct engine *e, struct engine_seq *s)
+void engine_seq_kv_restored(struct engine *e, struct engine_seq *s, uint32_t n)
 {
 	(void)e;
-	s->bt.n_tokens = s->len;
+	s->bt.n_tokens = HR_MIN(n, s->len);
 }
 
 struct engine_seq *engine_seq_from_history(struct engine *e, const int32_t *tokens, uint32_t n)

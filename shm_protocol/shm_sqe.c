@@ -30,6 +30,7 @@ static const struct op_spec op_specs[SHM_OP__MAX] = {
 	[SHM_OP_GENERATE]      = { "generate", R_OPT, R_NONE, R_REQ, 1, 4, 0 },
 	[SHM_OP_TRUNCATE]      = { "truncate", R_NONE, R_NONE, R_NONE, 1, 1, 0 },
 	[SHM_OP_FORK]          = { "fork", R_NONE, R_NONE, R_NONE, 1, 0, 0 },
+	[SHM_OP_CANCEL]        = { "cancel", R_NONE, R_NONE, R_NONE, 1, 2, 1 },
 };
 
 const char *shm_op_name(unsigned int op)
@@ -62,7 +63,7 @@ static int check_op_rules(const struct shm_sqe *s)
 		if (s->aux_len > SHM_SESSION_NAME_MAX || s->arg[0] & ~SHM_OPEN_F__ALL)
 			return -EINVAL;
 		/* Create/exclusive only mean something for a named session. */
-		if (s->aux_len == 0 && s->arg[0] != 0)
+		if (s->aux_len == 0 && s->arg[0] & ~SHM_OPEN_F_BULK)
 			return -EINVAL;
 		return 0;
 	case SHM_OP_SESSION_CLOSE:
@@ -72,6 +73,9 @@ static int check_op_rules(const struct shm_sqe *s)
 			return -EINVAL;
 		/* One f32 per label id. */
 		return s->out_cap < s->aux_len ? -EINVAL : 0;
+	case SHM_OP_CANCEL:
+		/* Cancel has no deadline and no class of its own. */
+		return s->flags || s->deadline_ns ? -EINVAL : 0;
 	case SHM_OP_GENERATE:
 		if (s->arg[0] == 0)
 			return -EINVAL;
@@ -92,7 +96,8 @@ int shm_sqe_validate(const struct shm_sqe *s, uint32_t arena_size)
 	if (s->op == SHM_OP_FORK)
 		return -EOPNOTSUPP;
 	spec = &op_specs[s->op];
-	if (s->flags & ~SHM_SQE_F__ALL || s->reserved0 || s->reserved1)
+	if (s->flags & ~SHM_SQE_F__ALL || s->reserved0 ||
+	    (s->flags & SHM_SQE_F_LATENCY && s->flags & SHM_SQE_F_BULK))
 		return -EINVAL;
 	if (spec->no_session && s->session)
 		return -EINVAL;

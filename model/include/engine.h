@@ -25,7 +25,8 @@ struct engine_seq;
 struct engine_params {
 	uint32_t kv_pages;        /* 0: a default sized for a few long sequences */
 	uint32_t page_tokens;     /* 0: KV_DEFAULT_PAGE_TOKENS */
-	uint32_t max_step_tokens; /* 0: 512 */
+	uint32_t max_step_tokens; /* 0: 512; tokens of one forward step, all sequences */
+	uint32_t max_batch;       /* 0: 64; sequences in one forward step */
 	uint32_t max_context;     /* 0: the model's max_position_embeddings (capped by sliding_window) */
 };
 
@@ -70,10 +71,12 @@ int engine_generate(struct engine *e, struct engine_seq *s, uint32_t n, int32_t 
 const struct kv_block_table *engine_seq_kv(const struct engine_seq *s);
 /* Release every KV page of s (its history stays). */
 void engine_seq_drop_kv(struct engine *e, struct engine_seq *s);
-/* Take L1 pages for the whole history (to be filled by a page-in): 0 or -ENOMEM. */
-int engine_seq_reserve_kv(struct engine *e, struct engine_seq *s);
-/* The reserved pages now hold the history's K/V (a page-in completed). */
-void engine_seq_kv_restored(struct engine *e, struct engine_seq *s);
+/* Take L1 pages for the first n positions (n <= length; to be filled by a
+ * page-in): 0, -EINVAL or -ENOMEM. */
+int engine_seq_reserve_kv(struct engine *e, struct engine_seq *s, uint32_t n);
+/* The reserved pages now hold the K/V of the first n positions (a page-in
+ * completed); the rest of the history is pending. */
+void engine_seq_kv_restored(struct engine *e, struct engine_seq *s, uint32_t n);
 /* A sequence with this history and no KV (restored from a manifest). */
 struct engine_seq *engine_seq_from_history(struct engine *e, const int32_t *tokens, uint32_t n);
 /* Backend address and size of one L1 page, for the pager's copies. */
@@ -83,5 +86,48 @@ size_t engine_page_bytes(const struct engine *e);
 /* Keep the first n tokens (n <= length). Logits of the new last position are
  * recomputed on demand. */
 int engine_truncate(struct engine *e, struct engine_seq *s, uint32_t n);
+
+/*
+ * Batched stepping (the daemon's scheduler). History and computation are
+ * apart: engine_seq_push() extends the history without computing; the
+ * positions not yet in the KV are "pending", and engine_step() computes a
+ * chunk of pending positions of many sequences in one forward pass.
+ */
+/* Append n tokens to the history, validated, computing nothing: 0, -EINVAL
+ * (bad id), -E2BIG (past the context limit) or -ENOMEM (host memory). */
+int engine_seq_push(struct engine *e, struct engine_seq *s, const int32_t *tokens, uint32_t n);
+/* History positions whose K/V are not computed yet. */
+uint32_t engine_seq_pending(const struct engine_seq *s);
+uint32_t engine_max_batch(const struct engine *e);
+uint32_t engine_max_step_tokens(const struct engine *e);
+/* Longest history a sequence may have (tokens). */
+uint32_t engine_max_context(const struct engine *e);
+
+/*
+ * One sequence's part of a step. Inputs: seq (at most once per step),
+ * max_tokens (>= 1: the chunk limit) and the outputs wanted at the end of the
+ * history: probabilities of ids[0..n_ids) (n_ids <= 1024, ids validated by
+ * the caller's engine_check_ids or here), the greedy next token, or the full
+ * logits (host memory). Outputs are written only when the chunk reaches the
+ * end of the history (out_ready). A sequence with nothing pending that wants
+ * an output recomputes its last position. Results: done (positions computed)
+ * and res (0 or -errno; -ENOMEM: no KV page for the chunk, nothing changed).
+ */
+struct engine_work {
+	struct engine_seq *seq;
+	uint32_t max_tokens;
+	const int32_t *ids;
+	uint32_t n_ids;
+	float *probs;         /* [n_ids] */
+	int32_t *next_token;  /* [1] */
+	float *logits;        /* [vocab] */
+	uint32_t done;
+	bool out_ready;
+	int res;
+};
+/* Run one forward pass over n items (1 <= n <= max_batch, the chunks summing
+ * to at most max_step_tokens). Returns 0 when the step ran (each item has its
+ * own res), or -errno when nothing could run (-EINVAL, -E2BIG, -EIO). */
+int engine_step(struct engine *e, struct engine_work *w, uint32_t n);
 
 #endif

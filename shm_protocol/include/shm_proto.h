@@ -58,7 +58,8 @@ extern "C" {
 
 #define SHM_MAGIC 0x4d485348u /* "HSHM" as little-endian bytes */
 #define SHM_VERSION_MAJOR 1u  /* incompatible layout changes */
-#define SHM_VERSION_MINOR 0u  /* additions in reserved space; zero means absent */
+#define SHM_VERSION_MINOR 1u  /* additions in reserved space; zero means absent
+                                * 1: sqe.deadline_ns, SHM_SQE_F_BULK, CANCEL */
 #define SHM_VERSION ((SHM_VERSION_MAJOR << 16) | SHM_VERSION_MINOR)
 
 #define SHM_CACHELINE 64u
@@ -111,17 +112,27 @@ enum shm_op {
 	/* Reserved: session = source handle, res = new handle sharing the
 	 * prefix pages copy-on-write. Rejected with -EOPNOTSUPP for now. */
 	SHM_OP_FORK = 7,
+	/* session = 0. arg0, arg1 = low and high 32 bits of the user_data of an
+	 * earlier request of this connection still queued or running. res = 0
+	 * when it was cancelled (it completes with -ECANCELED: a queued one
+	 * changes nothing; a running GENERATE stops after the tokens already
+	 * streamed, which stay in the session; a running APPEND or SCORE is
+	 * rolled back), -ENOENT when no such request is in flight. */
+	SHM_OP_CANCEL = 8,
 	SHM_OP__MAX
 };
 
-/* shm_sqe.flags */
-#define SHM_SQE_F_LATENCY   (1u << 0) /* latency class: scheduled first */
-#define SHM_SQE_F__ALL      (SHM_SQE_F_LATENCY)
+/* shm_sqe.flags: the request's latency class, overriding its session's
+ * (interactive unless opened with SHM_OPEN_F_BULK). Not both. */
+#define SHM_SQE_F_LATENCY   (1u << 0) /* interactive: never waits behind a long prefill */
+#define SHM_SQE_F_BULK      (1u << 1) /* bulk: fills what interactive work leaves */
+#define SHM_SQE_F__ALL      (SHM_SQE_F_LATENCY | SHM_SQE_F_BULK)
 
 /* SESSION_OPEN arg0 */
 #define SHM_OPEN_F_CREATE   (1u << 0) /* named: create if missing */
 #define SHM_OPEN_F_EXCL     (1u << 1) /* named: -EEXIST if present */
-#define SHM_OPEN_F__ALL     (SHM_OPEN_F_CREATE | SHM_OPEN_F_EXCL)
+#define SHM_OPEN_F_BULK     (1u << 2) /* the session's requests are bulk by default */
+#define SHM_OPEN_F__ALL     (SHM_OPEN_F_CREATE | SHM_OPEN_F_EXCL | SHM_OPEN_F_BULK)
 /* SESSION_CLOSE arg0 */
 #define SHM_CLOSE_F_DROP    (1u << 0) /* named: delete its durable state too */
 #define SHM_CLOSE_F__ALL    (SHM_CLOSE_F_DROP)
@@ -148,7 +159,8 @@ struct shm_sqe {
 	uint32_t aux_off;    /* bytes */
 	uint32_t aux_len;    /* bytes */
 	uint32_t arg[4];     /* per op, see enum shm_op; unused ones zero */
-	uint64_t reserved1;  /* zero */
+	uint64_t deadline_ns; /* CLOCK_MONOTONIC ns: a request not started by then
+			       * completes with -ETIMEDOUT; 0: none */
 };
 
 /* Completion, written by the daemon into a CQ slot. */
@@ -228,7 +240,7 @@ SHM_BUILD_ASSERT(offsetof(struct shm_sqe, in_off) == 16, "sqe.in_off");
 SHM_BUILD_ASSERT(offsetof(struct shm_sqe, out_off) == 24, "sqe.out_off");
 SHM_BUILD_ASSERT(offsetof(struct shm_sqe, aux_off) == 32, "sqe.aux_off");
 SHM_BUILD_ASSERT(offsetof(struct shm_sqe, arg) == 40, "sqe.arg");
-SHM_BUILD_ASSERT(offsetof(struct shm_sqe, reserved1) == 56, "sqe.reserved1");
+SHM_BUILD_ASSERT(offsetof(struct shm_sqe, deadline_ns) == 56, "sqe.deadline_ns");
 SHM_BUILD_ASSERT(sizeof(struct shm_cqe) == 32, "two cqes per cache line");
 SHM_BUILD_ASSERT(offsetof(struct shm_cqe, res) == 8, "cqe.res");
 SHM_BUILD_ASSERT(offsetof(struct shm_cqe, flags) == 12, "cqe.flags");

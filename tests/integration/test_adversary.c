@@ -363,15 +363,16 @@ static void crafted(struct adv *a)
 
 #define Q(...) ((struct shm_sqe){ __VA_ARGS__ })
 	/* Unknown and reserved ops. */
-	expect(a, Q(.op = SHM_OP__MAX), -EINVAL, "op 8");
+	expect(a, Q(.op = SHM_OP__MAX), -EINVAL, "op 9");
 	expect(a, Q(.op = 200), -EINVAL, "op 200");
 	expect(a, Q(.op = 255, .session = own), -EINVAL, "op 255");
 	expect(a, Q(.op = SHM_OP_FORK, .session = own), -EOPNOTSUPP, "FORK");
 	/* Flags, reserved fields, args and ranges an op does not use. */
-	expect(a, Q(.op = SHM_OP_NOP, .flags = 2), -EINVAL, "NOP flags 2");
+	expect(a, Q(.op = SHM_OP_NOP, .flags = 3), -EINVAL, "NOP flags latency|bulk");
 	expect(a, Q(.op = SHM_OP_NOP, .flags = 0x80), -EINVAL, "NOP flags 0x80");
 	expect(a, Q(.op = SHM_OP_NOP, .reserved0 = 1), -EINVAL, "NOP reserved0");
-	expect(a, Q(.op = SHM_OP_NOP, .reserved1 = 1ull << 63), -EINVAL, "NOP reserved1");
+	expect(a, Q(.op = SHM_OP_CANCEL, .deadline_ns = 1), -EINVAL, "CANCEL with a deadline");
+	expect(a, Q(.op = SHM_OP_CANCEL, .arg = { 12345 }), -ENOENT, "CANCEL of nothing in flight");
 	expect(a, Q(.op = SHM_OP_NOP, .session = own), -EINVAL, "NOP with a session");
 	expect(a, Q(.op = SHM_OP_NOP, .arg = { 1 }), -EINVAL, "NOP arg0");
 	expect(a, Q(.op = SHM_OP_NOP, .arg = { 0, 0, 0, 1 }), -EINVAL, "NOP arg3");
@@ -564,13 +565,13 @@ static struct shm_sqe rand_sqe(struct adv *a, uint64_t *st)
 
 	memset(&q, 0, sizeof(q));
 	k = (uint32_t)(th_rand(st) % 100);
-	q.op = k < 85 ? (uint8_t)(th_rand(st) % 8) : (uint8_t)th_rand(st);
+	q.op = k < 85 ? (uint8_t)(th_rand(st) % SHM_OP__MAX) : (uint8_t)th_rand(st);
 	if (th_rand(st) % 10 == 0)
 		q.flags = (uint8_t)th_rand(st);
 	if (th_rand(st) % 20 == 0)
 		q.reserved0 = (uint16_t)th_rand(st);
 	if (th_rand(st) % 20 == 0)
-		q.reserved1 = th_rand(st);
+		q.deadline_ns = th_rand(st);
 	k = (uint32_t)(th_rand(st) % 100);
 	q.session = k < 45 ? a->own : k < 65 ? a->foreign : k < 75 ? a->stale : k < 85 ? 0
 									     : (uint32_t)th_rand(st);

@@ -142,6 +142,8 @@ static struct kv values[] = {
 	{ "model", "kv_pages", "300", NULL },
 	{ "model", "page_tokens", "32", NULL },
 	{ "model", "max_step_tokens", "256", NULL },
+	{ "scheduler", "max_batch", "32", NULL },
+	{ "scheduler", "bulk_share_pct", "10", NULL },
 	{ "reactor", "spin_us", "7", NULL },
 	{ "client", "sq_entries", "128", NULL },
 	{ "client", "arena_bytes", "2097152", NULL },

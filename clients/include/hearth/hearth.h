@@ -79,6 +79,7 @@ const char *hearth_strerror(int err);
 /* ---- sessions (control socket; cold path) ---------------------------------- */
 
 #define HEARTH_OPEN_CREATE 1u /* named: create when absent */
+#define HEARTH_OPEN_BULK 2u   /* a new session's requests are bulk by default */
 
 /*
  * Open a session. name NULL or "": a fresh anonymous session freed when closed
@@ -93,8 +94,8 @@ int64_t hearth_session_open(struct hearth *h, const char *name, uint32_t flags,
 			    uint32_t *ret_tokens);
 /* Close this connection's use of a session; destroy: forget a named one
  * (-EBUSY while other connections have it open). Anonymous sessions are
- * always freed. Call when no request on it is in flight (-EBUSY during a
- * GENERATE). Returns 0 or -errno (-EBADF: not open here). */
+ * always freed. Call when no request on it is in flight (-EBUSY while some
+ * are queued or running). Returns 0 or -errno (-EBADF: not open here). */
 int hearth_session_close(struct hearth *h, uint32_t session, int destroy);
 /*
  * Start paging a session out to the daemon's L2 file now (hearthctl evict).
@@ -127,9 +128,8 @@ int hearth_score(struct hearth *h, uint32_t session, const int32_t *tokens, uint
  * Append the prompt (may be empty), then greedy-generate up to max_tokens
  * (stopping after the model's end-of-sequence token), calling cb for every
  * token as it arrives (cb may be NULL). A non-zero return from cb stops the
- * callbacks; the protocol has no cancel, so the call still waits until the
- * daemon has finished the request (the session is busy until then) and every
- * generated token is in the session. Generated ids are also written to
+ * callbacks and cancels the request: the call returns the tokens generated
+ * so far, which stay in the session. Generated ids are also written to
  * out[0..max_tokens) when out != NULL. Returns the number of tokens
  * generated or -errno (-ENODATA: empty session and no prompt).
  */
@@ -155,7 +155,7 @@ struct hearth_sqe {
 	uint32_t out_off, out_cap;
 	uint32_t aux_off, aux_len;
 	uint32_t arg[4];
-	uint64_t reserved1;
+	uint64_t deadline_ns;    /* CLOCK_MONOTONIC: not started by then -> -ETIMEDOUT; 0: none */
 };
 
 struct hearth_cqe {
@@ -168,7 +168,11 @@ struct hearth_cqe {
 };
 
 #define HEARTH_CQE_F_MORE 1u
-#define HEARTH_SQE_F_LATENCY 1u   /* sqe->flags: latency class, scheduled first */
+/* sqe->flags: the request's latency class (default: its session's). An
+ * interactive request never waits behind a long prefill for more than one
+ * step; bulk requests fill the rest of each step and are never starved. */
+#define HEARTH_SQE_F_LATENCY 1u   /* interactive */
+#define HEARTH_SQE_F_BULK 2u      /* bulk */
 #define HEARTH_SCORE_F_LOGPROB 1u /* SCORE sqe->arg[0]: log-probabilities */
 
 /*
@@ -207,6 +211,12 @@ void hearth_prep_generate(struct hearth *h, struct hearth_sqe *sqe, uint32_t ses
 			  const int32_t *prompt, uint32_t n_prompt, uint32_t max_tokens,
 			  int32_t *out);
 void hearth_prep_truncate(struct hearth *h, struct hearth_sqe *sqe, uint32_t session, uint32_t n);
+/* Cancel the request whose user_data is target_user_data. Its own completion
+ * res is 0 (cancelled) or -ENOENT (no longer in flight). The target ends
+ * with -ECANCELED: a queued one changed nothing; a GENERATE stops after the
+ * tokens already streamed (they stay in the session); a running APPEND or
+ * SCORE is rolled back. */
+void hearth_prep_cancel(struct hearth *h, struct hearth_sqe *sqe, uint64_t target_user_data);
 /* Publish every slot taken since the last submit; wakes the daemon only if it
  * sleeps. Returns how many were published, or -ESHUTDOWN when the daemon is
  * known to be gone. */

@@ -500,6 +500,7 @@ static struct shm_sqe sqe_of(uint8_t op)
 
 	switch (op) {
 	case SHM_OP_NOP:
+	case SHM_OP_CANCEL:
 		s.session = 0;
 		break;
 	case SHM_OP_SESSION_OPEN:
@@ -554,7 +555,14 @@ static void test_sqe_validate(void)
 	s = sqe_of(SHM_OP_APPEND); s.flags = 0x80;      CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_APPEND); s.flags = SHM_SQE_F_LATENCY; CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
 	s = sqe_of(SHM_OP_APPEND); s.reserved0 = 1;     CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
-	s = sqe_of(SHM_OP_APPEND); s.reserved1 = 1;     CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
+	s = sqe_of(SHM_OP_APPEND); s.deadline_ns = 1;   CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
+	s = sqe_of(SHM_OP_APPEND); s.flags = SHM_SQE_F_BULK; CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
+	s = sqe_of(SHM_OP_APPEND); s.flags = SHM_SQE_F_BULK | SHM_SQE_F_LATENCY;
+	CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
+	s = sqe_of(SHM_OP_CANCEL); s.arg[1] = 7;        CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
+	s = sqe_of(SHM_OP_CANCEL); s.arg[2] = 7;        CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
+	s = sqe_of(SHM_OP_CANCEL); s.deadline_ns = 7;   CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
+	s = sqe_of(SHM_OP_CANCEL); s.session = 7;       CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_APPEND); s.arg[0] = 1;        CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_SCORE);  s.arg[1] = 1;        CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_NOP);    s.session = 1;       CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
@@ -595,10 +603,12 @@ static void test_sqe_validate(void)
 	CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_SESSION_OPEN); s.aux_len = SHM_SESSION_NAME_MAX;
 	CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
-	s = sqe_of(SHM_OP_SESSION_OPEN); s.arg[0] = 4;  CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
+	s = sqe_of(SHM_OP_SESSION_OPEN); s.arg[0] = 8;  CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
+	s = sqe_of(SHM_OP_SESSION_OPEN); s.arg[0] = SHM_OPEN_F_BULK; CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
 	s = sqe_of(SHM_OP_SESSION_OPEN); s.aux_off = 0; s.aux_len = 0;
 	CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL); /* flags on an unnamed session */
 	s.arg[0] = 0;                                   CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
+	s.arg[0] = SHM_OPEN_F_BULK;                     CHECK_EQ(shm_sqe_validate(&s, ARENA), 0);
 	s = sqe_of(SHM_OP_SESSION_OPEN); s.session = 9; CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_SESSION_CLOSE); s.arg[0] = 2; CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);
 	s = sqe_of(SHM_OP_SCORE); s.out_cap = 8;        CHECK_EQ(shm_sqe_validate(&s, ARENA), -EINVAL);

@@ -1,0 +1,581 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The scheduler: continuous batching across sessions and clients. APPEND,
+ * SCORE and GENERATE become jobs queued on their session in arrival order
+ * (TRUNCATE and SESSION_CLOSE join the queue when it is not empty, so a
+ * pipelined what-if stays ordered). Every reactor turn forms one forward step
+ * from the head job of every session: interactive jobs first, shortest
+ * remaining work first, each taking a chunk of its pending tokens under the
+ * step's token budget; bulk jobs fill what is left and always get a share
+ * (bulk_share_pct) when they wait, so neither class starves. A long prefill is
+ * cut into chunks, so interactive work waits behind it for one step at most.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hearthd.h"
+#include "hr_common.h"
+#include "hr_log.h"
+
+#define HD_JOB_INLINE 40u /* token + label ids kept in the job itself */
+#define HD_MAX_LABELS 1024u
+
+struct hd_job {
+	struct hd_job *next;      /* the session's queue, or the free list */
+	struct hd_client *c;
+	struct hd_session *s;
+	struct shm_sqe q;         /* the validated private copy */
+	uint64_t t_submit;
+	uint32_t n_tokens, n_labels;
+	int32_t *ids;             /* n_tokens token ids, then n_labels label ids */
+	uint32_t old_len;         /* session length before the job (roll-back) */
+	uint32_t produced;        /* GENERATE: tokens streamed */
+	int32_t next_tok;
+	bool bulk, started, cancelled, wait_kv;
+	int32_t inl[HD_JOB_INLINE];
+};
+
+int hd_sched_init(struct hd_daemon *d)
+{
+	struct hd_sched *q = &d->sched;
+	uint32_t b = engine_max_batch(d->engine);
+
+	memset(q, 0, sizeof(*q));
+	q->work = calloc(b, sizeof(*q->work));
+	q->step_jobs = calloc(b, sizeof(*q->step_jobs));
+	if (!q->work || !q->step_jobs)
+		return -ENOMEM;
+	return 0;
+}
+
+static void job_free(struct hd_sched *q, struct hd_job *j)
+{
+	if (j->ids != j->inl)
+		free(j->ids);
+	j->next = q->free_jobs;
+	q->free_jobs = j;
+}
+
+void hd_sched_fini(struct hd_daemon *d)
+{
+	struct hd_sched *q = &d->sched;
+
+	for (struct hd_job *j = q->free_jobs, *n; j; j = n) {
+		n = j->next;
+		free(j);
+	}
+	free(q->active);
+	free(q->cand);
+	free(q->work);
+	free(q->step_jobs);
+	memset(q, 0, sizeof(*q));
+}
+
+/* ---- session queues and the active list ---------------------------------------- */
+
+static int active_add(struct hd_sched *q, struct hd_session *s)
+{
+	if (q->n_active == q->cap_active) {
+		uint32_t cap = q->cap_active ? q->cap_active * 2 : 64;
+		struct hd_session **a = realloc(q->active, cap * sizeof(*a));
+		struct hd_job **c;
+
+		if (!a)
+			return -ENOMEM;
+		q->active = a;
+		c = realloc(q->cand, cap * sizeof(*c));
+		if (!c)
+			return -ENOMEM;
+		q->cand = c;
+		q->cap_active = cap;
+	}
+	s->active_idx = q->n_active;
+	q->active[q->n_active++] = s;
+	return 0;
+}
+
+static void active_remove(struct hd_sched *q, struct hd_session *s)
+{
+	uint32_t i = s->active_idx;
+
+	q->active[i] = q->active[--q->n_active];
+	q->active[i]->active_idx = i;
+}
+
+static void unlink_job(struct hd_sched *q, struct hd_job *j)
+{
+	struct hd_session *s = j->s;
+	struct hd_job **pp = &s->jobs, *prev = NULL;
+
+	while (*pp != j) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	*pp = j->next;
+	if (s->jobs_tail == j)
+		s->jobs_tail = prev;
+	s->n_jobs--;
+	q->st.queued--;
+	q->n_deadlines -= j->q.deadline_ns != 0;
+	if (!s->jobs)
+		active_remove(q, s);
+}
+
+/* Post j's last completion, count it and free it. */
+static void job_finish(struct hd_daemon *d, struct hd_job *j, int res, uint32_t out_len)
+{
+	struct hd_client *c = j->c;
+
+	unlink_job(&d->sched, j);
+	hd_count_op(d, j->q.op, res, j->t_submit);
+	hd_post_cqe(c, j->q.user_data, res, 0, out_len, engine_seq_len(j->s->seq));
+	job_free(&d->sched, j);
+}
+
+/* A started job that fails or is cancelled leaves the session as before it
+ * (a GENERATE keeps the tokens it streamed). */
+static void job_rollback(struct hd_daemon *d, struct hd_job *j)
+{
+	if (!j->started || (j->q.op == SHM_OP_GENERATE && j->produced))
+		return;
+	if (engine_seq_len(j->s->seq) > j->old_len)
+		engine_truncate(d->engine, j->s->seq, j->old_len);
+}
+
+static void job_fail(struct hd_daemon *d, struct hd_job *j, int err)
+{
+	job_rollback(d, j);
+	job_finish(d, j, err, j->q.op == SHM_OP_GENERATE ? j->produced * 4 : 0);
+}
+
+/* ---- admission -------------------------------------------------------------------- */
+
+int hd_sched_submit(struct hd_daemon *d, struct hd_client *c, struct hd_session *s,
+		    const struct shm_sqe *sq)
+{
+	struct hd_sched *q = &d->sched;
+	uint32_t n_tok = sq->in_len / 4, n_lab = 0, vocab = d->model->cfg.vocab_size;
+	uint64_t now = hr_now_ns();
+	struct hd_job *j;
+	int r;
+
+	if (sq->deadline_ns && now >= sq->deadline_ns) {
+		q->st.timeouts++;
+		return -ETIMEDOUT;
+	}
+	switch (sq->op) {
+	case SHM_OP_SCORE:
+		n_lab = sq->aux_len / 4;
+		if (!n_lab || n_lab > HD_MAX_LABELS)
+			return -EINVAL;
+		break;
+	case SHM_OP_GENERATE:
+		if (sq->arg[1] || sq->arg[2])
+			return -EOPNOTSUPP; /* sampling (temperature, top-k): greedy only */
+		break;
+	case SHM_OP_APPEND:
+		if (!n_tok)
+			return -EINVAL;
+		break;
+	default:
+		break;
+	}
+	/* Over-long input: refused before it costs anything (the queue ahead
+	 * may still make it too long: then it fails with -E2BIG when it starts). */
+	if (n_tok > engine_max_context(d->engine) ||
+	    engine_seq_len(s->seq) > engine_max_context(d->engine) - n_tok)
+		return -E2BIG;
+	j = q->free_jobs;
+	if (j)
+		q->free_jobs = j->next;
+	else if (!(j = malloc(sizeof(*j))))
+		return -ENOMEM;
+	*j = (struct hd_job){ .c = c, .s = s, .q = *sq, .t_submit = now, .n_tokens = n_tok,
+			      .n_labels = n_lab };
+	j->ids = n_tok + n_lab <= HD_JOB_INLINE ? j->inl : malloc((n_tok + n_lab) * sizeof(int32_t));
+	if (!j->ids) {
+		j->ids = j->inl;
+		job_free(q, j);
+		return -ENOMEM;
+	}
+	/* One copy of the client's ids: later writes to its arena change nothing. */
+	memcpy(j->ids, c->arena + sq->in_off, (size_t)n_tok * 4);
+	memcpy(j->ids + n_tok, c->arena + sq->aux_off, (size_t)n_lab * 4);
+	for (uint32_t i = 0; i < n_tok + n_lab; i++)
+		if (j->ids[i] < 0 || (uint32_t)j->ids[i] >= vocab) {
+			job_free(q, j);
+			return -EINVAL;
+		}
+	j->bulk = sq->flags & SHM_SQE_F_BULK ? true : sq->flags & SHM_SQE_F_LATENCY ? false : s->bulk;
+	if (!s->jobs && (r = active_add(q, s)) < 0) {
+		job_free(q, j);
+		return r;
+	}
+	if (s->jobs_tail)
+		s->jobs_tail->next = j;
+	else
+		s->jobs = j;
+	s->jobs_tail = j;
+	s->n_jobs++;
+	q->st.queued++;
+	q->n_deadlines += sq->deadline_ns != 0;
+	return 0;
+}
+
+/* ---- forming a step ------------------------------------------------------------------ */
+
+/* Positions j still has to compute (an estimate before it starts). */
+static uint32_t job_remaining(const struct hd_job *j)
+{
+	uint32_t p = engine_seq_pending(j->s->seq) + (j->started ? 0 : j->n_tokens);
+
+	/* An output with nothing pending recomputes the last position. */
+	return p ? p : j->q.op != SHM_OP_APPEND;
+}
+
+/* Start j: its tokens join the session's history. 0, or -errno (finished). */
+static int job_start(struct hd_daemon *d, struct hd_job *j)
+{
+	struct engine_seq *seq = j->s->seq;
+	int r = 0;
+
+	if (!hd_client_may_use(j->c, j->s->handle))
+		r = -EBADF; /* closed by an earlier request of the queue */
+	else if (j->n_tokens)
+		r = engine_seq_push(d->engine, seq, j->ids, j->n_tokens);
+	if (r == 0 && !engine_seq_len(seq))
+		r = -ENODATA;
+	if (r < 0) {
+		job_finish(d, j, r, 0);
+		return r;
+	}
+	j->old_len = engine_seq_len(seq) - j->n_tokens;
+	j->started = true;
+	/* Tokens processed: the history's growth (appended and generated). */
+	atomic_fetch_add_explicit(&d->stats.tokens, j->n_tokens, memory_order_relaxed);
+	return 0;
+}
+
+/* Head jobs that need no forward pass (TRUNCATE, CLOSE), cancellations and
+ * missed deadlines are finished here; returns the head left to schedule. */
+static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uint64_t now,
+				  uint32_t *progress)
+{
+	uint32_t handle = s->handle;
+	struct hd_job *j;
+
+	while (hd_session_get(d, handle) == s && (j = s->jobs)) {
+		if (j->cancelled) {
+			d->sched.st.cancels++;
+			job_fail(d, j, -ECANCELED);
+		} else if (!j->started && j->q.deadline_ns && now >= j->q.deadline_ns) {
+			d->sched.st.timeouts++;
+			job_finish(d, j, -ETIMEDOUT, 0);
+		} else if (j->q.op == SHM_OP_TRUNCATE || j->q.op == SHM_OP_SESSION_CLOSE) {
+			struct hd_client *c = j->c;
+			struct shm_sqe sq = j->q;
+			uint64_t t0 = j->t_submit;
+			int r;
+
+			/* Off the queue first: a CLOSE may destroy the session. */
+			unlink_job(&d->sched, j);
+			job_free(&d->sched, j);
+			r = hd_ops_run_simple(d, c, &sq);
+			hd_count_op(d, sq.op, r, t0);
+			hd_post_cqe(c, sq.user_data, r, 0, 0,
+				    hd_session_get(d, handle) ? engine_seq_len(s->seq) : 0);
+		} else {
+			return j;
+		}
+		(*progress)++;
+	}
+	return NULL;
+}
+
+/* Jobs anywhere in a queue whose deadline passed before they started. */
+static uint32_t expire(struct hd_daemon *d, uint64_t now)
+{
+	struct hd_sched *q = &d->sched;
+	uint32_t n = 0;
+
+	for (uint32_t i = q->n_active; i-- > 0;) {
+		struct hd_job *j, *next;
+
+		if (i >= q->n_active)
+			continue;
+		for (j = q->active[i]->jobs; j; j = next) {
+			next = j->next;
+			if (!j->started && j->q.deadline_ns && now >= j->q.deadline_ns) {
+				q->st.timeouts++;
+				job_finish(d, j, -ETIMEDOUT, 0);
+				n++;
+			}
+		}
+	}
+	return n;
+}
+
+uint64_t hd_sched_next_deadline(const struct hd_daemon *d)
+{
+	const struct hd_sched *q = &d->sched;
+	uint64_t t = 0;
+
+	if (!q->n_deadlines)
+		return 0;
+	for (uint32_t i = 0; i < q->n_active; i++)
+		for (const struct hd_job *j = q->active[i]->jobs; j; j = j->next)
+			if (!j->started && j->q.deadline_ns && (!t || j->q.deadline_ns < t))
+				t = j->q.deadline_ns;
+	return t;
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+	const struct hd_job *x = *(struct hd_job *const *)a, *y = *(struct hd_job *const *)b;
+	uint32_t rx, ry;
+
+	if (x->bulk != y->bulk)
+		return x->bulk ? 1 : -1;
+	rx = job_remaining(x);
+	ry = job_remaining(y);
+	if (rx != ry)
+		return rx < ry ? -1 : 1;
+	return x->t_submit < y->t_submit ? -1 : x->t_submit > y->t_submit;
+}
+
+/* Can j use a step now? A GENERATE posts a token: it needs a CQ slot beyond
+ * the ones kept for every outstanding descriptor of its client. */
+static bool job_can_run(struct hd_daemon *d, struct hd_job *j)
+{
+	if (j->c->dead)
+		return false; /* detached soon: its jobs go then */
+	if (j->wait_kv && hd_tier_busy(d))
+		return false; /* pages are being written out for it */
+	if (j->q.op == SHM_OP_GENERATE)
+		return hd_cq_room(j->c) > j->c->n_outstanding;
+	return true;
+}
+
+/* Add j to the step with a chunk of at most cap tokens; returns the chunk. */
+static uint32_t take(struct hd_daemon *d, struct hd_job *j, uint32_t cap, uint32_t *n)
+{
+	struct engine_work *w = &d->sched.work[*n];
+	uint32_t want = job_remaining(j), chunk = HR_MIN(want, cap);
+
+	if (!chunk)
+		return 0;
+	if (!j->started && job_start(d, j) < 0)
+		return 0;
+	*w = (struct engine_work){ .seq = j->s->seq, .max_tokens = chunk };
+	if (j->q.op == SHM_OP_SCORE) {
+		w->ids = j->ids + j->n_tokens;
+		w->n_ids = j->n_labels;
+		w->probs = (float *)(j->c->arena + j->q.out_off);
+	} else if (j->q.op == SHM_OP_GENERATE) {
+		w->next_token = &j->next_tok;
+	}
+	d->sched.step_jobs[(*n)++] = j;
+	return chunk;
+}
+
+static void record_step(struct hd_sched *q, uint32_t n, uint32_t tokens, uint64_t ns)
+{
+	unsigned b = 0;
+
+	while (b < HD_BATCH_BUCKETS - 1 && n > (1u << b))
+		b++;
+	q->st.batch[b]++;
+	q->st.steps++;
+	q->st.step_tokens += tokens;
+	q->st.step_ns += ns;
+}
+
+/* After the step: complete what finished, stream GENERATE tokens. */
+static uint32_t step_results(struct hd_daemon *d, uint32_t n)
+{
+	struct hd_sched *q = &d->sched;
+	uint32_t progress = 0;
+
+	for (uint32_t i = 0; i < n; i++) {
+		struct hd_job *j = q->step_jobs[i];
+		struct engine_work *w = &q->work[i];
+		struct engine_seq *seq = j->s->seq;
+
+		if (w->res == -ENOMEM) {
+			uint32_t need = (engine_seq_len(seq) + d->cfg.page_tokens - 1) / d->cfg.page_tokens;
+
+			if (!j->wait_kv || !hd_tier_busy(d)) {
+				if (hd_tier_make_room(d, need)) {
+					q->st.kv_waits += !j->wait_kv;
+					j->wait_kv = true;
+					continue;
+				}
+				hr_warn("client %u: %s on session %#x: KV cache full (%u of %u pages free, "
+					"%u needed) and nothing can be paged out", j->c->id,
+					shm_op_name(j->q.op), j->s->handle,
+					kv_pool_n_free(engine_pool(d->engine)),
+					kv_pool_n_pages(engine_pool(d->engine)), need);
+				job_fail(d, j, -ENOMEM);
+				progress++;
+			}
+			continue;
+		}
+		j->wait_kv = false;
+		progress++;
+		if (w->res < 0) {
+			job_fail(d, j, w->res);
+			continue;
+		}
+		switch (j->q.op) {
+		case SHM_OP_APPEND:
+			if (!engine_seq_pending(seq))
+				job_finish(d, j, (int)j->n_tokens, 0);
+			break;
+		case SHM_OP_SCORE:
+			if (w->out_ready) {
+				float *out = (float *)(j->c->arena + j->q.out_off);
+				if (j->q.arg[0] & SHM_SCORE_F_LOGPROB)
+					for (uint32_t k = 0; k < j->n_labels; k++)
+						out[k] = logf(out[k]);
+				job_finish(d, j, (int)j->n_labels, j->n_labels * 4);
+			}
+			break;
+		case SHM_OP_GENERATE:
+			if (w->out_ready) {
+				int32_t tok = j->next_tok;
+				int r = engine_seq_push(d->engine, seq, &tok, 1);
+
+				if (r < 0) {
+					job_fail(d, j, r);
+					break;
+				}
+				((int32_t *)(j->c->arena + j->q.out_off))[j->produced++] = tok;
+				atomic_fetch_add_explicit(&d->stats.tokens, 1, memory_order_relaxed);
+				hd_post_cqe(j->c, j->q.user_data, 1, SHM_CQE_F_MORE, j->produced * 4,
+					    engine_seq_len(seq));
+				if (j->produced == j->q.arg[0] || tok == d->model->cfg.eos_token_id)
+					job_finish(d, j, (int)j->produced, j->produced * 4);
+			}
+			break;
+		}
+	}
+	return progress;
+}
+
+uint32_t hd_sched_turn(struct hd_daemon *d)
+{
+	struct hd_sched *q = &d->sched;
+	uint32_t budget = engine_max_step_tokens(d->engine), seats = engine_max_batch(d->engine);
+	uint32_t n_cand = 0, n_bulk = 0, n = 0, used = 0, reserve = 0, progress = 0;
+	uint64_t now, t0;
+	int r;
+
+	if (!q->n_active)
+		return 0;
+	now = hr_now_ns();
+	if (q->n_deadlines)
+		progress += expire(d, now);
+	/* Settling may remove sessions from the active list: walk it backwards. */
+	for (uint32_t i = q->n_active; i-- > 0;) {
+		struct hd_job *j;
+
+		if (i >= q->n_active)
+			continue;
+		j = settle_head(d, q->active[i], now, &progress);
+		if (j && job_can_run(d, j)) {
+			q->cand[n_cand++] = j;
+			n_bulk += j->bulk;
+		}
+	}
+	if (!n_cand)
+		return progress;
+	qsort(q->cand, n_cand, sizeof(*q->cand), cmp_cand);
+	/* Bulk work always gets a share of the tokens (and a seat) when it waits. */
+	if (n_bulk && n_bulk < n_cand)
+		reserve = HR_MAX(1u, budget * d->cfg.bulk_share_pct / 100);
+	for (uint32_t i = 0; i < n_cand - n_bulk && n < seats - (n_bulk != 0 && n_bulk < n_cand); i++)
+		used += take(d, q->cand[i], budget - reserve - used, &n);
+	for (uint32_t i = n_cand - n_bulk; i < n_cand && n < seats; i++)
+		used += take(d, q->cand[i], budget - used, &n);
+	/* Interactive chunks cut short by the reserve get what bulk left. */
+	for (uint32_t i = 0; i < n && used < budget; i++) {
+		struct hd_job *j = q->step_jobs[i];
+		uint32_t more = HR_MIN(job_remaining(j) - q->work[i].max_tokens, budget - used);
+
+		if (!j->bulk && more) {
+			q->work[i].max_tokens += more;
+			used += more;
+		}
+	}
+	if (!n)
+		return progress;
+	t0 = hr_now_ns();
+	r = engine_step(d->engine, q->work, n);
+	if (r < 0) {
+		hr_err("forward step of %u sequences failed: %s", n, strerror(-r));
+		for (uint32_t i = 0; i < n; i++)
+			q->work[i].res = r;
+	}
+	record_step(q, n, used, hr_now_ns() - t0);
+	return progress + step_results(d, n);
+}
+
+bool hd_sched_ready(struct hd_daemon *d)
+{
+	struct hd_sched *q = &d->sched;
+
+	for (uint32_t i = 0; i < q->n_active; i++)
+		if (job_can_run(d, q->active[i]->jobs))
+			return true;
+	return false;
+}
+
+int hd_sched_cancel(struct hd_daemon *d, struct hd_client *c, uint64_t user_data)
+{
+	struct hd_sched *q = &d->sched;
+
+	for (uint32_t i = 0; i < q->n_active; i++)
+		for (struct hd_job *j = q->active[i]->jobs; j; j = j->next)
+			if (j->c == c && j->q.user_data == user_data && !j->cancelled) {
+				/* A running one stops at the end of its step, at the head. */
+				if (j->started) {
+					j->cancelled = true;
+				} else {
+					q->st.cancels++;
+					job_finish(d, j, -ECANCELED, 0);
+				}
+				return 0;
+			}
+	return -ENOENT;
+}
+
+void hd_sched_drop_client(struct hd_daemon *d, struct hd_client *c)
+{
+	struct hd_sched *q = &d->sched;
+
+	for (uint32_t i = q->n_active; i-- > 0;) {
+		struct hd_session *s;
+		struct hd_job *j, *next;
+
+		if (i >= q->n_active)
+			continue;
+		s = q->active[i];
+		for (j = s->jobs; j; j = next) {
+			next = j->next;
+			if (j->c != c)
+				continue;
+			job_rollback(d, j);
+			unlink_job(q, j);
+			job_free(q, j);
+		}
+	}
+	c->n_outstanding = 0;
+}
+
+void hd_sched_drop_session(struct hd_daemon *d, struct hd_session *s, int err)
+{
+	while (s->jobs)
+		job_finish(d, s->jobs, err, 0);
+}
