@@ -383,7 +383,10 @@ static int ws_open(struct ws_ctx *c, uint32_t f, uint64_t lo, uint64_t hi)
 
 	c->direct[f] = false;
 	if (mode == MODEL_DIRECT_AUTO) {
-		double res = ws_resident(wf->map, lo, hi - lo);
+		/* Parsing the header faulted the file's first pages in, with
+		 * readahead: on a large file, judge by what lies past them. */
+		uint64_t skip = hi - lo > ((uint64_t)64 << 20) ? (uint64_t)16 << 20 : 0;
+		double res = ws_resident(wf->map, lo + skip, hi - lo - skip);
 
 		if (res >= WS_RESIDENT_BUFFERED) {
 			ws_note(c, "%s: %.0f%% in the page cache: buffered reads", wf->name,
