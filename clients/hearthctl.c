@@ -139,12 +139,38 @@ static double hist_quantile(const uint64_t *b, size_t nb, const uint64_t *bounds
 			cum += b[i];
 			continue;
 		}
+		if (i == 0 && nbounds)
+			return -2; /* in the first bucket: below bounds[0], nothing finer */
 		lo = i && i - 1 < nbounds ? (double)bounds[i - 1] : 0;
 		hi = i < nbounds ? (double)bounds[i] : HR_MAX((double)max_ns, lo);
 		v = lo + (hi - lo) * (rank - (double)cum) / (double)b[i];
 		return max_ns && v > (double)max_ns ? (double)max_ns : v;
 	}
 	return (double)max_ns;
+}
+
+/* fmt_us, with nanoseconds under a microsecond (a NOP's mean). */
+static void fmt_ns(char *buf, size_t len, double ns)
+{
+	if (ns < 1e3)
+		snprintf(buf, len, "%.0f ns", ns);
+	else
+		fmt_us(buf, len, ns);
+}
+
+/* A hist_quantile result: a value, "< first bound", or "-" when empty. */
+static void fmt_quantile(char *buf, size_t len, double q, const Hearth__Control__StatsReply *st)
+{
+	char b[24];
+
+	if (q == -2) {
+		fmt_ns(b, sizeof(b), (double)st->latency_bounds_ns[0]);
+		snprintf(buf, len, "< %s", b);
+	} else if (q >= 0) {
+		fmt_ns(buf, len, q);
+	} else {
+		snprintf(buf, len, "-");
+	}
 }
 
 static const Hearth__Control__OpCounter *find_op(const Hearth__Control__StatsReply *st,
@@ -227,21 +253,20 @@ static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
 		snprintf(p99, sizeof(p99), "-");
 		snprintf(max, sizeof(max), "-");
 		if (count) {
-			fmt_us(mean, sizeof(mean), (double)total_ns / (double)count);
+			fmt_ns(mean, sizeof(mean), (double)total_ns / (double)count);
 			fmt_us(max, sizeof(max), (double)oc->max_ns);
 		}
 		q50 = hist_quantile(b, nb, st->latency_bounds_ns, st->n_latency_bounds_ns, oc->max_ns, 0.5);
 		q99 = hist_quantile(b, nb, st->latency_bounds_ns, st->n_latency_bounds_ns, oc->max_ns, 0.99);
-		if (q50 >= 0)
-			fmt_us(p50, sizeof(p50), q50);
-		if (q99 >= 0)
-			fmt_us(p99, sizeof(p99), q99);
+		fmt_quantile(p50, sizeof(p50), q50, st);
+		fmt_quantile(p99, sizeof(p99), q99, st);
 		printf("  %-14s %10llu %8llu %11s %11s %11s %11s\n", oc->op, (unsigned long long)count,
 		       (unsigned long long)(oc->errors - (po ? po->errors : 0)), mean, p50, p99, max);
 	}
 	if (!st->n_latency_bounds_ns)
 		printf("  (this daemon sends no latency histogram: p50/p99 unavailable)\n");
-	printf("  (max is since start; p50/p99 are estimated from the histogram buckets)\n");
+	printf("  (max is since start; p50/p99 are estimated from the histogram buckets,\n"
+	       "   \"< 10.0 us\" means inside the first one)\n");
 }
 
 static void print_models(const Hearth__Control__ModelsReply *m)

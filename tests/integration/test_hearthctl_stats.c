@@ -33,7 +33,8 @@ static double field(const char *key)
 	return -1;
 }
 
-/* Microseconds of a "12.3 us" / "1.20 ms" cell; -1 for "-". */
+/* Microseconds of a "850 ns" / "12.3 us" / "1.20 ms" / "< 10.0 us" cell (the
+ * last read as its bound); -1 for "-". */
 static double cell_us(const char *s, const char **ret_end)
 {
 	char *end;
@@ -45,11 +46,15 @@ static double cell_us(const char *s, const char **ret_end)
 		*ret_end = s + 1;
 		return -1;
 	}
+	if (*s == '<')
+		s += 2;
 	v = strtod(s, &end);
 	while (*end == ' ')
 		end++;
 	if (!strncmp(end, "ms", 2))
 		v *= 1000;
+	else if (!strncmp(end, "ns", 2))
+		v /= 1000;
 	*ret_end = end + 2;
 	return v;
 }
