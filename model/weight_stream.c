@@ -168,6 +168,19 @@ static void *ws_thread_main(void *arg)
 	return NULL;
 }
 
+static void ws_threads_stop(struct ws_io *io)
+{
+	pthread_mutex_lock(&io->lock);
+	io->quit = true;
+	pthread_cond_broadcast(&io->cv_req);
+	pthread_mutex_unlock(&io->lock);
+	for (unsigned i = 0; i < io->n_threads; i++)
+		pthread_join(io->th[i], NULL);
+	pthread_mutex_destroy(&io->lock);
+	pthread_cond_destroy(&io->cv_req);
+	pthread_cond_destroy(&io->cv_done);
+}
+
 static int ws_threads_init(struct ws_io *io)
 {
 	int r;
@@ -177,8 +190,10 @@ static int ws_threads_init(struct ws_io *io)
 	pthread_cond_init(&io->cv_done, NULL);
 	for (unsigned i = 0; i < io->depth; i++) {
 		r = pthread_create(&io->th[i], NULL, ws_thread_main, io);
-		if (r)
+		if (r) {
+			ws_threads_stop(io);
 			return -r;
+		}
 		io->n_threads++;
 	}
 	return 0;
@@ -333,15 +348,7 @@ static void ws_io_fini(struct ws_io *io)
 #endif
 		return;
 	}
-	pthread_mutex_lock(&io->lock);
-	io->quit = true;
-	pthread_cond_broadcast(&io->cv_req);
-	pthread_mutex_unlock(&io->lock);
-	for (unsigned i = 0; i < io->n_threads; i++)
-		pthread_join(io->th[i], NULL);
-	pthread_mutex_destroy(&io->lock);
-	pthread_cond_destroy(&io->cv_req);
-	pthread_cond_destroy(&io->cv_done);
+	ws_threads_stop(io);
 }
 
 /* ---------------------------------------------------------------- files */

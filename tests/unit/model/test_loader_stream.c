@@ -7,7 +7,8 @@
  * and of 32 MiB; a
  * backend with alloc_host/write_async (copies held back until sync, so a
  * buffer reused before its copy is done shows up as wrong weights) and one
- * without; progress reaches the total; an allocation failure names the tensor.
+ * without; progress reaches the total; an allocation failure names the tensor;
+ * a file that shrinks between parsing and reading is a clear error.
  */
 #include "tiny_model.h"
 
@@ -237,6 +238,43 @@ static void test_modes(void)
 	tm_free(&tm);
 }
 
+/* A file that shrinks between parsing and reading: a clear error, no leak.
+ * The note about buffered reads comes between the two: truncate there. */
+static const char *trunc_path;
+
+static void note_truncate(void *arg, const char *msg)
+{
+	struct stat st;
+
+	(void)arg;
+	(void)msg;
+	if (stat(trunc_path, &st) == 0)
+		CHECK(truncate(trunc_path, st.st_size / 2) == 0);
+}
+
+static void test_truncated(void)
+{
+	/* AUTO: the freshly written file is in the page cache, which is noted. */
+	struct model_load_opts o = { .mode = MODEL_LOAD_STREAM, .note = note_truncate };
+	static char path[512];
+	struct tmodel tm;
+	const char *dir;
+	char err[512] = "";
+	struct tb tb;
+
+	gen(&tm, "LlamaForCausalLM", KERN_F32, false, true);
+	dir = newdir("s-truncated");
+	write_single(&tm, dir);
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	trunc_path = path;
+	tb_init(&tb);
+	errno = 0;
+	CHECK(model_load_ex(dir, &tb.be, &o, err, sizeof(err)) == NULL && errno == EIO);
+	CHECK_MSG(err, "model.safetensors", "short read", "change");
+	CHECK(tb.live == 0);
+	tm_free(&tm);
+}
+
 int main(void)
 {
 	snprintf(root, sizeof(root), "/tmp/hearth-test-stream-XXXXXX");
@@ -245,6 +283,7 @@ int main(void)
 		return 1;
 	}
 	test_modes();
+	test_truncated();
 	if (mt_failures == 0)
 		mt_rmtree(root);
 	else
