@@ -335,15 +335,11 @@ static int ws_io_wait(struct ws_io *io, unsigned slot)
 /* Wait for every read in flight (their buffers are about to be freed). */
 static void ws_io_fini(struct ws_io *io)
 {
-	bool stuck = false;
-
 	for (unsigned i = 0; i < io->depth; i++)
 		if (ws_io_wait(io, i) < 0)
-			stuck = true;
+			break; /* the ring itself failed: exiting it cancels the rest */
 	if (io->uring) {
 #if HEARTH_HAVE_IO_URING
-		/* A ring that failed to reap: exiting it cancels what is left. */
-		(void)stuck;
 		io_uring_queue_exit(&io->ring);
 #endif
 		return;
