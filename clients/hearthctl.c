@@ -2,13 +2,17 @@
 /*
  * hearthctl: look at a running hearthd through its control socket, without
  * attaching a shared region: `status` (uptime, clients, KV pages, counters and
- * per-op latencies), `models`, `sessions`. Exit status 0 on success, 1 when
+ * per-op latencies), `stats` (what /metrics exports: latency histograms with
+ * p50/p99, queue depths, tokens/s, KV tiers, L2, model load), `models`,
+ * `sessions`, `evict`, `pin`, `unpin`. Exit status 0 on success, 1 when
  * the daemon cannot be reached or answers with an error, 2 on a usage error.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hearth_pvt.h"
@@ -19,10 +23,14 @@ static const char *prog = "hearthctl";
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: %s [--socket PATH] COMMAND [SESSION]\n"
+		"Usage: %s [--socket PATH] [--interval SECONDS] COMMAND [SESSION]\n"
 		"\n"
 		"Commands:\n"
 		"  status     uptime, clients, sessions, KV pages, counters, per-op latency\n"
+		"  stats      what /metrics exports: per-op latency (p50/p99 from the\n"
+		"             histogram), queue depths, tokens/s, KV pages per tier, L2\n"
+		"             traffic and latency, model load; over the daemon's lifetime,\n"
+		"             or over --interval SECONDS\n"
 		"  models     the model the daemon serves\n"
 		"  sessions   every session: name, handle, tokens, KV pages, tier, idle time\n"
 		"  evict SESSION   page a session out to L2 now (SESSION: a name, or a handle\n"
@@ -33,6 +41,8 @@ static void usage(FILE *f)
 		"Options:\n"
 		"  -s, --socket PATH   control socket (default: $HEARTH_SOCKET, else the\n"
 		"                      daemon's default for this user)\n"
+		"  -i, --interval SECONDS  stats: two snapshots SECONDS apart; rates and\n"
+		"                      latencies over that interval\n"
 		"  -h, --help          this text\n",
 		prog);
 }
@@ -107,6 +117,158 @@ static void print_status(const char *path, const Hearth__Control__StatsReply *st
 	}
 }
 
+/*
+ * Quantile q of a latency histogram (count per bucket, upper bounds
+ * bounds[nbounds], a last bucket for +Inf), interpolated linearly inside the
+ * bucket that holds the rank, as Prometheus' histogram_quantile does; the
+ * +Inf bucket ends at max_ns, and no estimate exceeds max_ns. -1 when empty.
+ */
+static double hist_quantile(const uint64_t *b, size_t nb, const uint64_t *bounds, size_t nbounds,
+			    uint64_t max_ns, double q)
+{
+	uint64_t total = 0, cum = 0;
+	double rank, lo, hi, v;
+
+	for (size_t i = 0; i < nb; i++)
+		total += b[i];
+	if (!total)
+		return -1;
+	rank = q * (double)total;
+	for (size_t i = 0; i < nb; i++) {
+		if (!b[i] || (double)(cum + b[i]) < rank) {
+			cum += b[i];
+			continue;
+		}
+		if (i == 0 && nbounds)
+			return -2; /* in the first bucket: below bounds[0], nothing finer */
+		lo = i && i - 1 < nbounds ? (double)bounds[i - 1] : 0;
+		hi = i < nbounds ? (double)bounds[i] : HR_MAX((double)max_ns, lo);
+		v = lo + (hi - lo) * (rank - (double)cum) / (double)b[i];
+		return max_ns && v > (double)max_ns ? (double)max_ns : v;
+	}
+	return (double)max_ns;
+}
+
+/* fmt_us, with nanoseconds under a microsecond (a NOP's mean). */
+static void fmt_ns(char *buf, size_t len, double ns)
+{
+	if (ns < 1e3)
+		snprintf(buf, len, "%.0f ns", ns);
+	else
+		fmt_us(buf, len, ns);
+}
+
+/* A hist_quantile result: a value, "< first bound", or "-" when empty. */
+static void fmt_quantile(char *buf, size_t len, double q, const Hearth__Control__StatsReply *st)
+{
+	char b[24];
+
+	if (q == -2) {
+		fmt_ns(b, sizeof(b), (double)st->latency_bounds_ns[0]);
+		snprintf(buf, len, "< %s", b);
+	} else if (q >= 0) {
+		fmt_ns(buf, len, q);
+	} else {
+		snprintf(buf, len, "-");
+	}
+}
+
+static const Hearth__Control__OpCounter *find_op(const Hearth__Control__StatsReply *st,
+						 const char *op)
+{
+	for (size_t i = 0; st && i < st->n_ops; i++)
+		if (!strcmp(st->ops[i]->op, op))
+			return st->ops[i];
+	return NULL;
+}
+
+/* st, or the change from prev to st over dt seconds when prev != NULL. */
+static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
+			const Hearth__Control__StatsReply *prev, double dt)
+{
+	uint64_t tokens = st->tokens_processed - (prev ? prev->tokens_processed : 0);
+	uint64_t steps = st->steps - (prev ? prev->steps : 0);
+	double secs = prev ? dt : st->uptime_ms / 1e3;
+	char up[64], mean[32], p50[32], p99[32], max[32];
+
+	fmt_duration(up, sizeof(up), st->uptime_ms);
+	if (prev)
+		printf("hearthd on %s: stats over the last %.1f s (uptime %s)\n", path, dt, up);
+	else
+		printf("hearthd on %s: stats since start (uptime %s)\n", path, up);
+	printf("  model            %s backend, %.1f MB of weights, loaded in %.0f ms (%s)\n",
+	       st->backend[0] ? st->backend : "?", st->weight_bytes / 1e6,
+	       st->model_load_seconds * 1e3, st->model_load_how[0] ? st->model_load_how : "?");
+	printf("  clients          %u; sessions %u (%u not in L1)\n", st->clients, st->sessions,
+	       st->sessions_not_in_l1);
+	printf("  queues           SQ %u pending, CQ %u unreaped, %u generates active, "
+	       "%u deferred for page-in\n", st->sq_pending, st->cq_pending, st->generates_active,
+	       st->deferred);
+	printf("  tokens           %llu (%.1f tokens/s); %llu steps (%.1f tokens per step)\n",
+	       (unsigned long long)tokens, secs > 0 ? tokens / secs : 0.0, (unsigned long long)steps,
+	       steps ? (double)tokens / (double)steps : 0.0);
+	printf("  KV pages L1      %u free / %u (%.1f%% free; %.2f MiB per page, %.1f MB in all)\n",
+	       st->kv_pages_free, st->kv_pages_total,
+	       st->kv_pages_total ? 100.0 * st->kv_pages_free / st->kv_pages_total : 0.0,
+	       st->kv_page_bytes / 1048576.0, (double)st->kv_page_bytes * st->kv_pages_total / 1e6);
+	if (st->pager[0]) {
+		uint64_t outs = st->pageouts - (prev ? prev->pageouts : 0);
+		uint64_t ins = st->pageins - (prev ? prev->pageins : 0);
+		uint64_t out_ns = st->pageout_ns_total - (prev ? prev->pageout_ns_total : 0);
+		uint64_t in_ns = st->pagein_ns_total - (prev ? prev->pagein_ns_total : 0);
+
+		printf("  KV pages L2      %u free / %u slots (%s)\n", st->l2_slots_free, st->l2_slots,
+		       st->pager);
+		printf("  L2 traffic       out %llu pages (%.1f MB), in %llu pages (%.1f MB); %llu errors, "
+		       "%llu recomputed\n",
+		       (unsigned long long)(st->pages_out - (prev ? prev->pages_out : 0)),
+		       (st->bytes_out - (prev ? prev->bytes_out : 0)) / 1e6,
+		       (unsigned long long)(st->pages_in - (prev ? prev->pages_in : 0)),
+		       (st->bytes_in - (prev ? prev->bytes_in : 0)) / 1e6,
+		       (unsigned long long)(st->tier_errors - (prev ? prev->tier_errors : 0)),
+		       (unsigned long long)(st->recomputed - (prev ? prev->recomputed : 0)));
+		printf("  L2 latency       page-outs %llu (mean %.2f ms, max %.2f ms); page-ins %llu "
+		       "(mean %.2f ms, max %.2f ms)\n", (unsigned long long)outs,
+		       outs ? out_ns / 1e6 / outs : 0.0, st->pageout_ns_max / 1e6,
+		       (unsigned long long)ins, ins ? in_ns / 1e6 / ins : 0.0, st->pagein_ns_max / 1e6);
+	} else {
+		printf("  KV pages L2      none (no L2 file configured)\n");
+	}
+	printf("  disconnects      %llu; bad descriptors %llu\n",
+	       (unsigned long long)(st->disconnects - (prev ? prev->disconnects : 0)),
+	       (unsigned long long)(st->bad_descriptors - (prev ? prev->bad_descriptors : 0)));
+	printf("\n  %-14s %10s %8s %11s %11s %11s %11s\n", "op", "count", "errors", "mean", "p50",
+	       "p99", "max");
+	for (size_t i = 0; i < st->n_ops; i++) {
+		const Hearth__Control__OpCounter *oc = st->ops[i], *po = find_op(prev, oc->op);
+		uint64_t b[64] = { 0 }, count = oc->count - (po ? po->count : 0);
+		uint64_t total_ns = oc->total_ns - (po ? po->total_ns : 0);
+		size_t nb = HR_MIN(oc->n_buckets, HR_ARRAY_SIZE(b));
+		double q50, q99;
+
+		for (size_t j = 0; j < nb; j++)
+			b[j] = oc->buckets[j] - (po && j < po->n_buckets ? po->buckets[j] : 0);
+		snprintf(mean, sizeof(mean), "-");
+		snprintf(p50, sizeof(p50), "-");
+		snprintf(p99, sizeof(p99), "-");
+		snprintf(max, sizeof(max), "-");
+		if (count) {
+			fmt_ns(mean, sizeof(mean), (double)total_ns / (double)count);
+			fmt_us(max, sizeof(max), (double)oc->max_ns);
+		}
+		q50 = hist_quantile(b, nb, st->latency_bounds_ns, st->n_latency_bounds_ns, oc->max_ns, 0.5);
+		q99 = hist_quantile(b, nb, st->latency_bounds_ns, st->n_latency_bounds_ns, oc->max_ns, 0.99);
+		fmt_quantile(p50, sizeof(p50), q50, st);
+		fmt_quantile(p99, sizeof(p99), q99, st);
+		printf("  %-14s %10llu %8llu %11s %11s %11s %11s\n", oc->op, (unsigned long long)count,
+		       (unsigned long long)(oc->errors - (po ? po->errors : 0)), mean, p50, p99, max);
+	}
+	if (!st->n_latency_bounds_ns)
+		printf("  (this daemon sends no latency histogram: p50/p99 unavailable)\n");
+	printf("  (max is since start; p50/p99 are estimated from the histogram buckets,\n"
+	       "   \"< 10.0 us\" means inside the first one)\n");
+}
+
 static void print_models(const Hearth__Control__ModelsReply *m)
 {
 	for (size_t i = 0; i < m->n_models; i++) {
@@ -149,7 +311,9 @@ static void print_sessions(const Hearth__Control__SessionsReply *s)
 	printf("%zu session%s\n", s->n_sessions, s->n_sessions == 1 ? "" : "s");
 }
 
-enum cmd { CMD_STATUS, CMD_MODELS, CMD_SESSIONS, CMD_EVICT, CMD_PIN, CMD_UNPIN };
+enum cmd { CMD_STATUS, CMD_STATS, CMD_MODELS, CMD_SESSIONS, CMD_EVICT, CMD_PIN, CMD_UNPIN };
+
+static double interval_s; /* stats: 0 = since start */
 
 static int run(const char *path, enum cmd cmd, const char *session)
 {
@@ -158,8 +322,9 @@ static int run(const char *path, enum cmd cmd, const char *session)
 	Hearth__Control__ListModels lm = HEARTH__CONTROL__LIST_MODELS__INIT;
 	Hearth__Control__ListSessions ls = HEARTH__CONTROL__LIST_SESSIONS__INIT;
 	Hearth__Control__GetStats gs = HEARTH__CONTROL__GET_STATS__INIT;
-	Hearth__Control__Response *rep = NULL;
+	Hearth__Control__Response *rep = NULL, *first = NULL;
 	_cleanup_close_ int sock = -1;
+	uint64_t t_first = 0;
 	uint64_t id = 0;
 	char msg[256];
 	int r;
@@ -172,6 +337,7 @@ static int run(const char *path, enum cmd cmd, const char *session)
 	}
 	switch (cmd) {
 	case CMD_STATUS:
+	case CMD_STATS:
 		req.body_case = HEARTH__CONTROL__REQUEST__BODY_GET_STATS;
 		req.get_stats = &gs;
 		break;
@@ -202,14 +368,32 @@ static int run(const char *path, enum cmd cmd, const char *session)
 		break;
 	}
 	}
+again:
 	r = hearth__ctl_call(sock, &id, &req, &rep, NULL, msg, sizeof(msg));
 	if (r < 0) {
 		fprintf(stderr, "%s: %s: %s\n", prog, path, msg[0] ? msg : hearth_strerror(r));
+		if (first)
+			hearth__control__response__free_unpacked(first, NULL);
 		return 1;
+	}
+	if (cmd == CMD_STATS && interval_s > 0 && !first &&
+	    rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_STATS) {
+		struct timespec ts = { .tv_sec = (time_t)interval_s,
+				       .tv_nsec = (long)((interval_s - (time_t)interval_s) * 1e9) };
+
+		first = rep;
+		rep = NULL;
+		t_first = hr_now_ns();
+		while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+			;
+		goto again;
 	}
 	r = 0;
 	if (cmd == CMD_STATUS && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_STATS)
 		print_status(path, rep->stats);
+	else if (cmd == CMD_STATS && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_STATS)
+		print_stats(path, rep->stats, first ? first->stats : NULL,
+			    (double)(hr_now_ns() - t_first) / 1e9);
 	else if (cmd == CMD_MODELS && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_MODELS)
 		print_models(rep->models);
 	else if (cmd == CMD_SESSIONS && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_SESSIONS)
@@ -222,6 +406,8 @@ static int run(const char *path, enum cmd cmd, const char *session)
 		r = 1;
 	}
 	hearth__control__response__free_unpacked(rep, NULL);
+	if (first)
+		hearth__control__response__free_unpacked(first, NULL);
 	return r;
 }
 
@@ -229,21 +415,33 @@ int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "interval", required_argument, NULL, 'i' },
 		{ "help", no_argument, NULL, 'h' },
 		{}
 	};
-	static const char *const names[] = { "status", "models", "sessions", "evict", "pin", "unpin" };
+	static const char *const names[] = { "status", "stats", "models", "sessions", "evict", "pin",
+					     "unpin" };
 	const char *socket_opt = NULL;
 	char path[108];
 	int c, r;
 
 	if (argc > 0 && argv[0][0])
 		prog = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
-	while ((c = getopt_long(argc, argv, "s:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:i:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			socket_opt = optarg;
 			break;
+		case 'i': {
+			char *end;
+
+			interval_s = strtod(optarg, &end);
+			if (*end || !(interval_s > 0 && interval_s <= 3600)) {
+				fprintf(stderr, "%s: --interval wants seconds in (0, 3600]\n", prog);
+				return 2;
+			}
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return 0;

@@ -19,6 +19,21 @@
 #include "hr_common.h"
 #include "hr_log.h"
 
+/* model_load_ex callbacks: progress and fallback reasons into the log. */
+static void load_progress(void *arg, const struct model_load_progress *p)
+{
+	(void)arg;
+	hr_info("loading model: %.1f/%.1f GB, %.2f GB/s%s", p->done_bytes / 1e9,
+		p->total_bytes / 1e9, p->seconds > 0 ? p->done_bytes / 1e9 / p->seconds : 0.0,
+		p->final ? ", done" : "");
+}
+
+static void load_note(void *arg, const char *msg)
+{
+	(void)arg;
+	hr_info("loading model: %s", msg);
+}
+
 static int daemon_init(struct hd_daemon *d)
 {
 	const struct hd_config *cfg = &d->cfg;
@@ -37,7 +52,10 @@ static int daemon_init(struct hd_daemon *d)
 		return -errno;
 	}
 	hr_info("loading model %s on %s", path, d->be->name);
-	d->model = model_load(path, d->be, err, sizeof(err));
+	d->model = model_load_ex(path, d->be,
+				 &(struct model_load_opts){ .progress = load_progress,
+							    .note = load_note },
+				 err, sizeof(err));
 	if (!d->model) {
 		hr_err("cannot load model: %s", err[0] ? err : strerror(errno));
 		return -EINVAL;
@@ -59,10 +77,11 @@ static int daemon_init(struct hd_daemon *d)
 	}
 	if (hd_tier_init(d) < 0)
 		return -EINVAL;
-	hr_info("model '%s' resident: %s, %u layers, vocab %u, %.1f MB in %.0f ms; KV pool %u pages of %u tokens",
+	hr_info("model '%s' resident: %s, %u layers, vocab %u, %.1f MB in %.0f ms (%s); KV pool %u pages of %u tokens",
 		cfg->model_name, d->model->cfg.arch_name, d->model->cfg.n_layers,
 		d->model->cfg.vocab_size, d->model->weight_bytes / 1e6,
-		d->model->load_seconds * 1e3, kv_pool_n_pages(engine_pool(d->engine)),
+		d->model->load_seconds * 1e3, d->model->load_how,
+		kv_pool_n_pages(engine_pool(d->engine)),
 		cfg->page_tokens);
 	return 0;
 }

@@ -156,11 +156,41 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 	rep->pageins = m.tier.ins;
 	rep->pagein_ns_total = m.tier.in_ns;
 	rep->pagein_ns_max = m.tier.in_max_ns;
+	rep->sessions_not_in_l1 = m.sessions_l2;
+	rep->kv_page_bytes = engine_page_bytes(d->engine);
+	rep->weight_bytes = d->model->weight_bytes;
+	rep->model_load_seconds = d->model->load_seconds;
+	/* Strings and arrays the reply borrows (live as long as the daemon):
+	 * the control thread frees only what it knows to free. */
+	rep->model_load_how = d->model->load_how;
+	if (d->be->name)
+		rep->backend = (char *)d->be->name;
+	/* Queue depths: rings as the reactor sees them now (a bad index is
+	 * the reactor's to handle on its next turn: counted as 0 here). */
+	for (uint32_t i = 0; i < d->n_clients; i++) {
+		struct hd_client *c = d->clients[i];
+		int n;
+
+		if (!c || c->dead)
+			continue;
+		n = shm_ring_cons_refresh(&c->sq.r);
+		rep->sq_pending += n > 0 ? (uint32_t)n : 0;
+		if (shm_ring_prod_refresh(&c->cq.r) >= 0)
+			rep->cq_pending += c->cq.r.tail - c->cq.r.head;
+		rep->generates_active += c->n_gens;
+	}
+	for (uint32_t i = 0; i < d->sessions.cap; i++)
+		if (d->sessions.slots[i])
+			rep->deferred += d->sessions.slots[i]->n_deferred;
+	rep->latency_bounds_ns = (uint64_t *)hd_lat_bounds_ns;
+	rep->n_latency_bounds_ns = HD_LAT_BUCKETS;
 	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
 	if (!rep->ops)
 		return;
 	for (unsigned op = 0; op < SHM_OP__MAX; op++) {
-		Hearth__Control__OpCounter *oc = calloc(1, sizeof(*oc));
+		/* The histogram rides in the same allocation (freed with it). */
+		Hearth__Control__OpCounter *oc =
+			calloc(1, sizeof(*oc) + sizeof(m.ops[op].buckets));
 		if (!oc)
 			continue;
 		hearth__control__op_counter__init(oc);
@@ -169,6 +199,9 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 		oc->errors = m.ops[op].errors;
 		oc->total_ns = m.ops[op].total_ns;
 		oc->max_ns = m.ops[op].max_ns;
+		oc->buckets = (uint64_t *)(void *)(oc + 1);
+		memcpy(oc->buckets, m.ops[op].buckets, sizeof(m.ops[op].buckets));
+		oc->n_buckets = HD_LAT_BUCKETS + 1;
 		rep->ops[rep->n_ops++] = oc;
 	}
 }

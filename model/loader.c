@@ -3,8 +3,10 @@
  * Loading a Hugging Face model directory onto a backend: config.json, one
  * model.safetensors or the shards named by model.safetensors.index.json,
  * checked against what the architecture needs (every tensor present with its
- * shape, no stray layer tensors), uploaded through ops->weight_upload, then
- * unmapped. Also the model fingerprint and model_free.
+ * shape, no stray layer tensors), then either uploaded from the mapping
+ * through ops->weight_upload (MMAP) or streamed from the files by
+ * weight_stream.c (STREAM: see model.h), then unmapped. Also the model
+ * fingerprint and model_free.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +22,7 @@
 #include "hr_common.h"
 #include "model.h"
 #include "parse_pvt.h"
+#include "stream_pvt.h"
 
 #define CONFIG_FILE "config.json"
 #define SINGLE_FILE "model.safetensors"
@@ -75,6 +78,10 @@ struct loader {
 	XXH3_state_t *xxh;
 	char *err;
 	size_t errlen;
+	const struct model_load_opts *o;
+	bool stream;              /* plan tensors for ws_run instead of uploading */
+	struct ws_tensor *plan;
+	uint32_t n_plan, cap_plan;
 };
 
 hr_printf_fmt(3, 4) static int ld_fail(const struct loader *l, int r, const char *fmt, ...)
@@ -365,6 +372,109 @@ static void *ld_upload(const struct loader *l, const struct st_tensor *t)
 }
 
 /*
+ * STREAM: note where the tensor's bytes go. One already in the backend's
+ * type gets its backend memory now and is written in place as chunks
+ * arrive; any other is gathered and converted by weight_upload
+ * (ld_gathered), which is when *ret is set.
+ */
+static int ld_plan(struct loader *l, const struct ld_shard *s, const struct st_tensor *t,
+		   void **ret)
+{
+	struct ws_tensor *w;
+
+	if (t->n_bytes == 0)
+		return ld_fail(l, -EINVAL, "%s: tensor '%s' is empty", s->file, t->name);
+	if (l->n_plan == l->cap_plan) {
+		uint32_t cap = l->cap_plan ? 2 * l->cap_plan : 64;
+		struct ws_tensor *p = realloc(l->plan, cap * sizeof(*p));
+
+		if (!p)
+			return ld_fail(l, -ENOMEM, "out of memory");
+		l->plan = p;
+		l->cap_plan = cap;
+	}
+	w = &l->plan[l->n_plan];
+	*w = (struct ws_tensor){
+		.name = t->name, .file = (uint32_t)(s - l->shards),
+		.off = (uint64_t)((const uint8_t *)t->data - (const uint8_t *)s->st.map),
+		.bytes = t->n_bytes, .ctx = ret,
+	};
+	if (t->dtype == l->be->act_dtype) {
+		w->dst = l->be->ops->alloc(l->be, t->n_bytes);
+		if (!w->dst) {
+			int r = errno > 0 ? -errno : -ENOMEM;
+
+			return ld_fail(l, r, "%s: tensor '%s': %s backend allocation of %llu bytes failed: %s",
+				       s->file, t->name, l->be->name ? l->be->name : "?",
+				       (unsigned long long)t->n_bytes, strerror(-r));
+		}
+		*ret = w->dst;
+	}
+	l->n_plan++;
+	l->m->weight_bytes += t->n_bytes;
+	return 0;
+}
+
+/* ws_run: a gathered tensor is whole: convert and upload it. */
+static int ld_gathered(void *arg, struct ws_tensor *w, char *err, size_t errlen)
+{
+	struct loader *l = arg;
+	const struct ld_shard *s = &l->shards[w->file];
+	const struct st_tensor *t = st_find(&s->st, w->name);
+	void *p;
+
+	errno = 0;
+	p = l->be->ops->weight_upload(l->be, w->gather, t->dtype, t->n_elems);
+	if (!p) {
+		int r = errno > 0 ? -errno : -ENOMEM;
+
+		if (err && errlen)
+			snprintf(err, errlen, "%s: tensor '%s': upload to the %s backend failed: %s",
+				 s->file, w->name, l->be->name ? l->be->name : "?", strerror(-r));
+		return r;
+	}
+	*(void **)w->ctx = p;
+	return 0;
+}
+
+static int cmp_plan(const void *pa, const void *pb)
+{
+	const struct ws_tensor *a = pa, *b = pb;
+
+	if (a->file != b->file)
+		return a->file < b->file ? -1 : 1;
+	return a->off < b->off ? -1 : a->off > b->off;
+}
+
+static int ld_stream(struct loader *l)
+{
+	struct ws_plan plan = { .tensors = l->plan, .n_tensors = l->n_plan,
+				.gathered = ld_gathered, .arg = l };
+	struct ws_file *files = calloc(l->n_shards ? l->n_shards : 1, sizeof(*files));
+	struct ws_result res = { 0 };
+	int r;
+
+	if (!files)
+		return ld_fail(l, -ENOMEM, "out of memory");
+	for (uint32_t i = 0; i < l->n_shards; i++)
+		files[i] = (struct ws_file){ .name = l->shards[i].file, .path = l->shards[i].st.path,
+					     .size = l->shards[i].st.map_len,
+					     .map = l->shards[i].st.map };
+	plan.files = files;
+	plan.n_files = l->n_shards;
+	qsort(l->plan, l->n_plan, sizeof(*l->plan), cmp_plan);
+	r = ws_run(&plan, l->be, l->o, &res, l->err, l->errlen);
+	free(files);
+	if (r < 0)
+		return r;
+	snprintf(l->m->load_how, sizeof(l->m->load_how),
+		 "stream: %s, %u file%s O_DIRECT, %u buffered, %s buffers", res.io, res.files_direct,
+		 res.files_direct == 1 ? "" : "s", res.files_buffered,
+		 l->be->ops->alloc_host && l->be->ops->write_async ? "pinned" : "host");
+	return 0;
+}
+
+/*
  * Find `name`, check its shape is [rows] or [rows, cols], upload it and
  * store the backend pointer in *ret. With optional, a missing tensor leaves
  * *ret NULL and returns 0.
@@ -392,6 +502,8 @@ static int ld_tensor(struct loader *l, const char *name, enum ld_dim rows, enum 
 			       name, model__fmt_shape(a, sizeof(a), want, want_dims),
 			       model__fmt_shape(b, sizeof(b), t->shape, t->n_dims));
 	ld_hash_tensor(l, t);
+	if (l->stream)
+		return ld_plan(l, s, t, ret);
 	p = ld_upload(l, t);
 	if (!p) {
 		int r = errno > 0 ? -errno : -ENOMEM;
@@ -535,7 +647,15 @@ static int ld_config(struct loader *l)
 
 struct model *model_load(const char *dir, struct kern_backend *be, char *err, size_t errlen)
 {
-	struct loader l = { .dir = dir, .be = be, .err = err, .errlen = errlen };
+	return model_load_ex(dir, be, NULL, err, errlen);
+}
+
+struct model *model_load_ex(const char *dir, struct kern_backend *be,
+			    const struct model_load_opts *opts, char *err, size_t errlen)
+{
+	static const struct model_load_opts defaults;
+	struct loader l = { .dir = dir, .be = be, .err = err, .errlen = errlen,
+			    .o = opts ? opts : &defaults };
 	uint64_t t0 = hr_now_ns();
 	struct model *m = NULL;
 	uint32_t i;
@@ -556,6 +676,10 @@ struct model *model_load(const char *dir, struct kern_backend *be, char *err, si
 	}
 	l.m = m;
 	m->be = be;
+	l.stream = l.o->mode == MODEL_LOAD_STREAM ||
+		   (l.o->mode == MODEL_LOAD_AUTO && be->ops->alloc_host && be->ops->free_host &&
+		    be->ops->write_async);
+	snprintf(m->load_how, sizeof(m->load_how), "mmap");
 	m->dir = strdup(dir);
 	if (!m->dir) {
 		r = ld_fail(&l, -ENOMEM, "out of memory");
@@ -564,7 +688,7 @@ struct model *model_load(const char *dir, struct kern_backend *be, char *err, si
 
 	if ((r = ld_config(&l)) < 0 || (r = ld_open_files(&l)) < 0 ||
 	    (r = ld_check_names(&l)) < 0 || (r = ld_weights(&l)) < 0 ||
-	    (r = ld_inv_freq(&l)) < 0)
+	    (l.stream && (r = ld_stream(&l)) < 0) || (r = ld_inv_freq(&l)) < 0)
 		goto out;
 
 	m->fingerprint = XXH3_64bits_digest(l.xxh);
@@ -577,6 +701,7 @@ out:
 		st_close(&l.shards[i].st);
 	free(l.shards);
 	free(l.entries);
+	free(l.plan);
 	cJSON_Delete(l.index_json);
 	XXH3_freeState(l.xxh);
 	if (r < 0) {

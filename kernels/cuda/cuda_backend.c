@@ -24,6 +24,7 @@
 
 #include "hr_common.h"
 #include "cuda_internal.h"
+#include "cuda_upload.h"
 
 /* Preallocated attention workspace: split partials of a 64-token decode
  * batch of 32 heads x 128 dims x 8 splits fit without growing. */
@@ -281,6 +282,9 @@ static const struct kern_ops cuda_ops = {
 	.copy = cuda_copy,
 	.sync = cuda_sync,
 	.weight_upload = cuda_weight_upload,
+	.alloc_host = kc_alloc_host_op,
+	.free_host = kc_free_host_op,
+	.write_async = kc_write_async_op,
 	.embed = kc_embed_op,
 	.add_rmsnorm = kc_add_rmsnorm_op,
 	.matmul = kc_matmul_op,

@@ -104,6 +104,25 @@ struct kern_ops {
 	void *(*weight_upload)(struct kern_backend *be, const void *host_src, enum kern_dtype dt,
 			       size_t n);
 
+	/*
+	 * Optional streaming of host data into backend memory, for backends
+	 * whose memory is not host memory (NULL: not available; the cpu backend
+	 * leaves them NULL because it uses the bytes in place). model_load reads
+	 * weight files into alloc_host buffers and copies them with write_async
+	 * while the next read is in flight.
+	 * alloc_host: page-aligned host memory the backend copies from without
+	 * staging (pinned on cuda); NULL with errno set. free_host accepts NULL.
+	 * write_async: copy bytes from host_src (inside an alloc_host buffer) to
+	 * backend memory dst as is; returns 0 or -errno and may return before the
+	 * copy is done: host_src must stay unchanged until the next ops->sync.
+	 * A weight is backend memory (as from alloc) holding act_dtype elements,
+	 * so a file tensor already in act_dtype may be written with write_async
+	 * into alloc'd memory instead of going through weight_upload.
+	 */
+	void *(*alloc_host)(struct kern_backend *be, size_t bytes);
+	void (*free_host)(struct kern_backend *be, void *p);
+	int (*write_async)(struct kern_backend *be, void *dst, const void *host_src, size_t bytes);
+
 	/* out[i, :] = table[ids[i], :] for i < n. ids are checked: -EINVAL on an id
 	 * outside [0, vocab) with nothing written past the check (cpu) or a device
 	 * side clamp plus error flag (cuda). */

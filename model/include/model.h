@@ -136,6 +136,7 @@ struct model {
 	uint64_t weight_bytes;    /* bytes of weights as stored in the files */
 	uint64_t fingerprint;     /* hash of config.json and tensor headers */
 	double load_seconds;
+	char load_how[128];       /* how the weights were read, e.g. "stream: io_uring, O_DIRECT" */
 };
 
 /*
@@ -147,6 +148,52 @@ struct model {
  * and upload them. Returns NULL with errno set and err filled.
  */
 struct model *model_load(const char *dir, struct kern_backend *be, char *err, size_t errlen);
+
+/*
+ * How model_load_ex reads the weights.
+ * MMAP: map each file and hand tensors to ops->weight_upload (the cpu
+ * backend's path: it converts from the mapping into place, one copy).
+ * STREAM: read the data sections in chunks (io_uring when built and
+ * allowed, else a pread thread per buffer) into host buffers from
+ * ops->alloc_host (pinned on cuda) and copy them with ops->write_async while
+ * the next reads are in flight; tensors not in the backend's act_dtype are
+ * gathered whole and go through weight_upload. Backends without
+ * alloc_host/write_async get malloc'd buffers and ops->upload.
+ * AUTO: STREAM when the backend has alloc_host and write_async, else MMAP.
+ * Headers are parsed from the mapping in every mode: validation is the same.
+ */
+enum model_load_mode { MODEL_LOAD_AUTO = 0, MODEL_LOAD_MMAP, MODEL_LOAD_STREAM };
+/* STREAM: O_DIRECT (bypassing the page cache) per file. AUTO: O_DIRECT unless
+ * half the file is already in the page cache (then buffered reads are faster);
+ * where O_DIRECT is refused (tmpfs, alignment) buffered reads, with a note. */
+enum model_load_direct { MODEL_DIRECT_AUTO = 0, MODEL_DIRECT_ALWAYS, MODEL_DIRECT_NEVER };
+/* STREAM: the reader. AUTO: io_uring, else threads (with a note). */
+enum model_load_io { MODEL_IO_AUTO = 0, MODEL_IO_URING, MODEL_IO_THREADS };
+
+struct model_load_progress {
+	uint64_t done_bytes, total_bytes; /* of weight data read so far / in all */
+	double seconds;                  /* since the reads started */
+	bool final;
+};
+
+struct model_load_opts {
+	enum model_load_mode mode;
+	enum model_load_direct direct;
+	enum model_load_io io;
+	uint32_t chunk_kib;   /* STREAM read size (multiple of 4), 0: 32 MiB */
+	uint32_t depth;       /* STREAM buffers (reads in flight), 0: 6 */
+	/* Called from the loading thread: roughly every 10% and at least once a
+	 * second while reading, and once at the end (final). May be NULL. */
+	void (*progress)(void *arg, const struct model_load_progress *p);
+	/* A one-line reason when the loader falls back (no io_uring, no
+	 * O_DIRECT on this file system, ...). May be NULL. */
+	void (*note)(void *arg, const char *msg);
+	void *arg;
+};
+
+/* model_load with options (NULL: defaults, as model_load). */
+struct model *model_load_ex(const char *dir, struct kern_backend *be,
+			    const struct model_load_opts *opts, char *err, size_t errlen);
 /* Accepts NULL. */
 void model_free(struct model *m);
 
