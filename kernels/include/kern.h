@@ -74,7 +74,7 @@ static inline size_t kern_kv_offset(const struct kern_kv *kv, uint32_t page, uin
  * untouched, and no error is raised for it; attention still computes its row
  * (from positions 0 .. pos[i] of its own sequence), which the caller ignores.
  */
-#define KERN_SLOT_PAD (-1)
+#define KERN_SLOT_PAD INT32_MIN /* any other negative slot is an error */
 struct kern_batch {
 	uint32_t n_tokens;
 	uint32_t n_seqs;
