@@ -484,9 +484,10 @@ template <int HD, int GM>
 static __global__ void __launch_bounds__(DEC_NT)
 attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 {
-	constexpr int LPP = HD / 8, PPW = 32 / LPP, U = HD >= 128 ? 4 : 2;
+	constexpr int LPP = HD / 8, PPW = 32 / LPP, U = 4;
 	__shared__ float sm_o[DEC_NW][GM][HD];
 	__shared__ float sm_m[DEC_NW][GM], sm_l[DEC_NW][GM];
+	__shared__ float sm_zm[KC_DEC_MAX_SPLITS][GM], sm_zl[KC_DEC_MAX_SPLITS][GM], sm_inv[GM];
 	__shared__ int sm_last;
 	const uint32_t split = blockIdx.x, nsp = gridDim.x, kvh = blockIdx.y, s = blockIdx.z;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -662,7 +663,10 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 	}
 	if (nsp == 1)
 		return;
-	/* The last split block of (s, kvh) to finish merges all splits. */
+	/* The last split block of (s, kvh) to finish merges all splits: the
+	 * splits' maxima and sums go to shared memory in one parallel pass, then
+	 * each thread sums its outputs over the splits with independent loads
+	 * (a serial walk over 32-64 splits of L2 latency cost tens of us). */
 	__threadfence();
 	__syncthreads();
 	if (!tid) {
@@ -674,25 +678,45 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 	if (!sm_last)
 		return;
 	__threadfence();
-	for (int32_t t = t0; t < t1; t++)
-		for (uint32_t idx = tid; idx < group * HD; idx += DEC_NT) {
-			const uint32_t g = idx / HD, d = idx % HD, h = kvh * group + g;
-			const float *pr = a.part + ((size_t)t * a.n_heads + h) * row_f;
-			float mx = -INFINITY, sum_l = 0.0f, sum_o = 0.0f;
+	for (int32_t t = t0; t < t1; t++) {
+		const float *pt0 = a.part + ((size_t)t * a.n_heads + kvh * group) * row_f;
+
+		for (uint32_t idx = tid; idx < nsp * group; idx += DEC_NT) {
+			const uint32_t z = idx / group, g = idx % group;
+
+			sm_zm[z][g] = __ldcg(pt0 + z * zstride + g * row_f + HD);
+			sm_zl[z][g] = __ldcg(pt0 + z * zstride + g * row_f + HD + 1);
+		}
+		__syncthreads();
+		if (tid < (int)group) {
+			float mx = -INFINITY, sum_l = 0.0f;
 
 			for (uint32_t z = 0; z < nsp; z++)
-				mx = fmaxf(mx, __ldcg(pr + z * zstride + HD));
-			if (mx != -INFINITY)
-				for (uint32_t z = 0; z < nsp; z++) {
-					float mz = __ldcg(pr + z * zstride + HD);
-					float c = mz == -INFINITY ? 0.0f : exp2f(mz - mx);
+				mx = fmaxf(mx, sm_zm[z][tid]);
+			for (uint32_t z = 0; z < nsp; z++) {
+				float w = mx == -INFINITY || sm_zm[z][tid] == -INFINITY
+						  ? 0.0f
+						  : exp2f(sm_zm[z][tid] - mx);
 
-					sum_l += c * __ldcg(pr + z * zstride + HD + 1);
-					sum_o += c * __ldcg(pr + z * zstride + d);
-				}
-			((bf16 *)a.out)[((size_t)t * a.n_heads + h) * HD + d] =
-				__float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
+				sm_zm[z][tid] = w;
+				sum_l += w * sm_zl[z][tid];
+			}
+			sm_inv[tid] = sum_l > 0.0f ? 1.0f / sum_l : 0.0f;
 		}
+		__syncthreads();
+		for (uint32_t idx = tid; idx < group * HD; idx += DEC_NT) {
+			const uint32_t g = idx / HD, d = idx % HD;
+			const float *pr = pt0 + g * row_f + d;
+			float acc = 0.0f;
+
+#pragma unroll 16
+			for (uint32_t z = 0; z < nsp; z++)
+				acc = fmaf(sm_zm[z][g], __ldcg(pr + z * zstride), acc);
+			((bf16 *)a.out)[((size_t)t * a.n_heads + kvh * group + g) * HD + d] =
+				__float2bfloat16_rn(acc * sm_inv[g]);
+		}
+		__syncthreads();
+	}
 	if (!tid)
 		counters[(size_t)s * a.n_kv_heads + kvh] = 0;
 }
@@ -748,7 +772,7 @@ extern "C" int kc_attention_decode(const struct kc_attn_args *a, uint32_t n_spli
 	const uint32_t group = a->n_heads / a->n_kv_heads;
 	dim3 grid;
 
-	if (!kc_attn_decode_ok(a->head_dim, group) || !n_splits || n_splits > 65535 ||
+	if (!kc_attn_decode_ok(a->head_dim, group) || !n_splits || n_splits > KC_DEC_MAX_SPLITS ||
 	    a->n_seqs > 65535 || a->n_kv_heads > 65535 || (n_splits > 1 && !a->part))
 		return -EINVAL;
 	grid = dim3(n_splits, a->n_kv_heads, a->n_seqs);

@@ -196,6 +196,7 @@ size_t kc_attn_smem_bytes(enum kc_attn_path path, uint32_t hd);
 uint32_t kc_attn_rows(enum kc_attn_path path);
 /* Floats of split partials for n_splits > 1. */
 size_t kc_attn_part_floats(uint32_t n_splits, uint32_t n_tokens, uint32_t n_heads, uint32_t hd);
+#define KC_DEC_MAX_SPLITS 64
 /* Decode kernel: head_dim 32, 64 or 128 and at most 8 q heads per kv head. */
 int kc_attn_decode_ok(uint32_t head_dim, uint32_t group);
 /* One launch: attention and, for n_splits > 1, the merge of the splits

@@ -264,7 +264,17 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 	size_t part_bytes = 0;
 	int r;
 
-	n_splits = attn_splits(c, b, b->n_seqs * kv->n_kv_heads, &split_len);
+	/* About four blocks of 128 threads per multiprocessor, each split at
+	 * least 128 positions: the merge reads every split's partials. */
+	n_splits = c->attn_splits;
+	if (!n_splits) {
+		uint32_t blocks = b->n_seqs * kv->n_kv_heads;
+
+		n_splits = (4u * (uint32_t)c->n_sms + blocks - 1) / blocks;
+		n_splits = HR_MIN(n_splits, b->max_ctx / 128);
+	}
+	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
+	(void)split_len;
 	if (n_splits > 1)
 		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
 			     sizeof(float);
