@@ -59,7 +59,7 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 				      const int32_t *slot, uint32_t n_heads, uint32_t nkv,
 				      uint32_t hd, uint32_t pt, uint64_t n_slots,
 				      uint64_t page_elems, uint64_t layer_off, bf16 *kv,
-				      const float *inv_freq, uint32_t *err)
+				      const float *inv_freq, uint32_t *err, int hf)
 {
 	const uint32_t i = blockIdx.x, half = hd / 2;
 	const int32_t p = pos[i], sl = slot[i];
@@ -86,8 +86,18 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 		bf16 y1, y2;
 
 		sincosf(ang, &sn, &c);
-		y1 = __float2bfloat16_rn(x1 * c - x2 * sn);
-		y2 = __float2bfloat16_rn(x2 * c + x1 * sn);
+		if (hf) {
+			/* transformers: bf16 cos/sin, each product and the sum rounded */
+			c = __bfloat162float(__float2bfloat16_rn(c));
+			sn = __bfloat162float(__float2bfloat16_rn(sn));
+			y1 = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(x1 * c)) +
+						 __bfloat162float(__float2bfloat16_rn(-x2 * sn)));
+			y2 = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(x2 * c)) +
+						 __bfloat162float(__float2bfloat16_rn(x1 * sn)));
+		} else {
+			y1 = __float2bfloat16_rn(x1 * c - x2 * sn);
+			y2 = __float2bfloat16_rn(x2 * c + x1 * sn);
+		}
 		x[d] = y1;
 		x[d + half] = y2;
 		if (h >= n_heads) {
@@ -736,7 +746,7 @@ static int launched(void)
 extern "C" int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *pos,
 				const int32_t *slot, uint32_t n_tokens, uint32_t n_heads,
 				const struct kern_kv *kv, uint32_t layer, const float *inv_freq,
-				uint32_t *err, cudaStream_t st)
+				uint32_t *err, int hf, cudaStream_t st)
 {
 	uint64_t page_elems = kern_kv_page_elems(kv);
 	uint64_t layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim;
@@ -747,7 +757,7 @@ extern "C" int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *
 					       n_heads, kv->n_kv_heads, kv->head_dim,
 					       kv->page_tokens,
 					       (uint64_t)kv->n_pages * kv->page_tokens, page_elems,
-					       layer_off, (bf16 *)kv->base, inv_freq, err);
+					       layer_off, (bf16 *)kv->base, inv_freq, err, hf);
 	return launched();
 }
 

@@ -462,6 +462,11 @@ struct kern_backend *kern_cuda_new(int device_index)
 		return NULL;
 	}
 	c->device = device_index;
+	{
+		const char *rnd = getenv("HEARTH_CUDA_ROUNDING");
+
+		c->hf_round = rnd && !strcmp(rnd, "transformers");
+	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
 	be->ops = &cuda_ops;

@@ -58,6 +58,7 @@ struct gemv_segs {
 	const bf16 *w[3], *bias[3];
 	uint32_t m[3];   /* rows of each segment; m[0] + m[1] + m[2] in total */
 	int out_f32;
+	int hf;          /* SWIGLU: silu(g) rounded to bf16 first */
 };
 
 /* Sum acc[] over the warp, then over the wpr warps sharing the row; true in
@@ -174,7 +175,10 @@ gemv_kernel(const struct gemv_segs sg, const bf16 *in, uint32_t k, uint32_t wpr)
 				/* as the swiglu kernel: g and u rounded to bf16 first */
 				g = __bfloat162float(__float2bfloat16_rn(g));
 				u = __bfloat162float(__float2bfloat16_rn(u));
-				v = g / (1.0f + expf(-g)) * u;
+				v = g / (1.0f + expf(-g));
+				if (sg.hf)
+					v = __bfloat162float(__float2bfloat16_rn(v));
+				v *= u;
 			} else {
 				v = acc[r] + (sg.bias[seg] ? __bfloat162float(sg.bias[seg][jr]) : 0.0f);
 			}
@@ -243,7 +247,7 @@ extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, ui
 }
 
 extern "C" int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
-			      uint32_t n, uint32_t k, uint32_t m, int n_sms, cudaStream_t st)
+			      uint32_t n, uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 
@@ -253,6 +257,7 @@ extern "C" int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, con
 	sg.w[0] = (const bf16 *)w_gate;
 	sg.w[1] = (const bf16 *)w_up;
 	sg.m[0] = m;
+	sg.hf = hf;
 	gemv_launch<true>(&sg, in, n, k, gemv_wpr(m, k, n_sms), st);
 	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
 }

@@ -78,6 +78,14 @@ struct kern_cuda {
 	int gemv_off;                /* tests: every matmul through cuBLASLt */
 	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */
 
+	/*
+	 * Round where transformers' bf16 Llama/Qwen2 modules round (environment
+	 * HEARTH_CUDA_ROUNDING=transformers at creation): RMSNorm's normalised
+	 * value before the weight, cos/sin and each rope product, silu(gate)
+	 * before the product with up, the logits. Off: one rounding per stored
+	 * result (closer to fp32 arithmetic).
+	 */
+	int hf_round;
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
 };
@@ -139,9 +147,13 @@ int kc_probe(cudaStream_t st);
 int kc_convert_bf16(void *dst, const void *src, enum kern_dtype dt, size_t n, cudaStream_t st);
 int kc_embed(void *out, const void *table, const int32_t *ids, uint32_t n, uint32_t dim,
 	     uint32_t vocab, uint32_t *err, cudaStream_t st);
+/* hf: round where transformers' bf16 modules do (see kern_cuda.hf_round). */
 int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight, uint32_t n,
-		   uint32_t dim, float eps, cudaStream_t st);
-int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, cudaStream_t st);
+		   uint32_t dim, float eps, int hf, cudaStream_t st);
+int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
+	      cudaStream_t st);
+/* x[i] = bf16(x[i]) in place, fp32 storage (logits as transformers returns them). */
+int kc_round_bf16_f32(float *x, size_t n, cudaStream_t st);
 int kc_gather_rows(void *out, const void *in, const int32_t *rows, uint32_t n, uint32_t dim,
 		   uint32_t *err, cudaStream_t st);
 int kc_argmax(int32_t *out, const float *logits, uint32_t n, uint32_t vocab, cudaStream_t st);
@@ -167,7 +179,7 @@ int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, u
 		  int n_sms, cudaStream_t st);
 /* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) in one launch. */
 int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
-		   uint32_t k, uint32_t m, int n_sms, cudaStream_t st);
+		   uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st);
 
 /* cuda_attention.cu */
 struct kc_attn_args {
@@ -187,7 +199,7 @@ struct kc_attn_args {
 
 int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *pos, const int32_t *slot,
 		     uint32_t n_tokens, uint32_t n_heads, const struct kern_kv *kv, uint32_t layer,
-		     const float *inv_freq, uint32_t *err, cudaStream_t st);
+		     const float *inv_freq, uint32_t *err, int hf, cudaStream_t st);
 /* Set the kernels' shared-memory limits once per device. */
 int kc_attention_init(size_t smem_optin);
 /* Dynamic shared memory of one block of `path` for head_dim hd. */

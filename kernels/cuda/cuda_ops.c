@@ -39,7 +39,7 @@ int kc_add_rmsnorm_op(struct kern_backend *be, void *out, void *resid, const voi
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->stream);
+	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->hf_round, c->stream);
 }
 
 int kc_matmul_op(struct kern_backend *be, void *out, const void *in, const void *w,
@@ -95,14 +95,14 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 	if ((r = kc_enter(be)) < 0)
 		return r;
 	if (n <= KC_GEMV_MAX_N && !c->gemv_off && !c->fused_off) {
-		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms, c->stream);
+		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms, c->hf_round, c->stream);
 		if (r != -EINVAL)
 			return r;
 	}
 	if ((r = kc_gemm(be, gate, 0, in, w_gate, NULL, n, k, m)) < 0 ||
 	    (r = kc_gemm(be, up, 0, in, w_up, NULL, n, k, m)) < 0)
 		return r;
-	return kc_swiglu(out, gate, up, (size_t)n * m, c->stream);
+	return kc_swiglu(out, gate, up, (size_t)n * m, c->hf_round, c->stream);
 }
 
 int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,
@@ -115,7 +115,7 @@ int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const voi
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	return kc_swiglu(out, gate, up, (size_t)n * dim, c->stream);
+	return kc_swiglu(out, gate, up, (size_t)n * dim, c->hf_round, c->stream);
 }
 
 int kc_gather_rows_op(struct kern_backend *be, void *out, const void *in, const int32_t *rows,
@@ -187,7 +187,7 @@ int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v
 		return r;
 	c = kc_priv(be);
 	return kc_rope_kv_write(q, k, v, batch->pos, batch->slot, batch->n_tokens, n_heads, kv,
-				layer, inv_freq, c->err_dev, c->stream);
+				layer, inv_freq, c->err_dev, c->hf_round, c->stream);
 }
 
 /*
