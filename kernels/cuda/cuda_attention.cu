@@ -431,32 +431,40 @@ attn_kernel(const struct kc_attn_args a, uint32_t bq, uint32_t gc, uint32_t n_hc
 	}
 }
 
-/* One block per (token, head): merge the splits' partial softmax sums. */
+/* One block per (token, head): merge the splits' partial softmax sums. The
+ * splits' maxima and sums are read in one parallel pass into shared memory,
+ * then each output sums over the splits with independent loads (a serial walk
+ * costs one L2 latency per split, tens of us for 64 splits). */
 static __global__ void attn_combine_kernel(const float *part, bf16 *out, uint32_t n_rows,
 					   uint32_t hd, uint32_t n_splits)
 {
+	__shared__ float w[KC_DEC_MAX_SPLITS], lz[KC_DEC_MAX_SPLITS], inv;
 	const size_t row_f = hd + 2, stride = (size_t)n_rows * row_f;
 	const float *pr = part + (size_t)blockIdx.x * row_f;
-	float mx = -INFINITY, l = 0.0f, inv;
 
-	for (uint32_t z = 0; z < n_splits; z++)
-		mx = fmaxf(mx, pr[z * stride + hd]);
-	for (uint32_t z = 0; z < n_splits; z++) {
-		float m = pr[z * stride + hd];
-
-		if (m != -INFINITY)
-			l += exp2f(m - mx) * pr[z * stride + hd + 1];
+	for (uint32_t z = threadIdx.x; z < n_splits; z += blockDim.x) {
+		w[z] = pr[z * stride + hd];
+		lz[z] = pr[z * stride + hd + 1];
 	}
-	inv = l > 0.0f ? 1.0f / l : 0.0f;
+	__syncthreads();
+	if (!threadIdx.x) {
+		float mx = -INFINITY, l = 0.0f;
+
+		for (uint32_t z = 0; z < n_splits; z++)
+			mx = fmaxf(mx, w[z]);
+		for (uint32_t z = 0; z < n_splits; z++) {
+			w[z] = mx == -INFINITY || w[z] == -INFINITY ? 0.0f : exp2f(w[z] - mx);
+			l += w[z] * lz[z];
+		}
+		inv = l > 0.0f ? 1.0f / l : 0.0f;
+	}
+	__syncthreads();
 	for (uint32_t d = threadIdx.x; d < hd; d += blockDim.x) {
 		float acc = 0.0f;
 
-		for (uint32_t z = 0; z < n_splits; z++) {
-			float m = pr[z * stride + hd];
-
-			if (m != -INFINITY)
-				acc += exp2f(m - mx) * pr[z * stride + d];
-		}
+#pragma unroll 16
+		for (uint32_t z = 0; z < n_splits; z++)
+			acc = fmaf(w[z], pr[z * stride + d], acc);
 		out[(size_t)blockIdx.x * hd + d] = __float2bfloat16_rn(acc * inv);
 	}
 }
@@ -836,7 +844,7 @@ extern "C" int kc_attention(const struct kc_attn_args *a, enum kc_attn_path path
 		tiles = a->n_tokens;
 	if (!n_splits)
 		n_splits = 1;
-	if ((uint64_t)a->n_kv_heads * n_hchunks > 65535 || n_splits > 65535 ||
+	if ((uint64_t)a->n_kv_heads * n_hchunks > 65535 || n_splits > KC_DEC_MAX_SPLITS ||
 	    tiles > 0x7fffffffu)
 		return -EINVAL;
 	grid = dim3((unsigned)tiles, a->n_kv_heads * n_hchunks, n_splits);

@@ -210,8 +210,8 @@ static uint32_t attn_splits(const struct kern_cuda *c, const struct kern_batch *
 	if (!n) {
 		want = blocks ? (8u * (uint32_t)c->n_sms + blocks - 1) / blocks : 1;
 		n = HR_MIN(want, b->max_ctx / 64);
-		n = HR_MIN(n, 64u);
 	}
+	n = HR_MIN(n, (uint32_t)KC_DEC_MAX_SPLITS); /* the merge's shared arrays */
 	if (n <= 1 || !b->max_ctx) {
 		*ret_len = 0;
 		return 1;
