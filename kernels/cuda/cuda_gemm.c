@@ -221,7 +221,7 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 	/* Few rows (decode): bound by reading W once, which the GEMV kernel does
 	 * near copy bandwidth; cuBLASLt's choices for n = 1 read it slower. */
 	if (n <= KC_GEMV_MAX_N && !c->gemv_off && k % 8 == 0 && al_in >= 4 && al_w >= 4) {
-		r = kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms, c->stream);
+		r = kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms * c->gemv_occ, c->stream);
 		goto out;
 	}
 	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);

@@ -86,6 +86,12 @@ struct kern_cuda {
 	 * result (closer to fp32 arithmetic).
 	 */
 	int hf_round;
+	/* Tuning, from the environment at creation (for measurements):
+	 * HEARTH_CUDA_GEMV_OCC: GEMV warps aimed at per SM, in units of 32
+	 * (default 1); HEARTH_CUDA_DEC_BLOCKS: decode attention blocks aimed at
+	 * per SM (default 4). */
+	int gemv_occ;
+	int dec_blocks;
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
 };

@@ -73,7 +73,7 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
 		};
 
-		r = kc_gemv_multi(seg, in, n, kdim, c->n_sms, c->stream);
+		r = kc_gemv_multi(seg, in, n, kdim, c->n_sms * c->gemv_occ, c->stream);
 		if (r != -EINVAL)
 			return r;
 	}
@@ -95,7 +95,8 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 	if ((r = kc_enter(be)) < 0)
 		return r;
 	if (n <= KC_GEMV_MAX_N && !c->gemv_off && !c->fused_off) {
-		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms, c->hf_round, c->stream);
+		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms * c->gemv_occ, c->hf_round,
+				   c->stream);
 		if (r != -EINVAL)
 			return r;
 	}
@@ -270,7 +271,7 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 	if (!n_splits) {
 		uint32_t blocks = b->n_seqs * kv->n_kv_heads;
 
-		n_splits = (4u * (uint32_t)c->n_sms + blocks - 1) / blocks;
+		n_splits = ((uint32_t)c->dec_blocks * (uint32_t)c->n_sms + blocks - 1) / blocks;
 		n_splits = HR_MIN(n_splits, b->max_ctx / 128);
 	}
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
