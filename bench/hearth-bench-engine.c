@@ -353,6 +353,7 @@ static void prof_on(struct kern_backend *be)
 	prof_ops.graph_launch = NULL; /* no capture while timing op by op */
 	be->ops = &prof_ops;
 	prof_n = 0;
+	memset(prof, 0, sizeof(prof));
 }
 
 static void prof_off(const char *what)

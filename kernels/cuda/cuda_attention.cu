@@ -502,7 +502,7 @@ template <int HD, int GM>
 static __global__ void __launch_bounds__(DEC_NT)
 attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 {
-	constexpr int LPP = HD / 8, PPW = 32 / LPP, U = 4;
+	constexpr int LPP = HD / 8, PPW = 32 / LPP, U = 2;
 	__shared__ float sm_o[DEC_NW][GM][HD];
 	__shared__ float sm_m[DEC_NW][GM], sm_l[DEC_NW][GM];
 	__shared__ float sm_zm[KC_DEC_MAX_SPLITS][GM], sm_zl[KC_DEC_MAX_SPLITS][GM], sm_inv[GM];
@@ -560,29 +560,45 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 					q[g][x] *= sl2;
 			}
 		}
-		for (int32_t pw = b + warp * PPW; pw < e; pw += DEC_NW * PPW * U) {
-			uint4 kr[U], vr[U];
-			bool act[U];
-
+		/* Loads of the next step are issued before the current one is
+		 * used (the page lookup and the K/V loads are two dependent
+		 * latencies), so the warp always has 2U rows of K and V in flight. */
+		const int32_t step = DEC_NW * PPW * U;
+		uint4 kr[U], vr[U], kn[U], vn[U];
+		bool act[U], an[U];
+		auto load = [&](int32_t pw, uint4 *kk, uint4 *vv, bool *aa) {
 #pragma unroll
 			for (int u = 0; u < U; u++) {
 				const int32_t pp = pw + u * DEC_NW * PPW + sub;
 
-				act[u] = pp < e;
-				kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
-				if (act[u]) {
+				aa[u] = pp < e;
+				kk[u] = vv[u] = make_uint4(0, 0, 0, 0);
+				if (aa[u]) {
 					const int32_t pg = bt[pp / (int32_t)pt];
 
 					if (pg < 0 || (uint32_t)pg >= a.n_pages) {
 						set_err(a.err, KC_ERR_PAGE);
-						act[u] = false;
+						aa[u] = false;
 					} else {
 						uint64_t base = (uint64_t)pg * a.page_elems +
 								(uint64_t)(pp % (int32_t)pt) * HD;
 
-						kr[u] = __ldg(kv4 + (base + k_off) / 8 + li);
-						vr[u] = __ldg(kv4 + (base + v_off) / 8 + li);
+						kk[u] = __ldg(kv4 + (base + k_off) / 8 + li);
+						vv[u] = __ldg(kv4 + (base + v_off) / 8 + li);
 					}
+				}
+			}
+		};
+		if (b + warp * PPW < e)
+			load(b + warp * PPW, kr, vr, act);
+		for (int32_t pw = b + warp * PPW; pw < e; pw += step) {
+			if (pw + step < e) {
+				load(pw + step, kn, vn, an);
+			} else {
+#pragma unroll
+				for (int u = 0; u < U; u++) {
+					an[u] = false;
+					kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
 				}
 			}
 #pragma unroll
@@ -614,6 +630,12 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 						m[g] = mn;
 					}
 				}
+			}
+#pragma unroll
+			for (int u = 0; u < U; u++) {
+				kr[u] = kn[u];
+				vr[u] = vn[u];
+				act[u] = an[u];
 			}
 		}
 		/* Merge the lane groups of the warp (same li, other positions). */
