@@ -4,18 +4,22 @@
 #   bench/gpu-e2e.sh --pack build          # here: fills build-e2e/ (carry it)
 #   OUT=/dir bench/gpu-e2e.sh [1b]         # there: logs and BENCH lines under $OUT
 # Makes a random-weight model of a real shape with transformers, then runs
-# hearth-run (prefill and decode at context 2048 on the cuda backend),
-# hearthd + hearth-bench-ipc (APPEND 32 + SCORE through the daemon), and
-# hearth-bench-kv (L2 paging on this machine's disk).
+# hearth-bench-engine (the forward pass against its roofline, random weights
+# built in memory), hearth-run (prefill and decode at context 2048 on the cuda
+# backend), hearthd + hearth-bench-ipc (APPEND 32 + SCORE through the daemon),
+# and hearth-bench-kv (L2 paging on this machine's disk).
 set -u
 R=build-e2e
 if [ "${1:-}" = "--pack" ]; then
 	B=${2:-build}
 	rm -rf "$R" && mkdir -p "$R/lib" || exit 1
 	cp "$B/daemon/hearthd" "$B/tools/hearth-run" "$B/bench/hearth-bench-ipc" \
-		"$B/bench/hearth-bench-kv" "$B/clients/hearthctl" "$R/" || exit 1
+		"$B/bench/hearth-bench-kv" "$B/bench/hearth-bench-engine" "$B/clients/hearthctl" \
+		"$R/" || exit 1
 	cp -L "$B"/clients/libhearth.so.0 "$R/lib/"
-	for b in "$R"/hearthd "$R"/hearth-bench-ipc "$R"/hearth-bench-kv; do ldd "$b"; done |
+	for b in "$R"/hearthd "$R"/hearth-bench-ipc "$R"/hearth-bench-kv "$R"/hearth-bench-engine; do
+		ldd "$b"
+	done |
 		awk '/=>/ {print $3}' | sort -u |
 		grep -E 'openblas|gfortran|quadmath|gomp|cjson|xxhash|protobuf-c|inih|uring' |
 		while read -r f; do cp -L "$f" "$R/lib/"; done
@@ -28,6 +32,8 @@ M=/tmp/hearth-model-$SHAPE
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/$R/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv >"$OUT/smi.txt" 2>&1
+[ -n "${SKIP_ENGINE:-}" ] || "$R/hearth-bench-engine" --shape "$SHAPE" >"$OUT/engine-$SHAPE.log" 2>&1
+echo "== hearth-bench-engine rc=$?"; sed -n '/figure (median)/,$p' "$OUT/engine-$SHAPE.log"
 t0=$(date +%s)
 python3 bench/make_random_model.py --shape "$SHAPE" --out "$M" >"$OUT/make-$SHAPE.log" 2>&1 ||
 	{ tail -5 "$OUT/make-$SHAPE.log"; exit 1; }

@@ -201,9 +201,31 @@ static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
 	       st->model_load_seconds * 1e3, st->model_load_how[0] ? st->model_load_how : "?");
 	printf("  clients          %u; sessions %u (%u not in L1)\n", st->clients, st->sessions,
 	       st->sessions_not_in_l1);
-	printf("  queues           SQ %u pending, CQ %u unreaped, %u generates active, "
-	       "%u deferred for page-in\n", st->sq_pending, st->cq_pending, st->generates_active,
-	       st->deferred);
+	printf("  queues           SQ %u pending, CQ %u unreaped, %u requests queued on %u sessions, "
+	       "%u deferred for page-in\n", st->sq_pending, st->cq_pending, st->requests_queued,
+	       st->sessions_active, st->deferred);
+	{
+		static const char *const label[] = { "1", "2", "3-4", "5-8", "9-16", "17-32",
+						     "33-64", "65-128", "129-256", ">256" };
+		uint64_t n_steps = 0, tok = st->step_tokens - (prev ? prev->step_tokens : 0);
+		uint64_t ns = st->step_ns - (prev ? prev->step_ns : 0);
+
+		printf("  batches         ");
+		for (size_t i = 0; i < st->n_batch_sizes && i < HR_ARRAY_SIZE(label); i++) {
+			uint64_t v = st->batch_sizes[i] -
+				     (prev && i < prev->n_batch_sizes ? prev->batch_sizes[i] : 0);
+			n_steps += v;
+			if (v)
+				printf(" %s:%llu", label[i], (unsigned long long)v);
+		}
+		printf("%s\n", n_steps ? "" : " none");
+		printf("  steps            %llu batched (%.1f tokens, %.3f ms each); %llu timed out, "
+		       "%llu cancelled, %llu waited for KV\n", (unsigned long long)n_steps,
+		       n_steps ? (double)tok / n_steps : 0.0, n_steps ? ns / 1e6 / n_steps : 0.0,
+		       (unsigned long long)(st->timeouts - (prev ? prev->timeouts : 0)),
+		       (unsigned long long)(st->cancels - (prev ? prev->cancels : 0)),
+		       (unsigned long long)(st->kv_waits - (prev ? prev->kv_waits : 0)));
+	}
 	printf("  tokens           %llu (%.1f tokens/s); %llu steps (%.1f tokens per step)\n",
 	       (unsigned long long)tokens, secs > 0 ? tokens / secs : 0.0, (unsigned long long)steps,
 	       steps ? (double)tokens / (double)steps : 0.0);

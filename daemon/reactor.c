@@ -177,8 +177,19 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 		rep->sq_pending += n > 0 ? (uint32_t)n : 0;
 		if (shm_ring_prod_refresh(&c->cq.r) >= 0)
 			rep->cq_pending += c->cq.r.tail - c->cq.r.head;
-		rep->generates_active += c->n_gens;
 	}
+	rep->requests_queued = m.sched.queued;
+	rep->sessions_active = m.sched.active;
+	rep->batch_sizes = calloc(HD_BATCH_BUCKETS, sizeof(uint64_t));
+	if (rep->batch_sizes) {
+		memcpy(rep->batch_sizes, m.sched.batch, sizeof(m.sched.batch));
+		rep->n_batch_sizes = HD_BATCH_BUCKETS;
+	}
+	rep->step_tokens = m.sched.step_tokens;
+	rep->step_ns = m.sched.step_ns;
+	rep->timeouts = m.sched.timeouts;
+	rep->cancels = m.sched.cancels;
+	rep->kv_waits = m.sched.kv_waits;
 	for (uint32_t i = 0; i < d->sessions.cap; i++)
 		if (d->sessions.slots[i])
 			rep->deferred += d->sessions.slots[i]->n_deferred;

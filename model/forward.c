@@ -4,6 +4,17 @@
  * kernels interface: a step is the new tokens of one or more sequences,
  * flattened, whose K/V go straight into their paged KV. Only the rows whose
  * logits are wanted go through the LM head.
+ *
+ * Graphs: on a backend that captures them (cuda), a step of at most
+ * GRAPH_MAX_TOKENS tokens is padded up to a bucket (tokens and sequences to
+ * powers of two, the block table to a power-of-two width) and replays the
+ * graph captured for that bucket: the step's metadata goes to a buffer owned
+ * by the graph (fixed address), and every launch parameter is a function of
+ * the bucket alone. Padding tokens carry KERN_SLOT_PAD (they write no KV) and
+ * sit in padding sequences of their own; the LM head runs over one row per
+ * sequence slot, the wanted rows first. A bucket runs eagerly the first time
+ * (which also sizes the backend's workspaces), is captured the second time
+ * and replayed from then on. Larger steps (prefill chunks) run eagerly.
  */
 #include <errno.h>
 #include <math.h>
@@ -19,6 +30,29 @@ struct step_meta {
 	size_t n_ints;
 };
 
+#define GRAPH_MAX_TOKENS 128u
+#define GRAPH_CACHE 32
+#define GRAPH_MIN_BLOCKS 16u
+
+enum graph_state {
+	GRAPH_NEW = 0,  /* not run yet */
+	GRAPH_WARM,     /* ran eagerly once: capture next time */
+	GRAPH_READY,    /* captured */
+	GRAPH_NEVER,    /* capture failed: this bucket runs eagerly */
+};
+
+struct step_graph {
+	bool used;
+	uint32_t tb, sb, mb;    /* tokens, sequences, block-table width */
+	bool lm;                /* LM head over sb rows */
+	enum graph_state state;
+	void *graph;            /* backend graph when READY */
+	int32_t *meta_dev;      /* tokens, pos, slot [tb]; seq_start [sb + 1]; ctx_len, rows [sb];
+				 * block_table [sb * mb] */
+	size_t meta_ints;
+	uint64_t last_use;
+};
+
 struct model_scratch {
 	struct kern_backend *be;
 	uint32_t max_tokens, max_seqs, vocab;
@@ -28,6 +62,11 @@ struct model_scratch {
 	int32_t *meta_dev;       /* backend copy of meta_host */
 	int32_t *meta_host;
 	size_t meta_cap;         /* ints in both */
+	bool graphs_off;
+	uint64_t clock;
+	struct step_graph graphs[GRAPH_CACHE];
+	int32_t *ghost;          /* host metadata of a graph step */
+	size_t ghost_cap;
 };
 
 static void *act_alloc(struct kern_backend *be, uint32_t rows, uint32_t cols)
@@ -42,6 +81,12 @@ void model_scratch_free(struct model_scratch *s)
 	if (!s)
 		return;
 	be = s->be;
+	for (size_t i = 0; i < HR_ARRAY_SIZE(s->graphs); i++) {
+		if (s->graphs[i].graph)
+			be->ops->graph_destroy(be, s->graphs[i].graph);
+		be->ops->free(be, s->graphs[i].meta_dev);
+	}
+	free(s->ghost);
 	void *bufs[] = { s->x, s->h, s->q, s->k, s->v, s->att, s->o, s->gate, s->up, s->act,
 			 s->last, s->logits, s->meta_dev };
 	for (size_t i = 0; i < HR_ARRAY_SIZE(bufs); i++)
@@ -120,19 +165,15 @@ static int meta_reserve(struct model_scratch *s, size_t n)
 	return 0;
 }
 
-/*
- * Fill the host metadata of a step and upload it; describe it in `b` (backend
- * pointers) and return the number of logit rows in *ret_rows.
- */
-static int step_prepare(struct model *m, struct kv_pool *pool, struct model_scratch *s,
-			const struct model_seq_step *steps, uint32_t n, struct kern_batch *b,
-			const int32_t **ret_tokens, const int32_t **ret_rows, uint32_t *ret_n_rows)
+/* Shape of a step, from the host: tokens, widest block table, longest context. */
+struct step_shape {
+	uint32_t n_tokens, max_blocks, max_ctx, n_rows;
+};
+
+static int step_check(const struct model *m, const struct model_scratch *s, uint32_t pt,
+		      const struct model_seq_step *steps, uint32_t n, struct step_shape *ret)
 {
-	const struct kern_kv *kv = kv_pool_kern(pool);
-	uint32_t pt = kv->page_tokens, T = 0, max_blocks = 1, max_ctx = 0, n_rows = 0;
-	size_t off[7], need;
-	int32_t *h;
-	int r;
+	struct step_shape sh = { .max_blocks = 1 };
 
 	if (!n || n > s->max_seqs)
 		return -E2BIG;
@@ -143,56 +184,86 @@ static int step_prepare(struct model *m, struct kv_pool *pool, struct model_scra
 		if (!st->n_new || !st->bt || ctx < st->n_past ||
 		    (uint64_t)st->bt->n_pages * pt < ctx)
 			return -EINVAL;
-		if (st->n_new > s->max_tokens - T)
+		if (st->n_new > s->max_tokens - sh.n_tokens)
 			return -E2BIG;
-		T += st->n_new;
-		max_blocks = HR_MAX(max_blocks, (ctx + pt - 1) / pt);
-		max_ctx = HR_MAX(max_ctx, ctx);
+		sh.n_tokens += st->n_new;
+		sh.max_blocks = HR_MAX(sh.max_blocks, (ctx + pt - 1) / pt);
+		sh.max_ctx = HR_MAX(sh.max_ctx, ctx);
+		sh.n_rows += st->want_logits;
 		for (uint32_t j = 0; j < st->n_new; j++)
 			if (st->tokens[j] < 0 || (uint32_t)st->tokens[j] >= m->cfg.vocab_size)
 				return -EINVAL;
 	}
-	/* tokens, pos, slot [T]; seq_start [n+1]; ctx_len, rows [n]; block_table [n*max_blocks] */
-	off[0] = 0;
-	off[1] = off[0] + T;
-	off[2] = off[1] + T;
-	off[3] = off[2] + T;
-	off[4] = off[3] + n + 1;
-	off[5] = off[4] + n;
-	off[6] = off[5] + n;
-	need = off[6] + (size_t)n * max_blocks;
-	r = meta_reserve(s, need);
-	if (r < 0)
-		return r;
-	h = s->meta_host;
-	T = 0;
+	*ret = sh;
+	return 0;
+}
+
+/*
+ * Write the real sequences' metadata: tokens, pos, slot at o[0..2], seq_start
+ * at o[3], ctx_len at o[4], wanted rows at o[5], block table (width mb) at
+ * o[6]. Returns the number of tokens written.
+ */
+static uint32_t meta_fill(int32_t *h, const size_t o[7], uint32_t pt, uint32_t mb,
+			  const struct model_seq_step *steps, uint32_t n)
+{
+	uint32_t T = 0, n_rows = 0;
+
 	for (uint32_t i = 0; i < n; i++) {
 		const struct model_seq_step *st = &steps[i];
 		uint32_t ctx = st->n_past + st->n_new, nb = (ctx + pt - 1) / pt;
 
-		h[off[3] + i] = (int32_t)T;
+		h[o[3] + i] = (int32_t)T;
 		for (uint32_t j = 0; j < st->n_new; j++, T++) {
 			uint32_t p = st->n_past + j;
-			h[off[0] + T] = st->tokens[j];
-			h[off[1] + T] = (int32_t)p;
-			h[off[2] + T] = (int32_t)(st->bt->pages[p / pt] * pt + p % pt);
+			h[o[0] + T] = st->tokens[j];
+			h[o[1] + T] = (int32_t)p;
+			h[o[2] + T] = (int32_t)(st->bt->pages[p / pt] * pt + p % pt);
 		}
-		h[off[4] + i] = (int32_t)ctx;
+		h[o[4] + i] = (int32_t)ctx;
 		if (st->want_logits)
-			h[off[5] + n_rows++] = (int32_t)T - 1;
-		memcpy(&h[off[6] + (size_t)i * max_blocks], st->bt->pages, nb * sizeof(int32_t));
-		memset(&h[off[6] + (size_t)i * max_blocks + nb], 0,
-		       (max_blocks - nb) * sizeof(int32_t));
+			h[o[5] + n_rows++] = (int32_t)T - 1;
+		memcpy(&h[o[6] + (size_t)i * mb], st->bt->pages, nb * sizeof(int32_t));
+		memset(&h[o[6] + (size_t)i * mb + nb], 0, (mb - nb) * sizeof(int32_t));
 	}
-	h[off[3] + n] = (int32_t)T;
-	r = s->be->ops->upload(s->be, s->meta_dev, h, need * sizeof(int32_t));
+	return T;
+}
+
+/* Offsets of the metadata arrays for tb tokens, sb sequences, width mb. */
+static size_t meta_layout(size_t o[7], uint32_t tb, uint32_t sb, uint32_t mb)
+{
+	o[0] = 0;
+	o[1] = o[0] + tb;
+	o[2] = o[1] + tb;
+	o[3] = o[2] + tb;
+	o[4] = o[3] + sb + 1;
+	o[5] = o[4] + sb;
+	o[6] = o[5] + sb;
+	return o[6] + (size_t)sb * mb;
+}
+
+/* Eager step: metadata into the growable buffer, exact shapes. */
+static int step_prepare(struct model_scratch *s, uint32_t pt, const struct model_seq_step *steps,
+			uint32_t n, const struct step_shape *sh, struct kern_batch *b,
+			const int32_t **ret_tokens, const int32_t **ret_rows)
+{
+	uint32_t T = sh->n_tokens, mb = sh->max_blocks;
+	size_t off[7], need;
+	int r;
+
+	need = meta_layout(off, T, n, mb);
+	r = meta_reserve(s, need);
+	if (r < 0)
+		return r;
+	meta_fill(s->meta_host, off, pt, mb, steps, n);
+	s->meta_host[off[3] + n] = (int32_t)T;
+	r = s->be->ops->upload(s->be, s->meta_dev, s->meta_host, need * sizeof(int32_t));
 	if (r < 0)
 		return r;
 	*b = (struct kern_batch){
 		.n_tokens = T,
 		.n_seqs = n,
-		.max_blocks = max_blocks,
-		.max_ctx = max_ctx,
+		.max_blocks = mb,
+		.max_ctx = sh->max_ctx,
 		.pos = s->meta_dev + off[1],
 		.slot = s->meta_dev + off[2],
 		.seq_start = s->meta_dev + off[3],
@@ -201,7 +272,6 @@ static int step_prepare(struct model *m, struct kv_pool *pool, struct model_scra
 	};
 	*ret_tokens = s->meta_dev + off[0];
 	*ret_rows = s->meta_dev + off[5];
-	*ret_n_rows = n_rows;
 	return 0;
 }
 
@@ -219,56 +289,259 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 
 	/* x += previous layer's MLP output (none before layer 0); h = norm(x). */
 	if ((r = op->add_rmsnorm(be, s->h, s->x, l ? s->o : NULL, L->attn_norm, T, D,
-				 c->rms_norm_eps)) < 0 ||
-	    (r = op->matmul(be, s->q, s->h, L->wq, L->bq, T, D, qdim)) < 0 ||
-	    (r = op->matmul(be, s->k, s->h, L->wk, L->bk, T, D, kvdim)) < 0 ||
-	    (r = op->matmul(be, s->v, s->h, L->wv, L->bv, T, D, kvdim)) < 0 ||
+				 c->rms_norm_eps)) < 0)
+		return r;
+	if (op->matmul_qkv)
+		r = op->matmul_qkv(be, s->q, s->k, s->v, s->h, L->wq, L->wk, L->wv, L->bq, L->bk,
+				   L->bv, T, D, qdim, kvdim);
+	else if ((r = op->matmul(be, s->q, s->h, L->wq, L->bq, T, D, qdim)) >= 0 &&
+		 (r = op->matmul(be, s->k, s->h, L->wk, L->bk, T, D, kvdim)) >= 0)
+		r = op->matmul(be, s->v, s->h, L->wv, L->bv, T, D, kvdim);
+	if (r < 0 ||
 	    (r = op->rope_kv_write(be, s->q, s->k, s->v, b, kv, l, c->n_heads, m->inv_freq)) < 0 ||
 	    (r = op->attention(be, s->att, s->q, b, kv, l, c->n_heads, scale)) < 0 ||
 	    (r = op->matmul(be, s->o, s->att, L->wo, NULL, T, qdim, D)) < 0 ||
-	    (r = op->add_rmsnorm(be, s->h, s->x, s->o, L->mlp_norm, T, D, c->rms_norm_eps)) < 0 ||
-	    (r = op->matmul(be, s->gate, s->h, L->w_gate, NULL, T, D, F)) < 0 ||
-	    (r = op->matmul(be, s->up, s->h, L->w_up, NULL, T, D, F)) < 0 ||
-	    (r = op->swiglu(be, s->act, s->gate, s->up, T, F)) < 0 ||
-	    (r = op->matmul(be, s->o, s->act, L->w_down, NULL, T, F, D)) < 0)
+	    (r = op->add_rmsnorm(be, s->h, s->x, s->o, L->mlp_norm, T, D, c->rms_norm_eps)) < 0)
+		return r;
+	if (op->matmul_swiglu)
+		r = op->matmul_swiglu(be, s->act, s->gate, s->up, s->h, L->w_gate, L->w_up, T, D, F);
+	else if ((r = op->matmul(be, s->gate, s->h, L->w_gate, NULL, T, D, F)) >= 0 &&
+		 (r = op->matmul(be, s->up, s->h, L->w_up, NULL, T, D, F)) >= 0)
+		r = op->swiglu(be, s->act, s->gate, s->up, T, F);
+	if (r < 0 || (r = op->matmul(be, s->o, s->act, L->w_down, NULL, T, F, D)) < 0)
 		return r;
 	return 0;
 }
 
-int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s,
-		  const struct model_seq_step *steps, uint32_t n)
+/* The step's launches, given its metadata in backend memory. */
+static int forward_body(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
+			const struct kern_batch *b, const int32_t *tokens, const int32_t *rows,
+			uint32_t n_rows)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
 	struct kern_backend *be = m->be;
-	const struct kern_kv *kv = kv_pool_kern(pool);
-	const int32_t *tokens, *rows;
-	struct kern_batch b;
-	uint32_t n_rows;
 	int r;
 
-	if (kv->n_layers != c->n_layers || kv->n_kv_heads != c->n_kv_heads ||
-	    kv->head_dim != c->head_dim)
-		return -EINVAL;
-	r = step_prepare(m, pool, s, steps, n, &b, &tokens, &rows, &n_rows);
-	if (r < 0)
-		return r;
-	r = op->embed(be, s->x, m->embed, tokens, b.n_tokens, c->hidden_size, c->vocab_size);
+	r = op->embed(be, s->x, m->embed, tokens, b->n_tokens, c->hidden_size, c->vocab_size);
 	if (r < 0)
 		return r;
 	for (uint32_t l = 0; l < c->n_layers; l++) {
-		r = layer_forward(m, &m->layers[l], l, s, &b, kv);
+		r = layer_forward(m, &m->layers[l], l, s, b, kv);
 		if (r < 0)
 			return r;
 	}
 	if (!n_rows)
 		return 0;
 	/* Final residual add and norm, then the LM head on the wanted rows only. */
-	if ((r = op->add_rmsnorm(be, s->h, s->x, s->o, m->final_norm, b.n_tokens, c->hidden_size,
+	if ((r = op->add_rmsnorm(be, s->h, s->x, s->o, m->final_norm, b->n_tokens, c->hidden_size,
 				 c->rms_norm_eps)) < 0 ||
 	    (r = op->gather_rows(be, s->last, s->h, rows, n_rows, c->hidden_size)) < 0 ||
 	    (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,
 				   c->vocab_size)) < 0)
 		return r;
 	return 0;
+}
+
+static uint32_t bucket(uint32_t x, uint32_t cap)
+{
+	uint32_t b = 1;
+
+	while (b < x && b < (1u << 30))
+		b <<= 1;
+	return HR_MIN(b, cap);
+}
+
+/* The cached graph entry for a key, or a free (or least recently used,
+ * released) one set up for it. NULL on allocation failure. */
+static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32_t sb,
+				    uint32_t mb, bool lm)
+{
+	struct kern_backend *be = s->be;
+	struct step_graph *g = NULL, *victim = &s->graphs[0];
+	size_t o[7], need = meta_layout(o, tb, sb, mb);
+
+	for (size_t i = 0; i < HR_ARRAY_SIZE(s->graphs); i++) {
+		struct step_graph *e = &s->graphs[i];
+
+		if (e->used && e->tb == tb && e->sb == sb && e->mb == mb &&
+		    e->lm == lm) {
+			e->last_use = ++s->clock;
+			return e;
+		}
+		if (!e->used && !g)
+			g = e;
+		if (e->last_use < victim->last_use)
+			victim = e;
+	}
+	if (!g) {
+		g = victim;
+		if (g->graph)
+			be->ops->graph_destroy(be, g->graph);
+		be->ops->free(be, g->meta_dev);
+		memset(g, 0, sizeof(*g));
+	}
+	g->meta_dev = be->ops->alloc(be, need * sizeof(int32_t));
+	if (!g->meta_dev)
+		return NULL;
+	g->meta_ints = need;
+	g->tb = tb;
+	g->sb = sb;
+	g->mb = mb;
+	g->lm = lm;
+	g->state = GRAPH_NEW;
+	g->used = true;
+	g->last_use = ++s->clock;
+	return g;
+}
+
+static int graph_capture(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
+			 struct step_graph *g, const struct kern_batch *b, const int32_t *tokens,
+			 const int32_t *rows, uint32_t n_rows)
+{
+	const struct kern_ops *op = m->be->ops;
+	int r, r2;
+
+	r = op->graph_begin(m->be);
+	if (r < 0)
+		return r;
+	r = forward_body(m, s, kv, b, tokens, rows, n_rows);
+	r2 = op->graph_end(m->be, r < 0 ? NULL : &g->graph);
+	return r < 0 ? r : r2;
+}
+
+/*
+ * A step through its bucket's graph. Returns -ENOTSUP when the step does not
+ * fit a bucket (the caller runs it eagerly), else the step's result.
+ */
+static int forward_graph(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
+			 const struct model_seq_step *steps, uint32_t n, const struct step_shape *sh)
+{
+	const struct kern_ops *op = m->be->ops;
+	uint32_t pt = kv->page_tokens, T = sh->n_tokens, tb, sb, mb, pad_t, n_pad;
+	struct step_graph *g;
+	struct kern_batch b;
+	int32_t *h, *dev;
+	size_t o[7];
+	int r;
+
+	if (s->graphs_off || !op->graph_launch || T > GRAPH_MAX_TOKENS)
+		return -ENOTSUP;
+	tb = bucket(T, s->max_tokens);
+	pad_t = tb - T;
+	sb = bucket(n + (pad_t > 0), s->max_seqs);
+	if (sb < n + (pad_t > 0))
+		return -ENOTSUP;
+	mb = bucket(HR_MAX(sh->max_blocks, GRAPH_MIN_BLOCKS), 1u << 30);
+	if ((uint64_t)mb * pt > INT32_MAX)
+		return -ENOTSUP;
+	g = graph_get(s, tb, sb, mb, sh->n_rows > 0);
+	if (!g)
+		return -ENOMEM;
+	if (g->meta_ints > s->ghost_cap) {
+		int32_t *p = realloc(s->ghost, g->meta_ints * sizeof(int32_t));
+
+		if (!p)
+			return -ENOMEM;
+		s->ghost = p;
+		s->ghost_cap = g->meta_ints;
+	}
+	h = s->ghost;
+	meta_layout(o, tb, sb, mb);
+	T = meta_fill(h, o, pt, mb, steps, n);
+	/* Wanted rows first, then row 0 for the other sequence slots. */
+	for (uint32_t i = sh->n_rows; i < sb; i++)
+		h[o[5] + i] = 0;
+	/* Padding sequences: pad_t tokens spread over them, each token at
+	 * position 0 of a one-token context on page 0 (read, never written). */
+	n_pad = sb - n;
+	for (uint32_t i = 0; i < n_pad; i++) {
+		uint32_t cnt = pad_t / n_pad + (i < pad_t % n_pad);
+
+		h[o[3] + n + i] = (int32_t)T;
+		for (uint32_t j = 0; j < cnt; j++, T++) {
+			h[o[0] + T] = 0;
+			h[o[1] + T] = 0;
+			h[o[2] + T] = KERN_SLOT_PAD;
+		}
+		h[o[4] + n + i] = 1;
+		memset(&h[o[6] + (size_t)(n + i) * mb], 0, mb * sizeof(int32_t));
+	}
+	h[o[3] + sb] = (int32_t)T;
+	r = s->be->ops->upload(s->be, g->meta_dev, h, g->meta_ints * sizeof(int32_t));
+	if (r < 0)
+		return r;
+	dev = g->meta_dev;
+	b = (struct kern_batch){
+		.n_tokens = tb,
+		.n_seqs = sb,
+		.max_blocks = mb,
+		.max_ctx = mb * pt, /* the capacity: launch sizes depend on the bucket only */
+		.pos = dev + o[1],
+		.slot = dev + o[2],
+		.seq_start = dev + o[3],
+		.ctx_len = dev + o[4],
+		.block_table = dev + o[6],
+	};
+	switch (g->state) {
+	case GRAPH_NEW:
+		r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], g->lm ? sb : 0);
+		if (!r)
+			g->state = GRAPH_WARM;
+		return r;
+	case GRAPH_NEVER:
+		return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], g->lm ? sb : 0);
+	case GRAPH_WARM:
+	case GRAPH_READY:
+		break;
+	}
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (!g->graph) {
+			r = graph_capture(m, s, kv, g, &b, dev + o[0], dev + o[5], g->lm ? sb : 0);
+			if (r < 0) {
+				/* -EBUSY: a workspace had to grow; the eager run grows
+				 * it and the next step captures. Else give up on it. */
+				g->state = r == -EBUSY ? GRAPH_WARM : GRAPH_NEVER;
+				return forward_body(m, s, kv, &b, dev + o[0], dev + o[5],
+						    g->lm ? sb : 0);
+			}
+			g->state = GRAPH_READY;
+		}
+		r = op->graph_launch(m->be, g->graph);
+		if (r != -ESTALE)
+			return r;
+		op->graph_destroy(m->be, g->graph);
+		g->graph = NULL;
+	}
+	return r;
+}
+
+int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s,
+		  const struct model_seq_step *steps, uint32_t n)
+{
+	const struct model_config *c = &m->cfg;
+	const struct kern_kv *kv = kv_pool_kern(pool);
+	const int32_t *tokens, *rows;
+	struct step_shape sh;
+	struct kern_batch b;
+	int r;
+
+	if (kv->n_layers != c->n_layers || kv->n_kv_heads != c->n_kv_heads ||
+	    kv->head_dim != c->head_dim)
+		return -EINVAL;
+	r = step_check(m, s, kv->page_tokens, steps, n, &sh);
+	if (r < 0)
+		return r;
+	r = forward_graph(m, s, kv, steps, n, &sh);
+	if (r != -ENOTSUP)
+		return r;
+	r = step_prepare(s, kv->page_tokens, steps, n, &sh, &b, &tokens, &rows);
+	if (r < 0)
+		return r;
+	return forward_body(m, s, kv, &b, tokens, rows, sh.n_rows);
+}
+
+void model_scratch_set_graphs(struct model_scratch *s, bool on)
+{
+	s->graphs_off = !on;
 }

@@ -55,7 +55,8 @@ int kern_cpu_rope_kv_write(struct kern_backend *be, void *q, void *k, const void
 
 	n_slots = (uint64_t)kv->n_pages * kv->page_tokens;
 	for (uint32_t i = 0; i < batch->n_tokens; i++)
-		if (batch->pos[i] < 0 || batch->slot[i] < 0 || (uint64_t)batch->slot[i] >= n_slots)
+		if (batch->slot[i] != KERN_SLOT_PAD &&
+		    (batch->pos[i] < 0 || batch->slot[i] < 0 || (uint64_t)batch->slot[i] >= n_slots))
 			return -EINVAL;
 
 	nt = kern_cpu_priv(be)->n_threads;
@@ -75,6 +76,8 @@ int kern_cpu_rope_kv_write(struct kern_backend *be, void *q, void *k, const void
 		float fpos = (float)batch->pos[i];
 		float *base = kv->base;
 
+		if (batch->slot[i] == KERN_SLOT_PAD)
+			continue; /* padding: nothing rotated, nothing written */
 		/* As transformers computes it: angle = float(pos) * inv_freq[d] in
 		 * fp32, then cos/sin; dimension d pairs with d + hd/2. */
 		for (uint32_t d = 0; d < half; d++) {

@@ -26,9 +26,10 @@
 #include "cuda_internal.h"
 #include "cuda_upload.h"
 
-/* Preallocated attention workspace: split partials of a 64-token decode
- * batch of 32 heads x 128 dims x 8 splits fit without growing. */
-#define KC_ATTN_WS_INIT ((size_t)8 << 20)
+/* Preallocated attention workspace: the decode counters and the split
+ * partials of a 64-token decode batch of 32 heads x 128 dims x 8 splits fit
+ * without growing (growth makes captured graphs stale). */
+#define KC_ATTN_WS_INIT ((size_t)16 << 20)
 
 int kc_err(cudaError_t e)
 {
@@ -56,15 +57,26 @@ int kc_attn_ws_reserve(struct kern_backend *be, size_t bytes)
 
 	if (bytes <= c->attn_ws_bytes)
 		return 0;
+	/* Moving it during a capture would break the capture (cudaFree waits
+	 * for the device); the caller runs the step eagerly once first. */
+	if (c->capturing)
+		return -EBUSY;
 	if (bytes < 2 * c->attn_ws_bytes)
 		bytes = 2 * c->attn_ws_bytes;
 	/* cudaFree waits for the device, so no queued kernel still uses it. */
 	cudaFree(c->attn_ws);
 	c->attn_ws = NULL;
 	c->attn_ws_bytes = 0;
+	c->ws_gen++; /* graphs that captured the old address are stale */
 	e = cudaMalloc(&p, bytes);
 	if (e != cudaSuccess)
 		return kc_err(e);
+	/* The decode kernel's split counters start at zero. */
+	e = cudaMemset(p, 0, KC_ATTN_CNT_BYTES);
+	if (e != cudaSuccess) {
+		cudaFree(p);
+		return kc_err(e);
+	}
 	c->attn_ws = p;
 	c->attn_ws_bytes = bytes;
 	return 0;
@@ -249,6 +261,90 @@ out:
 	return dst;
 }
 
+/*
+ * Graphs: stream capture of the ops issued between begin and end, in
+ * thread-local mode (other threads' CUDA calls are not affected), then
+ * instantiation. A graph remembers the attention workspace generation it
+ * captured; launching it after the workspace moved is -ESTALE.
+ */
+struct kc_graph {
+	cudaGraphExec_t exec;
+	uint64_t ws_gen;
+};
+
+static int cuda_graph_begin(struct kern_backend *be)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r = kc_enter(be);
+
+	if (r < 0)
+		return r;
+	if (c->capturing)
+		return -EBUSY;
+	r = kc_err(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+	if (!r)
+		c->capturing = 1;
+	return r;
+}
+
+static int cuda_graph_end(struct kern_backend *be, void **ret_graph)
+{
+	struct kern_cuda *c = kc_priv(be);
+	cudaGraph_t g = NULL;
+	cudaGraphExec_t exec = NULL;
+	struct kc_graph *kg;
+	int r;
+
+	if (!c->capturing)
+		return -EINVAL;
+	c->capturing = 0;
+	r = kc_err(cudaStreamEndCapture(c->stream, &g));
+	if (r < 0 || !ret_graph) {
+		if (g)
+			cudaGraphDestroy(g);
+		(void)cudaGetLastError();
+		return r < 0 ? r : 0;
+	}
+	r = kc_err(cudaGraphInstantiate(&exec, g, 0));
+	cudaGraphDestroy(g);
+	if (r < 0)
+		return r;
+	kg = malloc(sizeof(*kg));
+	if (!kg) {
+		cudaGraphExecDestroy(exec);
+		return -ENOMEM;
+	}
+	kg->exec = exec;
+	kg->ws_gen = c->ws_gen;
+	*ret_graph = kg;
+	return 0;
+}
+
+static int cuda_graph_launch(struct kern_backend *be, void *graph)
+{
+	struct kern_cuda *c = kc_priv(be);
+	struct kc_graph *kg = graph;
+	int r;
+
+	if (!kg)
+		return -EINVAL;
+	if (kg->ws_gen != c->ws_gen)
+		return -ESTALE;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return kc_err(cudaGraphLaunch(kg->exec, c->stream));
+}
+
+static void cuda_graph_destroy(struct kern_backend *be, void *graph)
+{
+	struct kc_graph *kg = graph;
+
+	if (!kg || kc_enter(be) < 0)
+		return;
+	cudaGraphExecDestroy(kg->exec);
+	free(kg);
+}
+
 static void cuda_destroy(struct kern_backend *be)
 {
 	struct kern_cuda *c = kc_priv(be);
@@ -295,6 +391,12 @@ static const struct kern_ops cuda_ops = {
 	.gather_rows = kc_gather_rows_op,
 	.argmax = kc_argmax_op,
 	.softmax_ids = kc_softmax_ids_op,
+	.matmul_qkv = kc_matmul_qkv_op,
+	.matmul_swiglu = kc_matmul_swiglu_op,
+	.graph_begin = cuda_graph_begin,
+	.graph_end = cuda_graph_end,
+	.graph_launch = cuda_graph_launch,
+	.graph_destroy = cuda_graph_destroy,
 	.destroy = cuda_destroy,
 };
 
@@ -326,6 +428,9 @@ static int cuda_setup(struct kern_backend *be)
 		return r;
 	c->err_dev = p;
 	r = kc_err(cudaMalloc(&c->attn_ws, KC_ATTN_WS_INIT));
+	if (r)
+		return r;
+	r = kc_err(cudaMemset(c->attn_ws, 0, KC_ATTN_CNT_BYTES));
 	if (r)
 		return r;
 	c->attn_ws_bytes = KC_ATTN_WS_INIT;
@@ -361,6 +466,15 @@ struct kern_backend *kern_cuda_new(int device_index)
 		return NULL;
 	}
 	c->device = device_index;
+	{
+		const char *rnd = getenv("HEARTH_CUDA_ROUNDING");
+
+		const char *occ = getenv("HEARTH_CUDA_GEMV_OCC"), *db = getenv("HEARTH_CUDA_DEC_BLOCKS");
+
+		c->hf_round = rnd && !strcmp(rnd, "transformers");
+		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
+		c->dec_blocks = db && atoi(db) >= 1 && atoi(db) <= 64 ? atoi(db) : 4;
+	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
 	be->ops = &cuda_ops;

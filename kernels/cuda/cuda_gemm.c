@@ -220,13 +220,17 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 		return -EINVAL;
 	/* Few rows (decode): bound by reading W once, which the GEMV kernel does
 	 * near copy bandwidth; cuBLASLt's choices for n = 1 read it slower. */
-	if (n <= KC_GEMV_MAX_N && !c->gemv_off && k % 8 == 0 && al_in >= 4 && al_w >= 4)
-		return kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms, c->stream);
+	if (n <= KC_GEMV_MAX_N && !c->gemv_off && k % 8 == 0 && al_in >= 4 && al_w >= 4) {
+		r = kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms * c->gemv_occ, c->stream);
+		goto out;
+	}
 	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);
 	if (!p)
 		return r;
-	if (p->simple)
-		return kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+	if (p->simple) {
+		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+		goto out;
+	}
 	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
 							   &bias, sizeof(bias))))
 		return -EIO;
@@ -236,7 +240,13 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 		/* The heuristic's choice refused at run time: use the plain kernel
 		 * for this shape from now on. */
 		p->simple = 1;
-		return kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+	} else {
+		r = LT_OK(st) ? 0 : -EIO;
 	}
-	return LT_OK(st) ? 0 : -EIO;
+out:
+	/* transformers returns bf16 logits (see kern_cuda.hf_round) */
+	if (!r && out_f32 && c->hf_round)
+		r = kc_round_bf16_f32(out, (size_t)n * m, c->stream);
+	return r;
 }

@@ -51,39 +51,24 @@ static __device__ __forceinline__ void gemv_step(float acc[NR], uint4 wv, const 
 	}
 }
 
-/* Block: GEMV_WARPS / wpr rows, wpr warps per row. k % 8 == 0. */
+/* Output rows of one launch: up to three matrices stacked (segments), or the
+ * gate and up matrices of a SwiGLU read together (one output row each). */
+struct gemv_segs {
+	void *out[3];
+	const bf16 *w[3], *bias[3];
+	uint32_t m[3];   /* rows of each segment; m[0] + m[1] + m[2] in total */
+	int out_f32;
+	int hf;          /* SWIGLU: silu(g) rounded to bf16 first */
+};
+
+/* Sum acc[] over the warp, then over the wpr warps sharing the row; true in
+ * lane r of the row's first warp, which holds row r's full sum in acc[r]. */
 template <int NR>
-static __global__ void __launch_bounds__(GEMV_THREADS)
-gemv_kernel(void *out, int out_f32, const bf16 *in, const bf16 *w, const bf16 *bias, uint32_t k,
-	    uint32_t m, uint32_t wpr)
+static __device__ __forceinline__ bool gemv_reduce(float acc[NR], float (*part)[NR],
+						   uint32_t wpr, int lane, int warp)
 {
-	__shared__ float part[GEMV_WARPS][NR];
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const uint32_t rows_per_block = GEMV_WARPS / wpr;
-	const uint32_t j = blockIdx.x * rows_per_block + warp / wpr, slice = warp % wpr;
-	const size_t k8 = k / 8, stride = (size_t)32 * wpr;
-	const uint4 *wr = (const uint4 *)(w + (size_t)(j < m ? j : 0) * k);
-	const uint4 *x = (const uint4 *)in;
-	float acc[NR];
-	size_t i = (size_t)slice * 32 + lane;
+	const uint32_t slice = warp % wpr;
 
-#pragma unroll
-	for (int r = 0; r < NR; r++)
-		acc[r] = 0.0f;
-	if (j < m) {
-		/* Four independent 16-byte loads in flight before the first use. */
-		for (; i + 3 * stride < k8; i += 4 * stride) {
-			uint4 w0 = __ldcs(wr + i), w1 = __ldcs(wr + i + stride);
-			uint4 w2 = __ldcs(wr + i + 2 * stride), w3 = __ldcs(wr + i + 3 * stride);
-
-			gemv_step<NR>(acc, w0, x, k8, i);
-			gemv_step<NR>(acc, w1, x, k8, i + stride);
-			gemv_step<NR>(acc, w2, x, k8, i + 2 * stride);
-			gemv_step<NR>(acc, w3, x, k8, i + 3 * stride);
-		}
-		for (; i < k8; i += stride)
-			gemv_step<NR>(acc, __ldcs(wr + i), x, k8, i);
-	}
 #pragma unroll
 	for (int r = 0; r < NR; r++)
 #pragma unroll
@@ -96,67 +81,199 @@ gemv_kernel(void *out, int out_f32, const bf16 *in, const bf16 *w, const bf16 *b
 				part[warp][r] = acc[r];
 		__syncthreads();
 		if (slice || lane >= NR)
-			return;
-		/* Lane r of the row's first warp sums row r's slices. */
+			return false;
 		{
-			float s = 0.0f;
+			float sum = 0.0f;
 
 #pragma unroll
 			for (int r = 0; r < NR; r++)
 				if (r == lane)
 					for (uint32_t q = 0; q < wpr; q++)
-						s += part[warp + q][r];
+						sum += part[warp + q][r];
 #pragma unroll
 			for (int r = 0; r < NR; r++)
 				if (r == lane)
-					acc[r] = s;
+					acc[r] = sum;
 		}
-	} else if (lane >= NR) {
-		return;
+		return true;
 	}
-	if (j >= m)
+	return lane < NR;
+}
+
+/* Dot products of W row wr with the NR input rows, this warp's slice of k. */
+template <int NR>
+static __device__ __forceinline__ void gemv_row(float acc[NR], const uint4 *wr, const uint4 *x,
+						size_t k8, size_t i, size_t stride)
+{
+	/* Four independent 16-byte loads in flight before the first use. */
+	for (; i + 3 * stride < k8; i += 4 * stride) {
+		uint4 w0 = __ldcs(wr + i), w1 = __ldcs(wr + i + stride);
+		uint4 w2 = __ldcs(wr + i + 2 * stride), w3 = __ldcs(wr + i + 3 * stride);
+
+		gemv_step<NR>(acc, w0, x, k8, i);
+		gemv_step<NR>(acc, w1, x, k8, i + stride);
+		gemv_step<NR>(acc, w2, x, k8, i + 2 * stride);
+		gemv_step<NR>(acc, w3, x, k8, i + 3 * stride);
+	}
+	for (; i < k8; i += stride)
+		gemv_step<NR>(acc, __ldcs(wr + i), x, k8, i);
+}
+
+/* Block: GEMV_WARPS / wpr rows, wpr warps per row. k % 8 == 0.
+ * SWIGLU: segment 0 is gate, 1 is up, m[0] output rows. */
+template <int NR, bool SWIGLU>
+static __global__ void __launch_bounds__(GEMV_THREADS)
+gemv_kernel(const struct gemv_segs sg, const bf16 *in, uint32_t k, uint32_t wpr)
+{
+	__shared__ float part[GEMV_WARPS][NR];
+	__shared__ float part2[GEMV_WARPS][NR];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const uint32_t rows_per_block = GEMV_WARPS / wpr;
+	const uint32_t m_all = SWIGLU ? sg.m[0] : sg.m[0] + sg.m[1] + sg.m[2];
+	const uint32_t j = blockIdx.x * rows_per_block + warp / wpr, slice = warp % wpr;
+	const size_t k8 = k / 8, stride = (size_t)32 * wpr;
+	const uint4 *x = (const uint4 *)in;
+	const size_t i = (size_t)slice * 32 + lane;
+	uint32_t seg = 0, jr = j < m_all ? j : 0;
+	float acc[NR], acc2[NR];
+	bool writer;
+
+	if (!SWIGLU) {
+		if (jr >= sg.m[0]) {
+			jr -= sg.m[0];
+			seg = 1;
+			if (jr >= sg.m[1]) {
+				jr -= sg.m[1];
+				seg = 2;
+			}
+		}
+	}
+#pragma unroll
+	for (int r = 0; r < NR; r++)
+		acc[r] = acc2[r] = 0.0f;
+	if (j < m_all) {
+		gemv_row<NR>(acc, (const uint4 *)(sg.w[seg] + (size_t)jr * k), x, k8, i, stride);
+		if (SWIGLU)
+			gemv_row<NR>(acc2, (const uint4 *)(sg.w[1] + (size_t)jr * k), x, k8, i,
+				     stride);
+	}
+	writer = gemv_reduce<NR>(acc, part, wpr, lane, warp);
+	if (SWIGLU)
+		writer = gemv_reduce<NR>(acc2, part2, wpr, lane, warp);
+	if (!writer || j >= m_all)
 		return;
 	/* Lane r writes row r (its acc[r] holds the full sum). */
 #pragma unroll
 	for (int r = 0; r < NR; r++)
 		if (r == lane) {
-			float v = acc[r] + (bias ? __bfloat162float(bias[j]) : 0.0f);
+			const uint32_t m = sg.m[seg];
+			float v;
 
-			if (out_f32)
-				((float *)out)[(size_t)r * m + j] = v;
+			if (SWIGLU) {
+				float g = acc[r], u = acc2[r];
+
+				/* as the swiglu kernel: g and u rounded to bf16 first */
+				g = __bfloat162float(__float2bfloat16_rn(g));
+				u = __bfloat162float(__float2bfloat16_rn(u));
+				v = g / (1.0f + expf(-g));
+				if (sg.hf)
+					v = __bfloat162float(__float2bfloat16_rn(v));
+				v *= u;
+			} else {
+				v = acc[r] + (sg.bias[seg] ? __bfloat162float(sg.bias[seg][jr]) : 0.0f);
+			}
+			if (sg.out_f32)
+				((float *)sg.out[seg])[(size_t)r * m + jr] = v;
 			else
-				((bf16 *)out)[(size_t)r * m + j] = __float2bfloat16_rn(v);
+				((bf16 *)sg.out[seg])[(size_t)r * m + jr] = __float2bfloat16_rn(v);
 		}
 }
 
-template <int NR>
-static void gemv_launch(void *out, int out_f32, const void *in, const void *w, const void *bias,
-			uint32_t k, uint32_t m, uint32_t wpr, cudaStream_t st)
+template <bool SWIGLU>
+static void gemv_launch(const struct gemv_segs *sg, const void *in, uint32_t n, uint32_t k,
+			uint32_t wpr, cudaStream_t st)
 {
 	uint32_t rows = GEMV_WARPS / wpr;
+	uint32_t m_all = SWIGLU ? sg->m[0] : sg->m[0] + sg->m[1] + sg->m[2];
+	unsigned grid = (m_all + rows - 1) / rows;
 
-	gemv_kernel<NR><<<(m + rows - 1) / rows, GEMV_THREADS, 0, st>>>(
-		out, out_f32, (const bf16 *)in, (const bf16 *)w, (const bf16 *)bias, k, m, wpr);
+	static_assert(KC_GEMV_MAX_N == 4, "one instance per row count");
+	switch (n) {
+	case 1: gemv_kernel<1, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
+	case 2: gemv_kernel<2, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
+	case 3: gemv_kernel<3, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
+	default: gemv_kernel<4, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
+	}
+}
+
+/* Enough warps for every multiprocessor (32 each), but no more slices than
+ * 32-lane passes over k. */
+static uint32_t gemv_wpr(uint64_t m, uint32_t k, int n_sms)
+{
+	uint32_t wpr = 1;
+
+	while (wpr < GEMV_WARPS && m * wpr < (uint64_t)n_sms * 32 &&
+	       (uint64_t)wpr * 2 * 32 <= k / 8)
+		wpr *= 2;
+	return wpr;
+}
+
+static int gemv_args_ok(uint32_t n, uint32_t k, const void *in)
+{
+	return n && n <= KC_GEMV_MAX_N && k % 8 == 0 && !((uintptr_t)in & 15);
+}
+
+extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
+			     uint32_t k, int n_sms, cudaStream_t st)
+{
+	struct gemv_segs sg = {};
+	uint64_t m_all = 0;
+
+	if (!gemv_args_ok(n, k, in))
+		return -EINVAL;
+	for (int i = 0; i < 3; i++) {
+		if (seg[i].m && (!seg[i].w || !seg[i].out || ((uintptr_t)seg[i].w & 15)))
+			return -EINVAL;
+		sg.out[i] = seg[i].out;
+		sg.w[i] = (const bf16 *)seg[i].w;
+		sg.bias[i] = (const bf16 *)seg[i].bias;
+		sg.m[i] = seg[i].m;
+		m_all += seg[i].m;
+	}
+	if (!m_all || m_all > 0x7fffffffu)
+		return -EINVAL;
+	gemv_launch<false>(&sg, in, n, k, gemv_wpr(m_all, k, n_sms), st);
+	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
+}
+
+extern "C" int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
+			      uint32_t n, uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st)
+{
+	struct gemv_segs sg = {};
+
+	if (!gemv_args_ok(n, k, in) || !m || ((uintptr_t)w_gate | (uintptr_t)w_up) & 15)
+		return -EINVAL;
+	sg.out[0] = out;
+	sg.w[0] = (const bf16 *)w_gate;
+	sg.w[1] = (const bf16 *)w_up;
+	sg.m[0] = m;
+	sg.hf = hf;
+	gemv_launch<true>(&sg, in, n, k, gemv_wpr(m, k, n_sms), st);
+	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
 }
 
 extern "C" int kc_gemv(void *out, int out_f32, const void *in, const void *w, const void *bias,
 		       uint32_t n, uint32_t k, uint32_t m, int n_sms, cudaStream_t st)
 {
-	uint32_t wpr = 1;
+	struct gemv_segs sg = {};
 
-	if (!n || n > KC_GEMV_MAX_N || k % 8 || ((uintptr_t)in | (uintptr_t)w) & 15)
+	if (!gemv_args_ok(n, k, in) || ((uintptr_t)w & 15))
 		return -EINVAL;
-	/* Enough warps for every multiprocessor (32 each), but no more slices
-	 * than 32-lane passes over k. */
-	while (wpr < GEMV_WARPS && (uint64_t)m * wpr < (uint64_t)n_sms * 32 &&
-	       (uint64_t)wpr * 2 * 32 <= k / 8)
-		wpr *= 2;
-	static_assert(KC_GEMV_MAX_N == 4, "one instance per row count");
-	switch (n) {
-	case 1: gemv_launch<1>(out, out_f32, in, w, bias, k, m, wpr, st); break;
-	case 2: gemv_launch<2>(out, out_f32, in, w, bias, k, m, wpr, st); break;
-	case 3: gemv_launch<3>(out, out_f32, in, w, bias, k, m, wpr, st); break;
-	default: gemv_launch<4>(out, out_f32, in, w, bias, k, m, wpr, st); break;
-	}
+	sg.out[0] = out;
+	sg.w[0] = (const bf16 *)w;
+	sg.bias[0] = (const bf16 *)bias;
+	sg.m[0] = m;
+	sg.out_f32 = out_f32;
+	gemv_launch<false>(&sg, in, n, k, gemv_wpr(m, k, n_sms), st);
 	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
 }

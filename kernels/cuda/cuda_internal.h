@@ -43,7 +43,12 @@ enum kc_attn_path {
 	KC_ATTN_AUTO = 0,
 	KC_ATTN_SMALL = 1, /* 128 threads, up to 16 query rows per block: decode */
 	KC_ATTN_LARGE = 2, /* 256 threads, up to 64 query rows per block: prefill */
+	KC_ATTN_DECODE = 3, /* one block per (split, kv head, sequence): decode */
 };
+
+/* The attention workspace starts with the split counters of the decode
+ * kernel (zero between launches), then the tile plan, then split partials. */
+#define KC_ATTN_CNT_BYTES ((size_t)64 << 10)
 
 struct kc_gemm_cache;
 
@@ -71,6 +76,24 @@ struct kern_cuda {
 	enum kc_attn_path attn_path; /* KC_ATTN_AUTO unless a test forces one */
 	uint32_t attn_splits;        /* 0 = by shape; tests force a count */
 	int gemv_off;                /* tests: every matmul through cuBLASLt */
+	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */
+
+	/*
+	 * Round where transformers' bf16 Llama/Qwen2 modules round (environment
+	 * HEARTH_CUDA_ROUNDING=transformers at creation): RMSNorm's normalised
+	 * value before the weight, cos/sin and each rope product, silu(gate)
+	 * before the product with up, the logits. Off: one rounding per stored
+	 * result (closer to fp32 arithmetic).
+	 */
+	int hf_round;
+	/* Tuning, from the environment at creation (for measurements):
+	 * HEARTH_CUDA_GEMV_OCC: GEMV warps aimed at per SM, in units of 32
+	 * (default 1); HEARTH_CUDA_DEC_BLOCKS: decode attention blocks aimed at
+	 * per SM (default 4). */
+	int gemv_occ;
+	int dec_blocks;
+	int capturing;              /* a graph capture is under way on stream */
+	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
 };
 
 static inline struct kern_cuda *kc_priv(struct kern_backend *be)
@@ -115,6 +138,13 @@ int kc_argmax_op(struct kern_backend *be, int32_t *out, const float *logits, uin
 		 uint32_t vocab);
 int kc_softmax_ids_op(struct kern_backend *be, float *out, const float *logits,
 		      const int32_t *ids, uint32_t n, uint32_t n_ids, uint32_t vocab);
+int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const void *in,
+		     const void *wq, const void *wk, const void *wv, const void *bq,
+		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
+		     uint32_t mkv);
+int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
+			const void *in, const void *w_gate, const void *w_up, uint32_t n,
+			uint32_t k, uint32_t m);
 
 /* ------------------------------------------------------------ launchers */
 
@@ -123,9 +153,13 @@ int kc_probe(cudaStream_t st);
 int kc_convert_bf16(void *dst, const void *src, enum kern_dtype dt, size_t n, cudaStream_t st);
 int kc_embed(void *out, const void *table, const int32_t *ids, uint32_t n, uint32_t dim,
 	     uint32_t vocab, uint32_t *err, cudaStream_t st);
+/* hf: round where transformers' bf16 modules do (see kern_cuda.hf_round). */
 int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight, uint32_t n,
-		   uint32_t dim, float eps, cudaStream_t st);
-int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, cudaStream_t st);
+		   uint32_t dim, float eps, int hf, cudaStream_t st);
+int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
+	      cudaStream_t st);
+/* x[i] = bf16(x[i]) in place, fp32 storage (logits as transformers returns them). */
+int kc_round_bf16_f32(float *x, size_t n, cudaStream_t st);
 int kc_gather_rows(void *out, const void *in, const int32_t *rows, uint32_t n, uint32_t dim,
 		   uint32_t *err, cudaStream_t st);
 int kc_argmax(int32_t *out, const float *logits, uint32_t n, uint32_t vocab, cudaStream_t st);
@@ -140,6 +174,18 @@ int kc_gemm_simple(void *out, int out_f32, const void *in, const void *w, const 
 #define KC_GEMV_MAX_N 4 /* H200: ties cuBLASLt at n = 4, 1.5x slower at n = 8 */
 int kc_gemv(void *out, int out_f32, const void *in, const void *w, const void *bias, uint32_t n,
 	    uint32_t k, uint32_t m, int n_sms, cudaStream_t st);
+/* Up to three matmuls of the same input in one launch (bf16 out): segment i
+ * is out[i][n, m[i]] = in @ w[i]^T (+ bias[i]); unused segments have m 0. */
+struct kc_gemv_seg {
+	void *out;
+	const void *w, *bias;
+	uint32_t m;
+};
+int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
+		  int n_sms, cudaStream_t st);
+/* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) in one launch. */
+int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
+		   uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st);
 
 /* cuda_attention.cu */
 struct kc_attn_args {
@@ -159,7 +205,7 @@ struct kc_attn_args {
 
 int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *pos, const int32_t *slot,
 		     uint32_t n_tokens, uint32_t n_heads, const struct kern_kv *kv, uint32_t layer,
-		     const float *inv_freq, uint32_t *err, cudaStream_t st);
+		     const float *inv_freq, uint32_t *err, int hf, cudaStream_t st);
 /* Set the kernels' shared-memory limits once per device. */
 int kc_attention_init(size_t smem_optin);
 /* Dynamic shared memory of one block of `path` for head_dim hd. */
@@ -168,8 +214,17 @@ size_t kc_attn_smem_bytes(enum kc_attn_path path, uint32_t hd);
 uint32_t kc_attn_rows(enum kc_attn_path path);
 /* Floats of split partials for n_splits > 1. */
 size_t kc_attn_part_floats(uint32_t n_splits, uint32_t n_tokens, uint32_t n_heads, uint32_t hd);
+#define KC_DEC_MAX_SPLITS 64
+/* Decode kernel: head_dim 32, 64 or 128 and at most 8 q heads per kv head. */
+int kc_attn_decode_ok(uint32_t head_dim, uint32_t group);
+/* One launch: attention and, for n_splits > 1, the merge of the splits
+ * (a->part holds kc_attn_part_floats(n_splits, ...); counters: n_seqs x
+ * n_kv_heads words, zero on entry and on return). */
+int kc_attention_decode(const struct kc_attn_args *a, uint32_t n_splits, uint32_t *counters,
+			cudaStream_t st);
 /* Plan (tiles of sequences), attention, and the split combine when n_splits > 1.
- * split_len: KV positions per split (a multiple of 32), ignored for 1 split. */
+ * split_len: KV positions per split (a multiple of 32), ignored for 1 split;
+ * 0: each tile shares its own KV length evenly among the splits. */
 int kc_attention(const struct kc_attn_args *a, enum kc_attn_path path, uint32_t n_splits,
 		 uint32_t split_len, cudaStream_t st);
 

@@ -39,7 +39,7 @@ int kc_add_rmsnorm_op(struct kern_backend *be, void *out, void *resid, const voi
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->stream);
+	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->hf_round, c->stream);
 }
 
 int kc_matmul_op(struct kern_backend *be, void *out, const void *in, const void *w,
@@ -54,6 +54,58 @@ int kc_matmul_f32out_op(struct kern_backend *be, float *out, const void *in, con
 	return kc_gemm(be, out, 1, in, w, NULL, n, k, m);
 }
 
+/* Few rows: one GEMV launch over the three stacked matrices; else three
+ * matmuls (cuBLASLt). */
+int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const void *in,
+		     const void *wq, const void *wk, const void *wv, const void *bq,
+		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
+		     uint32_t mkv)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!q || !k || !v || !in || !wq || !wk || !wv || !n || !kdim || !mq || !mkv)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	if (n <= KC_GEMV_MAX_N && !c->gemv_off && !c->fused_off) {
+		const struct kc_gemv_seg seg[3] = {
+			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
+		};
+
+		r = kc_gemv_multi(seg, in, n, kdim, c->n_sms * c->gemv_occ, c->stream);
+		if (r != -EINVAL)
+			return r;
+	}
+	if ((r = kc_gemm(be, q, 0, in, wq, bq, n, kdim, mq)) < 0 ||
+	    (r = kc_gemm(be, k, 0, in, wk, bk, n, kdim, mkv)) < 0)
+		return r;
+	return kc_gemm(be, v, 0, in, wv, bv, n, kdim, mkv);
+}
+
+int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
+			const void *in, const void *w_gate, const void *w_up, uint32_t n,
+			uint32_t k, uint32_t m)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !gate || !up || !in || !w_gate || !w_up || !n || !k || !m)
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	if (n <= KC_GEMV_MAX_N && !c->gemv_off && !c->fused_off) {
+		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms * c->gemv_occ, c->hf_round,
+				   c->stream);
+		if (r != -EINVAL)
+			return r;
+	}
+	if ((r = kc_gemm(be, gate, 0, in, w_gate, NULL, n, k, m)) < 0 ||
+	    (r = kc_gemm(be, up, 0, in, w_up, NULL, n, k, m)) < 0)
+		return r;
+	return kc_swiglu(out, gate, up, (size_t)n * m, c->hf_round, c->stream);
+}
+
 int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,
 		 uint32_t n, uint32_t dim)
 {
@@ -64,7 +116,7 @@ int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const voi
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	return kc_swiglu(out, gate, up, (size_t)n * dim, c->stream);
+	return kc_swiglu(out, gate, up, (size_t)n * dim, c->hf_round, c->stream);
 }
 
 int kc_gather_rows_op(struct kern_backend *be, void *out, const void *in, const int32_t *rows,
@@ -136,7 +188,7 @@ int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v
 		return r;
 	c = kc_priv(be);
 	return kc_rope_kv_write(q, k, v, batch->pos, batch->slot, batch->n_tokens, n_heads, kv,
-				layer, inv_freq, c->err_dev, c->stream);
+				layer, inv_freq, c->err_dev, c->hf_round, c->stream);
 }
 
 /*
@@ -159,8 +211,8 @@ static uint32_t attn_splits(const struct kern_cuda *c, const struct kern_batch *
 	if (!n) {
 		want = blocks ? (8u * (uint32_t)c->n_sms + blocks - 1) / blocks : 1;
 		n = HR_MIN(want, b->max_ctx / 64);
-		n = HR_MIN(n, 64u);
 	}
+	n = HR_MIN(n, (uint32_t)KC_DEC_MAX_SPLITS); /* the merge's shared arrays */
 	if (n <= 1 || !b->max_ctx) {
 		*ret_len = 0;
 		return 1;
@@ -168,6 +220,70 @@ static uint32_t attn_splits(const struct kern_cuda *c, const struct kern_batch *
 	len = HR_ALIGN_UP((b->max_ctx + n - 1) / n, 32u);
 	*ret_len = len;
 	return (b->max_ctx + len - 1) / len;
+}
+
+static void attn_args_fill(struct kc_attn_args *a, struct kern_cuda *c, void *out, const void *q,
+			   const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
+			   uint32_t n_heads, float scale)
+{
+	*a = (struct kc_attn_args){
+		.out = out,
+		.q = q,
+		.kv_base = kv->base,
+		.pos = b->pos,
+		.seq_start = b->seq_start,
+		.ctx_len = b->ctx_len,
+		.block_table = b->block_table,
+		.n_tokens = b->n_tokens,
+		.n_seqs = b->n_seqs,
+		.max_blocks = b->max_blocks,
+		.n_pages = kv->n_pages,
+		.page_tokens = kv->page_tokens,
+		.n_kv_heads = kv->n_kv_heads,
+		.head_dim = kv->head_dim,
+		.n_heads = n_heads,
+		.page_elems = kern_kv_page_elems(kv),
+		.layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim,
+		.scale = scale,
+		.err = c->err_dev,
+	};
+}
+
+/*
+ * Decode: one launch. Splits as attn_splits() picks them for n_seqs x
+ * n_kv_heads blocks, from the max_ctx hint (a graph passes its capacity, so
+ * the split count is fixed per graph; each block divides its own sequence's
+ * length among the splits).
+ */
+static int attention_decode(struct kern_backend *be, void *out, const void *q,
+			    const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
+			    uint32_t n_heads, float scale)
+{
+	struct kern_cuda *c = kc_priv(be);
+	struct kc_attn_args a;
+	uint32_t split_len, n_splits;
+	size_t part_bytes = 0;
+	int r;
+
+	/* About four blocks of 128 threads per multiprocessor, each split at
+	 * least 128 positions: the merge reads every split's partials. */
+	n_splits = c->attn_splits;
+	if (!n_splits) {
+		uint32_t blocks = b->n_seqs * kv->n_kv_heads;
+
+		n_splits = ((uint32_t)c->dec_blocks * (uint32_t)c->n_sms + blocks - 1) / blocks;
+		n_splits = HR_MIN(n_splits, b->max_ctx / 128);
+	}
+	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
+	(void)split_len;
+	if (n_splits > 1)
+		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
+			     sizeof(float);
+	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + part_bytes)) < 0)
+		return r;
+	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
+	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES) : NULL;
+	return kc_attention_decode(&a, n_splits, c->attn_ws, c->stream);
 }
 
 int kc_attention_op(struct kern_backend *be, void *out, const void *q,
@@ -195,9 +311,18 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	c = kc_priv(be);
 	group = n_heads / kv->n_kv_heads;
 
-	/* SMALL when a sequence brings about one block's worth of rows or
-	 * less (decode, short appends), else LARGE (prefill chunks). */
+	/* DECODE when every sequence brings one token (and the geometry suits
+	 * it), SMALL when a sequence brings about one block's worth of rows or
+	 * less (short appends), else LARGE (prefill chunks). */
 	path = c->attn_path;
+	if (path == KC_ATTN_AUTO && b->n_tokens == b->n_seqs)
+		path = KC_ATTN_DECODE;
+	if (path == KC_ATTN_DECODE &&
+	    (!kc_attn_decode_ok(kv->head_dim, group) || b->n_seqs > 65535 ||
+	     (uint64_t)b->n_seqs * kv->n_kv_heads * sizeof(uint32_t) > KC_ATTN_CNT_BYTES))
+		path = c->attn_path == KC_ATTN_DECODE ? KC_ATTN_SMALL : KC_ATTN_AUTO;
+	if (path == KC_ATTN_DECODE)
+		return attention_decode(be, out, q, b, kv, layer, n_heads, scale);
 	if (path == KC_ATTN_AUTO)
 		path = (uint64_t)b->n_tokens * group <= (uint64_t)b->n_seqs * kc_attn_rows(KC_ATTN_SMALL)
 			       ? KC_ATTN_SMALL
@@ -222,7 +347,7 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	if (n_splits > 1)
 		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
 			     sizeof(float);
-	if ((r = kc_attn_ws_reserve(be, tiles_bytes + part_bytes)) < 0)
+	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + tiles_bytes + part_bytes)) < 0)
 		return r;
 
 	a = (struct kc_attn_args){
@@ -245,8 +370,10 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		.layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim,
 		.scale = scale,
 		.err = c->err_dev,
-		.tile_start = c->attn_ws,
-		.part = n_splits > 1 ? (float *)((char *)c->attn_ws + tiles_bytes) : NULL,
+		.tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES),
+		.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes)
+				     : NULL,
 	};
-	return kc_attention(&a, path, n_splits, split_len, c->stream);
+	(void)split_len; /* the kernel splits each tile's own length (graphs replay any) */
+	return kc_attention(&a, path, n_splits, 0, c->stream);
 }

@@ -148,7 +148,7 @@ static __global__ void embed_kernel(bf16 *out, const bf16 *table, const int32_t 
  */
 template <bool VEC>
 static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *add,
-					  const bf16 *w, uint32_t dim, float eps)
+					  const bf16 *w, uint32_t dim, float eps, int hf)
 {
 	__shared__ float red[32];
 	bf16 *r = resid + (size_t)blockIdx.x * dim;
@@ -194,23 +194,28 @@ static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *ad
 			unpack8(((const uint4 *)w)[j], y);
 #pragma unroll
 			for (int e = 0; e < 8; e++)
-				x[e] = x[e] * inv * y[e];
+				x[e] = hf ? bf_round(x[e] * inv) * y[e] : x[e] * inv * y[e];
 			((uint4 *)o)[j] = pack8(x);
 		}
 	} else {
 		for (uint32_t j = threadIdx.x; j < dim; j += blockDim.x)
-			o[j] = f2bf(bf2f(r[j]) * inv * bf2f(w[j]));
+			o[j] = f2bf(hf ? bf_round(bf2f(r[j]) * inv) * bf2f(w[j])
+				       : bf2f(r[j]) * inv * bf2f(w[j]));
 	}
 }
 
-/* silu(g) * u as PyTorch computes silu: g / (1 + exp(-g)). */
-static __device__ __forceinline__ float swiglu1(float g, float u)
+/* silu(g) * u as PyTorch computes silu: g / (1 + exp(-g)); hf: silu(g)
+ * rounded to bf16 first, as the bf16 module stores it. */
+static __device__ __forceinline__ float swiglu1(float g, float u, int hf)
 {
-	return g / (1.0f + expf(-g)) * u;
+	float s = g / (1.0f + expf(-g));
+
+	return (hf ? bf_round(s) : s) * u;
 }
 
 template <bool VEC>
-static __global__ void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n)
+static __global__ void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n,
+				     int hf)
 {
 	size_t stride = (size_t)gridDim.x * blockDim.x;
 
@@ -222,13 +227,20 @@ static __global__ void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up
 			unpack8(((const uint4 *)up)[i], u);
 #pragma unroll
 			for (int e = 0; e < 8; e++)
-				g[e] = swiglu1(g[e], u[e]);
+				g[e] = swiglu1(g[e], u[e], hf);
 			((uint4 *)out)[i] = pack8(g);
 		}
 	} else {
 		for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride)
-			out[i] = f2bf(swiglu1(bf2f(gate[i]), bf2f(up[i])));
+			out[i] = f2bf(swiglu1(bf2f(gate[i]), bf2f(up[i]), hf));
 	}
+}
+
+static __global__ void round_f32_kernel(float *x, size_t n)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+	     i += (size_t)gridDim.x * blockDim.x)
+		x[i] = bf_round(x[i]);
 }
 
 /* One block per output row; a negative row is flagged and gives zeros. */
@@ -432,8 +444,14 @@ extern "C" int kc_embed(void *out, const void *table, const int32_t *ids, uint32
 	return launched();
 }
 
+extern "C" int kc_round_bf16_f32(float *x, size_t n, cudaStream_t st)
+{
+	round_f32_kernel<<<stride_blocks(n, 256), 256, 0, st>>>(x, n);
+	return launched();
+}
+
 extern "C" int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight,
-			      uint32_t n, uint32_t dim, float eps, cudaStream_t st)
+			      uint32_t n, uint32_t dim, float eps, int hf, cudaStream_t st)
 {
 	int vec = dim % 8 == 0 && aligned16(out) && aligned16(resid) && aligned16(weight) &&
 		  (!add || aligned16(add));
@@ -442,25 +460,25 @@ extern "C" int kc_add_rmsnorm(void *out, void *resid, const void *add, const voi
 	if (vec)
 		add_rmsnorm_kernel<true><<<n, t, 0, st>>>((bf16 *)out, (bf16 *)resid,
 							  (const bf16 *)add, (const bf16 *)weight,
-							  dim, eps);
+							  dim, eps, hf);
 	else
 		add_rmsnorm_kernel<false><<<n, t, 0, st>>>((bf16 *)out, (bf16 *)resid,
 							   (const bf16 *)add, (const bf16 *)weight,
-							   dim, eps);
+							   dim, eps, hf);
 	return launched();
 }
 
-extern "C" int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems,
+extern "C" int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
 			 cudaStream_t st)
 {
 	int vec = n_elems % 8 == 0 && aligned16(out) && aligned16(gate) && aligned16(up);
 
 	if (vec)
 		swiglu_kernel<true><<<stride_blocks(n_elems / 8, 256), 256, 0, st>>>(
-			(bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n_elems);
+			(bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n_elems, hf);
 	else
 		swiglu_kernel<false><<<stride_blocks(n_elems, 256), 256, 0, st>>>(
-			(bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n_elems);
+			(bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n_elems, hf);
 	return launched();
 }
 

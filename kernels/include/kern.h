@@ -69,7 +69,12 @@ static inline size_t kern_kv_offset(const struct kern_kv *kv, uint32_t page, uin
  * offset-in-page. After the step, sequence s holds ctx_len[s] tokens, whose
  * pages are block_table[s * max_blocks + j] for j < ceil(ctx_len[s]/page_tokens).
  * Attention is causal: token i attends to positions 0 .. pos[i] of its sequence.
+ * slot[i] == KERN_SLOT_PAD marks a padding token (a batch padded up to the
+ * shape of a captured graph): rope_kv_write leaves its q, k and every page
+ * untouched, and no error is raised for it; attention still computes its row
+ * (from positions 0 .. pos[i] of its own sequence), which the caller ignores.
  */
+#define KERN_SLOT_PAD INT32_MIN /* any other negative slot is an error */
 struct kern_batch {
 	uint32_t n_tokens;
 	uint32_t n_seqs;
@@ -188,6 +193,44 @@ struct kern_ops {
 	 */
 	int (*softmax_ids)(struct kern_backend *be, float *out, const float *logits,
 			   const int32_t *ids, uint32_t n, uint32_t n_ids, uint32_t vocab);
+
+	/*
+	 * Optional operations: NULL where a backend lacks them (cpu); the forward
+	 * pass then uses the plain operations above.
+	 *
+	 * matmul_qkv: q[n, mq] = in @ Wq^T (+bq), k[n, mkv] = in @ Wk^T (+bk),
+	 * v[n, mkv] = in @ Wv^T (+bv) in one call (one pass over in; at few rows
+	 * one launch). Biases may be NULL.
+	 */
+	int (*matmul_qkv)(struct kern_backend *be, void *q, void *k, void *v, const void *in,
+			  const void *wq, const void *wk, const void *wv, const void *bq,
+			  const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
+			  uint32_t mkv);
+	/*
+	 * matmul_swiglu: out[n, m] = silu(in @ Wg^T) * (in @ Wu^T). gate and up
+	 * ([n, m] each) are scratch the backend may use (contents undefined after).
+	 */
+	int (*matmul_swiglu)(struct kern_backend *be, void *out, void *gate, void *up,
+			     const void *in, const void *w_gate, const void *w_up, uint32_t n,
+			     uint32_t k, uint32_t m);
+
+	/*
+	 * Optional graph capture (NULL on cpu). Between graph_begin and graph_end
+	 * the operations issued (compute operations only: no upload, download,
+	 * copy, sync, alloc or free) are recorded instead of run; graph_end
+	 * returns the replayable graph in *ret_graph, or, with ret_graph NULL,
+	 * abandons the capture (after an operation failed during it). A graph
+	 * replays the recorded launches with the pointers and shapes they had:
+	 * the caller keeps every buffer it captured alive and at the same address
+	 * and changes only their contents between replays.
+	 * graph_launch returns -ESTALE when backend-internal memory the graph
+	 * captured has moved since (the caller destroys it and captures again).
+	 * graph_destroy accepts NULL.
+	 */
+	int (*graph_begin)(struct kern_backend *be);
+	int (*graph_end)(struct kern_backend *be, void **ret_graph);
+	int (*graph_launch)(struct kern_backend *be, void *graph);
+	void (*graph_destroy)(struct kern_backend *be, void *graph);
 
 	void (*destroy)(struct kern_backend *be);
 };

@@ -223,11 +223,20 @@ void model_scratch_free(struct model_scratch *s);
  * want_logits, its last token's fp32 logits land in backend memory returned by
  * model_step_logits(s, i) where i counts the sequences with want_logits in
  * order. Returns 0 or -errno (-EINVAL on a token id outside the vocabulary,
- * -E2BIG over the scratch's capacity, -EIO from a backend).
+ * -E2BIG over the scratch's capacity, -EIO from a backend). On a backend with
+ * graphs, rows of model_step_logits() past the wanted ones may be written
+ * too (padding); only the wanted rows are defined.
  */
 int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s,
 		  const struct model_seq_step *steps, uint32_t n);
 /* Backend pointer to row i of the last step's logits ([vocab] fp32). */
 float *model_step_logits(struct model_scratch *s, uint32_t i);
+/*
+ * Steps of at most 128 tokens replay captured graphs on backends that have
+ * them (cuda), one per bucket of (tokens, sequences, block-table width)
+ * rounded up to powers of two; on by default. Off: every step runs eagerly
+ * (for comparisons). Results are the same either way.
+ */
+void model_scratch_set_graphs(struct model_scratch *s, bool on);
 
 #endif

@@ -406,7 +406,10 @@ static void run_both(struct scen *sc, struct step *st)
 
 static const char *path_name(enum kc_attn_path p)
 {
-	return p == KC_ATTN_SMALL ? "small" : p == KC_ATTN_LARGE ? "large" : "auto";
+	return p == KC_ATTN_SMALL    ? "small"
+	       : p == KC_ATTN_LARGE  ? "large"
+	       : p == KC_ATTN_DECODE ? "decode"
+				     : "auto";
 }
 
 static void run_scenario(const struct scen *tmpl, const char *name, enum kc_attn_path path,
@@ -441,6 +444,8 @@ static void run_all_paths(const struct scen *tmpl, const char *name)
 	} cfg[] = {
 		{ KC_ATTN_AUTO, 0 }, { KC_ATTN_SMALL, 1 }, { KC_ATTN_LARGE, 1 },
 		{ KC_ATTN_SMALL, 3 }, { KC_ATTN_LARGE, 2 },
+		{ KC_ATTN_DECODE, 0 }, { KC_ATTN_DECODE, 1 }, { KC_ATTN_DECODE, 3 },
+		{ KC_ATTN_DECODE, 16 },
 	};
 
 	for (size_t i = 0; i < KT_ARRAY_SIZE(cfg); i++)
@@ -585,6 +590,18 @@ int main(int argc, char **argv)
 		       .page_tokens = 16, .n_pages = 300, .max_blocks = 40, .layer = 1 },
 		.n_seqs = 8,
 	};
+	/* Decode at the 1B geometry (32 q, 8 kv heads of 64), long contexts. */
+	struct scen decode1b = {
+		.g = { .n_layers = 2, .n_kv_heads = 8, .n_heads = 32, .head_dim = 64,
+		       .page_tokens = 16, .n_pages = 600, .max_blocks = 100, .layer = 1 },
+		.n_seqs = 5,
+	};
+	/* Decode, head_dim 32 with a group of 8 (the decode kernel's widest). */
+	struct scen decode32 = {
+		.g = { .n_layers = 1, .n_kv_heads = 2, .n_heads = 16, .head_dim = 32,
+		       .page_tokens = 8, .n_pages = 200, .max_blocks = 40, .layer = 0 },
+		.n_seqs = 4,
+	};
 	/* Long prefill chunks, wide GQA group (8). */
 	struct scen prefill = {
 		.g = { .n_layers = 1, .n_kv_heads = 2, .n_heads = 16, .head_dim = 64,
@@ -609,11 +626,21 @@ int main(int argc, char **argv)
 		decode.seq[s].n_past = 60 + kt_below(&rng, 500);
 		decode.seq[s].n_new = 1;
 	}
+	for (uint32_t s = 0; s < decode1b.n_seqs; s++) {
+		decode1b.seq[s].n_past = 10 + kt_below(&rng, 1500);
+		decode1b.seq[s].n_new = 1;
+	}
+	for (uint32_t s = 0; s < decode32.n_seqs; s++) {
+		decode32.seq[s].n_past = kt_below(&rng, 300);
+		decode32.seq[s].n_new = 1;
+	}
 	run_all_paths(&handmade, "handmade");
+	run_all_paths(&decode32, "decode32");
 	run_all_paths(&mqa, "mqa");
 	if (!quick) {
 		run_all_paths(&random, "random");
 		run_all_paths(&decode, "decode");
+		run_all_paths(&decode1b, "decode1b");
 		run_all_paths(&prefill, "prefill");
 	}
 	test_validation();

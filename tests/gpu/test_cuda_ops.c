@@ -248,6 +248,78 @@ static void test_matmul(uint32_t n, uint32_t k, uint32_t m, int with_bias)
 	free(rg);
 }
 
+/* The fused ops against the cpu backend's plain matmul (+ swiglu). */
+static void test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int with_bias)
+{
+	const uint32_t ms[3] = { mq, mkv, mkv };
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f);
+	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
+	void *wc[3], *wg[3], *bc[3], *bg[3], *oc[3], *og[3];
+	float *w[3], *b[3], *rc, *rg;
+	char what[96];
+
+	for (int i = 0; i < 3; i++) {
+		w[i] = gt_rand(&rng, (size_t)ms[i] * k, (float)(1.5 / sqrt(k)));
+		b[i] = gt_rand(&rng, ms[i], 0.5f);
+		wc[i] = put_weight(gt_cpu, w[i], (size_t)ms[i] * k);
+		wg[i] = put_weight(gt_gpu, w[i], (size_t)ms[i] * k);
+		bc[i] = put_weight(gt_cpu, b[i], ms[i]);
+		bg[i] = put_weight(gt_gpu, b[i], ms[i]);
+		oc[i] = gt_cpu->ops->alloc(gt_cpu, (size_t)n * ms[i] * 4);
+		og[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * ms[i] * 2);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[i], xc, wc[i], with_bias ? bc[i] : NULL,
+						    n, k, ms[i]), 0);
+	}
+	KT_CHECK_EQ_INT(gt_gpu->ops->matmul_qkv(gt_gpu, og[0], og[1], og[2], xg, wg[0], wg[1], wg[2],
+						with_bias ? bg[0] : NULL, with_bias ? bg[1] : NULL,
+						with_bias ? bg[2] : NULL, n, k, mq, mkv), 0);
+	for (int i = 0; i < 3; i++) {
+		rc = gt_get(gt_cpu, oc[i], (size_t)n * ms[i]);
+		rg = gt_get(gt_gpu, og[i], (size_t)n * ms[i]);
+		snprintf(what, sizeof(what), "matmul_qkv[%d] n=%u k=%u m=%u%s", i, n, k, ms[i],
+			 with_bias ? " +bias" : "");
+		gt_close(what, rg, rc, (size_t)n * ms[i], GT_ATOL, GT_RTOL);
+		free(rc);
+		free(rg);
+	}
+	/* SwiGLU of segments 1 and 2 (same m): silu(x W1^T) * (x W2^T). */
+	{
+		void *sc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
+		void *sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
+		void *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
+		void *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
+
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[1], xc, wc[1], NULL, n, k, mkv), 0);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[2], xc, wc[2], NULL, n, k, mkv), 0);
+		KT_CHECK_EQ_INT(gt_cpu->ops->swiglu(gt_cpu, sc, oc[1], oc[2], n, mkv), 0);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, wg[1], wg[2], n, k,
+							   mkv), 0);
+		rc = gt_get(gt_cpu, sc, (size_t)n * mkv);
+		rg = gt_get(gt_gpu, sg, (size_t)n * mkv);
+		snprintf(what, sizeof(what), "matmul_swiglu n=%u k=%u m=%u", n, k, mkv);
+		gt_close(what, rg, rc, (size_t)n * mkv, GT_ATOL, GT_RTOL);
+		free(rc);
+		free(rg);
+		gt_cpu->ops->free(gt_cpu, sc);
+		gt_gpu->ops->free(gt_gpu, sg);
+		gt_gpu->ops->free(gt_gpu, t1);
+		gt_gpu->ops->free(gt_gpu, t2);
+	}
+	for (int i = 0; i < 3; i++) {
+		gt_cpu->ops->free(gt_cpu, wc[i]);
+		gt_cpu->ops->free(gt_cpu, bc[i]);
+		gt_cpu->ops->free(gt_cpu, oc[i]);
+		gt_gpu->ops->free(gt_gpu, wg[i]);
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+		gt_gpu->ops->free(gt_gpu, og[i]);
+		free(w[i]);
+		free(b[i]);
+	}
+	gt_cpu->ops->free(gt_cpu, xc);
+	gt_gpu->ops->free(gt_gpu, xg);
+	free(x);
+}
+
 static void test_swiglu(uint32_t n, uint32_t dim)
 {
 	size_t ne = (size_t)n * dim;
@@ -423,6 +495,13 @@ int main(void)
 		}
 	}
 	((struct kern_cuda *)gt_gpu->priv)->gemv_off = 0;
+	/* Fused GEMV (n <= 4) and its cuBLASLt fallback (n > 4). */
+	test_fused(1, 2048, 2048, 512, 0);
+	test_fused(1, 1536, 1536, 256, 1);
+	test_fused(3, 512, 256, 1000, 1);
+	test_fused(4, 4096, 4096, 1024, 0);
+	test_fused(2, 64, 8, 24, 1);
+	test_fused(9, 512, 512, 128, 1);
 	test_swiglu(13, 1024);
 	test_swiglu(3, 1003);
 	test_gather(256);
