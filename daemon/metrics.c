@@ -61,6 +61,41 @@ static void gauge(struct text *t, const char *name, const char *help, double v)
 	put(t, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, v);
 }
 
+/*
+ * The scheduler's steps. Sequences per step is a histogram with bounds at
+ * powers of two: batch[] counts steps per range (1, 2, 3-4, ..., 129-256,
+ * more), so the cumulative count at le=2^b is the sum of the first b + 1
+ * ranges. It has no _sum: the scheduler keeps no total of sequences.
+ */
+static void render_sched(const struct hd_sched_stats *s, struct text *t)
+{
+	const char *h = "hearth_sched_batch_sequences";
+	uint64_t cum = 0;
+
+	counter(t, "hearth_sched_steps_total", "Forward steps formed by the scheduler.", s->steps);
+	counter(t, "hearth_sched_step_tokens_total", "Token positions computed in those steps.",
+		s->step_tokens);
+	put(t, "# HELP hearth_sched_step_seconds_total Time spent in those steps.\n"
+	       "# TYPE hearth_sched_step_seconds_total counter\n"
+	       "hearth_sched_step_seconds_total %.9f\n", s->step_ns / 1e9);
+	put(t, "# HELP %s Sequences (sessions) in each forward step.\n# TYPE %s histogram\n", h, h);
+	for (unsigned b = 0; b < HD_BATCH_BUCKETS - 1; b++) {
+		cum += s->batch[b];
+		put(t, "%s_bucket{le=\"%u\"} %llu\n", h, 1u << b, (unsigned long long)cum);
+	}
+	cum += s->batch[HD_BATCH_BUCKETS - 1];
+	put(t, "%s_bucket{le=\"+Inf\"} %llu\n%s_count %llu\n", h, (unsigned long long)cum, h,
+	    (unsigned long long)cum);
+	counter(t, "hearth_sched_timeouts_total",
+		"Requests whose deadline passed before they started (-ETIMEDOUT).", s->timeouts);
+	counter(t, "hearth_sched_cancels_total", "Requests cancelled (-ECANCELED).", s->cancels);
+	counter(t, "hearth_sched_kv_waits_total",
+		"Requests that waited for KV pages to be paged out.", s->kv_waits);
+	gauge(t, "hearth_sched_queued_requests",
+	      "Requests queued on sessions (running or waiting), not yet completed.", s->queued);
+	gauge(t, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);
+}
+
 static void render(struct hd_daemon *d, const struct hd_metrics *m, struct text *t)
 {
 	const char *h = "hearth_request_duration_seconds";
@@ -88,6 +123,7 @@ static void render(struct hd_daemon *d, const struct hd_metrics *m, struct text 
 		    (unsigned long long)m->ops[op].errors);
 	counter(t, "hearth_tokens_total", "Tokens appended or generated.", m->tokens);
 	counter(t, "hearth_steps_total", "Forward steps run by the engine.", m->steps);
+	render_sched(&m->sched, t);
 	counter(t, "hearth_disconnects_total", "Client connections ended.", m->disconnects);
 	counter(t, "hearth_bad_descriptors_total", "Malformed descriptors answered with an error.",
 		m->bad_descriptors);

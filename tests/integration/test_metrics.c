@@ -2,6 +2,7 @@
 /*
  * Prometheus /metrics: scrape hearthd, check the metric names, do work through
  * libhearth, scrape again and check that the counters moved by what was done.
+ * The daemon runs with max_step_tokens 4, so a 10-token append is 3 steps.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -79,6 +80,97 @@ static double metric(const char *text, const char *series)
 	return -1;
 }
 
+/* How much series moved from scrape a to scrape b. */
+static double moved(const char *a, const char *b, const char *series)
+{
+	return metric(b, series) - metric(a, series);
+}
+
+#define BATCH "hearth_sched_batch_sequences"
+
+/* The batch histogram is cumulative, and its +Inf bucket is its count. */
+static void check_batch_histogram(const char *text)
+{
+	char series[128];
+	double prev = 0;
+
+	for (unsigned le = 1; le <= 256; le *= 2) {
+		double v;
+
+		snprintf(series, sizeof(series), BATCH "_bucket{le=\"%u\"}", le);
+		v = metric(text, series);
+		CHECK(v >= prev, "%s = %g below the previous bucket %g", series, v, prev);
+		prev = v;
+	}
+	CHECK(metric(text, BATCH "_bucket{le=\"+Inf\"}") >= prev, "+Inf bucket below le=256");
+	CHECK(metric(text, BATCH "_bucket{le=\"+Inf\"}") == metric(text, BATCH "_count"),
+	      "+Inf bucket %g, count %g", metric(text, BATCH "_bucket{le=\"+Inf\"}"),
+	      metric(text, BATCH "_count"));
+}
+
+/*
+ * Four sessions, an APPEND of 2 tokens each, submitted together: with a
+ * budget of 4 tokens a step holds one or two of them. However they were
+ * batched, the histogram counts every step once, in the right bucket.
+ */
+static void batched_appends(struct hearth *h, int port)
+{
+	int64_t s[4];
+	int32_t *tok = hearth_arena_alloc(h, 2 * sizeof(int32_t));
+	struct hearth_cqe *cqe;
+	char *a, *b;
+	double steps, ones, twos;
+	int status, n_done = 0;
+
+	REQUIRE(tok, "arena");
+	tok[0] = 5;
+	tok[1] = 6;
+	for (int i = 0; i < 4; i++) {
+		s[i] = hearth_session_open(h, NULL, 0, NULL);
+		REQUIRE(s[i] > 0, "open %d", i);
+	}
+	a = http_get(port, "/metrics", &status);
+	REQUIRE(a && status == 200, "GET /metrics: status %d", status);
+	for (int i = 0; i < 4; i++) {
+		struct hearth_sqe *sqe = hearth_get_sqe(h);
+
+		REQUIRE(sqe, "sqe %d", i);
+		hearth_prep_append(h, sqe, (uint32_t)s[i], tok, 2);
+		sqe->user_data = (uint64_t)i + 1;
+	}
+	CHECK(hearth_submit(h) == 4, "submit 4");
+	while (n_done < 4 && hearth_wait_cqe(h, &cqe, 10 * 1000000000LL) == 0) {
+		CHECK(cqe->res == 2, "append %llu: res %d", (unsigned long long)cqe->user_data,
+		      cqe->res);
+		hearth_cqe_seen(h, cqe);
+		n_done++;
+	}
+	CHECK(n_done == 4, "%d of 4 appends completed", n_done);
+	b = http_get(port, "/metrics", &status);
+	REQUIRE(b && status == 200, "GET /metrics: status %d", status);
+	check_batch_histogram(b);
+	steps = moved(a, b, "hearth_sched_steps_total");
+	ones = moved(a, b, BATCH "_bucket{le=\"1\"}");
+	twos = moved(a, b, BATCH "_bucket{le=\"2\"}") - ones;
+	CHECK(steps >= 2 && steps <= 4, "4 appends of 2 tokens in %g steps of 4 tokens", steps);
+	CHECK(moved(a, b, BATCH "_count") == steps, "histogram count moved by %g, steps by %g",
+	      moved(a, b, BATCH "_count"), steps);
+	CHECK(moved(a, b, "hearth_steps_total") == steps, "engine steps moved by %g, scheduler's by %g",
+	      moved(a, b, "hearth_steps_total"), steps);
+	CHECK(ones + 2 * twos == 4 && ones + twos == steps,
+	      "%g steps of one sequence and %g of two: not the 4 appends", ones, twos);
+	CHECK(moved(a, b, "hearth_sched_step_tokens_total") == 8, "step tokens moved by %g, want 8",
+	      moved(a, b, "hearth_sched_step_tokens_total"));
+	CHECK(metric(b, "hearth_sched_queued_requests") == 0 &&
+	      metric(b, "hearth_sched_active_sessions") == 0, "queued %g on %g sessions after all",
+	      metric(b, "hearth_sched_queued_requests"), metric(b, "hearth_sched_active_sessions"));
+	printf("batched appends: %g steps, %g of one sequence, %g of two\n", steps, ones, twos);
+	free(a);
+	free(b);
+	for (int i = 0; i < 4; i++)
+		CHECK(hearth_session_close(h, (uint32_t)s[i], 0) == 0, "close %d", i);
+}
+
 int main(int argc, char **argv)
 {
 	static const char *const names[] = {
@@ -88,6 +180,12 @@ int main(int argc, char **argv)
 		"hearth_tokens_total", "hearth_steps_total", "hearth_clients", "hearth_sessions",
 		"hearth_kv_pages{tier=\"L1\",state=\"free\"}", "hearth_l2_bytes_total{direction=\"out\"}",
 		"hearth_model_load_seconds", "hearth_uptime_seconds", "hearth_disconnects_total",
+		"hearth_sched_steps_total", "hearth_sched_step_tokens_total",
+		"hearth_sched_step_seconds_total", BATCH "_bucket{le=\"1\"}",
+		BATCH "_bucket{le=\"256\"}", BATCH "_bucket{le=\"+Inf\"}", BATCH "_count",
+		"hearth_sched_timeouts_total", "hearth_sched_cancels_total",
+		"hearth_sched_kv_waits_total", "hearth_sched_queued_requests",
+		"hearth_sched_active_sessions",
 	};
 	struct th_daemon d;
 	char portflag[64], *a, *b;
@@ -105,13 +203,16 @@ int main(int argc, char **argv)
 	port = free_port();
 	REQUIRE(port > 0, "free port");
 	snprintf(portflag, sizeof(portflag), "--metrics-port=%d", port);
-	th_daemon_start(&d, argv[1], argv[2], (const char *const[]){ portflag, NULL });
+	th_daemon_start(&d, argv[1], argv[2],
+			(const char *const[]){ portflag, "--max-step-tokens=4", NULL });
 
 	a = http_get(port, "/metrics", &status);
 	REQUIRE(a && status == 200, "GET /metrics: status %d", status);
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		CHECK(metric(a, names[i]) >= 0, "metric %s missing", names[i]);
 	CHECK(strstr(a, "# TYPE hearth_request_duration_seconds histogram"), "histogram TYPE line");
+	CHECK(strstr(a, "# TYPE " BATCH " histogram"), "batch histogram TYPE line");
+	check_batch_histogram(a);
 
 	h = hearth_connect(&(struct hearth_opts){ .socket_path = d.sock, .client_name = "metrics" });
 	REQUIRE(h, "connect");
@@ -132,10 +233,23 @@ int main(int argc, char **argv)
 	CHECK(metric(b, "hearth_request_duration_seconds_bucket{op=\"score\",le=\"+Inf\"}") == 3,
 	      "+Inf bucket holds every score");
 	CHECK(metric(b, "hearth_steps_total") > metric(a, "hearth_steps_total"), "steps moved");
+	/* One session, one request at a time: the append in 3 steps (4 + 4 + 2
+	 * tokens), a score in one each, every step of one sequence. */
+	CHECK(moved(a, b, "hearth_sched_steps_total") == 6, "scheduler steps moved by %g, want 6",
+	      moved(a, b, "hearth_sched_steps_total"));
+	CHECK(moved(a, b, BATCH "_count") == 6, "batch histogram count moved by %g, want 6",
+	      moved(a, b, BATCH "_count"));
+	CHECK(moved(a, b, BATCH "_bucket{le=\"1\"}") == 6, "le=1 bucket moved by %g, want 6",
+	      moved(a, b, BATCH "_bucket{le=\"1\"}"));
+	CHECK(moved(a, b, "hearth_sched_step_tokens_total") == 16, "step tokens moved by %g, want 16",
+	      moved(a, b, "hearth_sched_step_tokens_total"));
+	CHECK(moved(a, b, "hearth_sched_step_seconds_total") > 0, "step time did not move");
+	check_batch_histogram(b);
 	CHECK(metric(b, "hearth_clients") == 1 && metric(b, "hearth_sessions") == 1,
 	      "one client, one session");
 	free(a);
 	free(b);
+	batched_appends(h, port);
 	hearth_close(h);
 
 	a = http_get(port, "/health", &status);
