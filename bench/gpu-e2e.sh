@@ -14,14 +14,17 @@ if [ "${1:-}" = "--pack" ]; then
 	B=${2:-build}
 	rm -rf "$R" && mkdir -p "$R/lib" || exit 1
 	cp "$B/daemon/hearthd" "$B/tools/hearth-run" "$B/bench/hearth-bench-ipc" \
-		"$B/bench/hearth-bench-kv" "$B/bench/hearth-bench-engine" "$B/clients/hearthctl" \
-		"$R/" || exit 1
+		"$B/bench/hearth-bench-kv" "$B/bench/hearth-bench-engine" "$B/bench/hearth-bench-load" \
+		"$B/bench/hearth-bench-load-model" "$B/clients/hearthctl" "$R/" || exit 1
 	cp -L "$B"/clients/libhearth.so.0 "$R/lib/"
-	for b in "$R"/hearthd "$R"/hearth-bench-ipc "$R"/hearth-bench-kv "$R"/hearth-bench-engine; do
+	# Every shared library but the C runtime and CUDA's (the GPU machine has
+	# those): openblas, protobuf-c, liburing, libmicrohttpd and its TLS chain...
+	for b in "$R"/hearthd "$R"/hearth-bench-* "$R"/hearthctl; do
 		ldd "$b"
 	done |
 		awk '/=>/ {print $3}' | sort -u |
-		grep -E 'openblas|gfortran|quadmath|gomp|cjson|xxhash|protobuf-c|inih|uring' |
+		grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*)\.so' |
+		grep -v '/usr/local/cuda' |
 		while read -r f; do cp -L "$f" "$R/lib/"; done
 	du -sh "$R"
 	exit 0

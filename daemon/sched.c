@@ -31,6 +31,7 @@ struct hd_job {
 	uint32_t n_tokens, n_labels;
 	int32_t *ids;             /* n_tokens token ids, then n_labels label ids */
 	uint32_t old_len;         /* session length before the job (roll-back) */
+	uint32_t step_idx;        /* its item in the step being formed, or UINT32_MAX */
 	uint32_t produced;        /* GENERATE: tokens streamed */
 	int32_t next_tok;
 	bool bulk, started, cancelled, wait_kv;
@@ -376,6 +377,7 @@ static uint32_t take(struct hd_daemon *d, struct hd_job *j, uint32_t cap, uint32
 	} else if (j->q.op == SHM_OP_GENERATE) {
 		w->next_token = &j->next_tok;
 	}
+	j->step_idx = *n;
 	d->sched.step_jobs[(*n)++] = j;
 	return chunk;
 }
@@ -492,22 +494,35 @@ uint32_t hd_sched_turn(struct hd_daemon *d)
 	if (!n_cand)
 		return progress;
 	qsort(q->cand, n_cand, sizeof(*q->cand), cmp_cand);
-	/* Bulk work always gets a share of the tokens (and a seat) when it waits. */
-	if (n_bulk && n_bulk < n_cand)
-		reserve = HR_MAX(1u, budget * d->cfg.bulk_share_pct / 100);
+	/* Bulk work always gets a share of the tokens (and a seat) when it waits,
+	 * never more than it can use. */
+	if (n_bulk && n_bulk < n_cand) {
+		uint32_t bulk_want = 0;
+
+		for (uint32_t i = n_cand - n_bulk; i < n_cand && bulk_want < budget; i++)
+			bulk_want += HR_MIN(job_remaining(q->cand[i]), budget);
+		reserve = HR_MIN(HR_MAX(1u, budget * d->cfg.bulk_share_pct / 100), bulk_want);
+	}
+	for (uint32_t i = 0; i < n_cand; i++)
+		q->cand[i]->step_idx = UINT32_MAX;
 	for (uint32_t i = 0; i < n_cand - n_bulk && n < seats - (n_bulk != 0 && n_bulk < n_cand); i++)
 		used += take(d, q->cand[i], budget - reserve - used, &n);
 	for (uint32_t i = n_cand - n_bulk; i < n_cand && n < seats; i++)
 		used += take(d, q->cand[i], budget - used, &n);
-	/* Interactive chunks cut short by the reserve get what bulk left. */
-	for (uint32_t i = 0; i < n && used < budget; i++) {
-		struct hd_job *j = q->step_jobs[i];
-		uint32_t more = HR_MIN(job_remaining(j) - q->work[i].max_tokens, budget - used);
+	/* Interactive jobs cut short (or left out) by the reserve get what bulk left. */
+	for (uint32_t i = 0; i < n_cand - n_bulk && used < budget; i++) {
+		struct hd_job *j = q->cand[i];
+		uint32_t more;
 
-		if (!j->bulk && more) {
-			q->work[i].max_tokens += more;
-			used += more;
+		if (j->step_idx == UINT32_MAX) {
+			/* Not taken, or its start failed (then it is off its queue). */
+			if (n < seats && j->s->jobs == j)
+				used += take(d, j, budget - used, &n);
+			continue;
 		}
+		more = HR_MIN(job_remaining(j) - q->work[j->step_idx].max_tokens, budget - used);
+		q->work[j->step_idx].max_tokens += more;
+		used += more;
 	}
 	if (!n)
 		return progress;
