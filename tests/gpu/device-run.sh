@@ -14,8 +14,9 @@ if [ "${1:-}" = "--pack" ]; then
 		cp "$B/tests/gpu/$t" "$R/" || exit 1
 	done
 	# Libraries a bare CUDA image may lack (not libc, libstdc++ or CUDA's own).
-	ldd "$R"/test_cuda_engine "$R"/time_cuda_decode | awk '/=>/ {print $3}' | sort -u |
-		grep -E 'openblas|gfortran|quadmath|gomp|cjson|xxhash' |
+	ldd "$R"/test_cuda_* "$R"/time_cuda_decode | awk '/=>/ {print $3}' | sort -u |
+		grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*)\.so' |
+		grep -v '/usr/local/cuda' |
 		while read -r f; do cp -L "$f" "$R/lib/"; done
 	du -sh "$R"
 	exit 0
