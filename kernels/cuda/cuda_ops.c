@@ -350,30 +350,9 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + tiles_bytes + part_bytes)) < 0)
 		return r;
 
-	a = (struct kc_attn_args){
-		.out = out,
-		.q = q,
-		.kv_base = kv->base,
-		.pos = b->pos,
-		.seq_start = b->seq_start,
-		.ctx_len = b->ctx_len,
-		.block_table = b->block_table,
-		.n_tokens = b->n_tokens,
-		.n_seqs = b->n_seqs,
-		.max_blocks = b->max_blocks,
-		.n_pages = kv->n_pages,
-		.page_tokens = kv->page_tokens,
-		.n_kv_heads = kv->n_kv_heads,
-		.head_dim = kv->head_dim,
-		.n_heads = n_heads,
-		.page_elems = kern_kv_page_elems(kv),
-		.layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim,
-		.scale = scale,
-		.err = c->err_dev,
-		.tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES),
-		.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes)
-				     : NULL,
-	};
+	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
+	a.tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES);
+	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes) : NULL;
 	(void)split_len; /* the kernel splits each tile's own length (graphs replay any) */
 	return kc_attention(&a, path, n_splits, 0, c->stream);
 }
