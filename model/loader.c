@@ -593,12 +593,17 @@ static int ld_weights(struct loader *l)
 	if (r < 0)
 		return r;
 	/* Tied: lm_head is the embedding, unless the file carries its own copy. */
-	r = ld_tensor(l, "lm_head.weight", D_VOCAB, D_HIDDEN, cfg->tie_word_embeddings, &m->lm_head);
-	if (r < 0)
-		return r;
-	if (!m->lm_head)
-		m->lm_head = m->embed;
-	return 0;
+	return ld_tensor(l, "lm_head.weight", D_VOCAB, D_HIDDEN, cfg->tie_word_embeddings,
+			 &m->lm_head);
+}
+
+/* After the weights are resident (a streamed load fills the pointers only
+ * then): a tied model's LM head is its embedding. */
+static int ld_tie(struct loader *l)
+{
+	if (!l->m->lm_head)
+		l->m->lm_head = l->m->embed;
+	return l->m->lm_head ? 0 : ld_fail(l, -EINVAL, "%s: no embedding for the LM head", l->index_file);
 }
 
 static int ld_inv_freq(struct loader *l)
@@ -688,7 +693,8 @@ struct model *model_load_ex(const char *dir, struct kern_backend *be,
 
 	if ((r = ld_config(&l)) < 0 || (r = ld_open_files(&l)) < 0 ||
 	    (r = ld_check_names(&l)) < 0 || (r = ld_weights(&l)) < 0 ||
-	    (l.stream && (r = ld_stream(&l)) < 0) || (r = ld_inv_freq(&l)) < 0)
+	    (l.stream && (r = ld_stream(&l)) < 0) || (r = ld_tie(&l)) < 0 ||
+	    (r = ld_inv_freq(&l)) < 0)
 		goto out;
 
 	m->fingerprint = XXH3_64bits_digest(l.xxh);

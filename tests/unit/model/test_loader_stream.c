@@ -145,6 +145,9 @@ static uint64_t stream_ok(struct tmodel *tm, const char *dir, struct model_load_
 	}
 	check_weights(m, tm);
 	check_inv_freq(m);
+	/* A tied model's LM head is its embedding, also when streamed (the
+	 * pointers are filled only once the stream is done). */
+	CHECK(m->embed && m->lm_head);
 	fp = m->fingerprint;
 	model_free(m);
 	CHECK(tb.live == 0 && n_host_live == 0 && n_pend == 0);
