@@ -88,12 +88,10 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 		sincosf(ang, &sn, &c);
 		if (hf) {
 			/* transformers: bf16 cos/sin, each product and the sum rounded */
-			c = __bfloat162float(__float2bfloat16_rn(c));
-			sn = __bfloat162float(__float2bfloat16_rn(sn));
-			y1 = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(x1 * c)) +
-						 __bfloat162float(__float2bfloat16_rn(-x2 * sn)));
-			y2 = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(x2 * c)) +
-						 __bfloat162float(__float2bfloat16_rn(x1 * sn)));
+			c = bf_round(c);
+			sn = bf_round(sn);
+			y1 = __float2bfloat16_rn(bf_round(x1 * c) + bf_round(-x2 * sn));
+			y2 = __float2bfloat16_rn(bf_round(x2 * c) + bf_round(x1 * sn));
 		} else {
 			y1 = __float2bfloat16_rn(x1 * c - x2 * sn);
 			y2 = __float2bfloat16_rn(x2 * c + x1 * sn);
@@ -485,19 +483,6 @@ static __global__ void attn_combine_kernel(const float *part, bf16 *out, uint32_
 #define DEC_NT 128
 #define DEC_NW (DEC_NT / 32)
 
-static __device__ __forceinline__ void unpack8f(uint4 v, float f[8])
-{
-	const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		float2 t = __bfloat1622float2(h[i]);
-
-		f[2 * i] = t.x;
-		f[2 * i + 1] = t.y;
-	}
-}
-
 template <int HD, int GM>
 static __global__ void __launch_bounds__(DEC_NT)
 attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
@@ -554,7 +539,7 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 				uint4 qv = ((const uint4 *)a.q)[(((size_t)t * a.n_heads + kvh * group + g) *
 								 HD) / 8 + li];
 
-				unpack8f(qv, q[g]);
+				unpack8(qv, q[g]);
 #pragma unroll
 				for (int x = 0; x < 8; x++)
 					q[g][x] *= sl2;
@@ -605,8 +590,8 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 			for (int u = 0; u < U; u++) {
 				float kf[8], vf[8];
 
-				unpack8f(kr[u], kf);
-				unpack8f(vr[u], vf);
+				unpack8(kr[u], kf);
+				unpack8(vr[u], vf);
 #pragma unroll
 				for (int g = 0; g < GM; g++) {
 					float d = 0.0f;

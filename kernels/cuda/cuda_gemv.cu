@@ -13,25 +13,13 @@
 #include <errno.h>
 #include <stdint.h>
 
+#include "cuda_device.cuh"
 #include "cuda_internal.h"
 
 typedef __nv_bfloat16 bf16;
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS (GEMV_THREADS / 32)
-
-static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
-{
-	const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		float2 t = __bfloat1622float2(h[i]);
-
-		f[2 * i] = t.x;
-		f[2 * i + 1] = t.y;
-	}
-}
 
 template <int NR>
 static __device__ __forceinline__ void gemv_step(float acc[NR], uint4 wv, const uint4 *in, size_t k8,

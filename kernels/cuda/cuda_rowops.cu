@@ -30,25 +30,6 @@ static __device__ __forceinline__ bf16 f2bf(float x)
 	return __float2bfloat16_rn(x);
 }
 
-/* Round to bf16 and back: the value an activation holds once stored. */
-static __device__ __forceinline__ float bf_round(float x)
-{
-	return __bfloat162float(__float2bfloat16_rn(x));
-}
-
-static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
-{
-	const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		float2 t = __bfloat1622float2(h[i]);
-
-		f[2 * i] = t.x;
-		f[2 * i + 1] = t.y;
-	}
-}
-
 static __device__ __forceinline__ uint4 pack8(const float f[8])
 {
 	uint4 v;
