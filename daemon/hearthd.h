@@ -277,8 +277,10 @@ int hd_ops_run_simple(struct hd_daemon *d, struct hd_client *c, const struct shm
 void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t flags,
 		 uint32_t out_len, uint32_t pos);
 uint32_t hd_cq_room(struct hd_client *c);
-/* Count one finished request in the per-op statistics. */
-void hd_count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0);
+/* A descriptor's last completion: counted in the per-op statistics (latency
+ * from t0) and posted. */
+void hd_complete(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q, int res,
+		 uint64_t t0, uint32_t out_len, uint32_t pos);
 
 /* sched.c (reactor thread only): continuous batching. */
 int hd_sched_init(struct hd_daemon *d);

@@ -53,7 +53,7 @@ const uint64_t hd_lat_bounds_ns[HD_LAT_BUCKETS] = {
 	10000000, 50000000, 250000000, 1000000000,
 };
 
-void hd_count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0)
+static void count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0)
 {
 	struct hd_op_stats *st = &d->stats.ops[op < SHM_OP__MAX ? op : 0];
 	uint64_t dt = hr_now_ns() - t0;
@@ -67,6 +67,13 @@ void hd_count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0)
 	st->total_ns += dt;
 	if (dt > st->max_ns)
 		st->max_ns = dt;
+}
+
+void hd_complete(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q, int res,
+		 uint64_t t0, uint32_t out_len, uint32_t pos)
+{
+	count_op(d, q->op, res, t0);
+	hd_post_cqe(c, q->user_data, res, 0, out_len, pos);
 }
 
 /* The session of a data op, checked against the client's open set. */
@@ -167,6 +174,5 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		break;
 	}
 done:
-	hd_count_op(d, q->op, r, t0);
-	hd_post_cqe(c, q->user_data, r, 0, 0, s ? engine_seq_len(s->seq) : 0);
+	hd_complete(d, c, q, r, t0, 0, s ? engine_seq_len(s->seq) : 0);
 }

@@ -130,8 +130,7 @@ static void job_finish(struct hd_daemon *d, struct hd_job *j, int res, uint32_t 
 	struct hd_client *c = j->c;
 
 	unlink_job(&d->sched, j);
-	hd_count_op(d, j->q.op, res, j->t_submit);
-	hd_post_cqe(c, j->q.user_data, res, 0, out_len, engine_seq_len(j->s->seq));
+	hd_complete(d, c, &j->q, res, j->t_submit, out_len, engine_seq_len(j->s->seq));
 	job_free(&d->sched, j);
 }
 
@@ -259,10 +258,10 @@ static int job_start(struct hd_daemon *d, struct hd_job *j)
 	return 0;
 }
 
-/* Head jobs that need no forward pass (TRUNCATE, CLOSE), cancellations and
- * missed deadlines are finished here; returns the head left to schedule. */
-static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uint64_t now,
-				  uint32_t *progress)
+/* Head jobs that need no forward pass (TRUNCATE, CLOSE) and cancellations
+ * are finished here (missed deadlines already were, by expire()); returns
+ * the head left to schedule. */
+static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uint32_t *progress)
 {
 	uint32_t handle = s->handle;
 	struct hd_job *j;
@@ -271,9 +270,6 @@ static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uin
 		if (j->cancelled) {
 			d->sched.st.cancels++;
 			job_fail(d, j, -ECANCELED);
-		} else if (!j->started && j->q.deadline_ns && now >= j->q.deadline_ns) {
-			d->sched.st.timeouts++;
-			job_finish(d, j, -ETIMEDOUT, 0);
 		} else if (j->q.op == SHM_OP_TRUNCATE || j->q.op == SHM_OP_SESSION_CLOSE) {
 			struct hd_client *c = j->c;
 			struct shm_sqe sq = j->q;
@@ -284,8 +280,7 @@ static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uin
 			unlink_job(&d->sched, j);
 			job_free(&d->sched, j);
 			r = hd_ops_run_simple(d, c, &sq);
-			hd_count_op(d, sq.op, r, t0);
-			hd_post_cqe(c, sq.user_data, r, 0, 0,
+			hd_complete(d, c, &sq, r, t0, 0,
 				    hd_session_get(d, handle) ? engine_seq_len(s->seq) : 0);
 		} else {
 			return j;
@@ -485,7 +480,7 @@ uint32_t hd_sched_turn(struct hd_daemon *d)
 
 		if (i >= q->n_active)
 			continue;
-		j = settle_head(d, q->active[i], now, &progress);
+		j = settle_head(d, q->active[i], &progress);
 		if (j && job_can_run(d, j)) {
 			q->cand[n_cand++] = j;
 			n_bulk += j->bulk;
