@@ -44,7 +44,7 @@ void bench_summarise(uint64_t *ns, size_t n, struct bench_stats *ret)
 	ret->max = (double)ns[n - 1];
 }
 
-static int try_connect(const char *path)
+int bench_ctl_connect(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), r;
@@ -52,9 +52,22 @@ static int try_connect(const char *path)
 	if (fd < 0)
 		return -errno;
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	r = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+static int try_connect(const char *path)
+{
+	int fd = bench_ctl_connect(path);
+
+	if (fd < 0)
+		return fd;
 	close(fd);
-	return r;
+	return 0;
 }
 
 pid_t bench_start_daemon(const char *hearthd, const char *const *flags, char *sock, size_t len,

@@ -24,6 +24,8 @@ void bench_summarise(uint64_t *ns, size_t n, struct bench_stats *ret);
  */
 pid_t bench_start_daemon(const char *hearthd, const char *const *flags, char *sock, size_t len,
 			 const char *log_path, int timeout_s);
+/* A connection to hearthd's control socket (SOCK_SEQPACKET): fd or -errno. */
+int bench_ctl_connect(const char *path);
 /* SIGTERM, wait; returns its exit status or -errno. */
 int bench_stop_daemon(pid_t pid);
 

@@ -194,27 +194,6 @@ static struct model *random_model(struct kern_backend *be, const char *shape)
 	return m;
 }
 
-static void random_model_free(struct model *m)
-{
-	struct kern_backend *be = m->be;
-
-	for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
-		struct model_layer *L = &m->layers[l];
-		void *w[] = { L->attn_norm, L->mlp_norm, L->wq, L->wk, L->wv, L->wo, L->w_gate,
-			      L->w_up, L->w_down };
-
-		for (size_t i = 0; i < sizeof(w) / sizeof(w[0]); i++)
-			be->ops->free(be, w[i]);
-	}
-	if (m->lm_head != m->embed)
-		be->ops->free(be, m->lm_head);
-	be->ops->free(be, m->embed);
-	be->ops->free(be, m->final_norm);
-	be->ops->free(be, m->inv_freq);
-	free(m->layers);
-	free(m);
-}
-
 /* ------------------------------------------------------------ measurements */
 
 struct ctx {
@@ -708,10 +687,7 @@ int main(int argc, char **argv)
 	x->be->ops->free(x->be, x->argmax_dev);
 	x->be->ops->free(x->be, x->ids_dev);
 	x->be->ops->free(x->be, x->probs_dev);
-	if (model_dir)
-		model_free(x->m);
-	else
-		random_model_free(x->m);
+	model_free(x->m); /* loaded or built here: the same fields to free */
 	kern_backend_free(x->be);
 	printf("BENCH %s\n", json);
 	return ok ? 0 : 1;

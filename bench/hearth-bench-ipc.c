@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -176,12 +175,10 @@ static void bench_uds_daemon(const char *path, uint32_t iters, uint64_t *ns)
 	static uint8_t buf[HR_CTL_MAX_MSG];
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
 	Hearth__Control__Ping ping = HEARTH__CONTROL__PING__INIT;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), eof, r;
+	int fd = bench_ctl_connect(path), eof, r;
 
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
-		die("connect to the control socket", -errno);
+	if (fd < 0)
+		die("connect to the control socket", fd);
 	req.body_case = HEARTH__CONTROL__REQUEST__BODY_PING;
 	req.ping = &ping;
 	for (uint32_t i = 0; i < iters + iters / 10; i++) {

@@ -19,8 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -240,16 +238,10 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t *ret_tokens)
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
 	Hearth__Control__GetStats gs = HEARTH__CONTROL__GET_STATS__INIT;
 	Hearth__Control__Response *rep;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), eof, r;
+	int fd = bench_ctl_connect(path), eof, r;
 
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		r = -errno;
-		if (fd >= 0)
-			close(fd);
-		return r;
-	}
+	if (fd < 0)
+		return fd;
 	req.body_case = HEARTH__CONTROL__REQUEST__BODY_GET_STATS;
 	req.get_stats = &gs;
 	req.id = 1;
