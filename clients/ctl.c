@@ -97,7 +97,8 @@ static void copy_msg(char *msg, size_t msglen, const char *text)
 }
 
 int hearth__ctl_call(int sock, uint64_t *id_seq, Hearth__Control__Request *req,
-		     Hearth__Control__Response **ret, int *ret_fd, char *msg, size_t msglen)
+		     Hearth__Control__Response **ret, int *ret_fd, char *msg, size_t msglen,
+		     int timeout_ms)
 {
 	_cleanup_free_ uint8_t *buf = NULL;
 	int r;
@@ -116,7 +117,7 @@ int hearth__ctl_call(int sock, uint64_t *id_seq, Hearth__Control__Request *req,
 		Hearth__Control__Response *rep;
 		int fd = -1, eof = 0, n;
 
-		r = wait_readable(sock, HEARTH__CTL_TIMEOUT_MS);
+		r = wait_readable(sock, timeout_ms ? timeout_ms : HEARTH__CTL_TIMEOUT_MS);
 		if (r < 0)
 			return r;
 		n = hr_ctl_recv(sock, buf, HR_CTL_MAX_MSG, &fd, &eof);

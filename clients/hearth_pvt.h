@@ -65,8 +65,11 @@ int hearth__ctl_connect(const char *path);
  * daemon error returns its negative errno and copies its message to msg
  * (when msg is not NULL). Other errors: -ECONNRESET (the daemon closed the
  * socket), -ETIMEDOUT, -EBADMSG, -EPROTO, -ENOMEM, -errno of the socket.
+ * timeout_ms: how long to wait for the reply; 0: HEARTH__CTL_TIMEOUT_MS,
+ * -1: as long as it takes (a model load).
  */
 int hearth__ctl_call(int sock, uint64_t *id_seq, Hearth__Control__Request *req,
-		     Hearth__Control__Response **ret, int *ret_fd, char *msg, size_t msglen);
+		     Hearth__Control__Response **ret, int *ret_fd, char *msg, size_t msglen,
+		     int timeout_ms);
 
 #endif

@@ -4,8 +4,9 @@
  * attaching a shared region: `status` (uptime, clients, KV pages, counters and
  * per-op latencies), `stats` (what /metrics exports: latency histograms with
  * p50/p99, queue depths, tokens/s, KV tiers, L2, model load), `models`,
- * `sessions`, `evict`, `pin`, `unpin`. Exit status 0 on success, 1 when
- * the daemon cannot be reached or answers with an error, 2 on a usage error.
+ * `sessions`, `evict`, `pin`, `unpin`, and `load` / `unload` of models. Exit
+ * status 0 on success, 1 when the daemon cannot be reached or answers with an
+ * error, 2 on a usage error.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -23,26 +24,40 @@ static const char *prog = "hearthctl";
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"Usage: %s [--socket PATH] [--interval SECONDS] COMMAND [SESSION]\n"
+		"Usage: %s [--socket PATH] [--model NAME] [--interval SECONDS] COMMAND [ARGS]\n"
 		"\n"
 		"Commands:\n"
-		"  status     uptime, clients, sessions, KV pages, counters, per-op latency\n"
+		"  status     uptime, clients, sessions, KV pages, device memory, counters,\n"
+		"             per-op latency (of one model: --model, else the default one)\n"
 		"  stats      what /metrics exports: per-op latency (p50/p99 from the\n"
 		"             histogram), queue depths, tokens/s, KV pages per tier, L2\n"
 		"             traffic and latency, model load; over the daemon's lifetime,\n"
 		"             or over --interval SECONDS\n"
-		"  models     the model the daemon serves\n"
-		"  sessions   every session: name, handle, tokens, KV pages, tier, idle time\n"
+		"  models     every model the daemon serves or loads, with its state\n"
+		"  sessions   every session of a model: name, handle, tokens, KV pages,\n"
+		"             tier, idle time\n"
 		"  evict SESSION   page a session out to L2 now (SESSION: a name, or a handle\n"
 		"                  such as 0x100003)\n"
 		"  pin SESSION     keep a session in L1: never evicted\n"
 		"  unpin SESSION   make it evictable again\n"
+		"  load NAME [PATH]  load a model (a Hugging Face directory) while the others\n"
+		"                  keep serving; waits until it is resident. Without PATH,\n"
+		"                  the path the daemon's configuration gives NAME\n"
+		"  unload NAME     stop serving a model and free its memory, saving its named\n"
+		"                  sessions (state_dir); refused while clients are attached\n"
 		"\n"
 		"Options:\n"
 		"  -s, --socket PATH   control socket (default: $HEARTH_SOCKET, else the\n"
 		"                      daemon's default for this user)\n"
+		"  -m, --model NAME    status, stats, sessions, evict, pin, unpin: this model\n"
+		"                      (default: the daemon's default model)\n"
 		"  -i, --interval SECONDS  stats: two snapshots SECONDS apart; rates and\n"
 		"                      latencies over that interval\n"
+		"      --kv-pages N    load: KV pages of its L1 pool (default: the daemon's)\n"
+		"      --wait          unload: refuse new clients and wait for the attached\n"
+		"                      ones to close, then unload\n"
+		"      --force         unload: even when named sessions cannot be saved\n"
+		"                      (no state_dir): they are lost\n"
 		"  -h, --help          this text\n",
 		prog);
 }
@@ -79,11 +94,17 @@ static void print_status(const char *path, const Hearth__Control__StatsReply *st
 
 	fmt_duration(up, sizeof(up), st->uptime_ms);
 	printf("hearthd on %s\n", path);
+	if (st->model && st->model[0])
+		printf("  model              %s\n", st->model);
 	printf("  uptime             %s\n", up);
 	printf("  clients            %u\n", st->clients);
 	printf("  sessions           %u\n", st->sessions);
 	printf("  KV pages           %u free / %u total (%.1f%% free)\n", st->kv_pages_free,
 	       st->kv_pages_total, free_pct);
+	if (st->device_mem_total)
+		printf("  device memory      %.2f GB free / %.2f GB total (%s)\n",
+		       st->device_mem_free / 1e9, st->device_mem_total / 1e9,
+		       st->backend && st->backend[0] ? st->backend : "?");
 	printf("  tokens processed   %llu\n", (unsigned long long)st->tokens_processed);
 	printf("  steps              %llu\n", (unsigned long long)st->steps);
 	printf("  disconnects        %llu\n", (unsigned long long)st->disconnects);
@@ -298,9 +319,13 @@ static void print_models(const Hearth__Control__ModelsReply *m)
 
 		if (i)
 			printf("\n");
-		printf("model %s\n", mi->name);
-		printf("  architecture   %s\n", mi->arch);
+		printf("model %s%s\n", mi->name, mi->is_default ? " (default)" : "");
+		if (mi->state && mi->state[0])
+			printf("  state          %s\n", mi->state);
 		printf("  path           %s\n", mi->path);
+		if (!mi->arch || !mi->arch[0])
+			continue; /* still loading: nothing more known */
+		printf("  architecture   %s\n", mi->arch);
 		printf("  vocabulary     %u\n", mi->vocab_size);
 		printf("  layers         %u\n", mi->n_layers);
 		printf("  hidden size    %u\n", mi->hidden_size);
@@ -308,8 +333,13 @@ static void print_models(const Hearth__Control__ModelsReply *m)
 		printf("  dtype          %s\n", mi->dtype);
 		printf("  backend        %s\n", mi->backend);
 		printf("  weights        %.1f MB\n", (double)mi->weight_bytes / 1e6);
+		if (mi->kv_pages)
+			printf("  KV pool        %u pages, %.1f MB\n", mi->kv_pages, mi->kv_bytes / 1e6);
+		printf("  clients        %u\n", mi->clients);
 		printf("  load time      %.0f ms\n", mi->load_seconds * 1e3);
 	}
+	if (!m->n_models)
+		printf("no model loaded\n");
 }
 
 static void print_sessions(const Hearth__Control__SessionsReply *s)
@@ -333,12 +363,19 @@ static void print_sessions(const Hearth__Control__SessionsReply *s)
 	printf("%zu session%s\n", s->n_sessions, s->n_sessions == 1 ? "" : "s");
 }
 
-enum cmd { CMD_STATUS, CMD_STATS, CMD_MODELS, CMD_SESSIONS, CMD_EVICT, CMD_PIN, CMD_UNPIN };
+enum cmd { CMD_STATUS, CMD_STATS, CMD_MODELS, CMD_SESSIONS, CMD_EVICT, CMD_PIN, CMD_UNPIN,
+	   CMD_LOAD, CMD_UNLOAD };
 
 static double interval_s; /* stats: 0 = since start */
+static const char *model_opt = ""; /* --model */
+static uint32_t kv_pages_opt;      /* load --kv-pages */
+static bool wait_opt, force_opt;   /* unload --wait, --force */
 
-static int run(const char *path, enum cmd cmd, const char *session)
+static int run(const char *path, enum cmd cmd, const char *session, const char *arg2)
 {
+	Hearth__Control__LoadModel lo = HEARTH__CONTROL__LOAD_MODEL__INIT;
+	Hearth__Control__UnloadModel un = HEARTH__CONTROL__UNLOAD_MODEL__INIT;
+	char abs[4096];
 	Hearth__Control__SessionAction sa = HEARTH__CONTROL__SESSION_ACTION__INIT;
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
 	Hearth__Control__ListModels lm = HEARTH__CONTROL__LIST_MODELS__INIT;
@@ -357,11 +394,36 @@ static int run(const char *path, enum cmd cmd, const char *session)
 			strerror(-sock));
 		return 1;
 	}
+	gs.model = ls.model = sa.model = (char *)model_opt;
 	switch (cmd) {
 	case CMD_STATUS:
 	case CMD_STATS:
 		req.body_case = HEARTH__CONTROL__REQUEST__BODY_GET_STATS;
 		req.get_stats = &gs;
+		break;
+	case CMD_LOAD:
+		lo.name = (char *)session;
+		/* The daemon resolves paths from its own directory: send an absolute one. */
+		if (arg2 && !realpath(arg2, abs)) {
+			fprintf(stderr, "%s: %s: %s\n", prog, arg2, strerror(errno));
+			return 1;
+		}
+		lo.path = arg2 ? abs : (char *)"";
+		lo.kv_pages = kv_pages_opt;
+		req.body_case = HEARTH__CONTROL__REQUEST__BODY_LOAD_MODEL;
+		req.load_model = &lo;
+		fprintf(stderr, "%s: loading model '%s'%s%s ...\n", prog, session,
+			arg2 ? " from " : "", arg2 ? abs : "");
+		break;
+	case CMD_UNLOAD:
+		un.name = (char *)session;
+		un.wait = wait_opt;
+		un.force = force_opt;
+		req.body_case = HEARTH__CONTROL__REQUEST__BODY_UNLOAD_MODEL;
+		req.unload_model = &un;
+		if (wait_opt)
+			fprintf(stderr, "%s: model '%s': waiting for its clients to close ...\n", prog,
+				session);
 		break;
 	case CMD_MODELS:
 		req.body_case = HEARTH__CONTROL__REQUEST__BODY_LIST_MODELS;
@@ -391,7 +453,9 @@ static int run(const char *path, enum cmd cmd, const char *session)
 	}
 	}
 again:
-	r = hearth__ctl_call(sock, &id, &req, &rep, NULL, msg, sizeof(msg));
+	/* A load reads the weights, an unload --wait waits for clients: no limit. */
+	r = hearth__ctl_call(sock, &id, &req, &rep, NULL, msg, sizeof(msg),
+			     cmd == CMD_LOAD || cmd == CMD_UNLOAD ? -1 : 0);
 	if (r < 0) {
 		fprintf(stderr, "%s: %s: %s\n", prog, path, msg[0] ? msg : hearth_strerror(r));
 		if (first)
@@ -420,7 +484,11 @@ again:
 		print_models(rep->models);
 	else if (cmd == CMD_SESSIONS && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_SESSIONS)
 		print_sessions(rep->sessions);
-	else if (cmd >= CMD_EVICT)
+	else if (cmd == CMD_LOAD && rep->body_case == HEARTH__CONTROL__RESPONSE__BODY_MODELS)
+		print_models(rep->models);
+	else if (cmd == CMD_UNLOAD)
+		printf("model %s: unloaded\n", session);
+	else if (cmd >= CMD_EVICT && cmd <= CMD_UNPIN)
 		printf("%s: %s\n", session, cmd == CMD_EVICT ? "paging out to L2"
 					     : cmd == CMD_PIN ? "pinned in L1" : "unpinned");
 	else {
@@ -437,22 +505,56 @@ int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
+		{ "model", required_argument, NULL, 'm' },
 		{ "interval", required_argument, NULL, 'i' },
+		{ "kv-pages", required_argument, NULL, 'K' },
+		{ "wait", no_argument, NULL, 'W' },
+		{ "force", no_argument, NULL, 'F' },
 		{ "help", no_argument, NULL, 'h' },
 		{}
 	};
-	static const char *const names[] = { "status", "stats", "models", "sessions", "evict", "pin",
-					     "unpin" };
+	static const struct {
+		const char *name;
+		int min_args, max_args;
+		const char *args;
+	} cmds[] = {
+		{ "status", 0, 0, "no argument" },	   { "stats", 0, 0, "no argument" },
+		{ "models", 0, 0, "no argument" },	   { "sessions", 0, 0, "no argument" },
+		{ "evict", 1, 1, "one SESSION argument" }, { "pin", 1, 1, "one SESSION argument" },
+		{ "unpin", 1, 1, "one SESSION argument" }, { "load", 1, 2, "NAME [PATH]" },
+		{ "unload", 1, 1, "one NAME argument" },
+	};
 	const char *socket_opt = NULL;
 	char path[108];
 	int c, r;
 
 	if (argc > 0 && argv[0][0])
 		prog = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
-	while ((c = getopt_long(argc, argv, "s:i:h", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:m:i:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
 			socket_opt = optarg;
+			break;
+		case 'm':
+			model_opt = optarg;
+			break;
+		case 'K': {
+			char *end;
+			unsigned long v = strtoul(optarg, &end, 10);
+
+			if (*end || !v || v > (1ul << 24)) {
+				fprintf(stderr, "%s: --kv-pages wants a number in [1, %lu]\n", prog,
+					1ul << 24);
+				return 2;
+			}
+			kv_pages_opt = (uint32_t)v;
+			break;
+		}
+		case 'W':
+			wait_opt = true;
+			break;
+		case 'F':
+			force_opt = true;
 			break;
 		case 'i': {
 			char *end;
@@ -482,17 +584,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: socket path: %s\n", prog, strerror(-r));
 		return 2;
 	}
-	for (size_t i = 0; i < HR_ARRAY_SIZE(names); i++) {
-		int want = i >= CMD_EVICT ? 2 : 1;
+	for (size_t i = 0; i < HR_ARRAY_SIZE(cmds); i++) {
+		int n = argc - optind - 1;
 
-		if (strcmp(argv[optind], names[i]))
+		if (strcmp(argv[optind], cmds[i].name))
 			continue;
-		if (argc - optind != want) {
-			fprintf(stderr, "%s: %s takes %s\n", prog, names[i],
-				want == 2 ? "one SESSION argument" : "no argument");
+		if (n < cmds[i].min_args || n > cmds[i].max_args) {
+			fprintf(stderr, "%s: %s takes %s\n", prog, cmds[i].name, cmds[i].args);
 			return 2;
 		}
-		return run(path, (enum cmd)i, want == 2 ? argv[optind + 1] : NULL);
+		return run(path, (enum cmd)i, n >= 1 ? argv[optind + 1] : NULL,
+			   n >= 2 ? argv[optind + 2] : NULL);
 	}
 	fprintf(stderr, "%s: unknown command '%s'\n", prog, argv[optind]);
 	usage(stderr);

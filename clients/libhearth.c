@@ -52,7 +52,7 @@ static int attach(struct hearth *h, const struct hearth_opts *o)
 	hello.arena_bytes = o->arena_bytes;
 	req.body_case = HEARTH__CONTROL__REQUEST__BODY_HELLO;
 	req.hello = &hello;
-	r = hearth__ctl_call(h->sock, &h->ctl_id, &req, &rep, &memfd, NULL, 0);
+	r = hearth__ctl_call(h->sock, &h->ctl_id, &req, &rep, &memfd, NULL, 0, 0);
 	if (r == -EBADMSG || r == -EPROTONOSUPPORT)
 		return -EPROTO; /* not a hearthd, or one of another protocol version */
 	if (r < 0)
@@ -154,7 +154,7 @@ static int call(struct hearth *h, Hearth__Control__Request *req, Hearth__Control
 
 	if (h->dead)
 		return -ESHUTDOWN;
-	r = hearth__ctl_call(h->sock, &h->ctl_id, req, ret, NULL, NULL, 0);
+	r = hearth__ctl_call(h->sock, &h->ctl_id, req, ret, NULL, NULL, 0, 0);
 	if (r == -ECONNRESET) {
 		h->dead = true;
 		return -ESHUTDOWN;

@@ -17,7 +17,7 @@
 #include "config.h"
 #include "hr_common.h"
 
-enum key_type { K_STR, K_U32, K_IDS_UID, K_IDS_GID, K_LOGLEVEL };
+enum key_type { K_STR, K_U32, K_IDS_UID, K_IDS_GID, K_LOGLEVEL, K_PRELOAD };
 
 struct key {
 	const char *section;
@@ -53,6 +53,9 @@ static const struct key keys[] = {
 	U32("model", max_step_tokens, 1, 65536, "token budget of one forward step, all sessions together"),
 	U32("scheduler", max_batch, 1, 1024, "most sessions in one forward step"),
 	U32("scheduler", bulk_share_pct, 0, 100, "share of a step's tokens kept for bulk requests while they wait"),
+	{ "models", "preload", K_PRELOAD, offsetof(struct hd_config, preload), 0, 0, 0,
+	  "NAME=PATH: load this model too at start (repeatable; in the file, NAME = PATH lines "
+	  "in [models])" },
 	STR("kv", l2_path, "L2 file for paged-out KV (empty: no L2, sessions stay in L1)"),
 	U32("kv", l2_mib, 1, 1u << 24, "size of the L2 file in MiB"),
 	STR("kv", pager, "L2 I/O: auto, io_uring or threads"),
@@ -132,6 +135,54 @@ static int parse_ids(const char *v, uint32_t *ids, uint32_t *n)
 	return 0;
 }
 
+bool hd_config_model_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (!n || n >= sizeof(((struct hd_preload *)0)->name) || name[0] == '.')
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		char ch = name[i];
+		if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+		      ch == '.' || ch == '_' || ch == '-'))
+			return false;
+	}
+	return true;
+}
+
+static int add_preload(struct hd_config *c, const char *name, size_t name_len, const char *path,
+		       char *err, size_t errlen)
+{
+	struct hd_preload *p;
+
+	if (c->n_preload == HD_MAX_PRELOAD) {
+		snprintf(err, errlen, "more than %d models to preload", HD_MAX_PRELOAD);
+		return -EINVAL;
+	}
+	p = &c->preload[c->n_preload];
+	if (name_len >= sizeof(p->name) || strlen(path) >= sizeof(p->path) || !path[0]) {
+		snprintf(err, errlen, "preload: want NAME=PATH with a name under %zu bytes and a path",
+			 sizeof(p->name));
+		return -EINVAL;
+	}
+	memcpy(p->name, name, name_len);
+	p->name[name_len] = 0;
+	strcpy(p->path, path);
+	if (!hd_config_model_name_ok(p->name)) {
+		snprintf(err, errlen,
+			 "preload: bad model name '%s' (1 to 63 letters, digits, '.', '_' or '-', "
+			 "not starting with '.')", p->name);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < c->n_preload; i++)
+		if (!strcmp(c->preload[i].name, p->name)) {
+			snprintf(err, errlen, "preload: model '%s' named twice", p->name);
+			return -EINVAL;
+		}
+	c->n_preload++;
+	return 0;
+}
+
 static int set_key(struct hd_config *c, const struct key *k, const char *v, char *err,
 		   size_t errlen)
 {
@@ -163,6 +214,15 @@ static int set_key(struct hd_config *c, const struct key *k, const char *v, char
 			return -EINVAL;
 		}
 		return 0;
+	}
+	case K_PRELOAD: {
+		const char *eq = strchr(v, '=');
+
+		if (!eq) {
+			snprintf(err, errlen, "preload: '%s' is not NAME=PATH", v);
+			return -EINVAL;
+		}
+		return add_preload(c, v, (size_t)(eq - v), eq + 1, err, errlen);
 	}
 	case K_LOGLEVEL:
 		if (hr_log_parse_level(v, (enum hr_log_level *)base) < 0) {
@@ -199,6 +259,15 @@ static int config_ini_handler(void *user, const char *section, const char *name,
 
 	if (ctx->r < 0)
 		return 0;
+	if (!strcmp(section, "models")) {
+		/* NAME = PATH: a model to load at start. */
+		if (add_preload(ctx->c, name, strlen(name), value, msg, sizeof(msg)) < 0) {
+			snprintf(ctx->err, ctx->errlen, "[models] %s", msg);
+			ctx->r = -EINVAL;
+			return 0;
+		}
+		return 1;
+	}
 	if (!k) {
 		snprintf(ctx->err, ctx->errlen, "unknown key '%s' in section [%s]", name, section);
 		ctx->r = -EINVAL;
@@ -371,6 +440,27 @@ int hd_config_validate(const struct hd_config *c, char *err, size_t errlen)
 			return -EINVAL;
 		}
 	}
+	if (!hd_config_model_name_ok(c->model_name)) {
+		snprintf(err, errlen,
+			 "model_name '%s': 1 to 63 letters, digits, '.', '_' or '-', not starting with '.'",
+			 c->model_name);
+		return -EINVAL;
+	}
+	for (uint32_t i = 0; i < c->n_preload; i++) {
+		const struct hd_preload *p = &c->preload[i];
+		struct stat st;
+
+		if (!strcmp(p->name, c->model_name)) {
+			snprintf(err, errlen, "[models] %s: the [model] section's model has that name",
+				 p->name);
+			return -EINVAL;
+		}
+		if (p->path[0] != '/' || stat(p->path, &st) < 0 || !S_ISDIR(st.st_mode)) {
+			snprintf(err, errlen, "[models] %s: '%s' is not an absolute path to a directory",
+				 p->name, p->path);
+			return -EINVAL;
+		}
+	}
 	return 0;
 }
 
@@ -390,6 +480,7 @@ static void print_value(const struct hd_config *c, const struct key *k, FILE *f)
 		break;
 	}
 	case K_LOGLEVEL: fputs(levels[*(const int *)base & 7], f); break;
+	case K_PRELOAD: break;
 	}
 }
 
@@ -401,6 +492,12 @@ void hd_config_dump(const struct hd_config *c, FILE *f)
 		if (strcmp(section, keys[i].section)) {
 			section = keys[i].section;
 			fprintf(f, "%s[%s]\n", i ? "\n" : "", section);
+		}
+		if (keys[i].type == K_PRELOAD) {
+			/* As the file writes it: NAME = PATH, one line each. */
+			for (uint32_t j = 0; j < c->n_preload; j++)
+				fprintf(f, "%s = %s\n", c->preload[j].name, c->preload[j].path);
+			continue;
 		}
 		fprintf(f, "%s = ", keys[i].name);
 		print_value(c, &keys[i], f);
@@ -425,7 +522,8 @@ void hd_config_usage(FILE *f)
 				*p = '-';
 		bool empty = (keys[i].type == K_STR && !((const char *)&d + keys[i].off)[0]) ||
 			     (keys[i].type == K_IDS_UID && !d.n_allow_uids) ||
-			     (keys[i].type == K_IDS_GID && !d.n_allow_gids);
+			     (keys[i].type == K_IDS_GID && !d.n_allow_gids) ||
+			     keys[i].type == K_PRELOAD;
 
 		fprintf(f, "  %-28s [%s] %s", flag, keys[i].section, keys[i].help);
 		if (!empty) {

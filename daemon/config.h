@@ -16,6 +16,13 @@
 #include "hr_log.h"
 
 #define HD_MAX_IDS 32
+#define HD_MAX_PRELOAD 15 /* besides the [model] section's */
+
+/* A model loaded at start besides the [model] section's: [models] NAME = PATH. */
+struct hd_preload {
+	char name[64];
+	char path[4096];
+};
 #define HD_DEFAULT_CONFIG "/etc/hearth/hearthd.conf"
 
 struct hd_config {
@@ -40,6 +47,9 @@ struct hd_config {
 	uint32_t max_step_tokens;
 	uint32_t max_batch;
 	uint32_t bulk_share_pct;
+	/* [models] */
+	struct hd_preload preload[HD_MAX_PRELOAD];
+	uint32_t n_preload;
 	/* [kv] */
 	char l2_path[4096];
 	uint32_t l2_mib;
@@ -72,6 +82,8 @@ int hd_config_load(struct hd_config *c, int argc, char **argv, bool *ret_check, 
 int hd_config_parse_string(struct hd_config *c, const char *text, char *err, size_t errlen);
 /* Cross-field checks (model path set, sizes powers of two, ...). */
 int hd_config_validate(const struct hd_config *c, char *err, size_t errlen);
+/* A model name: 1 to 63 of [A-Za-z0-9._-], not starting with '.'. */
+bool hd_config_model_name_ok(const char *name);
 /* Print the effective configuration as INI. */
 void hd_config_dump(const struct hd_config *c, FILE *f);
 /* Print --help: every flag with its section, default and meaning. */

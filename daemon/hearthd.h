@@ -25,6 +25,7 @@
 #include "shm_ring.h"
 
 struct hd_daemon;
+struct hd_model;
 struct hd_job;
 
 /* Per-op counters, exported with stats. Written by the reactor only. */
@@ -71,6 +72,7 @@ struct hd_client {
 	bool in_reactor;
 	int refused;                    /* -EACCES / -EUSERS: answered so until it hangs up */
 	struct hd_client *conn_next, *conn_prev; /* control-owned list of connections */
+	struct hd_model *m;             /* the model it attached to (Hello), or NULL */
 	uint32_t wait_seq;
 	char name[64];
 };
@@ -141,6 +143,7 @@ enum hd_cmd_type {
 	HD_CMD_STATS,
 	HD_CMD_SESSION_ACTION,
 	HD_CMD_METRICS,
+	HD_CMD_NAMED,         /* res: named sessions (an unload would save or lose them) */
 	HD_CMD_STOP,
 };
 
@@ -184,7 +187,32 @@ struct hd_sched {
 	struct hd_sched_stats st;
 };
 
-struct hd_daemon {
+/* Where a model is in its life (hd_daemon.models_lock guards changes). */
+enum hd_model_state {
+	HD_MODEL_LOADING,   /* a worker thread loads it; no reactor yet */
+	HD_MODEL_READY,     /* its reactor serves clients */
+	HD_MODEL_DRAINING,  /* unload --wait: new clients refused, waits for attached ones */
+	HD_MODEL_UNLOADING, /* a worker thread stops its reactor, saves sessions, frees it */
+};
+
+/* A control request answered when a model's worker finishes (load, unload). */
+struct hd_waiter {
+	uint32_t client_id;   /* the connection to answer (it may be gone by then) */
+	uint64_t req_id;
+};
+#define HD_MAX_WAITERS 8
+#define HD_MAX_MODELS 16
+
+/*
+ * One model instance: its weights, engine and KV pool, the reactor thread that
+ * serves every client attached to it, and its sessions. Fields marked
+ * reactor-owned are touched only by that thread while it runs.
+ */
+struct hd_model {
+	struct hd_daemon *daemon;
+	char name[64];
+	/* The daemon's configuration with this model's path, KV size, L2 file and
+	 * state directory in place of the [model]/[kv] ones. */
 	struct hd_config cfg;
 	struct kern_backend *be;
 	struct model *model;
@@ -198,6 +226,7 @@ struct hd_daemon {
 	_Atomic uint64_t reactor_turns;   /* the watchdog's proof of life */
 	uint64_t idle_wake_ns;            /* longest idle sleep of the reactor */
 	pthread_t reactor;
+	bool reactor_running;
 	/* reactor-owned */
 	struct hd_client **clients;
 	uint32_t n_clients;
@@ -205,8 +234,32 @@ struct hd_daemon {
 	struct hd_sched sched;
 	struct hd_stats stats;
 	struct hd_tiering *tiering;   /* NULL: no L2 configured */
-	void *http;                   /* the metrics server, or NULL */
 	bool stopping;
+	/* control-owned: the model's life */
+	enum hd_model_state state;
+	uint32_t n_attached;          /* connections attached to it */
+	pthread_t worker;             /* load or unload */
+	bool worker_started;
+	bool worker_finished;         /* set by the worker (atomic builtins) */
+	int worker_res;               /* 0 or -errno, with worker_err */
+	char worker_err[1024];
+	struct hd_waiter waiters[HD_MAX_WAITERS];
+	uint32_t n_waiters;
+	uint64_t wd_turns;            /* reactor_turns at the last watchdog ping */
+};
+
+struct hd_daemon {
+	struct hd_config cfg;
+	uint64_t start_ns;
+	/* Models in load order; the first is the default one (a Hello that names
+	 * none). The control thread adds, removes and changes their state under
+	 * the lock; the metrics thread reads under it. */
+	pthread_mutex_t models_lock;
+	struct hd_model *models[HD_MAX_MODELS];
+	uint32_t n_models;
+	int worker_efd;               /* eventfd: a model's worker finished */
+	uint64_t idle_wake_ns;        /* longest idle sleep of a reactor (watchdog) */
+	void *http;                   /* the metrics server, or NULL */
 	/* control-owned */
 	uint32_t next_client_id;
 	uint32_t n_conns, n_refused;
@@ -214,24 +267,24 @@ struct hd_daemon {
 };
 
 /* reactor.c */
-int hd_reactor_start(struct hd_daemon *d);
+int hd_reactor_start(struct hd_model *hm);
 /* Queue a command and wait for the reactor to finish it; returns cmd->res. */
-int hd_reactor_call(struct hd_daemon *d, struct hd_cmd *cmd);
+int hd_reactor_call(struct hd_model *hm, struct hd_cmd *cmd);
 /* Drain in-flight work, stop the reactor thread and join it. */
-void hd_reactor_stop(struct hd_daemon *d);
+void hd_reactor_stop(struct hd_model *hm);
 
 /* session.c (reactor thread only) */
 int hd_sessions_init(struct hd_sessions *t);
-void hd_sessions_fini(struct hd_daemon *d);
-struct hd_session *hd_session_get(struct hd_daemon *d, uint32_t handle);
-struct hd_session *hd_session_find_name(struct hd_daemon *d, const char *name, size_t len);
+void hd_sessions_fini(struct hd_model *hm);
+struct hd_session *hd_session_get(struct hd_model *hm, uint32_t handle);
+struct hd_session *hd_session_find_name(struct hd_model *hm, const char *name, size_t len);
 /* Open (or create) a session for client c: returns 0 and *ret, or -errno. */
-int hd_session_open(struct hd_daemon *d, struct hd_client *c, const char *name, size_t len,
+int hd_session_open(struct hd_model *hm, struct hd_client *c, const char *name, size_t len,
 		    bool create, bool excl, struct hd_session **ret);
 /* Close c's use of handle; destroy a named one too when asked (and unused). */
-int hd_session_close(struct hd_daemon *d, struct hd_client *c, uint32_t handle, bool destroy);
+int hd_session_close(struct hd_model *hm, struct hd_client *c, uint32_t handle, bool destroy);
 /* Close every session c holds (anonymous ones are freed). */
-void hd_session_close_all(struct hd_daemon *d, struct hd_client *c);
+void hd_session_close_all(struct hd_model *hm, struct hd_client *c);
 bool hd_client_may_use(const struct hd_client *c, uint32_t handle);
 
 /* tier.c (reactor thread only): L1 <-> L2 paging, eviction, manifests. */
@@ -241,37 +294,37 @@ struct hd_tier_stats {
 	uint32_t l2_slots, l2_free;
 	const char *pager;
 };
-void hd_tier_stats(const struct hd_daemon *d, struct hd_tier_stats *ret);
-int hd_tier_init(struct hd_daemon *d);
-void hd_tier_fini(struct hd_daemon *d);
+void hd_tier_stats(const struct hd_model *hm, struct hd_tier_stats *ret);
+int hd_tier_init(struct hd_model *hm);
+void hd_tier_fini(struct hd_model *hm);
 /* Reap I/O, advance transfers, evict under the watermark, checkpoint.
  * Returns progress made (0: nothing to do now). */
-uint32_t hd_tier_turn(struct hd_daemon *d);
+uint32_t hd_tier_turn(struct hd_model *hm);
 /* I/O in flight (the reactor must keep turning, not sleep long). */
-bool hd_tier_busy(const struct hd_daemon *d);
+bool hd_tier_busy(const struct hd_model *hm);
 /* 0 when s's KV is usable now; -EAGAIN when it is (being) paged in: defer. */
-int hd_tier_ready(struct hd_daemon *d, struct hd_session *s);
+int hd_tier_ready(struct hd_model *hm, struct hd_session *s);
 /* Ask for pages: evict idle sessions until n pages could be free. Returns
  * true when eviction can help (the caller defers), false when it cannot. */
-bool hd_tier_make_room(struct hd_daemon *d, uint32_t n);
-int hd_tier_evict(struct hd_daemon *d, struct hd_session *s);
+bool hd_tier_make_room(struct hd_model *hm, uint32_t n);
+int hd_tier_evict(struct hd_model *hm, struct hd_session *s);
 /* SIGTERM: write every named session's pages and manifest. */
-void hd_tier_flush(struct hd_daemon *d);
+void hd_tier_flush(struct hd_model *hm);
 /* s is being destroyed; drop: delete its manifest too. */
-void hd_tier_forget(struct hd_daemon *d, struct hd_session *s, bool drop);
+void hd_tier_forget(struct hd_model *hm, struct hd_session *s, bool drop);
 /* Queue sqe until s is paged in: 0, or -EBUSY when too many wait. */
 int hd_session_defer(struct hd_session *s, uint32_t client_id, const struct shm_sqe *sqe);
 /* Register a session restored from a manifest (session.c). */
-struct hd_session *hd_session_restore(struct hd_daemon *d, const char *name,
+struct hd_session *hd_session_restore(struct hd_model *hm, const char *name,
 				      struct engine_seq *seq);
-struct hd_client *hd_client_by_id(struct hd_daemon *d, uint32_t id);
+struct hd_client *hd_client_by_id(struct hd_model *hm, uint32_t id);
 
 /* ops.c (reactor thread only): execute one descriptor taken from c's SQ
  * (counted in c->n_outstanding until its last completion). */
-void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *sqe);
+void hd_ops_execute(struct hd_model *hm, struct hd_client *c, const struct shm_sqe *sqe);
 /* TRUNCATE and SESSION_CLOSE, run at once or when they reach the head of
  * their session's queue: res. */
-int hd_ops_run_simple(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q);
+int hd_ops_run_simple(struct hd_model *hm, struct hd_client *c, const struct shm_sqe *q);
 /* Post one completion into the CQ slot kept for it; one without
  * SHM_CQE_F_MORE is the descriptor's last and releases the slot. */
 void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t flags,
@@ -279,28 +332,28 @@ void hd_post_cqe(struct hd_client *c, uint64_t user_data, int32_t res, uint32_t 
 uint32_t hd_cq_room(struct hd_client *c);
 /* A descriptor's last completion: counted in the per-op statistics (latency
  * from t0) and posted. */
-void hd_complete(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q, int res,
+void hd_complete(struct hd_model *hm, struct hd_client *c, const struct shm_sqe *q, int res,
 		 uint64_t t0, uint32_t out_len, uint32_t pos);
 
 /* sched.c (reactor thread only): continuous batching. */
-int hd_sched_init(struct hd_daemon *d);
-void hd_sched_fini(struct hd_daemon *d);
+int hd_sched_init(struct hd_model *hm);
+void hd_sched_fini(struct hd_model *hm);
 /* Queue a validated descriptor on s (APPEND, SCORE, GENERATE, or TRUNCATE /
  * SESSION_CLOSE behind earlier ones): 0, or -errno to complete it with. */
-int hd_sched_submit(struct hd_daemon *d, struct hd_client *c, struct hd_session *s,
+int hd_sched_submit(struct hd_model *hm, struct hd_client *c, struct hd_session *s,
 		    const struct shm_sqe *q);
 /* Form and run one step from every runnable job; returns the jobs that
  * advanced (0: none can run now). */
-uint32_t hd_sched_turn(struct hd_daemon *d);
+uint32_t hd_sched_turn(struct hd_model *hm);
 /* Some job could run now (the reactor must not sleep). */
-bool hd_sched_ready(struct hd_daemon *d);
+bool hd_sched_ready(struct hd_model *hm);
 /* The earliest deadline of a job not started (the reactor wakes for it), 0: none. */
-uint64_t hd_sched_next_deadline(const struct hd_daemon *d);
-int hd_sched_cancel(struct hd_daemon *d, struct hd_client *c, uint64_t user_data);
+uint64_t hd_sched_next_deadline(const struct hd_model *hm);
+int hd_sched_cancel(struct hd_model *hm, struct hd_client *c, uint64_t user_data);
 /* Forget c's jobs (it disconnected: nobody reads their completions). */
-void hd_sched_drop_client(struct hd_daemon *d, struct hd_client *c);
+void hd_sched_drop_client(struct hd_model *hm, struct hd_client *c);
 /* s is being destroyed: its remaining jobs complete with err. */
-void hd_sched_drop_session(struct hd_daemon *d, struct hd_session *s, int err);
+void hd_sched_drop_session(struct hd_model *hm, struct hd_session *s, int err);
 static inline bool hd_session_busy(const struct hd_session *s)
 {
 	return s->jobs != NULL;
@@ -312,6 +365,7 @@ struct hd_metrics {
 	struct hd_sched_stats sched;
 	uint64_t tokens, steps, disconnects, bad_descriptors;
 	uint32_t clients, sessions, kv_total, kv_free, sessions_l2;
+	uint64_t kv_bytes, dev_free, dev_total; /* dev_*: 0 when the backend cannot tell */
 	struct hd_tier_stats tier;
 };
 
@@ -319,7 +373,33 @@ struct hd_metrics {
 int hd_metrics_start(struct hd_daemon *d);
 void hd_metrics_stop(struct hd_daemon *d);
 
+/* models.c (control thread, or main before the control loop) */
+/* By name; "" or NULL: the default model (the first in the list). */
+struct hd_model *hd_model_find(struct hd_daemon *d, const char *name);
+const char *hd_model_state_name(enum hd_model_state s);
+/* Load now and start serving it (start-up): 0 or -errno with err. */
+int hd_model_load_now(struct hd_daemon *d, const char *name, const char *path, uint32_t kv_pages,
+		      char *err, size_t errlen);
+/* Add it as LOADING and load it on a worker thread (hearthctl load). */
+int hd_model_load_start(struct hd_daemon *d, const char *name, const char *path,
+			uint32_t kv_pages, struct hd_model **ret, char *err, size_t errlen);
+/* UNLOADING: a worker stops its reactor (no client attached), saves the
+ * named sessions and frees it. */
+int hd_model_unload_start(struct hd_daemon *d, struct hd_model *m);
+/* A model whose worker finished (worker_efd fired), or NULL. A load is now
+ * READY (worker_res 0) or failed (worker_res, worker_err: forget it); an
+ * unload is done (forget it). *ret_was: the state the worker ran in. */
+struct hd_model *hd_model_reap_one(struct hd_daemon *d, enum hd_model_state *ret_was);
+/* Remove from the list and free. */
+void hd_model_forget(struct hd_daemon *d, struct hd_model *m);
+/* Daemon stop: wait for workers, drain and stop every reactor, detach clients. */
+void hd_models_stop(struct hd_daemon *d);
+/* ... then save every model's named sessions and free them all. */
+void hd_models_shutdown(struct hd_daemon *d);
+
 /* control.c */
+/* STATUS= for systemd: the models served and the connections, after prefix. */
+void hd_notify_serving(struct hd_daemon *d, const char *prefix);
 int hd_control_run(struct hd_daemon *d, int listen_fd);
 int hd_control_listen(const struct hd_config *cfg, int *ret_fd);
 

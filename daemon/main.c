@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * hearthd: load the configured model once, keep it resident, and serve local
- * clients through shared-memory rings until SIGTERM or SIGINT, which drain
- * in-flight work and exit 0.
+ * hearthd: load the configured models once, keep them resident, and serve
+ * local clients through shared-memory rings until SIGTERM or SIGINT, which
+ * drain in-flight work and exit 0.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "hearth_config.h"
@@ -19,85 +20,42 @@
 #include "hr_common.h"
 #include "hr_log.h"
 
-/* model_load_ex callbacks: progress and fallback reasons into the log. */
-static void load_progress(void *arg, const struct model_load_progress *p)
-{
-	(void)arg;
-	hr_info("loading model: %.1f/%.1f GB, %.2f GB/s%s", p->done_bytes / 1e9,
-		p->total_bytes / 1e9, p->seconds > 0 ? p->done_bytes / 1e9 / p->seconds : 0.0,
-		p->final ? ", done" : "");
-}
-
-static void load_note(void *arg, const char *msg)
-{
-	(void)arg;
-	hr_info("loading model: %s", msg);
-}
-
+/* The [model] section's model, then the preload list ([models]). */
 static int daemon_init(struct hd_daemon *d)
 {
 	const struct hd_config *cfg = &d->cfg;
-	const char *path = cfg->model_path[0] ? cfg->model_path : HEARTH_TINY_MODEL;
-	char err[512] = "";
+	char err[1024] = "";
+	int r;
 
 	d->start_ns = hr_now_ns();
-	pthread_mutex_init(&d->cmd_lock, NULL);
-	pthread_cond_init(&d->cmd_done, NULL);
-	hd_sessions_init(&d->sessions);
-	d->be = kern_backend_new(cfg->backend, (int)cfg->device, (int)cfg->threads);
-	if (!d->be) {
-		hr_err("backend '%s': %s", cfg->backend,
-		       errno == ENODEV ? "not available in this build or on this machine"
-				       : strerror(errno));
+	pthread_mutex_init(&d->models_lock, NULL);
+	d->worker_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->worker_efd < 0) {
+		hr_err("eventfd: %s", strerror(errno));
 		return -errno;
 	}
-	hr_info("loading model %s on %s", path, d->be->name);
-	d->model = model_load_ex(path, d->be,
-				 &(struct model_load_opts){ .progress = load_progress,
-							    .note = load_note },
-				 err, sizeof(err));
-	if (!d->model) {
-		hr_err("cannot load model: %s", err[0] ? err : strerror(errno));
-		return -EINVAL;
+	r = hd_model_load_now(d, cfg->model_name, cfg->model_path[0] ? cfg->model_path : HEARTH_TINY_MODEL,
+			      0, err, sizeof(err));
+	for (uint32_t i = 0; r == 0 && i < cfg->n_preload; i++) {
+		hd_notify("STATUS=loading model '%s' (%u of %u)", cfg->preload[i].name, i + 2,
+			  cfg->n_preload + 1);
+		r = hd_model_load_now(d, cfg->preload[i].name, cfg->preload[i].path, 0, err,
+				      sizeof(err));
 	}
-	d->engine = engine_new(d->model, &(struct engine_params){
-						 .kv_pages = cfg->kv_pages,
-						 .page_tokens = cfg->page_tokens,
-						 .max_step_tokens = cfg->max_step_tokens,
-						 .max_batch = cfg->max_batch,
-					 });
-	if (!d->engine) {
-		hr_err("cannot create the engine (KV pool of %u pages): %s", cfg->kv_pages,
-		       strerror(errno));
-		return -errno;
+	if (r < 0) {
+		hr_err("%s", err);
+		return r;
 	}
-	if (hd_sched_init(d) < 0) {
-		hr_err("cannot create the scheduler: %s", strerror(ENOMEM));
-		return -ENOMEM;
-	}
-	if (hd_tier_init(d) < 0)
-		return -EINVAL;
-	hr_info("model '%s' resident: %s, %u layers, vocab %u, %.1f MB in %.0f ms (%s); KV pool %u pages of %u tokens",
-		cfg->model_name, d->model->cfg.arch_name, d->model->cfg.n_layers,
-		d->model->cfg.vocab_size, d->model->weight_bytes / 1e6,
-		d->model->load_seconds * 1e3, d->model->load_how,
-		kv_pool_n_pages(engine_pool(d->engine)),
-		cfg->page_tokens);
 	return 0;
 }
 
 static void daemon_fini(struct hd_daemon *d)
 {
-	if (d->engine)
-		hd_sessions_fini(d);
-	hd_sched_fini(d);
-	hd_tier_fini(d);
-	engine_free(d->engine);
-	model_free(d->model);
-	kern_backend_free(d->be);
-	free(d->clients);
-	pthread_mutex_destroy(&d->cmd_lock);
-	pthread_cond_destroy(&d->cmd_done);
+	hd_models_stop(d);
+	hd_models_shutdown(d);
+	if (d->worker_efd >= 0)
+		close(d->worker_efd);
+	pthread_mutex_destroy(&d->models_lock);
 }
 
 int main(int argc, char **argv)
@@ -128,6 +86,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	hr_info("hearthd %s starting", HEARTH_VERSION);
+	d.worker_efd = -1;
+	/* An idle reactor wakes at least four times per watchdog interval. */
+	d.idle_wake_ns = hd_watchdog_usec() ? HR_MIN(hd_watchdog_usec() * 250, 1000000000ull)
+					    : 1000000000ull;
 	if (daemon_init(&d) < 0)
 		goto out;
 	lfd = hd_listen_fd();
@@ -142,20 +104,10 @@ int main(int argc, char **argv)
 	} else if (hd_control_listen(&d.cfg, &lfd) < 0) {
 		goto out;
 	}
-	/* An idle reactor wakes at least four times per watchdog interval. */
-	d.idle_wake_ns = hd_watchdog_usec() ? HR_MIN(hd_watchdog_usec() * 250, 1000000000ull)
-					    : 1000000000ull;
-	if ((r = hd_reactor_start(&d)) < 0) {
-		hr_err("cannot start the reactor: %s", strerror(-r));
-		goto out;
-	}
 	hr_info("listening on %s", activated ? "the socket passed by systemd" : d.cfg.socket_path);
-	if (hd_metrics_start(&d) < 0) {
-		hd_reactor_stop(&d);
+	if (hd_metrics_start(&d) < 0)
 		goto out;
-	}
-	hd_notify("READY=1\nSTATUS=serving model '%s' (%s, %s backend)", d.cfg.model_name,
-		  d.model->cfg.arch_name, d.be->name);
+	hd_notify_serving(&d, "READY=1\n");
 	r = hd_control_run(&d, lfd);
 	if (r < 0) {
 		hr_err("control loop: %s", strerror(-r));

@@ -117,9 +117,9 @@ static void writer_push(struct hd_tiering *t, const char *name, uint8_t *buf, si
 	pthread_mutex_unlock(&t->lock);
 }
 
-void hd_manifest_save(struct hd_daemon *d, struct hd_session *s, bool with_slots)
+void hd_manifest_save(struct hd_model *hm, struct hd_session *s, bool with_slots)
 {
-	struct hd_tiering *t = d->tiering;
+	struct hd_tiering *t = hm->tiering;
 	Hearth__Manifest__SessionManifest m = HEARTH__MANIFEST__SESSION_MANIFEST__INIT;
 	struct timespec now;
 	uint8_t *buf;
@@ -129,11 +129,11 @@ void hd_manifest_save(struct hd_daemon *d, struct hd_session *s, bool with_slots
 		return;
 	clock_gettime(CLOCK_REALTIME, &now);
 	m.version = 1;
-	m.model_fingerprint = d->model->fingerprint;
+	m.model_fingerprint = hm->model->fingerprint;
 	m.name = s->name;
 	m.n_tokens = engine_seq_len(s->seq);
 	m.tokens = (int32_t *)engine_seq_tokens(s->seq);
-	m.page_tokens = d->cfg.page_tokens;
+	m.page_tokens = hm->cfg.page_tokens;
 	m.page_bytes = t->page_bytes;
 	if (with_slots && s->tier == HD_TIER_L2) {
 		m.n_slots = m.n_checksums = s->n_pages;
@@ -201,13 +201,13 @@ static void slots_forget(struct hd_session *s)
 }
 
 /* Restore one manifest; returns 0, or -errno when it is refused (logged). */
-static int restore_one(struct hd_daemon *d, const char *path)
+static int restore_one(struct hd_model *hm, const char *path)
 {
-	struct hd_tiering *t = d->tiering;
+	struct hd_tiering *t = hm->tiering;
 	Hearth__Manifest__SessionManifest *m;
 	struct engine_seq *seq;
 	struct hd_session *s;
-	uint32_t pt = d->cfg.page_tokens, need;
+	uint32_t pt = hm->cfg.page_tokens, need;
 	size_t len = 0;
 	uint8_t *buf = read_file(path, &len);
 	int r = 0;
@@ -223,29 +223,29 @@ static int restore_one(struct hd_daemon *d, const char *path)
 		r = -EBADMSG;
 		goto out;
 	}
-	if (m->model_fingerprint != d->model->fingerprint) {
+	if (m->model_fingerprint != hm->model->fingerprint) {
 		hr_err("session manifest %s (session '%s') was made for another model "
 		       "(fingerprint %016llx, this model %016llx): refused; move it away to silence this",
 		       path, m->name, (unsigned long long)m->model_fingerprint,
-		       (unsigned long long)d->model->fingerprint);
+		       (unsigned long long)hm->model->fingerprint);
 		r = -EXDEV;
 		goto out;
 	}
 	for (size_t i = 0; i < m->n_tokens; i++)
-		if (m->tokens[i] < 0 || (uint32_t)m->tokens[i] >= d->model->cfg.vocab_size) {
+		if (m->tokens[i] < 0 || (uint32_t)m->tokens[i] >= hm->model->cfg.vocab_size) {
 			hr_err("session manifest %s: token %zu out of the vocabulary; refused", path, i);
 			r = -EBADMSG;
 			goto out;
 		}
-	if (hd_session_find_name(d, m->name, strlen(m->name))) {
+	if (hd_session_find_name(hm, m->name, strlen(m->name))) {
 		hr_err("session manifest %s: a second manifest for '%s'; ignored", path, m->name);
 		r = -EEXIST;
 		goto out;
 	}
-	seq = engine_seq_from_history(d->engine, m->tokens, (uint32_t)m->n_tokens);
-	s = seq ? hd_session_restore(d, m->name, seq) : NULL;
+	seq = engine_seq_from_history(hm->engine, m->tokens, (uint32_t)m->n_tokens);
+	s = seq ? hd_session_restore(hm, m->name, seq) : NULL;
 	if (!s) {
-		engine_seq_free(d->engine, seq);
+		engine_seq_free(hm->engine, seq);
 		r = -ENOMEM;
 		goto out;
 	}
@@ -286,9 +286,9 @@ out:
 	return r;
 }
 
-void hd_manifest_restore_all(struct hd_daemon *d)
+void hd_manifest_restore_all(struct hd_model *hm)
 {
-	struct hd_tiering *t = d->tiering;
+	struct hd_tiering *t = hm->tiering;
 	DIR *dir = opendir(t->sessions_dir);
 	struct dirent *de;
 	uint32_t n = 0, refused = 0;
@@ -302,7 +302,7 @@ void hd_manifest_restore_all(struct hd_daemon *d)
 		if (l < 9 || strcmp(de->d_name + l - 8, ".session"))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", t->sessions_dir, de->d_name);
-		if (restore_one(d, path) < 0)
+		if (restore_one(hm, path) < 0)
 			refused++;
 		else
 			n++;

@@ -2,8 +2,8 @@
 /*
  * Prometheus text exposition (GET /metrics) and a liveness probe (GET
  * /health) on an HTTP port, served by libmicrohttpd's own thread. Each scrape
- * asks the reactor for a snapshot (one command, as hearthctl status does), so
- * the hot path keeps plain counters and no lock.
+ * asks every model's reactor for a snapshot (one command, as hearthctl status
+ * does), so the hot path keeps plain counters and no lock.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,15 +50,50 @@ static void put(struct text *t, const char *fmt, ...)
 	}
 }
 
-static void counter(struct text *t, const char *name, const char *help, uint64_t v)
+/*
+ * Several models share one exposition: every family is written once, with a
+ * series per model (label model="NAME"). Series go into their family's own
+ * buffer as each model is rendered; the families are joined at the end, in
+ * the order they first appeared.
+ */
+#define MAX_FAMILIES 64
+
+struct family {
+	const char *name, *type, *help;
+	struct text body;
+};
+
+struct expo {
+	struct family fam[MAX_FAMILIES];
+	unsigned n;
+	bool oom;
+};
+
+static struct text *fam(struct expo *e, const char *name, const char *type, const char *help)
 {
-	put(t, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
+	static struct text sink; /* past MAX_FAMILIES (a bug): marked oom, never sent */
+
+	for (unsigned i = 0; i < e->n; i++)
+		if (!strcmp(e->fam[i].name, name))
+			return &e->fam[i].body;
+	if (e->n == MAX_FAMILIES) {
+		e->oom = true;
+		sink.len = 0;
+		return &sink;
+	}
+	e->fam[e->n] = (struct family){ .name = name, .type = type, .help = help };
+	return &e->fam[e->n++].body;
+}
+
+static void counter(struct expo *e, const char *mn, const char *name, const char *help, uint64_t v)
+{
+	put(fam(e, name, "counter", help), "%s{model=\"%s\"} %llu\n", name, mn,
 	    (unsigned long long)v);
 }
 
-static void gauge(struct text *t, const char *name, const char *help, double v)
+static void gauge(struct expo *e, const char *mn, const char *name, const char *help, double v)
 {
-	put(t, "# HELP %s %s\n# TYPE %s gauge\n%s %.17g\n", name, help, name, name, v);
+	put(fam(e, name, "gauge", help), "%s{model=\"%s\"} %.17g\n", name, mn, v);
 }
 
 /*
@@ -67,96 +102,118 @@ static void gauge(struct text *t, const char *name, const char *help, double v)
  * more), so the cumulative count at le=2^b is the sum of the first b + 1
  * ranges. It has no _sum: the scheduler keeps no total of sequences.
  */
-static void render_sched(const struct hd_sched_stats *s, struct text *t)
+static void render_sched(struct expo *e, const char *mn, const struct hd_sched_stats *s)
 {
 	const char *h = "hearth_sched_batch_sequences";
+	struct text *t;
 	uint64_t cum = 0;
 
-	counter(t, "hearth_sched_steps_total", "Forward steps formed by the scheduler.", s->steps);
-	counter(t, "hearth_sched_step_tokens_total", "Token positions computed in those steps.",
+	counter(e, mn, "hearth_sched_steps_total", "Forward steps formed by the scheduler.", s->steps);
+	counter(e, mn, "hearth_sched_step_tokens_total", "Token positions computed in those steps.",
 		s->step_tokens);
-	put(t, "# HELP hearth_sched_step_seconds_total Time spent in those steps.\n"
-	       "# TYPE hearth_sched_step_seconds_total counter\n"
-	       "hearth_sched_step_seconds_total %.9f\n", s->step_ns / 1e9);
-	put(t, "# HELP %s Sequences (sessions) in each forward step.\n# TYPE %s histogram\n", h, h);
+	put(fam(e, "hearth_sched_step_seconds_total", "counter", "Time spent in those steps."),
+	    "hearth_sched_step_seconds_total{model=\"%s\"} %.9f\n", mn, s->step_ns / 1e9);
+	t = fam(e, h, "histogram", "Sequences (sessions) in each forward step.");
 	for (unsigned b = 0; b < HD_BATCH_BUCKETS - 1; b++) {
 		cum += s->batch[b];
-		put(t, "%s_bucket{le=\"%u\"} %llu\n", h, 1u << b, (unsigned long long)cum);
+		put(t, "%s_bucket{model=\"%s\",le=\"%u\"} %llu\n", h, mn, 1u << b,
+		    (unsigned long long)cum);
 	}
 	cum += s->batch[HD_BATCH_BUCKETS - 1];
-	put(t, "%s_bucket{le=\"+Inf\"} %llu\n%s_count %llu\n", h, (unsigned long long)cum, h,
-	    (unsigned long long)cum);
-	counter(t, "hearth_sched_timeouts_total",
+	put(t, "%s_bucket{model=\"%s\",le=\"+Inf\"} %llu\n%s_count{model=\"%s\"} %llu\n", h, mn,
+	    (unsigned long long)cum, h, mn, (unsigned long long)cum);
+	counter(e, mn, "hearth_sched_timeouts_total",
 		"Requests whose deadline passed before they started (-ETIMEDOUT).", s->timeouts);
-	counter(t, "hearth_sched_cancels_total", "Requests cancelled (-ECANCELED).", s->cancels);
-	counter(t, "hearth_sched_kv_waits_total",
+	counter(e, mn, "hearth_sched_cancels_total", "Requests cancelled (-ECANCELED).", s->cancels);
+	counter(e, mn, "hearth_sched_kv_waits_total",
 		"Requests that waited for KV pages to be paged out.", s->kv_waits);
-	gauge(t, "hearth_sched_queued_requests",
+	gauge(e, mn, "hearth_sched_queued_requests",
 	      "Requests queued on sessions (running or waiting), not yet completed.", s->queued);
-	gauge(t, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);
+	gauge(e, mn, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);
 }
 
-static void render(struct hd_daemon *d, const struct hd_metrics *m, struct text *t)
+/* One model's series. */
+static void render(struct expo *e, const char *mn, const struct hd_metrics *m,
+		   const struct model *model)
 {
 	const char *h = "hearth_request_duration_seconds";
+	struct text *t;
 
-	put(t, "# HELP %s Time from reading a descriptor to its (final) completion, per op.\n"
-	       "# TYPE %s histogram\n", h, h);
+	t = fam(e, h, "histogram", "Time from reading a descriptor to its (final) completion, per op.");
 	for (unsigned op = 0; op < SHM_OP__MAX; op++) {
 		const struct hd_op_stats *st = &m->ops[op];
+		const char *on = shm_op_name(op);
 		uint64_t cum = 0;
 
 		for (unsigned b = 0; b < HD_LAT_BUCKETS; b++) {
 			cum += st->buckets[b];
-			put(t, "%s_bucket{op=\"%s\",le=\"%g\"} %llu\n", h, shm_op_name(op),
+			put(t, "%s_bucket{model=\"%s\",op=\"%s\",le=\"%g\"} %llu\n", h, mn, on,
 			    hd_lat_bounds_ns[b] / 1e9, (unsigned long long)cum);
 		}
-		put(t, "%s_bucket{op=\"%s\",le=\"+Inf\"} %llu\n", h, shm_op_name(op),
+		put(t, "%s_bucket{model=\"%s\",op=\"%s\",le=\"+Inf\"} %llu\n", h, mn, on,
 		    (unsigned long long)st->count);
-		put(t, "%s_sum{op=\"%s\"} %.9f\n%s_count{op=\"%s\"} %llu\n", h, shm_op_name(op),
-		    st->total_ns / 1e9, h, shm_op_name(op), (unsigned long long)st->count);
+		put(t, "%s_sum{model=\"%s\",op=\"%s\"} %.9f\n%s_count{model=\"%s\",op=\"%s\"} %llu\n", h,
+		    mn, on, st->total_ns / 1e9, h, mn, on, (unsigned long long)st->count);
 	}
-	put(t, "# HELP hearth_request_errors_total Requests that completed with an error, per op.\n"
-	       "# TYPE hearth_request_errors_total counter\n");
+	t = fam(e, "hearth_request_errors_total", "counter",
+		"Requests that completed with an error, per op.");
 	for (unsigned op = 0; op < SHM_OP__MAX; op++)
-		put(t, "hearth_request_errors_total{op=\"%s\"} %llu\n", shm_op_name(op),
-		    (unsigned long long)m->ops[op].errors);
-	counter(t, "hearth_tokens_total", "Tokens appended or generated.", m->tokens);
-	counter(t, "hearth_steps_total", "Forward steps run by the engine.", m->steps);
-	render_sched(&m->sched, t);
-	counter(t, "hearth_disconnects_total", "Client connections ended.", m->disconnects);
-	counter(t, "hearth_bad_descriptors_total", "Malformed descriptors answered with an error.",
+		put(t, "hearth_request_errors_total{model=\"%s\",op=\"%s\"} %llu\n", mn,
+		    shm_op_name(op), (unsigned long long)m->ops[op].errors);
+	counter(e, mn, "hearth_tokens_total", "Tokens appended or generated.", m->tokens);
+	counter(e, mn, "hearth_steps_total", "Forward steps run by the engine.", m->steps);
+	render_sched(e, mn, &m->sched);
+	counter(e, mn, "hearth_disconnects_total", "Client connections ended.", m->disconnects);
+	counter(e, mn, "hearth_bad_descriptors_total", "Malformed descriptors answered with an error.",
 		m->bad_descriptors);
-	gauge(t, "hearth_clients", "Attached client connections.", m->clients);
-	gauge(t, "hearth_sessions", "Open sessions.", m->sessions);
-	put(t, "# HELP hearth_kv_pages KV cache pages of tier L1.\n# TYPE hearth_kv_pages gauge\n"
-	       "hearth_kv_pages{tier=\"L1\",state=\"free\"} %u\n"
-	       "hearth_kv_pages{tier=\"L1\",state=\"total\"} %u\n"
-	       "hearth_kv_pages{tier=\"L2\",state=\"free\"} %u\n"
-	       "hearth_kv_pages{tier=\"L2\",state=\"total\"} %u\n",
-	    m->kv_free, m->kv_total, m->tier.l2_free, m->tier.l2_slots);
-	gauge(t, "hearth_sessions_not_in_l1", "Sessions paged out to L2 or moving.", m->sessions_l2);
-	put(t, "# HELP hearth_l2_bytes_total Bytes moved between L1 and L2.\n"
-	       "# TYPE hearth_l2_bytes_total counter\n"
-	       "hearth_l2_bytes_total{direction=\"out\"} %llu\n"
-	       "hearth_l2_bytes_total{direction=\"in\"} %llu\n",
-	    (unsigned long long)m->tier.bytes_out, (unsigned long long)m->tier.bytes_in);
-	put(t, "# HELP hearth_l2_transfer_seconds Whole-session page-outs and page-ins.\n"
-	       "# TYPE hearth_l2_transfer_seconds summary\n"
-	       "hearth_l2_transfer_seconds_sum{direction=\"out\"} %.9f\n"
-	       "hearth_l2_transfer_seconds_count{direction=\"out\"} %llu\n"
-	       "hearth_l2_transfer_seconds_sum{direction=\"in\"} %.9f\n"
-	       "hearth_l2_transfer_seconds_count{direction=\"in\"} %llu\n",
-	    m->tier.out_ns / 1e9, (unsigned long long)m->tier.outs, m->tier.in_ns / 1e9,
-	    (unsigned long long)m->tier.ins);
-	counter(t, "hearth_l2_errors_total", "Page-outs kept in L1 and page-ins recomputed.",
+	gauge(e, mn, "hearth_clients", "Attached client connections.", m->clients);
+	gauge(e, mn, "hearth_sessions", "Open sessions.", m->sessions);
+	put(fam(e, "hearth_kv_pages", "gauge", "KV cache pages per tier."),
+	    "hearth_kv_pages{model=\"%s\",tier=\"L1\",state=\"free\"} %u\n"
+	    "hearth_kv_pages{model=\"%s\",tier=\"L1\",state=\"total\"} %u\n"
+	    "hearth_kv_pages{model=\"%s\",tier=\"L2\",state=\"free\"} %u\n"
+	    "hearth_kv_pages{model=\"%s\",tier=\"L2\",state=\"total\"} %u\n",
+	    mn, m->kv_free, mn, m->kv_total, mn, m->tier.l2_free, mn, m->tier.l2_slots);
+	gauge(e, mn, "hearth_kv_bytes", "Bytes of the L1 KV pool.", (double)m->kv_bytes);
+	gauge(e, mn, "hearth_sessions_not_in_l1", "Sessions paged out to L2 or moving.",
+	      m->sessions_l2);
+	put(fam(e, "hearth_l2_bytes_total", "counter", "Bytes moved between L1 and L2."),
+	    "hearth_l2_bytes_total{model=\"%s\",direction=\"out\"} %llu\n"
+	    "hearth_l2_bytes_total{model=\"%s\",direction=\"in\"} %llu\n",
+	    mn, (unsigned long long)m->tier.bytes_out, mn, (unsigned long long)m->tier.bytes_in);
+	put(fam(e, "hearth_l2_transfer_seconds", "summary", "Whole-session page-outs and page-ins."),
+	    "hearth_l2_transfer_seconds_sum{model=\"%s\",direction=\"out\"} %.9f\n"
+	    "hearth_l2_transfer_seconds_count{model=\"%s\",direction=\"out\"} %llu\n"
+	    "hearth_l2_transfer_seconds_sum{model=\"%s\",direction=\"in\"} %.9f\n"
+	    "hearth_l2_transfer_seconds_count{model=\"%s\",direction=\"in\"} %llu\n",
+	    mn, m->tier.out_ns / 1e9, mn, (unsigned long long)m->tier.outs, mn, m->tier.in_ns / 1e9,
+	    mn, (unsigned long long)m->tier.ins);
+	counter(e, mn, "hearth_l2_errors_total", "Page-outs kept in L1 and page-ins recomputed.",
 		m->tier.errors);
-	gauge(t, "hearth_model_load_seconds", "Time to load the model's weights.",
-	      d->model->load_seconds);
-	gauge(t, "hearth_model_weight_bytes", "Bytes of the model's weights as stored.",
-	      (double)d->model->weight_bytes);
-	gauge(t, "hearth_uptime_seconds", "Seconds since hearthd started.",
-	      (hr_now_ns() - d->start_ns) / 1e9);
+	gauge(e, mn, "hearth_model_load_seconds", "Time to load the model's weights.",
+	      model->load_seconds);
+	gauge(e, mn, "hearth_model_weight_bytes", "Bytes of the model's weights as stored.",
+	      (double)model->weight_bytes);
+	if (m->dev_total)
+		put(fam(e, "hearth_device_memory_bytes", "gauge",
+			"Memory of the device the model runs on (host memory for the cpu backend)."),
+		    "hearth_device_memory_bytes{model=\"%s\",state=\"free\"} %llu\n"
+		    "hearth_device_memory_bytes{model=\"%s\",state=\"total\"} %llu\n",
+		    mn, (unsigned long long)m->dev_free, mn, (unsigned long long)m->dev_total);
+}
+
+/* Join the families into one exposition (t). */
+static void join(struct expo *e, struct text *t)
+{
+	for (unsigned i = 0; i < e->n; i++) {
+		struct family *f = &e->fam[i];
+
+		put(t, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name, f->type);
+		if (f->body.len)
+			put(t, "%s", f->body.buf);
+		e->oom |= f->body.oom;
+		free(f->body.buf);
+	}
 }
 
 static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
@@ -182,7 +239,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	struct hd_daemon *d = cls;
 	struct hd_metrics m;
 	struct hd_cmd cmd = { .type = HD_CMD_METRICS, .out = &m };
+	struct expo *e;
 	struct text t = { 0 };
+	uint32_t by_state[HD_MODEL_UNLOADING + 1] = { 0 };
 
 	(void)version;
 	(void)data;
@@ -195,15 +254,39 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return reply(conn, MHD_HTTP_OK, "text/plain", strdup("ok\n"), 3);
 	if (strcmp(url, "/metrics"))
 		return reply(conn, MHD_HTTP_NOT_FOUND, "text/plain", strdup("not found\n"), 10);
-	/* hd_metrics_stop() runs before the reactor stops, so this call returns. */
-	if (hd_reactor_call(d, &cmd) < 0)
-		return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "text/plain",
-			     strdup("stopping\n"), 9);
-	render(d, &m, &t);
-	if (t.oom) {
+	e = calloc(1, sizeof(*e));
+	if (!e)
+		return MHD_NO;
+	/* The lock keeps every model listed here alive and its reactor running
+	 * (the control thread changes states under it). hd_metrics_stop() runs
+	 * before the reactors stop, so these calls return. */
+	pthread_mutex_lock(&d->models_lock);
+	for (uint32_t i = 0; i < d->n_models; i++) {
+		struct hd_model *hm = d->models[i];
+
+		by_state[hm->state]++;
+		/* READY and DRAINING models have a reactor (set under the lock
+		 * after it starts, and before an unload stops it). */
+		if ((hm->state != HD_MODEL_READY && hm->state != HD_MODEL_DRAINING) ||
+		    hd_reactor_call(hm, &cmd) < 0)
+			continue;
+		render(e, hm->name, &m, hm->model);
+	}
+	pthread_mutex_unlock(&d->models_lock);
+	{
+		struct text *ft = fam(e, "hearth_models", "gauge", "Models by state.");
+		for (unsigned st = 0; st <= HD_MODEL_UNLOADING; st++)
+			put(ft, "hearth_models{state=\"%s\"} %u\n", hd_model_state_name(st), by_state[st]);
+		put(fam(e, "hearth_uptime_seconds", "gauge", "Seconds since hearthd started."),
+		    "hearth_uptime_seconds %.17g\n", (hr_now_ns() - d->start_ns) / 1e9);
+	}
+	join(e, &t);
+	if (t.oom || e->oom) {
 		free(t.buf);
+		free(e);
 		return MHD_NO;
 	}
+	free(e);
 	return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", t.buf, t.len);
 }
 

@@ -53,9 +53,9 @@ const uint64_t hd_lat_bounds_ns[HD_LAT_BUCKETS] = {
 	10000000, 50000000, 250000000, 1000000000,
 };
 
-static void count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0)
+static void count_op(struct hd_model *hm, unsigned op, int res, uint64_t t0)
 {
-	struct hd_op_stats *st = &d->stats.ops[op < SHM_OP__MAX ? op : 0];
+	struct hd_op_stats *st = &hm->stats.ops[op < SHM_OP__MAX ? op : 0];
 	uint64_t dt = hr_now_ns() - t0;
 	unsigned b = 0;
 
@@ -69,22 +69,22 @@ static void count_op(struct hd_daemon *d, unsigned op, int res, uint64_t t0)
 		st->max_ns = dt;
 }
 
-void hd_complete(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q, int res,
+void hd_complete(struct hd_model *hm, struct hd_client *c, const struct shm_sqe *q, int res,
 		 uint64_t t0, uint32_t out_len, uint32_t pos)
 {
-	count_op(d, q->op, res, t0);
+	count_op(hm, q->op, res, t0);
 	hd_post_cqe(c, q->user_data, res, 0, out_len, pos);
 }
 
 /* The session of a data op, checked against the client's open set. */
-static int use_session(struct hd_daemon *d, struct hd_client *c, uint32_t handle,
+static int use_session(struct hd_model *hm, struct hd_client *c, uint32_t handle,
 		       struct hd_session **ret)
 {
 	struct hd_session *s;
 
 	if (!hd_client_may_use(c, handle))
 		return -EBADF;
-	s = hd_session_get(d, handle);
+	s = hd_session_get(hm, handle);
 	if (!s)
 		return -EBADF;
 	s->last_used_ns = hr_now_ns();
@@ -98,21 +98,21 @@ static bool is_session_op(unsigned op)
 	       op == SHM_OP_GENERATE;
 }
 
-int hd_ops_run_simple(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q)
+int hd_ops_run_simple(struct hd_model *hm, struct hd_client *c, const struct shm_sqe *q)
 {
 	struct hd_session *s;
 	int r;
 
 	if (q->op == SHM_OP_SESSION_CLOSE)
-		return hd_session_close(d, c, q->session, q->arg[0] & SHM_CLOSE_F_DROP);
-	r = use_session(d, c, q->session, &s);
+		return hd_session_close(hm, c, q->session, q->arg[0] & SHM_CLOSE_F_DROP);
+	r = use_session(hm, c, q->session, &s);
 	if (r < 0)
 		return r;
-	r = engine_truncate(d->engine, s->seq, q->arg[0]);
+	r = engine_truncate(hm->engine, s->seq, q->arg[0]);
 	return r < 0 ? r : (int)q->arg[0];
 }
 
-void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_sqe *q)
+void hd_ops_execute(struct hd_model *hm, struct hd_client *c, const struct shm_sqe *q)
 {
 	uint64_t t0 = hr_now_ns();
 	struct hd_session *s = NULL;
@@ -121,13 +121,13 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 	r = shm_sqe_validate(q, c->lay.arena_size);
 	if (r < 0) {
 		/* Counted apart: the op of a malformed descriptor means nothing. */
-		atomic_fetch_add_explicit(&d->stats.bad_descriptors, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&hm->stats.bad_descriptors, 1, memory_order_relaxed);
 		hd_post_cqe(c, q->user_data, r, 0, 0, 0);
 		return;
 	}
 	if (is_session_op(q->op)) {
-		r = use_session(d, c, q->session, &s);
-		if (r == 0 && d->tiering && (s->n_deferred || hd_tier_ready(d, s) == -EAGAIN)) {
+		r = use_session(hm, c, q->session, &s);
+		if (r == 0 && hm->tiering && (s->n_deferred || hd_tier_ready(hm, s) == -EAGAIN)) {
 			/* Paged out (or behind requests that are): wait for its own pages. */
 			r = hd_session_defer(s, c->id, q);
 			if (r == 0)
@@ -141,7 +141,7 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		r = 0;
 		break;
 	case SHM_OP_SESSION_OPEN:
-		r = hd_session_open(d, c, (const char *)c->arena + q->aux_off, q->aux_len,
+		r = hd_session_open(hm, c, (const char *)c->arena + q->aux_off, q->aux_len,
 				    q->arg[0] & SHM_OPEN_F_CREATE, q->arg[0] & SHM_OPEN_F_EXCL, &s);
 		if (r >= 0) {
 			if (r == 1)
@@ -150,22 +150,22 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		}
 		break;
 	case SHM_OP_CANCEL:
-		r = hd_sched_cancel(d, c, (uint64_t)q->arg[1] << 32 | q->arg[0]);
+		r = hd_sched_cancel(hm, c, (uint64_t)q->arg[1] << 32 | q->arg[0]);
 		break;
 	case SHM_OP_SESSION_CLOSE:
 	case SHM_OP_TRUNCATE:
 		/* Behind queued requests of the session, in order; else now. */
-		s = hd_client_may_use(c, q->session) ? hd_session_get(d, q->session) : NULL;
-		if (s && hd_session_busy(s) && hd_sched_submit(d, c, s, q) == 0)
+		s = hd_client_may_use(c, q->session) ? hd_session_get(hm, q->session) : NULL;
+		if (s && hd_session_busy(s) && hd_sched_submit(hm, c, s, q) == 0)
 			return;
-		r = hd_ops_run_simple(d, c, q);
+		r = hd_ops_run_simple(hm, c, q);
 		if (q->op == SHM_OP_SESSION_CLOSE)
 			s = NULL;
 		break;
 	case SHM_OP_APPEND:
 	case SHM_OP_SCORE:
 	case SHM_OP_GENERATE:
-		r = hd_sched_submit(d, c, s, q);
+		r = hd_sched_submit(hm, c, s, q);
 		if (r == 0)
 			return; /* completed by the scheduler */
 		break;
@@ -174,5 +174,5 @@ void hd_ops_execute(struct hd_daemon *d, struct hd_client *c, const struct shm_s
 		break;
 	}
 done:
-	hd_complete(d, c, q, r, t0, 0, s ? engine_seq_len(s->seq) : 0);
+	hd_complete(hm, c, q, r, t0, 0, s ? engine_seq_len(s->seq) : 0);
 }

@@ -26,66 +26,66 @@
 
 /* ---- commands from the control thread ------------------------------------ */
 
-int hd_reactor_call(struct hd_daemon *d, struct hd_cmd *cmd)
+int hd_reactor_call(struct hd_model *hm, struct hd_cmd *cmd)
 {
 	cmd->done = false;
 	cmd->next = NULL;
-	pthread_mutex_lock(&d->cmd_lock);
-	if (d->cmd_tail)
-		d->cmd_tail->next = cmd;
+	pthread_mutex_lock(&hm->cmd_lock);
+	if (hm->cmd_tail)
+		hm->cmd_tail->next = cmd;
 	else
-		d->cmd_head = cmd;
-	d->cmd_tail = cmd;
-	pthread_mutex_unlock(&d->cmd_lock);
+		hm->cmd_head = cmd;
+	hm->cmd_tail = cmd;
+	pthread_mutex_unlock(&hm->cmd_lock);
 	/* Pairs with the acquire load of the doorbell in reactor_sleep(). */
-	atomic_fetch_add_explicit(&d->doorbell, 1, memory_order_release);
-	syscall(SYS_futex, &d->doorbell, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-	pthread_mutex_lock(&d->cmd_lock);
+	atomic_fetch_add_explicit(&hm->doorbell, 1, memory_order_release);
+	syscall(SYS_futex, &hm->doorbell, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+	pthread_mutex_lock(&hm->cmd_lock);
 	while (!cmd->done)
-		pthread_cond_wait(&d->cmd_done, &d->cmd_lock);
-	pthread_mutex_unlock(&d->cmd_lock);
+		pthread_cond_wait(&hm->cmd_done, &hm->cmd_lock);
+	pthread_mutex_unlock(&hm->cmd_lock);
 	return cmd->res;
 }
 
-static int client_attach(struct hd_daemon *d, struct hd_client *c)
+static int client_attach(struct hd_model *hm, struct hd_client *c)
 {
 	struct hd_client **cs;
 
-	cs = realloc(d->clients, (d->n_clients + 1) * sizeof(*cs));
+	cs = realloc(hm->clients, (hm->n_clients + 1) * sizeof(*cs));
 	if (!cs)
 		return -ENOMEM;
-	d->clients = cs;
-	d->clients[d->n_clients++] = c;
+	hm->clients = cs;
+	hm->clients[hm->n_clients++] = c;
 	c->in_reactor = true;
 	return 0;
 }
 
-static void client_detach(struct hd_daemon *d, struct hd_client *c)
+static void client_detach(struct hd_model *hm, struct hd_client *c)
 {
-	for (uint32_t i = 0; i < d->n_clients; i++)
-		if (d->clients[i] == c) {
-			d->clients[i] = d->clients[--d->n_clients];
+	for (uint32_t i = 0; i < hm->n_clients; i++)
+		if (hm->clients[i] == c) {
+			hm->clients[i] = hm->clients[--hm->n_clients];
 			break;
 		}
 	/* Its queued and running requests go: nobody reads their completions. */
-	hd_sched_drop_client(d, c);
-	atomic_fetch_add_explicit(&d->stats.disconnects, 1, memory_order_relaxed);
-	hd_session_close_all(d, c);
+	hd_sched_drop_client(hm, c);
+	atomic_fetch_add_explicit(&hm->stats.disconnects, 1, memory_order_relaxed);
+	hd_session_close_all(hm, c);
 	c->in_reactor = false;
 	/* Wake a client thread that may still sleep on this region. */
 	shm_waitq_shutdown(&c->hdr->client_wq);
 }
 
-static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *rep)
+static void fill_sessions(struct hd_model *hm, Hearth__Control__SessionsReply *rep)
 {
 	uint64_t now = hr_now_ns();
 	uint32_t k = 0;
 
-	rep->sessions = calloc(d->sessions.n ? d->sessions.n : 1, sizeof(*rep->sessions));
+	rep->sessions = calloc(hm->sessions.n ? hm->sessions.n : 1, sizeof(*rep->sessions));
 	if (!rep->sessions)
 		return;
-	for (uint32_t i = 0; i < d->sessions.cap; i++) {
-		struct hd_session *s = d->sessions.slots[i];
+	for (uint32_t i = 0; i < hm->sessions.cap; i++) {
+		struct hd_session *s = hm->sessions.slots[i];
 		Hearth__Control__SessionInfo *si;
 
 		if (!s || !(si = calloc(1, sizeof(*si))))
@@ -94,7 +94,7 @@ static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *r
 		si->name = strdup(s->name ? s->name : "");
 		si->handle = s->handle;
 		si->n_tokens = engine_seq_len(s->seq);
-		si->kv_pages = (engine_seq_len(s->seq) + d->cfg.page_tokens - 1) / d->cfg.page_tokens;
+		si->kv_pages = (engine_seq_len(s->seq) + hm->cfg.page_tokens - 1) / hm->cfg.page_tokens;
 		{
 			static const char *const tiers[] = { "L1", "L1->L2", "L2", "L2->L1" };
 			si->tier = strdup(tiers[s->tier]);
@@ -108,31 +108,35 @@ static void fill_sessions(struct hd_daemon *d, Hearth__Control__SessionsReply *r
 }
 
 /* Everything stats and /metrics export, read in one place. */
-static void snapshot(struct hd_daemon *d, struct hd_metrics *m)
+static void snapshot(struct hd_model *hm, struct hd_metrics *m)
 {
-	memcpy(m->ops, d->stats.ops, sizeof(m->ops));
-	m->sched = d->sched.st;
-	m->sched.active = d->sched.n_active;
-	m->tokens = atomic_load(&d->stats.tokens);
-	m->steps = engine_n_steps(d->engine);
-	m->disconnects = atomic_load(&d->stats.disconnects);
-	m->bad_descriptors = atomic_load(&d->stats.bad_descriptors);
-	m->clients = d->n_clients;
-	m->sessions = d->sessions.n;
-	m->kv_total = kv_pool_n_pages(engine_pool(d->engine));
-	m->kv_free = kv_pool_n_free(engine_pool(d->engine));
+	memcpy(m->ops, hm->stats.ops, sizeof(m->ops));
+	m->sched = hm->sched.st;
+	m->sched.active = hm->sched.n_active;
+	m->tokens = atomic_load(&hm->stats.tokens);
+	m->steps = engine_n_steps(hm->engine);
+	m->disconnects = atomic_load(&hm->stats.disconnects);
+	m->bad_descriptors = atomic_load(&hm->stats.bad_descriptors);
+	m->clients = hm->n_clients;
+	m->sessions = hm->sessions.n;
+	m->kv_total = kv_pool_n_pages(engine_pool(hm->engine));
+	m->kv_free = kv_pool_n_free(engine_pool(hm->engine));
 	m->sessions_l2 = 0;
-	for (uint32_t i = 0; i < d->sessions.cap; i++)
-		m->sessions_l2 += d->sessions.slots[i] && d->sessions.slots[i]->tier != HD_TIER_L1;
-	hd_tier_stats(d, &m->tier);
+	for (uint32_t i = 0; i < hm->sessions.cap; i++)
+		m->sessions_l2 += hm->sessions.slots[i] && hm->sessions.slots[i]->tier != HD_TIER_L1;
+	hd_tier_stats(hm, &m->tier);
+	m->kv_bytes = (uint64_t)m->kv_total * engine_page_bytes(hm->engine);
+	m->dev_free = m->dev_total = 0;
+	if (hm->be->ops->mem_info)
+		hm->be->ops->mem_info(hm->be, &m->dev_free, &m->dev_total);
 }
 
-static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
+static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 {
 	struct hd_metrics m;
 
-	snapshot(d, &m);
-	rep->uptime_ms = (hr_now_ns() - d->start_ns) / 1000000;
+	snapshot(hm, &m);
+	rep->uptime_ms = (hr_now_ns() - hm->start_ns) / 1000000;
 	rep->clients = m.clients;
 	rep->sessions = m.sessions;
 	rep->kv_pages_total = m.kv_total;
@@ -157,18 +161,22 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 	rep->pagein_ns_total = m.tier.in_ns;
 	rep->pagein_ns_max = m.tier.in_max_ns;
 	rep->sessions_not_in_l1 = m.sessions_l2;
-	rep->kv_page_bytes = engine_page_bytes(d->engine);
-	rep->weight_bytes = d->model->weight_bytes;
-	rep->model_load_seconds = d->model->load_seconds;
+	rep->kv_page_bytes = engine_page_bytes(hm->engine);
+	rep->kv_bytes = m.kv_bytes;
+	rep->device_mem_free = m.dev_free;
+	rep->device_mem_total = m.dev_total;
+	rep->model = hm->name;
+	rep->weight_bytes = hm->model->weight_bytes;
+	rep->model_load_seconds = hm->model->load_seconds;
 	/* Strings and arrays the reply borrows (live as long as the daemon):
 	 * the control thread frees only what it knows to free. */
-	rep->model_load_how = d->model->load_how;
-	if (d->be->name)
-		rep->backend = (char *)d->be->name;
+	rep->model_load_how = hm->model->load_how;
+	if (hm->be->name)
+		rep->backend = (char *)hm->be->name;
 	/* Queue depths: rings as the reactor sees them now (a bad index is
 	 * the reactor's to handle on its next turn: counted as 0 here). */
-	for (uint32_t i = 0; i < d->n_clients; i++) {
-		struct hd_client *c = d->clients[i];
+	for (uint32_t i = 0; i < hm->n_clients; i++) {
+		struct hd_client *c = hm->clients[i];
 		int n;
 
 		if (!c || c->dead)
@@ -190,9 +198,9 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 	rep->timeouts = m.sched.timeouts;
 	rep->cancels = m.sched.cancels;
 	rep->kv_waits = m.sched.kv_waits;
-	for (uint32_t i = 0; i < d->sessions.cap; i++)
-		if (d->sessions.slots[i])
-			rep->deferred += d->sessions.slots[i]->n_deferred;
+	for (uint32_t i = 0; i < hm->sessions.cap; i++)
+		if (hm->sessions.slots[i])
+			rep->deferred += hm->sessions.slots[i]->n_deferred;
 	rep->latency_bounds_ns = (uint64_t *)hd_lat_bounds_ns;
 	rep->n_latency_bounds_ns = HD_LAT_BUCKETS;
 	rep->ops = calloc(SHM_OP__MAX, sizeof(*rep->ops));
@@ -217,20 +225,20 @@ static void fill_stats(struct hd_daemon *d, Hearth__Control__StatsReply *rep)
 	}
 }
 
-static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
+static void run_cmd(struct hd_model *hm, struct hd_cmd *cmd)
 {
 	struct hd_session *s;
 
 	switch (cmd->type) {
 	case HD_CMD_ATTACH:
-		cmd->res = client_attach(d, cmd->client);
+		cmd->res = client_attach(hm, cmd->client);
 		break;
 	case HD_CMD_DETACH:
-		client_detach(d, cmd->client);
+		client_detach(hm, cmd->client);
 		cmd->res = 0;
 		break;
 	case HD_CMD_OPEN:
-		cmd->res = hd_session_open(d, cmd->client, cmd->name, strlen(cmd->name), cmd->flag,
+		cmd->res = hd_session_open(hm, cmd->client, cmd->name, strlen(cmd->name), cmd->flag,
 					   false, &s);
 		if (cmd->res >= 0) {
 			cmd->out_created = cmd->res == 1;
@@ -244,61 +252,66 @@ static void run_cmd(struct hd_daemon *d, struct hd_cmd *cmd)
 	case HD_CMD_CLOSE:
 		/* Requests still queued on it keep it (the ring's SESSION_CLOSE
 		 * waits behind them instead). */
-		s = hd_session_get(d, cmd->handle);
+		s = hd_session_get(hm, cmd->handle);
 		cmd->res = s && hd_session_busy(s) && hd_client_may_use(cmd->client, cmd->handle)
 				   ? -EBUSY
-				   : hd_session_close(d, cmd->client, cmd->handle, cmd->flag);
+				   : hd_session_close(hm, cmd->client, cmd->handle, cmd->flag);
 		break;
 	case HD_CMD_SESSIONS:
-		fill_sessions(d, cmd->out);
+		fill_sessions(hm, cmd->out);
 		cmd->res = 0;
 		break;
 	case HD_CMD_STATS:
-		fill_stats(d, cmd->out);
+		fill_stats(hm, cmd->out);
 		cmd->res = 0;
 		break;
 	case HD_CMD_SESSION_ACTION:
-		s = cmd->name[0] ? hd_session_find_name(d, cmd->name, strlen(cmd->name))
-				 : hd_session_get(d, cmd->handle);
+		s = cmd->name[0] ? hd_session_find_name(hm, cmd->name, strlen(cmd->name))
+				 : hd_session_get(hm, cmd->handle);
 		cmd->res = s ? 0 : -ENOENT;
 		if (s && cmd->action == HEARTH__CONTROL__SESSION_ACTION__ACTION__EVICT)
-			cmd->res = hd_tier_evict(d, s);
+			cmd->res = hd_tier_evict(hm, s);
 		else if (s)
 			s->pinned = cmd->action == HEARTH__CONTROL__SESSION_ACTION__ACTION__PIN;
 		break;
+	case HD_CMD_NAMED:
+		cmd->res = 0;
+		for (uint32_t i = 0; i < hm->sessions.cap; i++)
+			cmd->res += hm->sessions.slots[i] && hm->sessions.slots[i]->name;
+		break;
 	case HD_CMD_METRICS:
-		snapshot(d, cmd->out);
+		snapshot(hm, cmd->out);
 		cmd->res = 0;
 		break;
 	case HD_CMD_STOP:
 		/* Completed when the reactor has drained (reactor_main). */
-		d->stopping = true;
+		hm->stopping = true;
 		return;
 	}
 	cmd->done = true;
 }
 
 /* Run queued commands; returns how many. STOP stays pending until drained. */
-static uint32_t run_cmds(struct hd_daemon *d, struct hd_cmd **stop)
+static uint32_t run_cmds(struct hd_model *hm, struct hd_cmd **stop)
 {
 	struct hd_cmd *list;
 	uint32_t n = 0;
 
-	pthread_mutex_lock(&d->cmd_lock);
-	list = d->cmd_head;
-	d->cmd_head = d->cmd_tail = NULL;
-	pthread_mutex_unlock(&d->cmd_lock);
+	pthread_mutex_lock(&hm->cmd_lock);
+	list = hm->cmd_head;
+	hm->cmd_head = hm->cmd_tail = NULL;
+	pthread_mutex_unlock(&hm->cmd_lock);
 	if (!list)
 		return 0;
 	for (struct hd_cmd *cmd = list, *next; cmd; cmd = next, n++) {
 		next = cmd->next;
-		run_cmd(d, cmd);
+		run_cmd(hm, cmd);
 		if (cmd->type == HD_CMD_STOP)
 			*stop = cmd;
 	}
-	pthread_mutex_lock(&d->cmd_lock);
-	pthread_cond_broadcast(&d->cmd_done);
-	pthread_mutex_unlock(&d->cmd_lock);
+	pthread_mutex_lock(&hm->cmd_lock);
+	pthread_cond_broadcast(&hm->cmd_done);
+	pthread_mutex_unlock(&hm->cmd_lock);
 	return n;
 }
 
@@ -306,7 +319,7 @@ static uint32_t run_cmds(struct hd_daemon *d, struct hd_cmd **stop)
 
 /* A client broke the protocol: stop serving it and let the control thread
  * see a hang-up, which detaches it like any other disconnect. */
-static void client_kill(struct hd_daemon *d, struct hd_client *c, const char *why)
+static void client_kill(struct hd_model *hm, struct hd_client *c, const char *why)
 {
 	c->dead = true;
 	if (c->killed)
@@ -327,7 +340,7 @@ static uint32_t cq_avail(struct hd_client *c)
 /* Take up to SQ_BATCH descriptors of one client; returns how many. Each
  * keeps a CQ slot until its last completion, so a client that submits more
  * than its CQ holds waits in its own SQ (backpressure), never dropped. */
-static uint32_t serve_client(struct hd_daemon *d, struct hd_client *c)
+static uint32_t serve_client(struct hd_model *hm, struct hd_client *c)
 {
 	struct shm_sqe batch[SQ_BATCH];
 	uint32_t room, idx, n;
@@ -339,7 +352,7 @@ static uint32_t serve_client(struct hd_daemon *d, struct hd_client *c)
 	r = shm_sq_peek(&c->sq, HR_MIN(room, SQ_BATCH), &idx);
 	if (r <= 0) {
 		if (r < 0)
-			client_kill(d, c, "SQ tail moved impossibly");
+			client_kill(hm, c, "SQ tail moved impossibly");
 		return 0;
 	}
 	n = (uint32_t)r;
@@ -350,7 +363,7 @@ static uint32_t serve_client(struct hd_daemon *d, struct hd_client *c)
 	shm_sq_advance(&c->sq, n);
 	c->n_outstanding += n;
 	for (uint32_t i = 0; i < n; i++)
-		hd_ops_execute(d, c, &batch[i]);
+		hd_ops_execute(hm, c, &batch[i]);
 	return n;
 }
 
@@ -362,22 +375,22 @@ static void notify_client(struct hd_client *c)
 
 /* Take every client's submissions, run one batched step over all of them,
  * then publish every CQ. */
-static uint32_t reactor_turn(struct hd_daemon *d)
+static uint32_t reactor_turn(struct hd_model *hm)
 {
 	uint32_t work = 0;
 
-	for (uint32_t i = 0; i < d->n_clients; i++)
-		if (!d->clients[i]->dead)
-			work += serve_client(d, d->clients[i]);
-	work += hd_sched_turn(d);
-	for (uint32_t i = 0; i < d->n_clients; i++) {
-		struct hd_client *c = d->clients[i];
+	for (uint32_t i = 0; i < hm->n_clients; i++)
+		if (!hm->clients[i]->dead)
+			work += serve_client(hm, hm->clients[i]);
+	work += hd_sched_turn(hm);
+	for (uint32_t i = 0; i < hm->n_clients; i++) {
+		struct hd_client *c = hm->clients[i];
 
 		if (c->dead && c->killed)
 			continue;
 		notify_client(c);
 		if (c->dead)
-			client_kill(d, c, "CQ head moved impossibly");
+			client_kill(hm, c, "CQ head moved impossibly");
 	}
 	return work;
 }
@@ -397,7 +410,7 @@ static bool client_has_work(struct hd_client *c)
  * Every waitq is announced first and every condition re-checked after
  * (shm_wait.h explains the handshake), so no wake-up is lost.
  */
-static void reactor_sleep(struct hd_daemon *d)
+static void reactor_sleep(struct hd_model *hm)
 {
 	static bool waitv_missing;
 	struct futex_waitv w[FUTEX_WAITV_MAX];
@@ -406,11 +419,11 @@ static void reactor_sleep(struct hd_daemon *d)
 	struct timespec ts;
 
 	/* Pairs with the release increment in hd_reactor_call(). */
-	w[n++] = (struct futex_waitv){ .val = atomic_load_explicit(&d->doorbell, memory_order_acquire),
-				       .uaddr = (uintptr_t)&d->doorbell,
+	w[n++] = (struct futex_waitv){ .val = atomic_load_explicit(&hm->doorbell, memory_order_acquire),
+				       .uaddr = (uintptr_t)&hm->doorbell,
 				       .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG };
-	for (; ci < d->n_clients && n < FUTEX_WAITV_MAX; ci++) {
-		struct hd_client *c = d->clients[ci];
+	for (; ci < hm->n_clients && n < FUTEX_WAITV_MAX; ci++) {
+		struct hd_client *c = hm->clients[ci];
 
 		if (c->dead)
 			continue;
@@ -419,22 +432,22 @@ static void reactor_sleep(struct hd_daemon *d)
 		w[n++] = (struct futex_waitv){ .val = c->wait_seq, .uaddr = (uintptr_t)&c->hdr->daemon_wq.futex,
 					       .flags = FUTEX_32 };
 	}
-	pthread_mutex_lock(&d->cmd_lock);
-	idle = d->cmd_head == NULL;
-	pthread_mutex_unlock(&d->cmd_lock);
-	for (uint32_t i = 0; idle && i < d->n_clients; i++)
-		idle = !client_has_work(d->clients[i]);
-	idle = idle && !hd_sched_ready(d);
+	pthread_mutex_lock(&hm->cmd_lock);
+	idle = hm->cmd_head == NULL;
+	pthread_mutex_unlock(&hm->cmd_lock);
+	for (uint32_t i = 0; idle && i < hm->n_clients; i++)
+		idle = !client_has_work(hm->clients[i]);
+	idle = idle && !hd_sched_ready(hm);
 	if (idle) {
 		/* While draining, wake often to notice the end of the drain. Past
 		 * FUTEX_WAITV_MAX - 1 clients, the ones not watched are polled. */
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		if (ci < d->n_clients)
+		if (ci < hm->n_clients)
 			ts.tv_nsec += 100000;
-		else if (d->stopping)
+		else if (hm->stopping)
 			ts.tv_nsec += 10000000;
-		else if (d->idle_wake_ns < 1000000000ull)
-			ts.tv_nsec += (long)d->idle_wake_ns; /* the watchdog wants proof of life */
+		else if (hm->idle_wake_ns < 1000000000ull)
+			ts.tv_nsec += (long)hm->idle_wake_ns; /* the watchdog wants proof of life */
 		else
 			ts.tv_sec += 1;
 		if (ts.tv_nsec >= 1000000000) {
@@ -442,7 +455,7 @@ static void reactor_sleep(struct hd_daemon *d)
 			ts.tv_nsec -= 1000000000;
 		}
 		/* A queued request's deadline: wake to complete it with -ETIMEDOUT. */
-		uint64_t dl = hd_sched_next_deadline(d);
+		uint64_t dl = hd_sched_next_deadline(hm);
 		if (dl && dl < (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) {
 			ts.tv_sec = (time_t)(dl / 1000000000ull);
 			ts.tv_nsec = (long)(dl % 1000000000ull);
@@ -455,8 +468,8 @@ static void reactor_sleep(struct hd_daemon *d)
 		if (waitv_missing)
 			nanosleep(&(struct timespec){ 0, 100000 }, NULL);
 	}
-	for (uint32_t i = 0, k = 1; i < d->n_clients && k < n; i++) {
-		struct hd_client *c = d->clients[i];
+	for (uint32_t i = 0, k = 1; i < hm->n_clients && k < n; i++) {
+		struct hd_client *c = hm->clients[i];
 		if (!c->dead)
 			shm_wait_finish(&c->hdr->daemon_wq, bits[k++]);
 	}
@@ -465,10 +478,10 @@ static void reactor_sleep(struct hd_daemon *d)
 /* Nothing in flight: no request queued or running and no submission waiting
  * (even for CQ room: a slow reader still gets everything it asked for,
  * within DRAIN_TIMEOUT_NS). */
-static bool drained(struct hd_daemon *d)
+static bool drained(struct hd_model *hm)
 {
-	for (uint32_t i = 0; i < d->n_clients; i++) {
-		struct hd_client *c = d->clients[i];
+	for (uint32_t i = 0; i < hm->n_clients; i++) {
+		struct hd_client *c = hm->clients[i];
 		if (!c->dead && (c->n_outstanding || shm_ring_cons_refresh(&c->sq.r) != 0))
 			return false;
 	}
@@ -477,26 +490,26 @@ static bool drained(struct hd_daemon *d)
 
 static void *reactor_main(void *arg)
 {
-	struct hd_daemon *d = arg;
-	uint64_t spin_ns = (uint64_t)d->cfg.spin_us * 1000, last_work = hr_now_ns(), stop_at = 0;
+	struct hd_model *hm = arg;
+	uint64_t spin_ns = (uint64_t)hm->cfg.spin_us * 1000, last_work = hr_now_ns(), stop_at = 0;
 	struct hd_cmd *stop = NULL;
 
 	for (;;) {
-		uint32_t work = run_cmds(d, &stop) + reactor_turn(d) + hd_tier_turn(d);
+		uint32_t work = run_cmds(hm, &stop) + reactor_turn(hm) + hd_tier_turn(hm);
 
 		/* Relaxed: read by the control thread only to see that it changes. */
-		atomic_store_explicit(&d->reactor_turns,
-				      atomic_load_explicit(&d->reactor_turns, memory_order_relaxed) + 1,
+		atomic_store_explicit(&hm->reactor_turns,
+				      atomic_load_explicit(&hm->reactor_turns, memory_order_relaxed) + 1,
 				      memory_order_relaxed);
 		uint64_t now;
 
 		if (stop) {
 			if (!stop_at)
 				stop_at = hr_now_ns() + DRAIN_TIMEOUT_NS;
-			if (drained(d) || hr_now_ns() > stop_at)
+			if (drained(hm) || hr_now_ns() > stop_at)
 				break;
 		}
-		if (work || hd_tier_busy(d)) {
+		if (work || hd_tier_busy(hm)) {
 			last_work = hr_now_ns();
 			continue;
 		}
@@ -505,27 +518,27 @@ static void *reactor_main(void *arg)
 			shm_cpu_relax();
 			continue;
 		}
-		reactor_sleep(d);
+		reactor_sleep(hm);
 		last_work = hr_now_ns() - spin_ns; /* after a sleep, spin again only on work */
 	}
-	pthread_mutex_lock(&d->cmd_lock);
+	pthread_mutex_lock(&hm->cmd_lock);
 	stop->res = 0;
 	stop->done = true;
-	pthread_cond_broadcast(&d->cmd_done);
-	pthread_mutex_unlock(&d->cmd_lock);
+	pthread_cond_broadcast(&hm->cmd_done);
+	pthread_mutex_unlock(&hm->cmd_lock);
 	return NULL;
 }
 
-int hd_reactor_start(struct hd_daemon *d)
+int hd_reactor_start(struct hd_model *hm)
 {
-	int r = pthread_create(&d->reactor, NULL, reactor_main, d);
+	int r = pthread_create(&hm->reactor, NULL, reactor_main, hm);
 	return -r;
 }
 
-void hd_reactor_stop(struct hd_daemon *d)
+void hd_reactor_stop(struct hd_model *hm)
 {
 	struct hd_cmd cmd = { .type = HD_CMD_STOP };
 
-	hd_reactor_call(d, &cmd);
-	pthread_join(d->reactor, NULL);
+	hd_reactor_call(hm, &cmd);
+	pthread_join(hm->reactor, NULL);
 }

@@ -38,10 +38,10 @@ struct hd_job {
 	int32_t inl[HD_JOB_INLINE];
 };
 
-int hd_sched_init(struct hd_daemon *d)
+int hd_sched_init(struct hd_model *hm)
 {
-	struct hd_sched *q = &d->sched;
-	uint32_t b = engine_max_batch(d->engine);
+	struct hd_sched *q = &hm->sched;
+	uint32_t b = engine_max_batch(hm->engine);
 
 	memset(q, 0, sizeof(*q));
 	q->work = calloc(b, sizeof(*q->work));
@@ -59,9 +59,9 @@ static void job_free(struct hd_sched *q, struct hd_job *j)
 	q->free_jobs = j;
 }
 
-void hd_sched_fini(struct hd_daemon *d)
+void hd_sched_fini(struct hd_model *hm)
 {
-	struct hd_sched *q = &d->sched;
+	struct hd_sched *q = &hm->sched;
 
 	for (struct hd_job *j = q->free_jobs, *n; j; j = n) {
 		n = j->next;
@@ -125,38 +125,38 @@ static void unlink_job(struct hd_sched *q, struct hd_job *j)
 }
 
 /* Post j's last completion, count it and free it. */
-static void job_finish(struct hd_daemon *d, struct hd_job *j, int res, uint32_t out_len)
+static void job_finish(struct hd_model *hm, struct hd_job *j, int res, uint32_t out_len)
 {
 	struct hd_client *c = j->c;
 
-	unlink_job(&d->sched, j);
-	hd_complete(d, c, &j->q, res, j->t_submit, out_len, engine_seq_len(j->s->seq));
-	job_free(&d->sched, j);
+	unlink_job(&hm->sched, j);
+	hd_complete(hm, c, &j->q, res, j->t_submit, out_len, engine_seq_len(j->s->seq));
+	job_free(&hm->sched, j);
 }
 
 /* A started job that fails or is cancelled leaves the session as before it
  * (a GENERATE keeps the tokens it streamed). */
-static void job_rollback(struct hd_daemon *d, struct hd_job *j)
+static void job_rollback(struct hd_model *hm, struct hd_job *j)
 {
 	if (!j->started || (j->q.op == SHM_OP_GENERATE && j->produced))
 		return;
 	if (engine_seq_len(j->s->seq) > j->old_len)
-		engine_truncate(d->engine, j->s->seq, j->old_len);
+		engine_truncate(hm->engine, j->s->seq, j->old_len);
 }
 
-static void job_fail(struct hd_daemon *d, struct hd_job *j, int err)
+static void job_fail(struct hd_model *hm, struct hd_job *j, int err)
 {
-	job_rollback(d, j);
-	job_finish(d, j, err, j->q.op == SHM_OP_GENERATE ? j->produced * 4 : 0);
+	job_rollback(hm, j);
+	job_finish(hm, j, err, j->q.op == SHM_OP_GENERATE ? j->produced * 4 : 0);
 }
 
 /* ---- admission -------------------------------------------------------------------- */
 
-int hd_sched_submit(struct hd_daemon *d, struct hd_client *c, struct hd_session *s,
+int hd_sched_submit(struct hd_model *hm, struct hd_client *c, struct hd_session *s,
 		    const struct shm_sqe *sq)
 {
-	struct hd_sched *q = &d->sched;
-	uint32_t n_tok = sq->in_len / 4, n_lab = 0, vocab = d->model->cfg.vocab_size;
+	struct hd_sched *q = &hm->sched;
+	uint32_t n_tok = sq->in_len / 4, n_lab = 0, vocab = hm->model->cfg.vocab_size;
 	uint64_t now = hr_now_ns();
 	struct hd_job *j;
 	int r;
@@ -184,8 +184,8 @@ int hd_sched_submit(struct hd_daemon *d, struct hd_client *c, struct hd_session 
 	}
 	/* Over-long input: refused before it costs anything (the queue ahead
 	 * may still make it too long: then it fails with -E2BIG when it starts). */
-	if (n_tok > engine_max_context(d->engine) ||
-	    engine_seq_len(s->seq) > engine_max_context(d->engine) - n_tok)
+	if (n_tok > engine_max_context(hm->engine) ||
+	    engine_seq_len(s->seq) > engine_max_context(hm->engine) - n_tok)
 		return -E2BIG;
 	j = q->free_jobs;
 	if (j)
@@ -236,7 +236,7 @@ static uint32_t job_remaining(const struct hd_job *j)
 }
 
 /* Start j: its tokens join the session's history. 0, or -errno (finished). */
-static int job_start(struct hd_daemon *d, struct hd_job *j)
+static int job_start(struct hd_model *hm, struct hd_job *j)
 {
 	struct engine_seq *seq = j->s->seq;
 	int r = 0;
@@ -244,32 +244,32 @@ static int job_start(struct hd_daemon *d, struct hd_job *j)
 	if (!hd_client_may_use(j->c, j->s->handle))
 		r = -EBADF; /* closed by an earlier request of the queue */
 	else if (j->n_tokens)
-		r = engine_seq_push(d->engine, seq, j->ids, j->n_tokens);
+		r = engine_seq_push(hm->engine, seq, j->ids, j->n_tokens);
 	if (r == 0 && !engine_seq_len(seq))
 		r = -ENODATA;
 	if (r < 0) {
-		job_finish(d, j, r, 0);
+		job_finish(hm, j, r, 0);
 		return r;
 	}
 	j->old_len = engine_seq_len(seq) - j->n_tokens;
 	j->started = true;
 	/* Tokens processed: the history's growth (appended and generated). */
-	atomic_fetch_add_explicit(&d->stats.tokens, j->n_tokens, memory_order_relaxed);
+	atomic_fetch_add_explicit(&hm->stats.tokens, j->n_tokens, memory_order_relaxed);
 	return 0;
 }
 
 /* Head jobs that need no forward pass (TRUNCATE, CLOSE) and cancellations
  * are finished here (missed deadlines already were, by expire()); returns
  * the head left to schedule. */
-static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uint32_t *progress)
+static struct hd_job *settle_head(struct hd_model *hm, struct hd_session *s, uint32_t *progress)
 {
 	uint32_t handle = s->handle;
 	struct hd_job *j;
 
-	while (hd_session_get(d, handle) == s && (j = s->jobs)) {
+	while (hd_session_get(hm, handle) == s && (j = s->jobs)) {
 		if (j->cancelled) {
-			d->sched.st.cancels++;
-			job_fail(d, j, -ECANCELED);
+			hm->sched.st.cancels++;
+			job_fail(hm, j, -ECANCELED);
 		} else if (j->q.op == SHM_OP_TRUNCATE || j->q.op == SHM_OP_SESSION_CLOSE) {
 			struct hd_client *c = j->c;
 			struct shm_sqe sq = j->q;
@@ -277,11 +277,11 @@ static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uin
 			int r;
 
 			/* Off the queue first: a CLOSE may destroy the session. */
-			unlink_job(&d->sched, j);
-			job_free(&d->sched, j);
-			r = hd_ops_run_simple(d, c, &sq);
-			hd_complete(d, c, &sq, r, t0, 0,
-				    hd_session_get(d, handle) ? engine_seq_len(s->seq) : 0);
+			unlink_job(&hm->sched, j);
+			job_free(&hm->sched, j);
+			r = hd_ops_run_simple(hm, c, &sq);
+			hd_complete(hm, c, &sq, r, t0, 0,
+				    hd_session_get(hm, handle) ? engine_seq_len(s->seq) : 0);
 		} else {
 			return j;
 		}
@@ -291,9 +291,9 @@ static struct hd_job *settle_head(struct hd_daemon *d, struct hd_session *s, uin
 }
 
 /* Jobs anywhere in a queue whose deadline passed before they started. */
-static uint32_t expire(struct hd_daemon *d, uint64_t now)
+static uint32_t expire(struct hd_model *hm, uint64_t now)
 {
-	struct hd_sched *q = &d->sched;
+	struct hd_sched *q = &hm->sched;
 	uint32_t n = 0;
 
 	for (uint32_t i = q->n_active; i-- > 0;) {
@@ -305,7 +305,7 @@ static uint32_t expire(struct hd_daemon *d, uint64_t now)
 			next = j->next;
 			if (!j->started && j->q.deadline_ns && now >= j->q.deadline_ns) {
 				q->st.timeouts++;
-				job_finish(d, j, -ETIMEDOUT, 0);
+				job_finish(hm, j, -ETIMEDOUT, 0);
 				n++;
 			}
 		}
@@ -313,9 +313,9 @@ static uint32_t expire(struct hd_daemon *d, uint64_t now)
 	return n;
 }
 
-uint64_t hd_sched_next_deadline(const struct hd_daemon *d)
+uint64_t hd_sched_next_deadline(const struct hd_model *hm)
 {
-	const struct hd_sched *q = &d->sched;
+	const struct hd_sched *q = &hm->sched;
 	uint64_t t = 0;
 
 	if (!q->n_deadlines)
@@ -343,11 +343,11 @@ static int cmp_cand(const void *a, const void *b)
 
 /* Can j use a step now? A GENERATE posts a token: it needs a CQ slot beyond
  * the ones kept for every outstanding descriptor of its client. */
-static bool job_can_run(struct hd_daemon *d, struct hd_job *j)
+static bool job_can_run(struct hd_model *hm, struct hd_job *j)
 {
 	if (j->c->dead)
 		return false; /* detached soon: its jobs go then */
-	if (j->wait_kv && hd_tier_busy(d))
+	if (j->wait_kv && hd_tier_busy(hm))
 		return false; /* pages are being written out for it */
 	if (j->q.op == SHM_OP_GENERATE)
 		return hd_cq_room(j->c) > j->c->n_outstanding;
@@ -355,14 +355,14 @@ static bool job_can_run(struct hd_daemon *d, struct hd_job *j)
 }
 
 /* Add j to the step with a chunk of at most cap tokens; returns the chunk. */
-static uint32_t take(struct hd_daemon *d, struct hd_job *j, uint32_t cap, uint32_t *n)
+static uint32_t take(struct hd_model *hm, struct hd_job *j, uint32_t cap, uint32_t *n)
 {
-	struct engine_work *w = &d->sched.work[*n];
+	struct engine_work *w = &hm->sched.work[*n];
 	uint32_t want = job_remaining(j), chunk = HR_MIN(want, cap);
 
 	if (!chunk)
 		return 0;
-	if (!j->started && job_start(d, j) < 0)
+	if (!j->started && job_start(hm, j) < 0)
 		return 0;
 	*w = (struct engine_work){ .seq = j->s->seq, .max_tokens = chunk };
 	if (j->q.op == SHM_OP_SCORE) {
@@ -373,7 +373,7 @@ static uint32_t take(struct hd_daemon *d, struct hd_job *j, uint32_t cap, uint32
 		w->next_token = &j->next_tok;
 	}
 	j->step_idx = *n;
-	d->sched.step_jobs[(*n)++] = j;
+	hm->sched.step_jobs[(*n)++] = j;
 	return chunk;
 }
 
@@ -390,9 +390,9 @@ static void record_step(struct hd_sched *q, uint32_t n, uint32_t tokens, uint64_
 }
 
 /* After the step: complete what finished, stream GENERATE tokens. */
-static uint32_t step_results(struct hd_daemon *d, uint32_t n)
+static uint32_t step_results(struct hd_model *hm, uint32_t n)
 {
-	struct hd_sched *q = &d->sched;
+	struct hd_sched *q = &hm->sched;
 	uint32_t progress = 0;
 
 	for (uint32_t i = 0; i < n; i++) {
@@ -401,10 +401,10 @@ static uint32_t step_results(struct hd_daemon *d, uint32_t n)
 		struct engine_seq *seq = j->s->seq;
 
 		if (w->res == -ENOMEM) {
-			uint32_t need = (engine_seq_len(seq) + d->cfg.page_tokens - 1) / d->cfg.page_tokens;
+			uint32_t need = (engine_seq_len(seq) + hm->cfg.page_tokens - 1) / hm->cfg.page_tokens;
 
-			if (!j->wait_kv || !hd_tier_busy(d)) {
-				if (hd_tier_make_room(d, need)) {
+			if (!j->wait_kv || !hd_tier_busy(hm)) {
+				if (hd_tier_make_room(hm, need)) {
 					q->st.kv_waits += !j->wait_kv;
 					j->wait_kv = true;
 					continue;
@@ -412,9 +412,9 @@ static uint32_t step_results(struct hd_daemon *d, uint32_t n)
 				hr_warn("client %u: %s on session %#x: KV cache full (%u of %u pages free, "
 					"%u needed) and nothing can be paged out", j->c->id,
 					shm_op_name(j->q.op), j->s->handle,
-					kv_pool_n_free(engine_pool(d->engine)),
-					kv_pool_n_pages(engine_pool(d->engine)), need);
-				job_fail(d, j, -ENOMEM);
+					kv_pool_n_free(engine_pool(hm->engine)),
+					kv_pool_n_pages(engine_pool(hm->engine)), need);
+				job_fail(hm, j, -ENOMEM);
 				progress++;
 			}
 			continue;
@@ -422,13 +422,13 @@ static uint32_t step_results(struct hd_daemon *d, uint32_t n)
 		j->wait_kv = false;
 		progress++;
 		if (w->res < 0) {
-			job_fail(d, j, w->res);
+			job_fail(hm, j, w->res);
 			continue;
 		}
 		switch (j->q.op) {
 		case SHM_OP_APPEND:
 			if (!engine_seq_pending(seq))
-				job_finish(d, j, (int)j->n_tokens, 0);
+				job_finish(hm, j, (int)j->n_tokens, 0);
 			break;
 		case SHM_OP_SCORE:
 			if (w->out_ready) {
@@ -436,24 +436,24 @@ static uint32_t step_results(struct hd_daemon *d, uint32_t n)
 				if (j->q.arg[0] & SHM_SCORE_F_LOGPROB)
 					for (uint32_t k = 0; k < j->n_labels; k++)
 						out[k] = logf(out[k]);
-				job_finish(d, j, (int)j->n_labels, j->n_labels * 4);
+				job_finish(hm, j, (int)j->n_labels, j->n_labels * 4);
 			}
 			break;
 		case SHM_OP_GENERATE:
 			if (w->out_ready) {
 				int32_t tok = j->next_tok;
-				int r = engine_seq_push(d->engine, seq, &tok, 1);
+				int r = engine_seq_push(hm->engine, seq, &tok, 1);
 
 				if (r < 0) {
-					job_fail(d, j, r);
+					job_fail(hm, j, r);
 					break;
 				}
 				((int32_t *)(j->c->arena + j->q.out_off))[j->produced++] = tok;
-				atomic_fetch_add_explicit(&d->stats.tokens, 1, memory_order_relaxed);
+				atomic_fetch_add_explicit(&hm->stats.tokens, 1, memory_order_relaxed);
 				hd_post_cqe(j->c, j->q.user_data, 1, SHM_CQE_F_MORE, j->produced * 4,
 					    engine_seq_len(seq));
-				if (j->produced == j->q.arg[0] || tok == d->model->cfg.eos_token_id)
-					job_finish(d, j, (int)j->produced, j->produced * 4);
+				if (j->produced == j->q.arg[0] || tok == hm->model->cfg.eos_token_id)
+					job_finish(hm, j, (int)j->produced, j->produced * 4);
 			}
 			break;
 		}
@@ -461,10 +461,10 @@ static uint32_t step_results(struct hd_daemon *d, uint32_t n)
 	return progress;
 }
 
-uint32_t hd_sched_turn(struct hd_daemon *d)
+uint32_t hd_sched_turn(struct hd_model *hm)
 {
-	struct hd_sched *q = &d->sched;
-	uint32_t budget = engine_max_step_tokens(d->engine), seats = engine_max_batch(d->engine);
+	struct hd_sched *q = &hm->sched;
+	uint32_t budget = engine_max_step_tokens(hm->engine), seats = engine_max_batch(hm->engine);
 	uint32_t n_cand = 0, n_bulk = 0, n = 0, used = 0, reserve = 0, progress = 0;
 	uint64_t now, t0;
 	int r;
@@ -473,15 +473,15 @@ uint32_t hd_sched_turn(struct hd_daemon *d)
 		return 0;
 	now = hr_now_ns();
 	if (q->n_deadlines)
-		progress += expire(d, now);
+		progress += expire(hm, now);
 	/* Settling may remove sessions from the active list: walk it backwards. */
 	for (uint32_t i = q->n_active; i-- > 0;) {
 		struct hd_job *j;
 
 		if (i >= q->n_active)
 			continue;
-		j = settle_head(d, q->active[i], &progress);
-		if (j && job_can_run(d, j)) {
+		j = settle_head(hm, q->active[i], &progress);
+		if (j && job_can_run(hm, j)) {
 			q->cand[n_cand++] = j;
 			n_bulk += j->bulk;
 		}
@@ -496,14 +496,14 @@ uint32_t hd_sched_turn(struct hd_daemon *d)
 
 		for (uint32_t i = n_cand - n_bulk; i < n_cand && bulk_want < budget; i++)
 			bulk_want += HR_MIN(job_remaining(q->cand[i]), budget);
-		reserve = HR_MIN(HR_MAX(1u, budget * d->cfg.bulk_share_pct / 100), bulk_want);
+		reserve = HR_MIN(HR_MAX(1u, budget * hm->cfg.bulk_share_pct / 100), bulk_want);
 	}
 	for (uint32_t i = 0; i < n_cand; i++)
 		q->cand[i]->step_idx = UINT32_MAX;
 	for (uint32_t i = 0; i < n_cand - n_bulk && n < seats - (n_bulk != 0 && n_bulk < n_cand); i++)
-		used += take(d, q->cand[i], budget - reserve - used, &n);
+		used += take(hm, q->cand[i], budget - reserve - used, &n);
 	for (uint32_t i = n_cand - n_bulk; i < n_cand && n < seats; i++)
-		used += take(d, q->cand[i], budget - used, &n);
+		used += take(hm, q->cand[i], budget - used, &n);
 	/* Interactive jobs cut short (or left out) by the reserve get what bulk left. */
 	for (uint32_t i = 0; i < n_cand - n_bulk && used < budget; i++) {
 		struct hd_job *j = q->cand[i];
@@ -512,7 +512,7 @@ uint32_t hd_sched_turn(struct hd_daemon *d)
 		if (j->step_idx == UINT32_MAX) {
 			/* Not taken, or its start failed (then it is off its queue). */
 			if (n < seats && j->s->jobs == j)
-				used += take(d, j, budget - used, &n);
+				used += take(hm, j, budget - used, &n);
 			continue;
 		}
 		more = HR_MIN(job_remaining(j) - q->work[j->step_idx].max_tokens, budget - used);
@@ -522,29 +522,29 @@ uint32_t hd_sched_turn(struct hd_daemon *d)
 	if (!n)
 		return progress;
 	t0 = hr_now_ns();
-	r = engine_step(d->engine, q->work, n);
+	r = engine_step(hm->engine, q->work, n);
 	if (r < 0) {
 		hr_err("forward step of %u sequences failed: %s", n, strerror(-r));
 		for (uint32_t i = 0; i < n; i++)
 			q->work[i].res = r;
 	}
 	record_step(q, n, used, hr_now_ns() - t0);
-	return progress + step_results(d, n);
+	return progress + step_results(hm, n);
 }
 
-bool hd_sched_ready(struct hd_daemon *d)
+bool hd_sched_ready(struct hd_model *hm)
 {
-	struct hd_sched *q = &d->sched;
+	struct hd_sched *q = &hm->sched;
 
 	for (uint32_t i = 0; i < q->n_active; i++)
-		if (job_can_run(d, q->active[i]->jobs))
+		if (job_can_run(hm, q->active[i]->jobs))
 			return true;
 	return false;
 }
 
-int hd_sched_cancel(struct hd_daemon *d, struct hd_client *c, uint64_t user_data)
+int hd_sched_cancel(struct hd_model *hm, struct hd_client *c, uint64_t user_data)
 {
-	struct hd_sched *q = &d->sched;
+	struct hd_sched *q = &hm->sched;
 
 	for (uint32_t i = 0; i < q->n_active; i++)
 		for (struct hd_job *j = q->active[i]->jobs; j; j = j->next)
@@ -554,16 +554,16 @@ int hd_sched_cancel(struct hd_daemon *d, struct hd_client *c, uint64_t user_data
 					j->cancelled = true;
 				} else {
 					q->st.cancels++;
-					job_finish(d, j, -ECANCELED, 0);
+					job_finish(hm, j, -ECANCELED, 0);
 				}
 				return 0;
 			}
 	return -ENOENT;
 }
 
-void hd_sched_drop_client(struct hd_daemon *d, struct hd_client *c)
+void hd_sched_drop_client(struct hd_model *hm, struct hd_client *c)
 {
-	struct hd_sched *q = &d->sched;
+	struct hd_sched *q = &hm->sched;
 
 	for (uint32_t i = q->n_active; i-- > 0;) {
 		struct hd_session *s;
@@ -576,7 +576,7 @@ void hd_sched_drop_client(struct hd_daemon *d, struct hd_client *c)
 			next = j->next;
 			if (j->c != c)
 				continue;
-			job_rollback(d, j);
+			job_rollback(hm, j);
 			unlink_job(q, j);
 			job_free(q, j);
 		}
@@ -584,8 +584,8 @@ void hd_sched_drop_client(struct hd_daemon *d, struct hd_client *c)
 	c->n_outstanding = 0;
 }
 
-void hd_sched_drop_session(struct hd_daemon *d, struct hd_session *s, int err)
+void hd_sched_drop_session(struct hd_model *hm, struct hd_session *s, int err)
 {
 	while (s->jobs)
-		job_finish(d, s->jobs, err, 0);
+		job_finish(hm, s->jobs, err, 0);
 }

@@ -153,9 +153,9 @@ static void slot_give(struct hd_sessions *t, uint32_t slot)
 	t->n_free++;
 }
 
-struct hd_session *hd_session_get(struct hd_daemon *d, uint32_t handle)
+struct hd_session *hd_session_get(struct hd_model *hm, uint32_t handle)
 {
-	struct hd_sessions *t = &d->sessions;
+	struct hd_sessions *t = &hm->sessions;
 	uint32_t slot = handle & HD_SLOT_MASK;
 	struct hd_session *s;
 
@@ -165,20 +165,20 @@ struct hd_session *hd_session_get(struct hd_daemon *d, uint32_t handle)
 	return s && s->handle == handle ? s : NULL;
 }
 
-struct hd_session *hd_session_find_name(struct hd_daemon *d, const char *name, size_t len)
+struct hd_session *hd_session_find_name(struct hd_model *hm, const char *name, size_t len)
 {
 	/* Linear: named sessions are opened on the cold path. */
-	for (uint32_t i = 0; i < d->sessions.cap; i++) {
-		struct hd_session *s = d->sessions.slots[i];
+	for (uint32_t i = 0; i < hm->sessions.cap; i++) {
+		struct hd_session *s = hm->sessions.slots[i];
 		if (s && s->name && strlen(s->name) == len && memcmp(s->name, name, len) == 0)
 			return s;
 	}
 	return NULL;
 }
 
-static void session_destroy(struct hd_daemon *d, struct hd_session *s, bool drop)
+static void session_destroy(struct hd_model *hm, struct hd_session *s, bool drop)
 {
-	struct hd_sessions *t = &d->sessions;
+	struct hd_sessions *t = &hm->sessions;
 	uint32_t slot = s->handle & HD_SLOT_MASK;
 
 	t->slots[slot] = NULL;
@@ -188,9 +188,9 @@ static void session_destroy(struct hd_daemon *d, struct hd_session *s, bool drop
 		t->gen[slot] = 1;
 	slot_give(t, slot);
 	t->n--;
-	hd_sched_drop_session(d, s, -EBADF);
-	hd_tier_forget(d, s, drop);
-	engine_seq_free(d->engine, s->seq);
+	hd_sched_drop_session(hm, s, -EBADF);
+	hd_tier_forget(hm, s, drop);
+	engine_seq_free(hm->engine, s->seq);
 	free(s->name);
 	free(s);
 }
@@ -205,10 +205,10 @@ static bool valid_name(const char *name, size_t len)
 	return true;
 }
 
-int hd_session_open(struct hd_daemon *d, struct hd_client *c, const char *name, size_t len,
+int hd_session_open(struct hd_model *hm, struct hd_client *c, const char *name, size_t len,
 		    bool create, bool excl, struct hd_session **ret)
 {
-	struct hd_sessions *t = &d->sessions;
+	struct hd_sessions *t = &hm->sessions;
 	struct hd_session *s = NULL;
 	uint32_t slot;
 	int r;
@@ -216,13 +216,13 @@ int hd_session_open(struct hd_daemon *d, struct hd_client *c, const char *name, 
 	if (name && len) {
 		if (!valid_name(name, len))
 			return -EINVAL;
-		s = hd_session_find_name(d, name, len);
+		s = hd_session_find_name(hm, name, len);
 		if (s && excl)
 			return -EEXIST;
 		if (!s && !create)
 			return -ENOENT;
 	}
-	if (c->open.n >= d->cfg.max_sessions_per_client)
+	if (c->open.n >= hm->cfg.max_sessions_per_client)
 		return -EMFILE;
 	if (s) {
 		if (hd_client_may_use(c, s->handle)) {
@@ -246,13 +246,13 @@ int hd_session_open(struct hd_daemon *d, struct hd_client *c, const char *name, 
 		if (!s->name)
 			goto nomem;
 	}
-	s->seq = engine_seq_new(d->engine);
+	s->seq = engine_seq_new(hm->engine);
 	if (!s->seq)
 		goto nomem;
 	slot = t->free_slots[t->free_head];
 	s->handle = ((uint32_t)t->gen[slot] << HD_SLOT_BITS) | slot;
 	if (hs_insert(&c->open, s->handle) < 0) {
-		engine_seq_free(d->engine, s->seq);
+		engine_seq_free(hm->engine, s->seq);
 		goto nomem;
 	}
 	slot_take(t);
@@ -269,55 +269,55 @@ nomem:
 	return -ENOMEM;
 }
 
-static void session_release(struct hd_daemon *d, struct hd_session *s, bool destroy)
+static void session_release(struct hd_model *hm, struct hd_session *s, bool destroy)
 {
 	s->attached--;
 	if (!s->name || (destroy && !s->attached))
-		session_destroy(d, s, destroy);
+		session_destroy(hm, s, destroy);
 }
 
-int hd_session_close(struct hd_daemon *d, struct hd_client *c, uint32_t handle, bool destroy)
+int hd_session_close(struct hd_model *hm, struct hd_client *c, uint32_t handle, bool destroy)
 {
-	struct hd_session *s = hd_session_get(d, handle);
+	struct hd_session *s = hd_session_get(hm, handle);
 
 	if (!s || !hd_client_may_use(c, handle))
 		return -EBADF;
 	if (destroy && s->name && s->attached > 1)
 		return -EBUSY;
 	hs_remove(&c->open, handle);
-	session_release(d, s, destroy);
+	session_release(hm, s, destroy);
 	return 0;
 }
 
-void hd_session_close_all(struct hd_daemon *d, struct hd_client *c)
+void hd_session_close_all(struct hd_model *hm, struct hd_client *c)
 {
 	for (uint32_t i = 0; i < c->open.cap; i++) {
 		uint32_t h = c->open.slots[i];
-		struct hd_session *s = h ? hd_session_get(d, h) : NULL;
+		struct hd_session *s = h ? hd_session_get(hm, h) : NULL;
 
 		if (s)
-			session_release(d, s, false);
+			session_release(hm, s, false);
 	}
 	free(c->open.slots);
 	memset(&c->open, 0, sizeof(c->open));
 }
 
-void hd_sessions_fini(struct hd_daemon *d)
+void hd_sessions_fini(struct hd_model *hm)
 {
-	struct hd_sessions *t = &d->sessions;
+	struct hd_sessions *t = &hm->sessions;
 
 	for (uint32_t i = 0; i < t->cap; i++)
 		if (t->slots[i])
-			session_destroy(d, t->slots[i], false);
+			session_destroy(hm, t->slots[i], false);
 	free(t->slots);
 	free(t->gen);
 	free(t->free_slots);
 	memset(t, 0, sizeof(*t));
 }
 
-struct hd_session *hd_session_restore(struct hd_daemon *d, const char *name, struct engine_seq *seq)
+struct hd_session *hd_session_restore(struct hd_model *hm, const char *name, struct engine_seq *seq)
 {
-	struct hd_sessions *t = &d->sessions;
+	struct hd_sessions *t = &hm->sessions;
 	struct hd_session *s;
 	uint32_t slot;
 
@@ -340,10 +340,10 @@ struct hd_session *hd_session_restore(struct hd_daemon *d, const char *name, str
 	return s;
 }
 
-struct hd_client *hd_client_by_id(struct hd_daemon *d, uint32_t id)
+struct hd_client *hd_client_by_id(struct hd_model *hm, uint32_t id)
 {
-	for (uint32_t i = 0; i < d->n_clients; i++)
-		if (d->clients[i]->id == id)
-			return d->clients[i];
+	for (uint32_t i = 0; i < hm->n_clients; i++)
+		if (hm->clients[i]->id == id)
+			return hm->clients[i];
 	return NULL;
 }

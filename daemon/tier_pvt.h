@@ -45,11 +45,11 @@ struct hd_tiering {
 int hd_manifest_start(struct hd_tiering *t);
 void hd_manifest_stop(struct hd_tiering *t);
 /* Queue s's manifest: its history, and its L2 slots when with_slots. */
-void hd_manifest_save(struct hd_daemon *d, struct hd_session *s, bool with_slots);
+void hd_manifest_save(struct hd_model *hm, struct hd_session *s, bool with_slots);
 /* Queue the removal of the manifest of the session named name. */
 void hd_manifest_remove(struct hd_tiering *t, const char *name);
 /* Restore every manifest of sessions_dir as sessions. */
-void hd_manifest_restore_all(struct hd_daemon *d);
+void hd_manifest_restore_all(struct hd_model *hm);
 int hd_mkdir_p(const char *path);
 
 #endif

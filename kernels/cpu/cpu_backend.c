@@ -145,6 +145,20 @@ static void cpu_destroy(struct kern_backend *be)
 	free(be);
 }
 
+/* Host memory: available pages (as the kernel counts them) and all pages. */
+static int cpu_mem_info(struct kern_backend *be, uint64_t *free_bytes, uint64_t *total_bytes)
+{
+	long page = sysconf(_SC_PAGESIZE), avail = sysconf(_SC_AVPHYS_PAGES),
+	     total = sysconf(_SC_PHYS_PAGES);
+
+	(void)be;
+	if (page <= 0 || avail < 0 || total <= 0)
+		return -ENOSYS;
+	*free_bytes = (uint64_t)avail * (uint64_t)page;
+	*total_bytes = (uint64_t)total * (uint64_t)page;
+	return 0;
+}
+
 static const struct kern_ops cpu_ops = {
 	.alloc = cpu_alloc,
 	.free = cpu_free,
@@ -163,6 +177,7 @@ static const struct kern_ops cpu_ops = {
 	.gather_rows = kern_cpu_gather_rows,
 	.argmax = kern_cpu_argmax,
 	.softmax_ids = kern_cpu_softmax_ids,
+	.mem_info = cpu_mem_info,
 	.destroy = cpu_destroy,
 };
 

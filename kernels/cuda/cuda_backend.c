@@ -370,6 +370,21 @@ static void cuda_destroy(struct kern_backend *be)
 	free(be);
 }
 
+static int cuda_mem_info(struct kern_backend *be, uint64_t *free_bytes, uint64_t *total_bytes)
+{
+	size_t f = 0, t = 0;
+	int r = kc_enter(be);
+
+	if (r < 0)
+		return r;
+	r = kc_err(cudaMemGetInfo(&f, &t));
+	if (r < 0)
+		return r;
+	*free_bytes = f;
+	*total_bytes = t;
+	return 0;
+}
+
 static const struct kern_ops cuda_ops = {
 	.alloc = cuda_alloc,
 	.free = cuda_free,
@@ -397,6 +412,7 @@ static const struct kern_ops cuda_ops = {
 	.graph_end = cuda_graph_end,
 	.graph_launch = cuda_graph_launch,
 	.graph_destroy = cuda_graph_destroy,
+	.mem_info = cuda_mem_info,
 	.destroy = cuda_destroy,
 };
 

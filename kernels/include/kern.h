@@ -232,6 +232,10 @@ struct kern_ops {
 	int (*graph_launch)(struct kern_backend *be, void *graph);
 	void (*graph_destroy)(struct kern_backend *be, void *graph);
 
+	/* Optional: free and total bytes of the memory this backend allocates
+	 * from (the GPU's for cuda, the host's for cpu). NULL: unknown. */
+	int (*mem_info)(struct kern_backend *be, uint64_t *free_bytes, uint64_t *total_bytes);
+
 	void (*destroy)(struct kern_backend *be);
 };
 

@@ -70,7 +70,7 @@ static char *http_get(int port, const char *path, int *ret_status)
 	return body;
 }
 
-static double metric(const char *text, const char *series)
+static double metric_exact(const char *text, const char *series)
 {
 	size_t l = strlen(series);
 
@@ -78,6 +78,23 @@ static double metric(const char *text, const char *series)
 		if (!strncmp(p, series, l) && p[l] == ' ')
 			return strtod(p + l + 1, NULL);
 	return -1;
+}
+
+/* The value of a series of the model "default": every per-model series
+ * carries model="NAME" as its first label (daemon-wide ones have none). */
+static double metric(const char *text, const char *series)
+{
+	char key[256];
+	const char *brace = strchr(series, '{');
+
+	if (!strncmp(series, "hearth_uptime_seconds", 21) || !strncmp(series, "hearth_models", 13))
+		return metric_exact(text, series);
+	if (brace)
+		snprintf(key, sizeof(key), "%.*s{model=\"default\",%s", (int)(brace - series), series,
+			 brace + 1);
+	else
+		snprintf(key, sizeof(key), "%s{model=\"default\"}", series);
+	return metric_exact(text, key);
 }
 
 /* How much series moved from scrape a to scrape b. */
@@ -185,7 +202,9 @@ int main(int argc, char **argv)
 		BATCH "_bucket{le=\"256\"}", BATCH "_bucket{le=\"+Inf\"}", BATCH "_count",
 		"hearth_sched_timeouts_total", "hearth_sched_cancels_total",
 		"hearth_sched_kv_waits_total", "hearth_sched_queued_requests",
-		"hearth_sched_active_sessions",
+		"hearth_sched_active_sessions", "hearth_kv_bytes",
+		"hearth_device_memory_bytes{state=\"free\"}",
+		"hearth_device_memory_bytes{state=\"total\"}", "hearth_models{state=\"ready\"}",
 	};
 	struct th_daemon d;
 	char portflag[64], *a, *b;
@@ -212,6 +231,18 @@ int main(int argc, char **argv)
 		CHECK(metric(a, names[i]) >= 0, "metric %s missing", names[i]);
 	CHECK(strstr(a, "# TYPE hearth_request_duration_seconds histogram"), "histogram TYPE line");
 	CHECK(strstr(a, "# TYPE " BATCH " histogram"), "batch histogram TYPE line");
+	CHECK(metric(a, "hearth_models{state=\"ready\"}") == 1, "one model ready");
+	CHECK(metric(a, "hearth_kv_bytes") > 0, "KV pool bytes");
+	CHECK(metric(a, "hearth_device_memory_bytes{state=\"total\"}") > 0 &&
+	      metric(a, "hearth_device_memory_bytes{state=\"free\"}") <=
+		      metric(a, "hearth_device_memory_bytes{state=\"total\"}"),
+	      "device memory: free %g of %g", metric(a, "hearth_device_memory_bytes{state=\"free\"}"),
+	      metric(a, "hearth_device_memory_bytes{state=\"total\"}"));
+	{
+		/* One HELP and one TYPE line per family, whatever the models. */
+		const char *p = strstr(a, "# TYPE hearth_tokens_total counter");
+		CHECK(p && !strstr(p + 1, "# TYPE hearth_tokens_total"), "one TYPE line per family");
+	}
 	check_batch_histogram(a);
 
 	h = hearth_connect(&(struct hearth_opts){ .socket_path = d.sock, .client_name = "metrics" });
