@@ -66,7 +66,8 @@ const char *hearth_default_socket(char *buf, size_t len);
 /* Connect and attach. opts may be NULL. Returns NULL with errno set
  * (ENOENT/ECONNREFUSED: no daemon; EACCES: refused by policy; EPROTO: a
  * daemon speaking another protocol; EINVAL: bad sizes; ENOENT also for an
- * unknown opts->model; EUSERS: too many clients). */
+ * unknown opts->model, or no model loaded; EAGAIN: that model is still
+ * loading; ESHUTDOWN: it is being unloaded; EUSERS: too many clients). */
 struct hearth *hearth_connect(const struct hearth_opts *opts);
 /* Detach and free; the daemon frees the connection's anonymous sessions and
  * cancels its in-flight requests. Accepts NULL. */
