@@ -95,15 +95,26 @@ static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 	return *reinterpret_cast<uint32_t *>(&h);
 }
 
+/* 2^x, flushing results below 2^-126 to 0 (no weight in a softmax); 0 for
+ * x = -inf. */
+static __device__ __forceinline__ float fast_exp2(float x)
+{
+	float y;
+
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+	return y;
+}
+
 static __device__ __forceinline__ int warp_max_int(int x)
 {
 	return __reduce_max_sync(0xffffffffu, x);
 }
 
 /*
- * Block (tile, kv head, split). Tiles come from the plan (a.tile_start, 64
- * rows of group x tokens each) and run last first: in a long prefill the
- * last tiles see the most positions, so they start in the first wave. With
+ * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, 64
+ * rows of group x tokens each) and run last first, the kv heads of a tile
+ * side by side: in a long prefill the last tiles see the most positions, so
+ * they start in the first wave and the short ones fill the tail. With
  * n_splits > 1 each block takes its share of its own KV length (the rows'
  * largest position + 1, in whole tiles) and writes fp32 partials (O, m, l)
  * that attn_combine_kernel merges.
@@ -120,7 +131,7 @@ attn_mma_kernel(const struct kc_attn_args a)
 	__shared__ int sm_tok[MMA_BM], sm_head[MMA_BM], sm_lim[MMA_BM];
 	bf16 *sq = mma_smem, *sk = sq + MMA_BM * LD, *sv = sk + 2 * MMA_BN * LD;
 	const uint32_t group = a.n_heads / a.n_kv_heads, pt = a.page_tokens;
-	const uint32_t kvh = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
+	const uint32_t kvh = blockIdx.x % a.n_kv_heads, split = blockIdx.y, n_splits = gridDim.y;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int g = lane >> 2, t4 = lane & 3;
 	const int32_t *ts = a.tile_start;
@@ -128,15 +139,16 @@ attn_mma_kernel(const struct kc_attn_args a)
 	const bf16 *kvb = (const bf16 *)a.kv_base, *qb = (const bf16 *)a.q;
 	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
 	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
+	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
 	uint32_t lo = 0, hi = a.n_seqs, s, tile;
-	int32_t t0, ctx, begin, end, kv_end, wlim, lim_a, lim_b;
+	int32_t t0, ctx, begin, end, kv_end, wlim, wmin, lim_a, lim_b;
 	int64_t r0, n_rows;
 	const int32_t *bt;
 	bool ctx_ok;
 
-	if (blockIdx.x >= n_tiles)
+	if (blockIdx.x / a.n_kv_heads >= n_tiles)
 		return; /* the grid is an upper bound on the tiles */
-	tile = n_tiles - 1 - blockIdx.x;
+	tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;
 	while (hi - lo > 1) { /* last s with ts[s] <= tile */
 		uint32_t mid = (lo + hi) / 2;
 
@@ -177,6 +189,7 @@ attn_mma_kernel(const struct kc_attn_args a)
 	lim_a = sm_lim[warp * 16 + g];
 	lim_b = sm_lim[warp * 16 + g + 8];
 	wlim = warp_max_int(lim_a > lim_b ? lim_a : lim_b);
+	wmin = -warp_max_int(-(lim_a < lim_b ? lim_a : lim_b));
 	if (n_splits > 1) {
 		const int32_t len = (int32_t)((((uint32_t)kv_end + n_splits - 1) / n_splits +
 					       MMA_BN - 1) & ~(uint32_t)(MMA_BN - 1));
@@ -202,13 +215,15 @@ attn_mma_kernel(const struct kc_attn_args a)
 			bool ok = false;
 
 			if (p < end) {
-				const int32_t pg = bt[p / (int32_t)pt];
+				const int32_t blk = pt_sh >= 0 ? p >> pt_sh : p / (int32_t)pt;
+				const int32_t pg = bt[blk];
 
 				if (pg < 0 || (uint32_t)pg >= a.n_pages) {
 					set_err(a.err, KC_ERR_PAGE);
 				} else {
 					const uint64_t base = (uint64_t)pg * a.page_elems +
-							      (uint64_t)(p % (int32_t)pt) * HD + ch * 8;
+							      (uint64_t)(p - blk * (int32_t)pt) * HD +
+							      ch * 8;
 
 					ks = kvb + base + k_off;
 					vs = kvb + base + v_off;
@@ -285,18 +300,30 @@ attn_mma_kernel(const struct kc_attn_args a)
 					mma_bf16(sc[2 * np + 1], qf[kk], b[2], b[3]);
 				}
 		}
-		/* Mask, scale, row maxima (a row's 64 scores sit in the 4 lanes
-		 * of its quad: 16 each). */
+		/* Scale, mask (not where every row of the warp sees the whole
+		 * tile: all but the last tiles of a long context), row maxima (a
+		 * row's 64 scores sit in the 4 lanes of its quad: 16 each). */
 		float mx_a = -INFINITY, mx_b = -INFINITY;
 
+		if (p0 + MMA_BN <= end && p0 + MMA_BN - 1 <= wmin) {
+#pragma unroll
+			for (int j = 0; j < NTL; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					sc[j][e] *= sl2;
+		} else {
+#pragma unroll
+			for (int j = 0; j < NTL; j++) {
+				const int32_t p = p0 + j * 8 + 2 * t4;
+
+				sc[j][0] = p <= lim_a && p < end ? sc[j][0] * sl2 : -INFINITY;
+				sc[j][1] = p + 1 <= lim_a && p + 1 < end ? sc[j][1] * sl2 : -INFINITY;
+				sc[j][2] = p <= lim_b && p < end ? sc[j][2] * sl2 : -INFINITY;
+				sc[j][3] = p + 1 <= lim_b && p + 1 < end ? sc[j][3] * sl2 : -INFINITY;
+			}
+		}
 #pragma unroll
 		for (int j = 0; j < NTL; j++) {
-			const int32_t p = p0 + j * 8 + 2 * t4;
-
-			sc[j][0] = p <= lim_a && p < end ? sc[j][0] * sl2 : -INFINITY;
-			sc[j][1] = p + 1 <= lim_a && p + 1 < end ? sc[j][1] * sl2 : -INFINITY;
-			sc[j][2] = p <= lim_b && p < end ? sc[j][2] * sl2 : -INFINITY;
-			sc[j][3] = p + 1 <= lim_b && p + 1 < end ? sc[j][3] * sl2 : -INFINITY;
 			mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
 			mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
 		}
@@ -310,17 +337,17 @@ attn_mma_kernel(const struct kc_attn_args a)
 		const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
 		const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a;
 		const float ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
-		const float al_a = exp2f(m_a - ref_a), al_b = exp2f(m_b - ref_b);
+		const float al_a = fast_exp2(m_a - ref_a), al_b = fast_exp2(m_b - ref_b);
 		float su_a = 0.0f, su_b = 0.0f;
 
 		m_a = mn_a;
 		m_b = mn_b;
 #pragma unroll
 		for (int j = 0; j < NTL; j++) {
-			sc[j][0] = exp2f(sc[j][0] - ref_a);
-			sc[j][1] = exp2f(sc[j][1] - ref_a);
-			sc[j][2] = exp2f(sc[j][2] - ref_b);
-			sc[j][3] = exp2f(sc[j][3] - ref_b);
+			sc[j][0] = fast_exp2(sc[j][0] - ref_a);
+			sc[j][1] = fast_exp2(sc[j][1] - ref_a);
+			sc[j][2] = fast_exp2(sc[j][2] - ref_b);
+			sc[j][3] = fast_exp2(sc[j][3] - ref_b);
 			su_a += sc[j][0] + sc[j][1];
 			su_b += sc[j][2] + sc[j][3];
 		}
@@ -451,18 +478,19 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t n_splits,
 	const uint64_t rows = (uint64_t)a->n_tokens * group;
 	const uint64_t tiles = (rows + MMA_BM - 1) / MMA_BM +
 			       (a->n_seqs < a->n_tokens ? a->n_seqs : a->n_tokens);
+	const uint64_t blocks = tiles * a->n_kv_heads;
 	const size_t smem = mma_smem_bytes(a->head_dim);
 	dim3 grid;
 	int r;
 
 	if ((a->head_dim != 64 && a->head_dim != 128) || !n_splits ||
-	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) || a->n_kv_heads > 65535 ||
-	    rows > 0x7fffffffu || tiles > 0x7fffffffu ||
+	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) ||
+	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
 	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
 		return -EINVAL;
 	if ((r = kc_attn_plan(a, group, MMA_BM, st)) < 0)
 		return r;
-	grid = dim3((unsigned)tiles, a->n_kv_heads, n_splits);
+	grid = dim3((unsigned)blocks, n_splits);
 	if (a->head_dim == 64)
 		attn_mma_kernel<64><<<grid, MMA_NT, smem, st>>>(*a);
 	else
