@@ -18,8 +18,10 @@
  *  3. combine, when the KV length is split over several blocks (decode with
  *     few sequences): out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s.
  * Two block shapes: SMALL (128 threads, 16 rows: decode) and LARGE (256
- * threads, 64 rows: prefill). Both are correct for every batch; the backend
- * picks by shape. Scores and P.V use CUDA cores (not tensor cores yet).
+ * threads, 64 rows: prefill). Both are correct for every batch. Scores and
+ * P.V use CUDA cores: the backend runs steps of several tokens per sequence
+ * on the tensor-core kernel of cuda_attention_mma.cu where it takes the
+ * shape (head_dim 64, 128), which shares the plan and the combine from here.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
