@@ -18,8 +18,10 @@
  *  3. combine, when the KV length is split over several blocks (decode with
  *     few sequences): out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s.
  * Two block shapes: SMALL (128 threads, 16 rows: decode) and LARGE (256
- * threads, 64 rows: prefill). Both are correct for every batch; the backend
- * picks by shape. Scores and P.V use CUDA cores (not tensor cores yet).
+ * threads, 64 rows: prefill). Both are correct for every batch. Scores and
+ * P.V use CUDA cores: the backend runs steps of several tokens per sequence
+ * on the tensor-core kernel of cuda_attention_mma.cu where it takes the
+ * shape (head_dim 64, 128), which shares the plan and the combine from here.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -112,8 +114,9 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 	}
 }
 
-/* One block of 1024 threads: tiles per sequence and their prefix sum. */
-static __global__ void attn_plan_kernel(const struct kc_attn_args a, uint32_t bq)
+/* One block of 1024 threads: tiles per sequence and their prefix sum. A
+ * sequence of n tokens has n * mult rows, bq rows per tile. */
+static __global__ void attn_plan_kernel(const struct kc_attn_args a, uint32_t mult, uint32_t bq)
 {
 	__shared__ int32_t warp_tot[32];
 	__shared__ int32_t carry;
@@ -135,7 +138,7 @@ static __global__ void attn_plan_kernel(const struct kc_attn_args a, uint32_t bq
 			if (t0 < 0 || t1 < t0 || t1 > (int32_t)a.n_tokens)
 				set_err(a.err, KC_ERR_BATCH);
 			else
-				cnt = (t1 - t0 + (int32_t)bq - 1) / (int32_t)bq;
+				cnt = (int32_t)(((int64_t)(t1 - t0) * mult + bq - 1) / bq);
 			if (ctx < 0 || (uint64_t)ctx > (uint64_t)a.max_blocks * a.page_tokens)
 				set_err(a.err, KC_ERR_BATCH);
 		}
@@ -834,7 +837,16 @@ extern "C" int kc_attention_init(size_t smem_optin)
 		(void)cudaGetLastError();
 		return -EIO;
 	}
-	return 0;
+	return kc_attn_mma_init(smem_optin);
+}
+
+static void attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st)
+{
+	uint32_t n_rows = a->n_tokens * a->n_heads;
+	unsigned t = a->head_dim >= 128 ? 128 : a->head_dim > 32 ? 64 : 32;
+
+	attn_combine_kernel<<<n_rows, t, 0, st>>>(a->part, (bf16 *)a->out, n_rows, a->head_dim,
+						  n_splits);
 }
 
 extern "C" int kc_attention(const struct kc_attn_args *a, enum kc_attn_path path,
@@ -856,19 +868,27 @@ extern "C" int kc_attention(const struct kc_attn_args *a, enum kc_attn_path path
 		return -EINVAL;
 	grid = dim3((unsigned)tiles, a->n_kv_heads * n_hchunks, n_splits);
 
-	attn_plan_kernel<<<1, 1024, 0, st>>>(*a, bq);
+	attn_plan_kernel<<<1, 1024, 0, st>>>(*a, 1, bq);
 	if (path == KC_ATTN_LARGE)
 		attn_kernel<LARGE_NT, LARGE_RMAX><<<grid, LARGE_NT, smem, st>>>(*a, bq, gc, n_hchunks,
 										  split_len);
 	else
 		attn_kernel<SMALL_NT, SMALL_RMAX><<<grid, SMALL_NT, smem, st>>>(*a, bq, gc, n_hchunks,
 										  split_len);
-	if (n_splits > 1) {
-		uint32_t n_rows = a->n_tokens * a->n_heads;
-		unsigned t = a->head_dim >= 128 ? 128 : a->head_dim > 32 ? 64 : 32;
+	if (n_splits > 1)
+		attn_combine(a, n_splits, st);
+	return launched();
+}
 
-		attn_combine_kernel<<<n_rows, t, 0, st>>>(a->part, (bf16 *)a->out, n_rows,
-							  a->head_dim, n_splits);
-	}
+extern "C" int kc_attn_plan(const struct kc_attn_args *a, uint32_t rows_per_token,
+			    uint32_t rows_per_tile, cudaStream_t st)
+{
+	attn_plan_kernel<<<1, 1024, 0, st>>>(*a, rows_per_token, rows_per_tile);
+	return launched();
+}
+
+extern "C" int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st)
+{
+	attn_combine(a, n_splits, st);
 	return launched();
 }

@@ -44,6 +44,7 @@ enum kc_attn_path {
 	KC_ATTN_SMALL = 1, /* 128 threads, up to 16 query rows per block: decode */
 	KC_ATTN_LARGE = 2, /* 256 threads, up to 64 query rows per block: prefill */
 	KC_ATTN_DECODE = 3, /* one block per (split, kv head, sequence): decode */
+	KC_ATTN_MMA = 4,   /* tensor cores, 64 rows per block: chunks (head_dim 64, 128) */
 };
 
 /* The attention workspace starts with the split counters of the decode
@@ -89,9 +90,12 @@ struct kern_cuda {
 	/* Tuning, from the environment at creation (for measurements):
 	 * HEARTH_CUDA_GEMV_OCC: GEMV warps aimed at per SM, in units of 32
 	 * (default 1); HEARTH_CUDA_DEC_BLOCKS: decode attention blocks aimed at
-	 * per SM (default 4). */
+	 * per SM (default 4); HEARTH_CUDA_ATTN_MMA: tensor-core attention
+	 * blocks aimed at per SM when it splits the KV length (default 4), 0
+	 * for the tile kernels instead (before/after figures). */
 	int gemv_occ;
 	int dec_blocks;
+	int mma_blocks;
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
 };
@@ -227,6 +231,25 @@ int kc_attention_decode(const struct kc_attn_args *a, uint32_t n_splits, uint32_
  * 0: each tile shares its own KV length evenly among the splits. */
 int kc_attention(const struct kc_attn_args *a, enum kc_attn_path path, uint32_t n_splits,
 		 uint32_t split_len, cudaStream_t st);
+/* The plan alone: a sequence of n tokens has n * rows_per_token rows, cut
+ * into tiles of rows_per_tile; a->tile_start gets the prefix sum. */
+int kc_attn_plan(const struct kc_attn_args *a, uint32_t rows_per_token, uint32_t rows_per_tile,
+		 cudaStream_t st);
+/* The merge of n_splits partials in a->part into a->out. */
+int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st);
+
+/* cuda_attention_mma.cu: tensor-core attention for steps of several tokens
+ * per sequence. Shapes it takes: head_dim 64 or 128 (any GQA group) when
+ * its shared memory fits smem_optin. */
+int kc_attn_mma_ok(uint32_t head_dim, size_t smem_optin);
+/* Query rows ((token, q head) pairs of one kv head) per block. */
+uint32_t kc_attn_mma_rows(void);
+int kc_attn_mma_init(size_t smem_optin);
+/* Plan, attention and, for n_splits > 1, the combine (a->tile_start as for
+ * kc_attention; a->part holds kc_attn_part_floats(n_splits, ...)). Each
+ * block splits its own KV length (graphs replay any context). -EINVAL for
+ * an unsupported shape or q / kv_base not 16-byte aligned. */
+int kc_attention_mma(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st);
 
 #ifdef __cplusplus
 }

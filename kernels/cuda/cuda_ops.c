@@ -286,6 +286,46 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 	return kc_attention_decode(&a, n_splits, c->attn_ws, c->stream);
 }
 
+/*
+ * Steps of several tokens per sequence on tensor cores. The grid is about
+ * tiles x kv heads (64 rows of the group's heads x tokens per tile); when
+ * that is short of the machine (APPEND 32: 2 tiles x 8 kv heads), the KV
+ * length is split to fill about mma_blocks blocks per multiprocessor, each
+ * split at least 128 positions (two tiles; the combine reads every split).
+ * As for decode, the count depends on the max_ctx hint and the bucket only.
+ */
+static int attention_mma(struct kern_backend *be, void *out, const void *q,
+			 const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
+			 uint32_t n_heads, float scale)
+{
+	struct kern_cuda *c = kc_priv(be);
+	const uint32_t group = n_heads / kv->n_kv_heads, rows = kc_attn_mma_rows();
+	uint64_t tiles = ((uint64_t)b->n_tokens * group + rows - 1) / rows +
+			 HR_MIN(b->n_seqs, b->n_tokens);
+	uint64_t blocks = tiles * kv->n_kv_heads, want;
+	size_t tiles_bytes, part_bytes = 0;
+	struct kc_attn_args a;
+	uint32_t n_splits;
+	int r;
+
+	n_splits = c->attn_splits;
+	if (!n_splits) {
+		want = ((uint64_t)c->mma_blocks * (uint32_t)c->n_sms + blocks - 1) / blocks;
+		n_splits = (uint32_t)HR_MIN(want, (uint64_t)(b->max_ctx / 128));
+	}
+	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
+	tiles_bytes = HR_ALIGN_UP(((size_t)b->n_seqs + 1) * sizeof(int32_t), (size_t)256);
+	if (n_splits > 1)
+		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
+			     sizeof(float);
+	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + tiles_bytes + part_bytes)) < 0)
+		return r;
+	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
+	a.tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES);
+	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes) : NULL;
+	return kc_attention_mma(&a, n_splits, c->stream);
+}
+
 int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		    const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
 		    uint32_t n_heads, float scale)
@@ -312,8 +352,9 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	group = n_heads / kv->n_kv_heads;
 
 	/* DECODE when every sequence brings one token (and the geometry suits
-	 * it), SMALL when a sequence brings about one block's worth of rows or
-	 * less (short appends), else LARGE (prefill chunks). */
+	 * it), else MMA (tensor cores) where it takes the shape; the tile
+	 * kernels for the rest: SMALL when a sequence brings about one block's
+	 * worth of rows or less (short appends), else LARGE (prefill chunks). */
 	path = c->attn_path;
 	if (path == KC_ATTN_AUTO && b->n_tokens == b->n_seqs)
 		path = KC_ATTN_DECODE;
@@ -323,6 +364,12 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		path = c->attn_path == KC_ATTN_DECODE ? KC_ATTN_SMALL : KC_ATTN_AUTO;
 	if (path == KC_ATTN_DECODE)
 		return attention_decode(be, out, q, b, kv, layer, n_heads, scale);
+	if ((path == KC_ATTN_MMA || (path == KC_ATTN_AUTO && c->mma_blocks)) &&
+	    kc_attn_mma_ok(kv->head_dim, c->smem_optin) && !((uintptr_t)q % 16) &&
+	    !((uintptr_t)kv->base % 16) && (uint64_t)b->n_tokens * group <= INT32_MAX)
+		return attention_mma(be, out, q, b, kv, layer, n_heads, scale);
+	if (path == KC_ATTN_MMA)
+		path = KC_ATTN_AUTO;
 	if (path == KC_ATTN_AUTO)
 		path = (uint64_t)b->n_tokens * group <= (uint64_t)b->n_seqs * kc_attn_rows(KC_ATTN_SMALL)
 			       ? KC_ATTN_SMALL

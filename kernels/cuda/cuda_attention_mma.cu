@@ -1,0 +1,501 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * cuda backend, paged causal attention on tensor cores (flash attention 2
+ * with warp-level mma.sync m16n8k16 bf16 -> fp32) for steps whose sequences
+ * bring several tokens: prefill chunks, appends, mixed batches. head_dim 64
+ * and 128, any GQA group; the tile kernels of cuda_attention.cu serve the
+ * other shapes, attn_decode_kernel one token per sequence.
+ */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_device.cuh"
+#include "cuda_internal.h"
+
+typedef __nv_bfloat16 bf16;
+
+/*
+ * A block is 4 warps; its 64 query rows are consecutive (token, q head)
+ * pairs of one sequence and one kv head: row R of the sequence is token
+ * R / group, head R % group of the kv head's group, so the group's heads
+ * share every K/V tile (read once per group) whatever the group size. Each
+ * warp owns 16 rows (one m16 MMA tile) and keeps its Q fragments, its
+ * scores (16 x 64 fp32) and its output (16 x head_dim fp32) in registers.
+ * K/V tiles of 64 positions stream from the pages into shared memory with
+ * cp.async, double-buffered: the next tile's loads fly while this one is
+ * used. Rows are padded by 16 bytes so that ldmatrix's eight row addresses
+ * fall in distinct banks.
+ *
+ * Arithmetic per tile and warp: S = Q K^T (ldmatrix of K rows is already
+ * the col-major B operand), scores scaled by scale * log2 e, masked by
+ * position (p <= pos[row], p < end of the block's KV range), online softmax
+ * in base 2 in fp32, P rounded to bf16 straight from the accumulator
+ * registers into A fragments (the m16n8 C layout of two n8 tiles is the
+ * m16k16 A layout), O += P V with V through ldmatrix.trans.
+ */
+#define MMA_NT 128
+#define MMA_BM 64 /* query rows per block: 4 warps x 16 */
+#define MMA_BN 64 /* KV positions per tile */
+#define KC_LOG2E 1.4426950408889634f
+
+static __device__ __forceinline__ uint32_t smem_addr(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src
+ * is then not read). */
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+		     "r"(valid ? 16 : 0));
+}
+
+static __device__ __forceinline__ void cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;\n" ::);
+}
+
+static __device__ __forceinline__ void cp_async_wait_all(void)
+{
+	asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t r[4])
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr));
+}
+
+static __device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t r[4])
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr));
+}
+
+/* c += a (16x16, row) . b (16x8, col), bf16 in, fp32 accumulate. */
+static __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0,
+						uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+	__nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+
+	return *reinterpret_cast<uint32_t *>(&h);
+}
+
+/* 2^x, flushing results below 2^-126 to 0 (no weight in a softmax); 0 for
+ * x = -inf. */
+static __device__ __forceinline__ float fast_exp2(float x)
+{
+	float y;
+
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+	return y;
+}
+
+static __device__ __forceinline__ int warp_max_int(int x)
+{
+	return __reduce_max_sync(0xffffffffu, x);
+}
+
+/*
+ * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, 64
+ * rows of group x tokens each) and run last first, the kv heads of a tile
+ * side by side: in a long prefill the last tiles see the most positions, so
+ * they start in the first wave and the short ones fill the tail. With
+ * n_splits > 1 each block takes its share of its own KV length (the rows'
+ * largest position + 1, in whole tiles) and writes fp32 partials (O, m, l)
+ * that attn_combine_kernel merges.
+ */
+template <int HD>
+static __global__ void __launch_bounds__(MMA_NT)
+attn_mma_kernel(const struct kc_attn_args a)
+{
+	constexpr int LD = HD + 8;         /* shared row stride, bf16 */
+	constexpr int CPR = HD / 8;        /* 16-byte chunks per row */
+	constexpr int NTL = MMA_BN / 8;    /* n8 tiles of S */
+	constexpr int DT = HD / 8;         /* n8 tiles of O */
+	extern __shared__ __align__(16) bf16 mma_smem[];
+	__shared__ int sm_tok[MMA_BM], sm_head[MMA_BM], sm_lim[MMA_BM];
+	bf16 *sq = mma_smem, *sk = sq + MMA_BM * LD, *sv = sk + 2 * MMA_BN * LD;
+	const uint32_t group = a.n_heads / a.n_kv_heads, pt = a.page_tokens;
+	const uint32_t kvh = blockIdx.x % a.n_kv_heads, split = blockIdx.y, n_splits = gridDim.y;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, t4 = lane & 3;
+	const int32_t *ts = a.tile_start;
+	const uint32_t n_tiles = (uint32_t)ts[a.n_seqs];
+	const bf16 *kvb = (const bf16 *)a.kv_base, *qb = (const bf16 *)a.q;
+	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
+	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
+	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
+	uint32_t lo = 0, hi = a.n_seqs, s, tile;
+	int32_t t0, ctx, begin, end, kv_end, wlim, wmin, lim_a, lim_b;
+	int64_t r0, n_rows;
+	const int32_t *bt;
+	bool ctx_ok;
+
+	if (blockIdx.x / a.n_kv_heads >= n_tiles)
+		return; /* the grid is an upper bound on the tiles */
+	tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;
+	while (hi - lo > 1) { /* last s with ts[s] <= tile */
+		uint32_t mid = (lo + hi) / 2;
+
+		if ((uint32_t)ts[mid] <= tile)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	s = lo;
+	t0 = a.seq_start[s];
+	n_rows = (int64_t)(a.seq_start[s + 1] - t0) * group;
+	r0 = (int64_t)(tile - (uint32_t)ts[s]) * MMA_BM;
+	ctx = a.ctx_len[s];
+	ctx_ok = ctx >= 0 && (uint64_t)ctx <= (uint64_t)a.max_blocks * pt;
+	bt = a.block_table + (size_t)s * a.max_blocks;
+
+	if (tid < MMA_BM) {
+		const int64_t R = r0 + tid;
+		int tok = -1, head = -1, lim = -1;
+
+		if (R < n_rows) {
+			int32_t p;
+
+			tok = t0 + (int32_t)(R / group);
+			head = (int)(kvh * group + (uint32_t)(R % group));
+			p = a.pos[tok];
+			if (ctx_ok && p >= 0 && p < ctx)
+				lim = p;
+			else
+				set_err(a.err, KC_ERR_BATCH);
+		}
+		sm_tok[tid] = tok;
+		sm_head[tid] = head;
+		sm_lim[tid] = lim;
+	}
+	__syncthreads();
+	kv_end = warp_max_int(max(sm_lim[lane], sm_lim[lane + 32])) + 1;
+	lim_a = sm_lim[warp * 16 + g];
+	lim_b = sm_lim[warp * 16 + g + 8];
+	wlim = warp_max_int(lim_a > lim_b ? lim_a : lim_b);
+	wmin = -warp_max_int(-(lim_a < lim_b ? lim_a : lim_b));
+	if (n_splits > 1) {
+		const int32_t len = (int32_t)((((uint32_t)kv_end + n_splits - 1) / n_splits +
+					       MMA_BN - 1) & ~(uint32_t)(MMA_BN - 1));
+
+		begin = (int32_t)split * len;
+		end = split + 1 == n_splits ? kv_end : min(kv_end, begin + len);
+	} else {
+		begin = 0;
+		end = kv_end;
+	}
+
+	/* One tile of K and V (positions p0 .. p0 + 63) into buffer b; positions
+	 * at or past end are zeros (their scores are masked; zero V keeps
+	 * 0 * NaN out of the P V product). */
+	auto load_kv = [&](int32_t p0, int b) {
+		const uint32_t kd = smem_addr(sk + b * MMA_BN * LD), vd = smem_addr(sv + b * MMA_BN * LD);
+
+#pragma unroll
+		for (int i = 0; i < MMA_BN * CPR / MMA_NT; i++) {
+			const int c = tid + i * MMA_NT, r = c / CPR, ch = c % CPR;
+			const int32_t p = p0 + r;
+			const bf16 *ks = kvb, *vs = kvb;
+			bool ok = false;
+
+			if (p < end) {
+				const int32_t blk = pt_sh >= 0 ? p >> pt_sh : p / (int32_t)pt;
+				const int32_t pg = bt[blk];
+
+				if (pg < 0 || (uint32_t)pg >= a.n_pages) {
+					set_err(a.err, KC_ERR_PAGE);
+				} else {
+					const uint64_t base = (uint64_t)pg * a.page_elems +
+							      (uint64_t)(p - blk * (int32_t)pt) * HD +
+							      ch * 8;
+
+					ks = kvb + base + k_off;
+					vs = kvb + base + v_off;
+					ok = true;
+				}
+			}
+			cp_async16(kd + (uint32_t)(r * LD + ch * 8) * 2, ks, ok);
+			cp_async16(vd + (uint32_t)(r * LD + ch * 8) * 2, vs, ok);
+		}
+	};
+
+	float o[DT][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+	uint32_t qf[HD / 16][4];
+	const float sl2 = a.scale * KC_LOG2E;
+
+#pragma unroll
+	for (int j = 0; j < DT; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+	if (begin < end) {
+		const uint32_t qd = smem_addr(sq);
+
+#pragma unroll
+		for (int i = 0; i < MMA_BM * CPR / MMA_NT; i++) {
+			const int c = tid + i * MMA_NT, r = c / CPR, ch = c % CPR, tok = sm_tok[r];
+			const bf16 *src = tok >= 0 ? qb + ((size_t)tok * a.n_heads + sm_head[r]) * HD +
+							     ch * 8
+						   : qb;
+
+			cp_async16(qd + (uint32_t)(r * LD + ch * 8) * 2, src, tok >= 0);
+		}
+		load_kv(begin, 0);
+	}
+	cp_async_commit();
+
+	int buf = 0;
+
+	for (int32_t p0 = begin; p0 < end; p0 += MMA_BN, buf ^= 1) {
+		cp_async_wait_all();
+		__syncthreads(); /* tile p0 (and Q) landed; buffer buf ^ 1 is free */
+		if (p0 + MMA_BN < end)
+			load_kv(p0 + MMA_BN, buf ^ 1);
+		cp_async_commit();
+		if (p0 == begin) {
+			/* Q fragments: lanes 0-15 rows 0-15 at column k, 16-31 at k + 8. */
+			const uint32_t qa = smem_addr(sq + (warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8);
+
+#pragma unroll
+			for (int kk = 0; kk < HD / 16; kk++)
+				ldsm_x4(qa + kk * 32, qf[kk]);
+		}
+		if (p0 > wlim)
+			continue; /* no row of this warp sees the tile (warp-uniform) */
+
+		const bf16 *kt = sk + buf * MMA_BN * LD, *vt = sv + buf * MMA_BN * LD;
+		float sc[NTL][4];
+
+#pragma unroll
+		for (int j = 0; j < NTL; j++)
+			sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+		/* S = Q K^T. x4 of K: lanes 0-7 positions 0-7 at d, 8-15 the same
+		 * at d + 8, 16-31 positions 8-15: b0 b1 of two n8 tiles. */
+		{
+			const uint32_t ka = smem_addr(kt + ((lane & 7) + ((lane >> 4) << 3)) * LD +
+						      ((lane >> 3) & 1) * 8);
+
+#pragma unroll
+			for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+				for (int np = 0; np < NTL / 2; np++) {
+					uint32_t b[4];
+
+					ldsm_x4(ka + (np * 16 * LD + kk * 16) * 2, b);
+					mma_bf16(sc[2 * np], qf[kk], b[0], b[1]);
+					mma_bf16(sc[2 * np + 1], qf[kk], b[2], b[3]);
+				}
+		}
+		/* Scale, mask (not where every row of the warp sees the whole
+		 * tile: all but the last tiles of a long context), row maxima (a
+		 * row's 64 scores sit in the 4 lanes of its quad: 16 each). */
+		float mx_a = -INFINITY, mx_b = -INFINITY;
+
+		if (p0 + MMA_BN <= end && p0 + MMA_BN - 1 <= wmin) {
+#pragma unroll
+			for (int j = 0; j < NTL; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					sc[j][e] *= sl2;
+		} else {
+#pragma unroll
+			for (int j = 0; j < NTL; j++) {
+				const int32_t p = p0 + j * 8 + 2 * t4;
+
+				sc[j][0] = p <= lim_a && p < end ? sc[j][0] * sl2 : -INFINITY;
+				sc[j][1] = p + 1 <= lim_a && p + 1 < end ? sc[j][1] * sl2 : -INFINITY;
+				sc[j][2] = p <= lim_b && p < end ? sc[j][2] * sl2 : -INFINITY;
+				sc[j][3] = p + 1 <= lim_b && p + 1 < end ? sc[j][3] * sl2 : -INFINITY;
+			}
+		}
+#pragma unroll
+		for (int j = 0; j < NTL; j++) {
+			mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
+			mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
+		}
+		mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+		mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+		mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+		mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+
+		/* Online softmax. A row that has seen nothing yet keeps m = -inf;
+		 * 0 then stands in as its reference (every p and alpha is 0). */
+		const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+		const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a;
+		const float ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
+		const float al_a = fast_exp2(m_a - ref_a), al_b = fast_exp2(m_b - ref_b);
+		float su_a = 0.0f, su_b = 0.0f;
+
+		m_a = mn_a;
+		m_b = mn_b;
+#pragma unroll
+		for (int j = 0; j < NTL; j++) {
+			sc[j][0] = fast_exp2(sc[j][0] - ref_a);
+			sc[j][1] = fast_exp2(sc[j][1] - ref_a);
+			sc[j][2] = fast_exp2(sc[j][2] - ref_b);
+			sc[j][3] = fast_exp2(sc[j][3] - ref_b);
+			su_a += sc[j][0] + sc[j][1];
+			su_b += sc[j][2] + sc[j][3];
+		}
+		l_a = l_a * al_a + su_a; /* this lane's share; the quad sums at the end */
+		l_b = l_b * al_b + su_b;
+#pragma unroll
+		for (int j = 0; j < DT; j++) {
+			o[j][0] *= al_a;
+			o[j][1] *= al_a;
+			o[j][2] *= al_b;
+			o[j][3] *= al_b;
+		}
+		/* O += P V. x4.trans of V: lanes 0-7 positions 0-7 at d, 8-15
+		 * positions 8-15 at d, 16-31 the same at d + 8: b0 b1 of two n8
+		 * tiles of O. */
+		{
+			const uint32_t va = smem_addr(vt + ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD +
+						      (lane >> 4) * 8);
+
+#pragma unroll
+			for (int kk = 0; kk < MMA_BN / 16; kk++) {
+				uint32_t pa[4];
+
+				pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+				pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+				pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+				pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+				for (int dp = 0; dp < HD / 16; dp++) {
+					uint32_t b[4];
+
+					ldsm_x4_t(va + (kk * 16 * LD + dp * 16) * 2, b);
+					mma_bf16(o[2 * dp], pa, b[0], b[1]);
+					mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+				}
+			}
+		}
+	}
+
+	l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+	l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+	l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+	l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+
+	const int ra = warp * 16 + g, rb = ra + 8;
+	const int tok_a = sm_tok[ra], tok_b = sm_tok[rb];
+
+	if (n_splits == 1) {
+		const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f;
+		const float inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
+		uint32_t *oa = tok_a < 0 ? NULL
+					 : (uint32_t *)a.out +
+						   (((size_t)tok_a * a.n_heads + sm_head[ra]) * HD) / 2 + t4;
+		uint32_t *ob = tok_b < 0 ? NULL
+					 : (uint32_t *)a.out +
+						   (((size_t)tok_b * a.n_heads + sm_head[rb]) * HD) / 2 + t4;
+
+#pragma unroll
+		for (int j = 0; j < DT; j++) {
+			if (oa)
+				oa[j * 4] = pack_bf16(o[j][0] * inv_a, o[j][1] * inv_a);
+			if (ob)
+				ob[j * 4] = pack_bf16(o[j][2] * inv_b, o[j][3] * inv_b);
+		}
+	} else {
+		const size_t row_f = HD + 2;
+		float *pa = tok_a < 0 ? NULL
+				      : a.part + (((size_t)split * a.n_tokens + tok_a) * a.n_heads +
+						  sm_head[ra]) * row_f;
+		float *pb = tok_b < 0 ? NULL
+				      : a.part + (((size_t)split * a.n_tokens + tok_b) * a.n_heads +
+						  sm_head[rb]) * row_f;
+
+#pragma unroll
+		for (int j = 0; j < DT; j++) {
+			if (pa)
+				*(float2 *)(pa + j * 8 + 2 * t4) = make_float2(o[j][0], o[j][1]);
+			if (pb)
+				*(float2 *)(pb + j * 8 + 2 * t4) = make_float2(o[j][2], o[j][3]);
+		}
+		if (!t4) {
+			if (pa) {
+				pa[HD] = m_a;
+				pa[HD + 1] = l_a;
+			}
+			if (pb) {
+				pb[HD] = m_b;
+				pb[HD + 1] = l_b;
+			}
+		}
+	}
+}
+
+/* ------------------------------------------------------------ launchers */
+
+static size_t mma_smem_bytes(uint32_t hd)
+{
+	return (size_t)(MMA_BM + 4 * MMA_BN) * (hd + 8) * sizeof(bf16);
+}
+
+extern "C" int kc_attn_mma_ok(uint32_t head_dim, size_t smem_optin)
+{
+	return (head_dim == 64 || head_dim == 128) && mma_smem_bytes(head_dim) <= smem_optin;
+}
+
+extern "C" uint32_t kc_attn_mma_rows(void)
+{
+	return MMA_BM;
+}
+
+extern "C" int kc_attn_mma_init(size_t smem_optin)
+{
+	if ((mma_smem_bytes(64) <= smem_optin &&
+	     cudaFuncSetAttribute(attn_mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				  (int)mma_smem_bytes(64))) ||
+	    (mma_smem_bytes(128) <= smem_optin &&
+	     cudaFuncSetAttribute(attn_mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				  (int)mma_smem_bytes(128)))) {
+		(void)cudaGetLastError();
+		return -EIO;
+	}
+	return 0;
+}
+
+extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st)
+{
+	const uint32_t group = a->n_heads / a->n_kv_heads;
+	const uint64_t rows = (uint64_t)a->n_tokens * group;
+	const uint64_t tiles = (rows + MMA_BM - 1) / MMA_BM +
+			       (a->n_seqs < a->n_tokens ? a->n_seqs : a->n_tokens);
+	const uint64_t blocks = tiles * a->n_kv_heads;
+	const size_t smem = mma_smem_bytes(a->head_dim);
+	dim3 grid;
+	int r;
+
+	if ((a->head_dim != 64 && a->head_dim != 128) || !n_splits ||
+	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) ||
+	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
+	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
+		return -EINVAL;
+	if ((r = kc_attn_plan(a, group, MMA_BM, st)) < 0)
+		return r;
+	grid = dim3((unsigned)blocks, n_splits);
+	if (a->head_dim == 64)
+		attn_mma_kernel<64><<<grid, MMA_NT, smem, st>>>(*a);
+	else
+		attn_mma_kernel<128><<<grid, MMA_NT, smem, st>>>(*a);
+	if (cudaGetLastError() != cudaSuccess)
+		return -EIO;
+	return n_splits > 1 ? kc_attn_combine(a, n_splits, st) : 0;
+}
