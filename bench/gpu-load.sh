@@ -7,6 +7,8 @@
 # hearth-bench-load (open loop, 1024-token contexts, 16-token events + SCORE)
 # at the rate (1B: 100 events/s per session, 8B: 10), and
 # hearth-bench-engine's batch-64 against batch-1 decode step at context 512.
+# The model is written to /var/tmp/hearth-model-SHAPE (reused when there,
+# kept with KEEP_MODEL=1).
 set -u
 R=build-e2e
 OUT=${OUT:-/tmp/hearth-load}
@@ -21,9 +23,12 @@ for SHAPE in "$@"; do
 	esac
 	M=/var/tmp/hearth-model-$SHAPE
 	t0=$(date +%s)
-	python3 bench/make_random_model.py --shape "$SHAPE" --out "$M" >"$OUT/make-$SHAPE.log" 2>&1 ||
-		{ tail -5 "$OUT/make-$SHAPE.log"; exit 1; }
-	echo "== model $SHAPE written in $(($(date +%s) - t0)) s"
+	# A model left by an earlier step of the same run (KEEP_MODEL=1) is reused.
+	if [ ! -f "$M/config.json" ]; then
+		python3 bench/make_random_model.py --shape "$SHAPE" --out "$M" >"$OUT/make-$SHAPE.log" 2>&1 ||
+			{ tail -5 "$OUT/make-$SHAPE.log"; exit 1; }
+		echo "== model $SHAPE written in $(($(date +%s) - t0)) s"
+	fi
 	"$R/hearth-bench-load" --hearthd "$R/hearthd" --model "$M" --backend cuda \
 		--rate $RATE --loads $LOADS --duration 5 --context 1024 --window 256 --procs 8 \
 		--daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
@@ -32,5 +37,5 @@ for SHAPE in "$@"; do
 	"$R/hearth-bench-engine" --backend cuda --shape "$SHAPE" --ctx 512 --batches 1,64 --iters 50 \
 		>"$OUT/engine512-$SHAPE.log" 2>&1
 	echo "== hearth-bench-engine ctx 512 $SHAPE rc=$?"; tail -12 "$OUT/engine512-$SHAPE.log"
-	rm -rf "$M"
+	[ -n "${KEEP_MODEL:-}" ] || rm -rf "$M"
 done
