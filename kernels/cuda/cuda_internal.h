@@ -186,6 +186,25 @@ int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, u
 /* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) in one launch. */
 int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
 		   uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st);
+/* The GEMV with its shape given (measurements, tests): rows, matrix rows one
+ * warp reads at a time (1, 2 or 4; SwiGLU 2 or 4, gate and up in pairs);
+ * blocks, at most that many blocks of 256 threads (fewer when the matrix
+ * needs fewer, or fewer fit at once); pdl, launch as a programmatic
+ * dependent when kc_pdl_enabled(). */
+struct kc_gemv_cfg {
+	uint32_t rows, blocks;
+	int pdl;
+};
+int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
+		      int out_f32, const struct kc_gemv_cfg *cfg, cudaStream_t st);
+int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate, const void *w_up,
+		       uint32_t n, uint32_t k, uint32_t m, int hf, const struct kc_gemv_cfg *cfg,
+		       cudaStream_t st);
+/* Whether kernels are launched as programmatic dependents (sm_90 and
+ * HEARTH_CUDA_PDL not "0"; read once). */
+int kc_pdl_enabled(void);
+/* Measurements: 0 turns PDL off, 1 back to what kc_pdl_enabled() finds. */
+void kc_pdl_override(int on);
 
 /* cuda_attention.cu */
 struct kc_attn_args {
