@@ -11,7 +11,8 @@
  * lets the next kernel launch at once. H200, n = 1, back to back
  * (time_cuda_gemv): 95-96% of the copy rate on the 8B gate/up and down, 89%
  * on q/k/v, 78% on o; the 1B matrices (8-67 MB, one short wave of warps
- * each) 50-94%. cuBLASLt takes larger n.
+ * each) 50-94%. cuBLASLt takes larger n and the shapes kc_gemv_suits()
+ * leaves it.
  *
  * Measurement knobs, read once: HEARTH_CUDA_PDL=0 launches every kernel the
  * ordinary way; HEARTH_CUDA_GEMV_ROWS=1|2|4 sets the matrix rows one warp
@@ -34,6 +35,7 @@ typedef __nv_bfloat16 bf16;
 #define GEMV_LOADS 8 /* 16-byte loads per lane in a batch: rows x pieces */
 #define GEMV_DEPTH 2 /* batches in flight per warp (4 of 4 loads: 1-3% slower) */
 #define GEMV_BPS 2   /* blocks per SM of the persistent grid (16 warps; 1: slower) */
+#define GEMV_LT_MIN_M 65536u /* matrices this tall go to cuBLASLt (the LM head) */
 
 /* Output rows of one launch: up to three matrices stacked (segments), or the
  * gate and up matrices of a SwiGLU read together (one output row each). */
@@ -390,6 +392,21 @@ static struct kc_gemv_cfg gemv_cfg(uint32_t n, int n_sms, bool swiglu)
 	cfg.blocks = (uint32_t)(n_sms > 0 ? n_sms : 1) * GEMV_BPS;
 	cfg.pdl = 1;
 	return cfg;
+}
+
+/*
+ * Where the GEMV beats cuBLASLt (H200, time_cuda_gemv, PDL): at one and two
+ * input rows, every matrix but the LM head's size, which cuBLASLt's kernel
+ * reads about 6% faster; at three and four, where the FMAs of every piece
+ * make the GEMV issue-bound, a plain matrix only up to 16 MB (1B down, 8B o
+ * and down: cuBLASLt 10-35% faster), but q/k/v and gate/up always (cuBLASLt
+ * takes three launches for those).
+ */
+extern "C" int kc_gemv_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op)
+{
+	if (!n || n > KC_GEMV_MAX_N || m_all >= GEMV_LT_MIN_M)
+		return 0;
+	return n <= 2 || op != KC_GEMV_PLAIN || m_all * k * 2 <= ((uint64_t)16 << 20);
 }
 
 extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,

@@ -171,7 +171,7 @@ int kc_gemm_simple(void *out, int out_f32, const void *in, const void *w, const 
 
 /* cuda_gemv.cu: matmul for n <= KC_GEMV_MAX_N rows (decode); -EINVAL when
  * the shape or alignment does not suit it (k % 8, 16-byte in and w). */
-#define KC_GEMV_MAX_N 4 /* H200: ties cuBLASLt at n = 4, 1.5x slower at n = 8 */
+#define KC_GEMV_MAX_N 4 /* at most; kc_gemv_suits() picks by shape below that */
 int kc_gemv(void *out, int out_f32, const void *in, const void *w, const void *bias, uint32_t n,
 	    uint32_t k, uint32_t m, int n_sms, cudaStream_t st);
 /* Up to three matmuls of the same input in one launch (bf16 out): segment i
@@ -195,6 +195,10 @@ struct kc_gemv_cfg {
 	uint32_t rows, blocks;
 	int pdl;
 };
+enum kc_gemv_op { KC_GEMV_PLAIN, KC_GEMV_QKV, KC_GEMV_SWIGLU };
+/* Whether the GEMV is the faster path for n input rows of this shape (else
+ * cuBLASLt): the measured choice, shapes aside (see gemv_args_ok). */
+int kc_gemv_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op);
 int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
 		      int out_f32, const struct kc_gemv_cfg *cfg, cudaStream_t st);
 int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate, const void *w_up,
