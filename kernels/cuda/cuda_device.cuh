@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Device helpers shared by the CUDA kernel files: error flags written from
- * device code, warp reductions and bf16 unpacking/rounding. Included by .cu
- * files only.
+ * device code, warp reductions, bf16 unpacking/rounding and programmatic
+ * dependent launch. Included by .cu files only.
  */
 #ifndef KERN_CUDA_DEVICE_CUH
 #define KERN_CUDA_DEVICE_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 #include <stdint.h>
 
 /* Errors from device data: any non-zero value will do, so a plain store. */
@@ -50,6 +51,57 @@ static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
 static __device__ __forceinline__ float bf_round(float x)
 {
 	return __bfloat162float(__float2bfloat16_rn(x));
+}
+
+/*
+ * Programmatic dependent launch (sm_90): a kernel launched with
+ * kc_launch_pdl() may start while the kernel before it in the stream is
+ * still running, once every block of that one has called pdl_trigger() (or
+ * exited). Before pdl_wait() it may read only what no earlier kernel writes
+ * (weights); pdl_wait() returns once the previous kernel has completed and
+ * its writes are visible, and every kernel before it too, since that one
+ * waited as well. Every thread of a PDL kernel calls pdl_wait() before it
+ * touches activations, and before it exits. Both are no-ops for a kernel
+ * launched the ordinary way and below sm_90.
+ */
+static __device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static __device__ __forceinline__ void pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Launch with programmatic stream serialisation when pdl is set (the
+ * caller has checked kc_pdl_enabled()); an ordinary launch otherwise. */
+template <typename... KArgs, typename... Args>
+static cudaError_t kc_launch_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+				 size_t smem, cudaStream_t st, Args... args)
+{
+	cudaLaunchConfig_t cfg = {};
+	cudaLaunchAttribute attr[1];
+	cudaError_t e;
+
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.dynamicSmemBytes = smem;
+	cfg.stream = st;
+	if (pdl) {
+		attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+		attr[0].val.programmaticStreamSerializationAllowed = 1;
+		cfg.attrs = attr;
+		cfg.numAttrs = 1;
+	}
+	e = cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+	if (e != cudaSuccess)
+		(void)cudaGetLastError(); /* not left for the next check to find */
+	return e;
 }
 
 #endif

@@ -219,8 +219,9 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 	if (al_in < 1 || al_w < 1 || al_out < (out_f32 ? 2u : 1u) || al_b < 1)
 		return -EINVAL;
 	/* Few rows (decode): bound by reading W once, which the GEMV kernel does
-	 * near copy bandwidth; cuBLASLt's choices for n = 1 read it slower. */
-	if (n <= KC_GEMV_MAX_N && !c->gemv_off && k % 8 == 0 && al_in >= 4 && al_w >= 4) {
+	 * near copy bandwidth, where kc_gemv_suits() finds it the faster one. */
+	if (!c->gemv_off && k % 8 == 0 && al_in >= 4 && al_w >= 4 &&
+	    kc_gemv_suits(n, k, m, KC_GEMV_PLAIN)) {
 		r = kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms * c->gemv_occ, c->stream);
 		goto out;
 	}

@@ -2,16 +2,28 @@
 /*
  * cuda backend, matmul for few rows (decode): out[n, m] = in[n, k] @ W^T
  * (+ bias) for n <= KC_GEMV_MAX_N, bf16 operands, fp32 sums. At n = 1 this is
- * a matrix-vector product, bound by reading W once (2*m*k bytes): each warp
- * streams 16-byte pieces of one W row (four in flight per lane) and applies
- * them to all n input rows, whose values stay in L1. When m is small, up to
- * eight warps share a row (split k, summed through shared memory) so that
- * the grid still covers every multiprocessor. cuBLASLt takes larger n.
+ * a matrix-vector product, bound by reading W once (2*m*k bytes). A
+ * persistent grid of warps (16 an SM) walks the matrix rows; each warp keeps
+ * two batches of eight 16-byte loads per lane in flight (8 KB a warp, 128 KB
+ * an SM) and applies them to all n input rows, whose values stay in L1.
+ * Launched as a programmatic dependent (sm_90), a GEMV issues its first
+ * weight loads before it waits for the kernel that writes its input, and
+ * lets the next kernel launch at once. H200, n = 1, back to back
+ * (time_cuda_gemv): 95-96% of the copy rate on the 8B gate/up and down, 89%
+ * on q/k/v, 78% on o; the 1B matrices (8-67 MB, one short wave of warps
+ * each) 50-94%. cuBLASLt takes larger n and the shapes kc_gemv_suits()
+ * leaves it.
+ *
+ * Measurement knobs, read once: HEARTH_CUDA_PDL=0 launches every kernel the
+ * ordinary way; HEARTH_CUDA_GEMV_ROWS=1|2|4 sets the matrix rows one warp
+ * reads at a time (SwiGLU reads gate and up rows in pairs).
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_device.cuh"
 #include "cuda_internal.h"
@@ -20,24 +32,10 @@ typedef __nv_bfloat16 bf16;
 
 #define GEMV_THREADS 256
 #define GEMV_WARPS (GEMV_THREADS / 32)
-
-template <int NR>
-static __device__ __forceinline__ void gemv_step(float acc[NR], uint4 wv, const uint4 *in, size_t k8,
-						 size_t i)
-{
-	float wf[8];
-
-	unpack8(wv, wf);
-#pragma unroll
-	for (int r = 0; r < NR; r++) {
-		float xf[8];
-
-		unpack8(__ldg(in + r * k8 + i), xf);
-#pragma unroll
-		for (int e = 0; e < 8; e++)
-			acc[r] = fmaf(wf[e], xf[e], acc[r]);
-	}
-}
+#define GEMV_LOADS 8 /* 16-byte loads per lane in a batch: rows x pieces */
+#define GEMV_DEPTH 2 /* batches in flight per warp (4 of 4 loads: 1-3% slower) */
+#define GEMV_BPS 2   /* blocks per SM of the persistent grid (16 warps; 1: slower) */
+#define GEMV_LT_MIN_M 65536u /* matrices this tall go to cuBLASLt (the LM head) */
 
 /* Output rows of one launch: up to three matrices stacked (segments), or the
  * gate and up matrices of a SwiGLU read together (one output row each). */
@@ -49,170 +47,371 @@ struct gemv_segs {
 	int hf;          /* SWIGLU: silu(g) rounded to bf16 first */
 };
 
-/* Sum acc[] over the warp, then over the wpr warps sharing the row; true in
- * lane r of the row's first warp, which holds row r's full sum in acc[r]. */
-template <int NR>
-static __device__ __forceinline__ bool gemv_reduce(float acc[NR], float (*part)[NR],
-						   uint32_t wpr, int lane, int warp)
+/* Weights are read once per step: not kept in L1, and the 256-byte L2
+ * prefetch fills whole DRAM bursts (each warp reads 512 contiguous bytes). */
+static __device__ __forceinline__ uint4 ld_weight(const uint4 *p)
 {
-	const uint32_t slice = warp % wpr;
+	uint4 v;
 
-#pragma unroll
-	for (int r = 0; r < NR; r++)
-#pragma unroll
-		for (int o = 16; o; o >>= 1)
-			acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
-	if (wpr > 1) {
-		if (!lane)
-#pragma unroll
-			for (int r = 0; r < NR; r++)
-				part[warp][r] = acc[r];
-		__syncthreads();
-		if (slice || lane >= NR)
-			return false;
-		{
-			float sum = 0.0f;
-
-#pragma unroll
-			for (int r = 0; r < NR; r++)
-				if (r == lane)
-					for (uint32_t q = 0; q < wpr; q++)
-						sum += part[warp + q][r];
-#pragma unroll
-			for (int r = 0; r < NR; r++)
-				if (r == lane)
-					acc[r] = sum;
-		}
-		return true;
-	}
-	return lane < NR;
+	asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+		     : "l"(p));
+	return v;
 }
 
-/* Dot products of W row wr with the NR input rows, this warp's slice of k. */
-template <int NR>
-static __device__ __forceinline__ void gemv_row(float acc[NR], const uint4 *wr, const uint4 *x,
-						size_t k8, size_t i, size_t stride)
+/* Row rr of row group g: where it starts in its matrix. Rows past the last
+ * read the last one (the result is dropped). SWIGLU: rows 0..R-1 are gate,
+ * R..2R-1 the same rows of up. */
+template <int RR, bool SWIGLU>
+static __device__ __forceinline__ const uint4 *gemv_row(const gemv_segs &sg, uint32_t g, int rr,
+							 size_t k8, uint32_t m_all)
 {
-	/* Four independent 16-byte loads in flight before the first use. */
-	for (; i + 3 * stride < k8; i += 4 * stride) {
-		uint4 w0 = __ldcs(wr + i), w1 = __ldcs(wr + i + stride);
-		uint4 w2 = __ldcs(wr + i + 2 * stride), w3 = __ldcs(wr + i + 3 * stride);
+	constexpr int R = SWIGLU ? RR / 2 : RR;
+	uint32_t j = g * R + rr % R;
 
-		gemv_step<NR>(acc, w0, x, k8, i);
-		gemv_step<NR>(acc, w1, x, k8, i + stride);
-		gemv_step<NR>(acc, w2, x, k8, i + 2 * stride);
-		gemv_step<NR>(acc, w3, x, k8, i + 3 * stride);
-	}
-	for (; i < k8; i += stride)
-		gemv_step<NR>(acc, __ldcs(wr + i), x, k8, i);
-}
-
-/* Block: GEMV_WARPS / wpr rows, wpr warps per row. k % 8 == 0.
- * SWIGLU: segment 0 is gate, 1 is up, m[0] output rows. */
-template <int NR, bool SWIGLU>
-static __global__ void __launch_bounds__(GEMV_THREADS)
-gemv_kernel(const struct gemv_segs sg, const bf16 *in, uint32_t k, uint32_t wpr)
-{
-	__shared__ float part[GEMV_WARPS][NR];
-	__shared__ float part2[GEMV_WARPS][NR];
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const uint32_t rows_per_block = GEMV_WARPS / wpr;
-	const uint32_t m_all = SWIGLU ? sg.m[0] : sg.m[0] + sg.m[1] + sg.m[2];
-	const uint32_t j = blockIdx.x * rows_per_block + warp / wpr, slice = warp % wpr;
-	const size_t k8 = k / 8, stride = (size_t)32 * wpr;
-	const uint4 *x = (const uint4 *)in;
-	const size_t i = (size_t)slice * 32 + lane;
-	uint32_t seg = 0, jr = j < m_all ? j : 0;
-	float acc[NR], acc2[NR];
-	bool writer;
-
-	if (!SWIGLU) {
-		if (jr >= sg.m[0]) {
-			jr -= sg.m[0];
-			seg = 1;
-			if (jr >= sg.m[1]) {
-				jr -= sg.m[1];
-				seg = 2;
-			}
-		}
-	}
-#pragma unroll
-	for (int r = 0; r < NR; r++)
-		acc[r] = acc2[r] = 0.0f;
-	if (j < m_all) {
-		gemv_row<NR>(acc, (const uint4 *)(sg.w[seg] + (size_t)jr * k), x, k8, i, stride);
-		if (SWIGLU)
-			gemv_row<NR>(acc2, (const uint4 *)(sg.w[1] + (size_t)jr * k), x, k8, i,
-				     stride);
-	}
-	writer = gemv_reduce<NR>(acc, part, wpr, lane, warp);
+	j = j < m_all ? j : m_all - 1;
 	if (SWIGLU)
-		writer = gemv_reduce<NR>(acc2, part2, wpr, lane, warp);
-	if (!writer || j >= m_all)
-		return;
-	/* Lane r writes row r (its acc[r] holds the full sum). */
-#pragma unroll
-	for (int r = 0; r < NR; r++)
-		if (r == lane) {
-			const uint32_t m = sg.m[seg];
-			float v;
-
-			if (SWIGLU) {
-				float g = acc[r], u = acc2[r];
-
-				/* as the swiglu kernel: g and u rounded to bf16 first */
-				g = __bfloat162float(__float2bfloat16_rn(g));
-				u = __bfloat162float(__float2bfloat16_rn(u));
-				v = g / (1.0f + expf(-g));
-				if (sg.hf)
-					v = __bfloat162float(__float2bfloat16_rn(v));
-				v *= u;
-			} else {
-				v = acc[r] + (sg.bias[seg] ? __bfloat162float(sg.bias[seg][jr]) : 0.0f);
-			}
-			if (sg.out_f32)
-				((float *)sg.out[seg])[(size_t)r * m + jr] = v;
-			else
-				((bf16 *)sg.out[seg])[(size_t)r * m + jr] = __float2bfloat16_rn(v);
-		}
+		return (const uint4 *)(rr < R ? sg.w[0] : sg.w[1]) + (size_t)j * k8;
+	if (j < sg.m[0])
+		return (const uint4 *)sg.w[0] + (size_t)j * k8;
+	j -= sg.m[0];
+	if (j < sg.m[1])
+		return (const uint4 *)sg.w[1] + (size_t)j * k8;
+	return (const uint4 *)sg.w[2] + (size_t)(j - sg.m[1]) * k8;
 }
 
-template <bool SWIGLU>
-static void gemv_launch(const struct gemv_segs *sg, const void *in, uint32_t n, uint32_t k,
-			uint32_t wpr, cudaStream_t st)
+/* Batch b of group g: lane's pieces u at 16-byte index b*32*U + u*32 + lane
+ * of each row (zero past the row's end). */
+template <int RR, int U, bool SWIGLU>
+static __device__ __forceinline__ void gemv_load(uint4 (&t)[RR][U], const gemv_segs &sg,
+						 uint32_t g, uint32_t b, size_t k8, uint32_t m_all,
+						 int lane)
 {
-	uint32_t rows = GEMV_WARPS / wpr;
-	uint32_t m_all = SWIGLU ? sg->m[0] : sg->m[0] + sg->m[1] + sg->m[2];
-	unsigned grid = (m_all + rows - 1) / rows;
+	const size_t c = (size_t)b * 32 * U + lane;
+
+#pragma unroll
+	for (int rr = 0; rr < RR; rr++) {
+		const uint4 *p = gemv_row<RR, SWIGLU>(sg, g, rr, k8, m_all);
+
+#pragma unroll
+		for (int u = 0; u < U; u++)
+			t[rr][u] = c + u * 32 < k8 ? ld_weight(p + c + u * 32)
+						   : make_uint4(0, 0, 0, 0);
+	}
+}
+
+template <int NR, int RR, int U>
+static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint4 (&t)[RR][U],
+						const uint4 *x, uint32_t b, size_t k8, int lane)
+{
+	const size_t c = (size_t)b * 32 * U + lane;
+
+	/* Past the row's end w is zero and x reads as zero: without branches
+	 * the x loads (L1 hits) can all issue before the first FMA. Three or
+	 * four input rows would spill that way: those stop at the end. */
+#pragma unroll
+	for (int u = 0; u < U; u++) {
+		const bool in = c + u * 32 < k8;
+		float xf[NR][8];
+
+		if (NR > 2 && !in)
+			break;
+#pragma unroll
+		for (int q = 0; q < NR; q++)
+			unpack8(in ? __ldg(x + q * k8 + c + u * 32) : make_uint4(0, 0, 0, 0),
+				xf[q]);
+#pragma unroll
+		for (int rr = 0; rr < RR; rr++) {
+			float wf[8];
+
+			unpack8(t[rr][u], wf);
+#pragma unroll
+			for (int q = 0; q < NR; q++)
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					acc[rr][q] = fmaf(wf[e], xf[q][e], acc[rr][q]);
+		}
+	}
+}
+
+/* Group g done: sum acc over the warp; lane r * NR + q writes output row
+ * g * R + r of input row q. Clears acc. */
+template <int NR, int RR, bool SWIGLU>
+static __device__ __forceinline__ void gemv_store(float (&acc)[RR][NR], const gemv_segs &sg,
+						  uint32_t g, uint32_t m_all, int lane)
+{
+	constexpr int R = SWIGLU ? RR / 2 : RR;
+	float v = 0.0f, v2 = 0.0f;
+
+#pragma unroll
+	for (int rr = 0; rr < RR; rr++)
+#pragma unroll
+		for (int q = 0; q < NR; q++) {
+			float s = warp_sum(acc[rr][q]);
+
+			if (rr < R && lane == rr * NR + q)
+				v = s;
+			if (SWIGLU && rr >= R && lane == (rr - R) * NR + q)
+				v2 = s;
+			acc[rr][q] = 0.0f;
+		}
+	if (lane < R * NR && g * R + lane / NR < m_all) {
+		uint32_t j = g * R + lane / NR, q = lane % NR, seg = 0, m;
+
+		if (SWIGLU) {
+			/* as the swiglu kernel: g and u rounded to bf16 first */
+			float gt = bf_round(v), up = bf_round(v2);
+
+			v = gt / (1.0f + expf(-gt));
+			if (sg.hf)
+				v = bf_round(v);
+			v *= up;
+		} else {
+			if (j >= sg.m[0]) {
+				j -= sg.m[0];
+				seg = 1;
+				if (j >= sg.m[1]) {
+					j -= sg.m[1];
+					seg = 2;
+				}
+			}
+			{
+				const bf16 *bias = seg == 0   ? sg.bias[0]
+						   : seg == 1 ? sg.bias[1]
+							      : sg.bias[2];
+
+				if (bias)
+					v += __bfloat162float(bias[j]);
+			}
+		}
+		m = seg == 0 ? sg.m[0] : seg == 1 ? sg.m[1] : sg.m[2];
+		{
+			void *out = seg == 0 ? sg.out[0] : seg == 1 ? sg.out[1] : sg.out[2];
+
+			if (sg.out_f32)
+				((float *)out)[(size_t)q * m + j] = v;
+			else
+				((bf16 *)out)[(size_t)q * m + j] = __float2bfloat16_rn(v);
+		}
+	}
+}
+
+/*
+ * Warp w of the grid takes row groups w, w + warps, ... (R output rows each:
+ * RR matrix rows), each in batches of U pieces per row, and walks the
+ * sequence of (group, batch) steps with NBUF batches in flight: a batch's
+ * registers load the step NBUF ahead as soon as it is summed. The first
+ * NBUF are issued before pdl_wait(): weights depend on no earlier kernel.
+ */
+template <int NR, int RR, int U, bool SWIGLU>
+static __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BPS)
+gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, uint32_t n_groups)
+{
+	const int lane = threadIdx.x & 31;
+	const uint32_t w0 = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+	const uint32_t nw = gridDim.x * GEMV_WARPS;
+	const size_t k8 = k / 8;
+	const uint32_t nb = (uint32_t)((k8 + 32 * U - 1) / (32 * U));
+	const uint32_t m_all = SWIGLU ? sg.m[0] : sg.m[0] + sg.m[1] + sg.m[2];
+	const uint32_t steps = w0 < n_groups ? (n_groups - w0 + nw - 1) / nw * nb : 0;
+	const uint4 *x = (const uint4 *)in;
+	constexpr int NBUF = GEMV_DEPTH;
+	uint32_t lg = w0, lb = 0, cg = w0, cb = 0; /* next step to load, to sum */
+	uint4 t[NBUF][RR][U];
+	float acc[RR][NR];
+
+#define GEMV_NEXT(g, b)                                                                        \
+	do {                                                                                   \
+		if (++(b) == nb) {                                                             \
+			(b) = 0;                                                               \
+			(g) += nw;                                                             \
+		}                                                                              \
+	} while (0)
+
+#pragma unroll
+	for (int rr = 0; rr < RR; rr++)
+#pragma unroll
+		for (int q = 0; q < NR; q++)
+			acc[rr][q] = 0.0f;
+#pragma unroll
+	for (int i = 0; i < NBUF; i++)
+		if (i < steps) {
+			gemv_load<RR, U, SWIGLU>(t[i], sg, lg, lb, k8, m_all, lane);
+			GEMV_NEXT(lg, lb);
+		}
+	pdl_trigger();
+	pdl_wait();
+	for (uint32_t s = 0; s < steps; s += NBUF) {
+#pragma unroll
+		for (int i = 0; i < NBUF; i++) {
+			if (s + i >= steps)
+				break;
+			gemv_fma<NR, RR, U>(acc, t[i], x, cb, k8, lane);
+			if (cb == nb - 1)
+				gemv_store<NR, RR, SWIGLU>(acc, sg, cg, m_all, lane);
+			GEMV_NEXT(cg, cb);
+			if (s + i + NBUF < steps) {
+				gemv_load<RR, U, SWIGLU>(t[i], sg, lg, lb, k8, m_all, lane);
+				GEMV_NEXT(lg, lb);
+			}
+		}
+	}
+#undef GEMV_NEXT
+}
+
+/* ------------------------------------------------------------ launchers */
+
+static int pdl_state = -1;
+
+/* PDL needs sm_90; HEARTH_CUDA_PDL=0 turns it off (measurements). */
+extern "C" int kc_pdl_enabled(void)
+{
+	int s = __atomic_load_n(&pdl_state, __ATOMIC_RELAXED);
+
+	if (s < 0) {
+		const char *e = getenv("HEARTH_CUDA_PDL");
+		int dev = 0, major = 0;
+
+		s = cudaGetDevice(&dev) == cudaSuccess &&
+		    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ==
+			    cudaSuccess &&
+		    major >= 9 && !(e && !strcmp(e, "0"));
+		(void)cudaGetLastError();
+		__atomic_store_n(&pdl_state, s, __ATOMIC_RELAXED);
+	}
+	return s;
+}
+
+extern "C" void kc_pdl_override(int on)
+{
+	__atomic_store_n(&pdl_state, on ? -1 : 0, __ATOMIC_RELAXED);
+}
+
+/* An integer from the environment (measurements), read once; dflt when unset. */
+static int env_knob(int *cache, const char *name, int dflt)
+{
+	int v = __atomic_load_n(cache, __ATOMIC_RELAXED);
+
+	if (v < 0) {
+		const char *e = getenv(name);
+
+		v = e && atoi(e) > 0 ? atoi(e) : dflt;
+		__atomic_store_n(cache, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
+
+template <int NR, int RR, bool SWIGLU>
+static int gemv_launch_nr(const gemv_segs *sg, const bf16 *in, uint32_t k, uint32_t m_all,
+			  uint32_t blocks, int pdl, cudaStream_t st)
+{
+	constexpr int R = SWIGLU ? RR / 2 : RR, U = GEMV_LOADS / RR;
+	auto kern = gemv_kernel<NR, RR, U, SWIGLU>;
+	static int fit = 0; /* blocks that fit on the device at once (per instance) */
+	uint32_t n_groups = (m_all + R - 1) / R, grid;
+
+	if (!fit) {
+		int o = 0, dev = 0, sms = 0;
+
+		if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, GEMV_THREADS, 0) !=
+			    cudaSuccess ||
+		    cudaGetDevice(&dev) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+			    cudaSuccess)
+			return -EIO;
+		fit = o > 0 ? o * sms : 1;
+	}
+	/* A grid that stays resident: at most what fits at once. */
+	grid = (n_groups + GEMV_WARPS - 1) / GEMV_WARPS;
+	grid = grid < blocks ? grid : blocks;
+	grid = grid < (uint32_t)fit ? grid : (uint32_t)fit;
+	return kc_launch_pdl(pdl, kern, dim3(grid), dim3(GEMV_THREADS), 0, st, *sg, in, k,
+			     n_groups) == cudaSuccess ? 0 : -EIO;
+}
+
+template <int RR, bool SWIGLU>
+static int gemv_launch_rr(const gemv_segs *sg, const void *in, uint32_t n, uint32_t k,
+			  uint32_t m_all, uint32_t blocks, int pdl, cudaStream_t st)
+{
+	/* Four matrix rows of three or four inputs spill (128 registers): two. */
+	constexpr int RR34 = RR < 4 ? RR : 2;
+	const bf16 *x = (const bf16 *)in;
 
 	static_assert(KC_GEMV_MAX_N == 4, "one instance per row count");
 	switch (n) {
-	case 1: gemv_kernel<1, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
-	case 2: gemv_kernel<2, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
-	case 3: gemv_kernel<3, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
-	default: gemv_kernel<4, SWIGLU><<<grid, GEMV_THREADS, 0, st>>>(*sg, (const bf16 *)in, k, wpr); break;
+	case 1: return gemv_launch_nr<1, RR, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	case 2: return gemv_launch_nr<2, RR, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	case 3: return gemv_launch_nr<3, RR34, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	default: return gemv_launch_nr<4, RR34, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
 	}
 }
 
-/* Enough warps for every multiprocessor (32 each), but no more slices than
- * 32-lane passes over k. */
-static uint32_t gemv_wpr(uint64_t m, uint32_t k, int n_sms)
+static int gemv_launch(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n, uint32_t k,
+		       const struct kc_gemv_cfg *cfg, cudaStream_t st)
 {
-	uint32_t wpr = 1;
+	uint32_t rows = cfg->rows, blocks = cfg->blocks ? cfg->blocks : 1;
+	int pdl = cfg->pdl && kc_pdl_enabled();
 
-	while (wpr < GEMV_WARPS && m * wpr < (uint64_t)n_sms * 32 &&
-	       (uint64_t)wpr * 2 * 32 <= k / 8)
-		wpr *= 2;
-	return wpr;
+	if (swiglu) {
+		uint32_t m = sg->m[0];
+
+		return rows >= 4 ? gemv_launch_rr<4, true>(sg, in, n, k, m, blocks, pdl, st)
+				 : gemv_launch_rr<2, true>(sg, in, n, k, m, blocks, pdl, st);
+	}
+	{
+		uint32_t m = sg->m[0] + sg->m[1] + sg->m[2];
+
+		if (rows >= 4)
+			return gemv_launch_rr<4, false>(sg, in, n, k, m, blocks, pdl, st);
+		if (rows == 2)
+			return gemv_launch_rr<2, false>(sg, in, n, k, m, blocks, pdl, st);
+		return gemv_launch_rr<1, false>(sg, in, n, k, m, blocks, pdl, st);
+	}
 }
 
 static int gemv_args_ok(uint32_t n, uint32_t k, const void *in)
 {
-	return n && n <= KC_GEMV_MAX_N && k % 8 == 0 && !((uintptr_t)in & 15);
+	return n && n <= KC_GEMV_MAX_N && k % 8 == 0 && k && !((uintptr_t)in & 15);
 }
 
-extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
-			     uint32_t k, int n_sms, cudaStream_t st)
+/*
+ * The backend's choice (H200, time_cuda_gemv): one matrix row per warp, two
+ * at two input rows (8B o and down 10-12% faster, the 1B matrices within
+ * 5%); SwiGLU reads a gate and an up row; GEMV_BPS blocks per SM (times
+ * HEARTH_CUDA_GEMV_OCC, as many as fit); PDL. HEARTH_CUDA_GEMV_ROWS
+ * overrides the rows.
+ */
+static struct kc_gemv_cfg gemv_cfg(uint32_t n, int n_sms, bool swiglu)
+{
+	static int rows_env = -1;
+	struct kc_gemv_cfg cfg;
+	int rows = env_knob(&rows_env, "HEARTH_CUDA_GEMV_ROWS", 0);
+
+	rows = rows ? rows : n == 2 ? 2 : 1;
+	cfg.rows = swiglu ? (rows >= 4 ? 4 : 2) : (uint32_t)rows;
+	cfg.blocks = (uint32_t)(n_sms > 0 ? n_sms : 1) * GEMV_BPS;
+	cfg.pdl = 1;
+	return cfg;
+}
+
+/*
+ * Where the GEMV beats cuBLASLt (H200, time_cuda_gemv, PDL): at one and two
+ * input rows, every matrix but the LM head's size, which cuBLASLt's kernel
+ * reads about 6% faster; at three and four, where the FMAs of every piece
+ * make the GEMV issue-bound, a plain matrix only up to 16 MB (1B down, 8B o
+ * and down: cuBLASLt 10-35% faster), but q/k/v and gate/up always (cuBLASLt
+ * takes three launches for those).
+ */
+extern "C" int kc_gemv_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op)
+{
+	if (!n || n > KC_GEMV_MAX_N || m_all >= GEMV_LT_MIN_M)
+		return 0;
+	return n <= 2 || op != KC_GEMV_PLAIN || m_all * k * 2 <= ((uint64_t)16 << 20);
+}
+
+extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
+				 uint32_t k, int out_f32, const struct kc_gemv_cfg *cfg,
+				 cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 	uint64_t m_all = 0;
@@ -230,38 +429,49 @@ extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, ui
 	}
 	if (!m_all || m_all > 0x7fffffffu)
 		return -EINVAL;
-	gemv_launch<false>(&sg, in, n, k, gemv_wpr(m_all, k, n_sms), st);
-	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
+	sg.out_f32 = out_f32;
+	return gemv_launch(&sg, false, in, n, k, cfg, st);
 }
 
-extern "C" int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
-			      uint32_t n, uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st)
+extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
+				  const void *w_up, uint32_t n, uint32_t k, uint32_t m, int hf,
+				  const struct kc_gemv_cfg *cfg, cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 
-	if (!gemv_args_ok(n, k, in) || !m || ((uintptr_t)w_gate | (uintptr_t)w_up) & 15)
+	if (!gemv_args_ok(n, k, in) || !m || m > 0x7fffffffu ||
+	    ((uintptr_t)w_gate | (uintptr_t)w_up) & 15)
 		return -EINVAL;
 	sg.out[0] = out;
 	sg.w[0] = (const bf16 *)w_gate;
 	sg.w[1] = (const bf16 *)w_up;
 	sg.m[0] = m;
 	sg.hf = hf;
-	gemv_launch<true>(&sg, in, n, k, gemv_wpr(m, k, n_sms), st);
-	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
+	return gemv_launch(&sg, true, in, n, k, cfg, st);
+}
+
+extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
+			     uint32_t k, int n_sms, cudaStream_t st)
+{
+	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, false);
+
+	return kc_gemv_multi_cfg(seg, in, n, k, 0, &cfg, st);
+}
+
+extern "C" int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
+			      uint32_t n, uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st)
+{
+	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, true);
+
+	return kc_gemv_swiglu_cfg(out, in, w_gate, w_up, n, k, m, hf, &cfg, st);
 }
 
 extern "C" int kc_gemv(void *out, int out_f32, const void *in, const void *w, const void *bias,
 		       uint32_t n, uint32_t k, uint32_t m, int n_sms, cudaStream_t st)
 {
-	struct gemv_segs sg = {};
+	const struct kc_gemv_seg seg[3] = { { out, w, bias, m }, { NULL, NULL, NULL, 0 },
+					    { NULL, NULL, NULL, 0 } };
+	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, false);
 
-	if (!gemv_args_ok(n, k, in) || ((uintptr_t)w & 15))
-		return -EINVAL;
-	sg.out[0] = out;
-	sg.w[0] = (const bf16 *)w;
-	sg.bias[0] = (const bf16 *)bias;
-	sg.m[0] = m;
-	sg.out_f32 = out_f32;
-	gemv_launch<false>(&sg, in, n, k, gemv_wpr(m, k, n_sms), st);
-	return cudaGetLastError() == cudaSuccess ? 0 : -EIO;
+	return kc_gemv_multi_cfg(seg, in, n, k, out_f32, &cfg, st);
 }

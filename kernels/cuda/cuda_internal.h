@@ -175,7 +175,7 @@ int kc_gemm_simple(void *out, int out_f32, const void *in, const void *w, const 
 
 /* cuda_gemv.cu: matmul for n <= KC_GEMV_MAX_N rows (decode); -EINVAL when
  * the shape or alignment does not suit it (k % 8, 16-byte in and w). */
-#define KC_GEMV_MAX_N 4 /* H200: ties cuBLASLt at n = 4, 1.5x slower at n = 8 */
+#define KC_GEMV_MAX_N 4 /* at most; kc_gemv_suits() picks by shape below that */
 int kc_gemv(void *out, int out_f32, const void *in, const void *w, const void *bias, uint32_t n,
 	    uint32_t k, uint32_t m, int n_sms, cudaStream_t st);
 /* Up to three matmuls of the same input in one launch (bf16 out): segment i
@@ -190,6 +190,29 @@ int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, u
 /* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) in one launch. */
 int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
 		   uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st);
+/* The GEMV with its shape given (measurements, tests): rows, matrix rows one
+ * warp reads at a time (1, 2 or 4; SwiGLU 2 or 4, gate and up in pairs);
+ * blocks, at most that many blocks of 256 threads (fewer when the matrix
+ * needs fewer, or fewer fit at once); pdl, launch as a programmatic
+ * dependent when kc_pdl_enabled(). */
+struct kc_gemv_cfg {
+	uint32_t rows, blocks;
+	int pdl;
+};
+enum kc_gemv_op { KC_GEMV_PLAIN, KC_GEMV_QKV, KC_GEMV_SWIGLU };
+/* Whether the GEMV is the faster path for n input rows of this shape (else
+ * cuBLASLt): the measured choice, shapes aside (see gemv_args_ok). */
+int kc_gemv_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op);
+int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
+		      int out_f32, const struct kc_gemv_cfg *cfg, cudaStream_t st);
+int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate, const void *w_up,
+		       uint32_t n, uint32_t k, uint32_t m, int hf, const struct kc_gemv_cfg *cfg,
+		       cudaStream_t st);
+/* Whether kernels are launched as programmatic dependents (sm_90 and
+ * HEARTH_CUDA_PDL not "0"; read once). */
+int kc_pdl_enabled(void);
+/* Measurements: 0 turns PDL off, 1 back to what kc_pdl_enabled() finds. */
+void kc_pdl_override(int on);
 
 /* cuda_attention.cu */
 struct kc_attn_args {

@@ -55,7 +55,7 @@ int kc_matmul_f32out_op(struct kern_backend *be, float *out, const void *in, con
 }
 
 /* Few rows: one GEMV launch over the three stacked matrices; else three
- * matmuls (cuBLASLt). */
+ * matmuls (cuBLASLt). kc_gemv_suits() says where the GEMV is faster. */
 int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const void *in,
 		     const void *wq, const void *wk, const void *wv, const void *bq,
 		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
@@ -68,7 +68,8 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	if (n <= KC_GEMV_MAX_N && !c->gemv_off && !c->fused_off) {
+	if (!c->gemv_off && !c->fused_off &&
+	    kc_gemv_suits(n, kdim, (uint64_t)mq + 2ull * mkv, KC_GEMV_QKV)) {
 		const struct kc_gemv_seg seg[3] = {
 			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
 		};
@@ -94,7 +95,7 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	if (n <= KC_GEMV_MAX_N && !c->gemv_off && !c->fused_off) {
+	if (!c->gemv_off && !c->fused_off && kc_gemv_suits(n, k, m, KC_GEMV_SWIGLU)) {
 		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms * c->gemv_occ, c->hf_round,
 				   c->stream);
 		if (r != -EINVAL)

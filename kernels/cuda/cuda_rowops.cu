@@ -7,6 +7,8 @@
  * rows with 16-byte accesses where the shape and alignment allow.
  * Bad indices found in device data are clamped or skipped and reported
  * through the error word (KC_ERR_*), never read or written out of bounds.
+ * add_rmsnorm and gather_rows (the decode step's row ops between GEMVs) are
+ * programmatic dependents that let the next kernel launch at once.
  */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -137,6 +139,9 @@ static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *ad
 	bf16 *o = out + (size_t)blockIdx.x * dim;
 	float ss = 0.0f, inv;
 
+	/* Decode: the GEMV after this one may start loading its weights now. */
+	pdl_trigger();
+	pdl_wait();
 	if (VEC) {
 		for (uint32_t j = threadIdx.x; j < dim / 8; j += blockDim.x) {
 			float x[8], y[8];
@@ -228,10 +233,14 @@ static __global__ void round_f32_kernel(float *x, size_t n)
 static __global__ void gather_kernel(bf16 *out, const bf16 *in, const int32_t *rows,
 				     uint32_t dim, uint32_t *err, int vec)
 {
-	int32_t row = rows[blockIdx.x];
+	int32_t row;
 	bf16 *dst = out + (size_t)blockIdx.x * dim;
-	const bf16 *src = in + (size_t)(row < 0 ? 0 : row) * dim;
+	const bf16 *src;
 
+	pdl_trigger();
+	pdl_wait();
+	row = rows[blockIdx.x];
+	src = in + (size_t)(row < 0 ? 0 : row) * dim;
 	if (row < 0 && !threadIdx.x)
 		set_err(err, KC_ERR_ROW);
 	if (vec)
@@ -437,16 +446,13 @@ extern "C" int kc_add_rmsnorm(void *out, void *resid, const void *add, const voi
 	int vec = dim % 8 == 0 && aligned16(out) && aligned16(resid) && aligned16(weight) &&
 		  (!add || aligned16(add));
 	unsigned t = row_threads(vec ? dim / 8 : dim);
+	cudaError_t e;
 
-	if (vec)
-		add_rmsnorm_kernel<true><<<n, t, 0, st>>>((bf16 *)out, (bf16 *)resid,
-							  (const bf16 *)add, (const bf16 *)weight,
-							  dim, eps, hf);
-	else
-		add_rmsnorm_kernel<false><<<n, t, 0, st>>>((bf16 *)out, (bf16 *)resid,
-							   (const bf16 *)add, (const bf16 *)weight,
-							   dim, eps, hf);
-	return launched();
+	e = kc_launch_pdl(kc_pdl_enabled(),
+			  vec ? add_rmsnorm_kernel<true> : add_rmsnorm_kernel<false>, dim3(n),
+			  dim3(t), 0, st, (bf16 *)out, (bf16 *)resid, (const bf16 *)add,
+			  (const bf16 *)weight, dim, eps, hf);
+	return e == cudaSuccess ? 0 : -EIO;
 }
 
 extern "C" int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
@@ -467,10 +473,12 @@ extern "C" int kc_gather_rows(void *out, const void *in, const int32_t *rows, ui
 			      uint32_t dim, uint32_t *err, cudaStream_t st)
 {
 	int vec = dim % 8 == 0 && aligned16(out) && aligned16(in);
+	cudaError_t e;
 
-	gather_kernel<<<n, row_threads(vec ? dim / 8 : dim), 0, st>>>(
-		(bf16 *)out, (const bf16 *)in, rows, dim, err, vec);
-	return launched();
+	e = kc_launch_pdl(kc_pdl_enabled(), gather_kernel, dim3(n),
+			  dim3(row_threads(vec ? dim / 8 : dim)), 0, st, (bf16 *)out,
+			  (const bf16 *)in, rows, dim, err, vec);
+	return e == cudaSuccess ? 0 : -EIO;
 }
 
 extern "C" int kc_argmax(int32_t *out, const float *logits, uint32_t n, uint32_t vocab,

@@ -3,7 +3,8 @@
  * The cuda backend's memory, copies, weight conversion and row-wise
  * operations against the cpu backend on fresh random inputs: embed,
  * add_rmsnorm, matmul (with and without bias, bf16 and fp32 out, shapes
- * cuBLASLt takes and odd ones it may not), swiglu, gather_rows, argmax (ties,
+ * cuBLASLt takes and odd ones it may not), the decode GEMV in each of its
+ * shapes at 1..4 rows and the real matrices, swiglu, gather_rows, argmax (ties,
  * NaN), softmax_ids; and the deferred errors: a bad id or row in device
  * memory is reported as -EINVAL by the next sync, once.
  * Tolerances: gt.h. Exit 77 without a CUDA device.
@@ -320,6 +321,103 @@ static void test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int wi
 	free(x);
 }
 
+/*
+ * The GEMV in each of its shapes (rows per warp 1, 2, 4; one block or as
+ * many as fit; PDL on and off) against the cpu backend: a plain matmul
+ * (+bias, bf16 or fp32 out), q/k/v stacked with biases, and SwiGLU.
+ */
+static void test_gemv_cfgs(uint32_t n, uint32_t k, uint32_t m, uint32_t mkv)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	static const struct kc_gemv_cfg cfgs[] = {
+		{ 1, 264, 1 }, { 1, 1, 0 }, { 2, 264, 1 }, { 4, 132, 0 }, { 4, 1000, 1 },
+	};
+	const uint32_t ms[3] = { m, mkv, mkv };
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *w[3], *b[3], *rc, *rg;
+	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
+	void *wc[3], *wg[3], *bc[3], *bg[3], *oc[3], *og[3], *sc, *sg;
+	char what[96];
+
+	for (int i = 0; i < 3; i++) {
+		w[i] = gt_rand(&rng, (size_t)ms[i] * k, (float)(1.5 / sqrt(k)));
+		b[i] = gt_rand(&rng, ms[i], 0.5f);
+		wc[i] = put_weight(gt_cpu, w[i], (size_t)ms[i] * k);
+		wg[i] = put_weight(gt_gpu, w[i], (size_t)ms[i] * k);
+		bc[i] = put_weight(gt_cpu, b[i], ms[i]);
+		bg[i] = put_weight(gt_gpu, b[i], ms[i]);
+		oc[i] = gt_cpu->ops->alloc(gt_cpu, (size_t)n * ms[i] * 4);
+		og[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * ms[i] * 4);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[i], xc, wc[i], bc[i], n, k, ms[i]),
+				0);
+	}
+	sc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
+	sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
+	{
+		void *t1 = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
+		void *t2 = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
+
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t1, xc, wc[1], NULL, n, k, mkv), 0);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t2, xc, wc[2], NULL, n, k, mkv), 0);
+		KT_CHECK_EQ_INT(gt_cpu->ops->swiglu(gt_cpu, sc, t1, t2, n, mkv), 0);
+		gt_cpu->ops->free(gt_cpu, t1);
+		gt_cpu->ops->free(gt_cpu, t2);
+	}
+	for (size_t ci = 0; ci < KT_ARRAY_SIZE(cfgs); ci++) {
+		const struct kc_gemv_cfg *cf = &cfgs[ci];
+		struct kc_gemv_seg seg[3];
+
+		for (int i = 0; i < 3; i++)
+			seg[i] = (struct kc_gemv_seg){ og[i], wg[i], bg[i], ms[i] };
+		KT_CHECK_EQ_INT(kc_gemv_multi_cfg(seg, xg, n, k, 0, cf, c->stream), 0);
+		for (int i = 0; i < 3; i++) {
+			rc = gt_get(gt_cpu, oc[i], (size_t)n * ms[i]);
+			rg = gt_get(gt_gpu, og[i], (size_t)n * ms[i]);
+			snprintf(what, sizeof(what), "gemv r%u b%u%s qkv[%d] n=%u k=%u m=%u +bias",
+				 cf->rows, cf->blocks, cf->pdl ? " pdl" : "", i, n, k, ms[i]);
+			gt_close(what, rg, rc, (size_t)n * ms[i], GT_ATOL, GT_RTOL);
+			free(rc);
+			free(rg);
+		}
+		/* one matrix, fp32 out (the LM head's form) */
+		seg[0].bias = NULL;
+		seg[1].m = seg[2].m = 0;
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul_f32out(gt_cpu, oc[0], xc, wc[0], n, k, m), 0);
+		KT_CHECK_EQ_INT(kc_gemv_multi_cfg(seg, xg, n, k, 1, cf, c->stream), 0);
+		rc = gt_get_f32(gt_cpu, oc[0], (size_t)n * m);
+		rg = gt_get_f32(gt_gpu, og[0], (size_t)n * m);
+		snprintf(what, sizeof(what), "gemv r%u b%u%s f32 n=%u k=%u m=%u", cf->rows,
+			 cf->blocks, cf->pdl ? " pdl" : "", n, k, m);
+		gt_close(what, rg, rc, (size_t)n * m, 1e-3, 1e-3);
+		free(rc);
+		free(rg);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[0], xc, wc[0], bc[0], n, k, m), 0);
+		KT_CHECK_EQ_INT(kc_gemv_swiglu_cfg(sg, xg, wg[1], wg[2], n, k, mkv, 0, cf, c->stream),
+				0);
+		rc = gt_get(gt_cpu, sc, (size_t)n * mkv);
+		rg = gt_get(gt_gpu, sg, (size_t)n * mkv);
+		snprintf(what, sizeof(what), "gemv r%u b%u%s swiglu n=%u k=%u m=%u", cf->rows,
+			 cf->blocks, cf->pdl ? " pdl" : "", n, k, mkv);
+		gt_close(what, rg, rc, (size_t)n * mkv, GT_ATOL, GT_RTOL);
+		free(rc);
+		free(rg);
+	}
+	for (int i = 0; i < 3; i++) {
+		void *pc[] = { wc[i], bc[i], oc[i] }, *pg[] = { wg[i], bg[i], og[i] };
+
+		for (int j = 0; j < 3; j++) {
+			gt_cpu->ops->free(gt_cpu, pc[j]);
+			gt_gpu->ops->free(gt_gpu, pg[j]);
+		}
+		free(w[i]);
+		free(b[i]);
+	}
+	gt_cpu->ops->free(gt_cpu, xc);
+	gt_cpu->ops->free(gt_cpu, sc);
+	gt_gpu->ops->free(gt_gpu, xg);
+	gt_gpu->ops->free(gt_gpu, sg);
+	free(x);
+}
+
 static void test_swiglu(uint32_t n, uint32_t dim)
 {
 	size_t ne = (size_t)n * dim;
@@ -471,7 +569,8 @@ int main(void)
 		{ 1, 128, 256 }, { 5, 2048, 512 }, { 64, 1024, 3072 }, { 300, 512, 1000 },
 		{ 1, 4096, 1024 }, { 3, 36, 18 }, { 2, 7, 5 }, { 17, 30, 9 },
 		{ 8, 2048, 520 }, { 9, 256, 300 }, { 1, 8192, 33 }, { 4, 64, 4097 },
-		{ 1, 2048, 50000 }, { 7, 128, 448 },
+		{ 1, 2048, 50000 }, { 7, 128, 448 }, { 2, 2048, 8192 }, { 4, 8192, 2048 },
+		{ 3, 4096, 14336 }, { 1, 14336, 4096 },
 	};
 
 	gt_init("test_cuda_ops");
@@ -502,6 +601,17 @@ int main(void)
 	test_fused(4, 4096, 4096, 1024, 0);
 	test_fused(2, 64, 8, 24, 1);
 	test_fused(9, 512, 512, 128, 1);
+	/* The decode shapes (k x m): 1B q/k/v, o, gate/up, down; 8B gate/up and down. */
+	for (uint32_t n = 1; n <= KC_GEMV_MAX_N; n++) {
+		test_gemv_cfgs(n, 2048, 2048, 512);
+		test_gemv_cfgs(n, 64, 40, 24);
+	}
+	test_gemv_cfgs(1, 2048, 8192, 8192);
+	test_gemv_cfgs(3, 8192, 2048, 256);
+	test_gemv_cfgs(4, 4096, 14336, 14336);
+	test_gemv_cfgs(1, 14336, 4096, 1024);
+	test_gemv_cfgs(2, 14336, 4096, 1024);
+	test_gemv_cfgs(4, 136, 1000, 33);
 	test_swiglu(13, 1024);
 	test_swiglu(3, 1003);
 	test_gather(256);
