@@ -9,7 +9,7 @@
 # backend), hearthd + hearth-bench-ipc (APPEND 32 + SCORE through the daemon),
 # and hearth-bench-kv (L2 paging on this machine's disk).
 set -u
-R=build-e2e
+R=${R:-build-e2e}
 if [ "${1:-}" = "--pack" ]; then
 	B=${2:-build}
 	rm -rf "$R" && mkdir -p "$R/lib" || exit 1

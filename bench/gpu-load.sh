@@ -10,7 +10,7 @@
 # The model is written to /var/tmp/hearth-model-SHAPE (reused when there,
 # kept with KEEP_MODEL=1).
 set -u
-R=build-e2e
+R=${R:-build-e2e}
 OUT=${OUT:-/tmp/hearth-load}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH="$PWD/$R/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

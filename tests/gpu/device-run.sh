@@ -6,7 +6,7 @@
 #   OUT=/some/dir tests/gpu/device-run.sh       # there: logs under $OUT
 # Run from the repository root (the fixtures are found relative to it).
 set -u
-R=build-gpu-run
+R=${R:-build-gpu-run}
 if [ "${1:-}" = "--pack" ]; then
 	B=${2:-build-cuda}
 	rm -rf "$R" && mkdir -p "$R/lib" || exit 1
