@@ -88,8 +88,9 @@ struct kern_cuda {
 	 */
 	int hf_round;
 	/* Tuning, from the environment at creation (for measurements):
-	 * HEARTH_CUDA_GEMV_OCC: GEMV warps aimed at per SM, in units of 32
-	 * (default 1); HEARTH_CUDA_DEC_BLOCKS: decode attention blocks aimed at
+	 * HEARTH_CUDA_GEMV_OCC: multiplies the GEMV's persistent grid (default
+	 * 1; the grid is capped at the 2 blocks of 16 warps an SM that fit, so
+	 * larger values change nothing today); HEARTH_CUDA_DEC_BLOCKS: decode attention blocks aimed at
 	 * per SM (default 4); HEARTH_CUDA_ATTN_MMA: tensor-core attention
 	 * blocks aimed at per SM when it splits the KV length (default 4), 0
 	 * for the tile kernels instead (before/after figures). */
