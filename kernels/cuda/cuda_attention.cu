@@ -239,22 +239,14 @@ attn_kernel(const struct kc_attn_args a, uint32_t bq, uint32_t gc, uint32_t n_hc
 	const uint32_t *kvw = (const uint32_t *)a.kv_base;
 	float m_r[RPW], l_r[RPW];
 	int32_t t0, t1, ctx, kv_end = 0, begin, end;
-	uint32_t lo = 0, hi = a.n_seqs, s;
+	uint32_t s;
 	uint64_t k_off, v_off;
 	const int32_t *bt;
 	bool ctx_ok;
 
 	if (tile >= (uint32_t)ts[a.n_seqs])
 		return; /* the grid is an upper bound on the tiles */
-	while (hi - lo > 1) { /* last s with ts[s] <= tile */
-		uint32_t mid = (lo + hi) / 2;
-
-		if ((uint32_t)ts[mid] <= tile)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	s = lo;
+	s = tile_seq(ts, a.n_seqs, tile);
 	t0 = a.seq_start[s] + (int32_t)((tile - (uint32_t)ts[s]) * bq);
 	t1 = min(t0 + (int32_t)bq, a.seq_start[s + 1]);
 	ctx = a.ctx_len[s];

@@ -140,7 +140,7 @@ attn_mma_kernel(const struct kc_attn_args a)
 	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
 	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
 	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
-	uint32_t lo = 0, hi = a.n_seqs, s, tile;
+	uint32_t s, tile;
 	int32_t t0, ctx, begin, end, kv_end, wlim, wmin, lim_a, lim_b;
 	int64_t r0, n_rows;
 	const int32_t *bt;
@@ -149,15 +149,7 @@ attn_mma_kernel(const struct kc_attn_args a)
 	if (blockIdx.x / a.n_kv_heads >= n_tiles)
 		return; /* the grid is an upper bound on the tiles */
 	tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;
-	while (hi - lo > 1) { /* last s with ts[s] <= tile */
-		uint32_t mid = (lo + hi) / 2;
-
-		if ((uint32_t)ts[mid] <= tile)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	s = lo;
+	s = tile_seq(ts, a.n_seqs, tile);
 	t0 = a.seq_start[s];
 	n_rows = (int64_t)(a.seq_start[s + 1] - t0) * group;
 	r0 = (int64_t)(tile - (uint32_t)ts[s]) * MMA_BM;

@@ -104,4 +104,22 @@ static cudaError_t kc_launch_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, 
 	return e;
 }
 
+/* The sequence a tile belongs to: the last s < n_seqs with ts[s] <= tile
+ * (ts: the tiles' start per sequence, non-decreasing, ts[0] = 0). */
+static __device__ __forceinline__ uint32_t tile_seq(const int32_t *ts, uint32_t n_seqs,
+						    uint32_t tile)
+{
+	uint32_t lo = 0, hi = n_seqs;
+
+	while (hi - lo > 1) {
+		uint32_t mid = (lo + hi) / 2;
+
+		if ((uint32_t)ts[mid] <= tile)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 #endif

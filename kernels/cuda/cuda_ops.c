@@ -250,6 +250,30 @@ static void attn_args_fill(struct kc_attn_args *a, struct kern_cuda *c, void *ou
 	};
 }
 
+/* The tiled kernels' workspace: split counters, then the tile starts
+ * (n_seqs + 1), then n_splits partial results when the KV length is split.
+ * Reserves it and fills *a. */
+static int attn_tiled_args(struct kern_backend *be, struct kc_attn_args *a, void *out,
+			   const void *q, const struct kern_batch *b, const struct kern_kv *kv,
+			   uint32_t layer, uint32_t n_heads, float scale, uint32_t n_splits)
+{
+	struct kern_cuda *c = kc_priv(be);
+	size_t tiles_bytes = HR_ALIGN_UP(((size_t)b->n_seqs + 1) * sizeof(int32_t), (size_t)256);
+	size_t part_bytes = 0;
+	int r;
+
+	if (n_splits > 1)
+		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
+			     sizeof(float);
+	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + tiles_bytes + part_bytes)) < 0)
+		return r;
+	attn_args_fill(a, c, out, q, b, kv, layer, n_heads, scale);
+	a->tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES);
+	a->part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes)
+			       : NULL;
+	return 0;
+}
+
 /*
  * Decode: one launch. Splits as attn_splits() picks them for n_seqs x
  * n_kv_heads blocks, from the max_ctx hint (a graph passes its capacity, so
@@ -304,7 +328,6 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	uint64_t tiles = ((uint64_t)b->n_tokens * group + rows - 1) / rows +
 			 HR_MIN(b->n_seqs, b->n_tokens);
 	uint64_t blocks = tiles * kv->n_kv_heads, want;
-	size_t tiles_bytes, part_bytes = 0;
 	struct kc_attn_args a;
 	uint32_t n_splits;
 	int r;
@@ -315,15 +338,8 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 		n_splits = (uint32_t)HR_MIN(want, (uint64_t)(b->max_ctx / 128));
 	}
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
-	tiles_bytes = HR_ALIGN_UP(((size_t)b->n_seqs + 1) * sizeof(int32_t), (size_t)256);
-	if (n_splits > 1)
-		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
-			     sizeof(float);
-	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + tiles_bytes + part_bytes)) < 0)
+	if ((r = attn_tiled_args(be, &a, out, q, b, kv, layer, n_heads, scale, n_splits)) < 0)
 		return r;
-	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
-	a.tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES);
-	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes) : NULL;
 	return kc_attention_mma(&a, n_splits, c->stream);
 }
 
@@ -336,7 +352,7 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	struct kc_attn_args a;
 	enum kc_attn_path path;
 	uint32_t group, rows, gc, bq, blocks, n_splits = 1, split_len = 0;
-	size_t tiles_bytes, part_bytes = 0, smem;
+	size_t smem;
 	int r;
 
 	if (!be || !out || !q || !b || !kv)
@@ -391,16 +407,8 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		 kv->n_kv_heads * ((group + gc - 1) / gc);
 	n_splits = attn_splits(c, b, blocks, &split_len);
 
-	tiles_bytes = HR_ALIGN_UP(((size_t)b->n_seqs + 1) * sizeof(int32_t), (size_t)256);
-	if (n_splits > 1)
-		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
-			     sizeof(float);
-	if ((r = kc_attn_ws_reserve(be, KC_ATTN_CNT_BYTES + tiles_bytes + part_bytes)) < 0)
+	if ((r = attn_tiled_args(be, &a, out, q, b, kv, layer, n_heads, scale, n_splits)) < 0)
 		return r;
-
-	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
-	a.tile_start = (int32_t *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES);
-	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES + tiles_bytes) : NULL;
 	(void)split_len; /* the kernel splits each tile's own length (graphs replay any) */
 	return kc_attention(&a, path, n_splits, 0, c->stream);
 }
