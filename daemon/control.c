@@ -21,7 +21,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "hearth_config.h"
 #include "hearthd.h"
 #include "hr_common.h"
 #include "hr_control.h"
@@ -146,19 +145,26 @@ static uint32_t round_pow2(uint32_t x)
 	return p;
 }
 
-static void list_names(struct hd_daemon *d, char *buf, size_t len)
+/* "'a', 'b (LlamaForCausalLM)', ..." (with what: the architecture of a
+ * ready model, else its state), or "none". */
+static void list_models(struct hd_daemon *d, bool with_what, char *buf, size_t len)
 {
 	size_t k = 0;
 
-	buf[0] = 0;
+	snprintf(buf, len, "none");
 	for (uint32_t i = 0; i < d->n_models && k < len; i++) {
-		int n = snprintf(buf + k, len - k, "%s'%s'", i ? ", " : "", d->models[i]->name);
+		struct hd_model *m = d->models[i];
+		int n = snprintf(buf + k, len - k, "%s'%s'", i ? ", " : "", m->name);
+
+		if (n > 0 && with_what && (size_t)n < len - k)
+			n += snprintf(buf + k + n, len - k - n, " (%s)",
+				      m->state == HD_MODEL_READY && m->model
+					      ? m->model->cfg.arch_name
+					      : hd_model_state_name(m->state));
 		if (n < 0)
 			break;
 		k += (size_t)n;
 	}
-	if (!d->n_models)
-		snprintf(buf, len, "none");
 }
 
 /* The model a request names ("": the default one) with a running reactor:
@@ -170,7 +176,7 @@ static int usable_model(struct hd_daemon *d, const char *name, struct hd_model *
 	char names[256];
 
 	if (!m) {
-		list_names(d, names, sizeof(names));
+		list_models(d, false, names, sizeof(names));
 		if (name && name[0])
 			snprintf(why, whylen, "no model named '%s' (loaded: %s)", name, names);
 		else
@@ -192,18 +198,8 @@ static int usable_model(struct hd_daemon *d, const char *name, struct hd_model *
 void hd_notify_serving(struct hd_daemon *d, const char *prefix)
 {
 	char buf[512];
-	size_t k = 0;
 
-	for (uint32_t i = 0; i < d->n_models && k < sizeof(buf); i++) {
-		struct hd_model *m = d->models[i];
-		int n = snprintf(buf + k, sizeof(buf) - k, "%s'%s' (%s)", i ? ", " : "", m->name,
-				 m->state == HD_MODEL_READY && m->model
-					 ? m->model->cfg.arch_name
-					 : hd_model_state_name(m->state));
-		if (n < 0)
-			break;
-		k += (size_t)n;
-	}
+	list_models(d, true, buf, sizeof(buf));
 	hd_notify("%sSTATUS=serving model%s %s; %u connection%s", prefix,
 		  d->n_models == 1 ? "" : "s", d->n_models ? buf : "(none)", d->n_conns,
 		  d->n_conns == 1 ? "" : "s");
@@ -334,18 +330,10 @@ static int request_load(struct hd_daemon *d, struct hd_client *c, uint64_t req_i
 		snprintf(why, whylen, "only root and hearthd's own user may load models");
 		return -EPERM;
 	}
-	if (!path[0]) {
-		/* The configuration's path for that name. */
-		if (!strcmp(lm->name, d->cfg.model_name))
-			path = d->cfg.model_path[0] ? d->cfg.model_path : HEARTH_TINY_MODEL;
-		for (uint32_t i = 0; i < d->cfg.n_preload; i++)
-			if (!strcmp(lm->name, d->cfg.preload[i].name))
-				path = d->cfg.preload[i].path;
-		if (!path[0]) {
-			snprintf(why, whylen,
-				 "no path given and the configuration names no model '%s'", lm->name);
-			return -EINVAL;
-		}
+	if (!path[0] && !(path = hd_model_config_path(d, lm->name))) {
+		snprintf(why, whylen, "no path given and the configuration names no model '%s'",
+			 lm->name);
+		return -EINVAL;
 	}
 	r = hd_model_load_start(d, lm->name, path, lm->kv_pages, &m, why, whylen);
 	if (r < 0)
@@ -401,9 +389,7 @@ static int request_unload(struct hd_daemon *d, struct hd_client *c, uint64_t req
 	}
 	add_waiter(m, c, req_id);
 	if (m->n_attached) {
-		pthread_mutex_lock(&d->models_lock);
-		m->state = HD_MODEL_DRAINING;
-		pthread_mutex_unlock(&d->models_lock);
+		hd_model_set_state(d, m, HD_MODEL_DRAINING);
 		hr_info("model '%s': unload waits for %u connection%s to close", m->name,
 			m->n_attached, m->n_attached == 1 ? "" : "s");
 		return 1;
@@ -541,7 +527,7 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 		cmd.type = HD_CMD_STATS;
 		cmd.out = &stats;
 		r = hd_reactor_call(m, &cmd);
-		stats.uptime_ms = (hr_now_ns() - d->start_ns) / 1000000;
+		stats.uptime_ms = (hr_now_ns() - d->start_ns) / 1000000; /* the daemon's */
 		rep.body_case = HEARTH__CONTROL__RESPONSE__BODY_STATS;
 		rep.stats = &stats;
 		break;

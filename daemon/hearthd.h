@@ -217,7 +217,6 @@ struct hd_model {
 	struct kern_backend *be;
 	struct model *model;
 	struct engine *engine;
-	uint64_t start_ns;
 	/* control -> reactor command queue */
 	pthread_mutex_t cmd_lock;
 	pthread_cond_t cmd_done;
@@ -377,6 +376,10 @@ void hd_metrics_stop(struct hd_daemon *d);
 /* By name; "" or NULL: the default model (the first in the list). */
 struct hd_model *hd_model_find(struct hd_daemon *d, const char *name);
 const char *hd_model_state_name(enum hd_model_state s);
+/* The path the configuration gives a model name ([model] or [models]), or NULL. */
+const char *hd_model_config_path(const struct hd_daemon *d, const char *name);
+/* Change a state under models_lock (the metrics thread reads states). */
+void hd_model_set_state(struct hd_daemon *d, struct hd_model *m, enum hd_model_state s);
 /* Load now and start serving it (start-up): 0 or -errno with err. */
 int hd_model_load_now(struct hd_daemon *d, const char *name, const char *path, uint32_t kv_pages,
 		      char *err, size_t errlen);

@@ -34,8 +34,8 @@ static int daemon_init(struct hd_daemon *d)
 		hr_err("eventfd: %s", strerror(errno));
 		return -errno;
 	}
-	r = hd_model_load_now(d, cfg->model_name, cfg->model_path[0] ? cfg->model_path : HEARTH_TINY_MODEL,
-			      0, err, sizeof(err));
+	r = hd_model_load_now(d, cfg->model_name, hd_model_config_path(d, cfg->model_name), 0, err,
+			      sizeof(err));
 	for (uint32_t i = 0; r == 0 && i < cfg->n_preload; i++) {
 		hd_notify("STATUS=loading model '%s' (%u of %u)", cfg->preload[i].name, i + 2,
 			  cfg->n_preload + 1);

@@ -34,6 +34,16 @@ struct hd_model *hd_model_find(struct hd_daemon *d, const char *name)
 	return NULL;
 }
 
+const char *hd_model_config_path(const struct hd_daemon *d, const char *name)
+{
+	if (!strcmp(name, d->cfg.model_name))
+		return d->cfg.model_path[0] ? d->cfg.model_path : HEARTH_TINY_MODEL;
+	for (uint32_t i = 0; i < d->cfg.n_preload; i++)
+		if (!strcmp(name, d->cfg.preload[i].name))
+			return d->cfg.preload[i].path;
+	return NULL;
+}
+
 const char *hd_model_state_name(enum hd_model_state s)
 {
 	static const char *const names[] = { "loading", "ready", "draining", "unloading" };
@@ -108,7 +118,6 @@ static int model_init(struct hd_model *m)
 	char err[512] = "";
 	int r;
 
-	m->start_ns = hr_now_ns();
 	m->be = kern_backend_new(cfg->backend, (int)cfg->device, (int)cfg->threads);
 	if (!m->be) {
 		r = -errno;
@@ -257,7 +266,13 @@ static void model_remove(struct hd_daemon *d, struct hd_model *m)
 	pthread_mutex_unlock(&d->models_lock);
 }
 
-static void set_state(struct hd_daemon *d, struct hd_model *m, enum hd_model_state s)
+void hd_model_forget(struct hd_daemon *d, struct hd_model *m)
+{
+	model_remove(d, m);
+	model_destroy(m);
+}
+
+void hd_model_set_state(struct hd_daemon *d, struct hd_model *m, enum hd_model_state s)
 {
 	pthread_mutex_lock(&d->models_lock);
 	m->state = s;
@@ -277,7 +292,7 @@ static int model_start(struct hd_daemon *d, struct hd_model *m)
 		return r;
 	}
 	m->reactor_running = true;
-	set_state(d, m, HD_MODEL_READY);
+	hd_model_set_state(d, m, HD_MODEL_READY);
 	return 0;
 }
 
@@ -295,8 +310,7 @@ int hd_model_load_now(struct hd_daemon *d, const char *name, const char *path, u
 		r = model_start(d, m);
 	if (r < 0) {
 		snprintf(err, errlen, "model '%s': %s", name, m->worker_err);
-		model_remove(d, m);
-		model_destroy(m);
+		hd_model_forget(d, m);
 	}
 	return r;
 }
@@ -338,8 +352,7 @@ int hd_model_load_start(struct hd_daemon *d, const char *name, const char *path,
 	r = -pthread_create(&m->worker, NULL, load_worker, m);
 	if (r < 0) {
 		snprintf(err, errlen, "cannot start a loader thread: %s", strerror(-r));
-		model_remove(d, m);
-		model_destroy(m);
+		hd_model_forget(d, m);
 		return r;
 	}
 	m->worker_started = true;
@@ -391,7 +404,7 @@ int hd_model_unload_start(struct hd_daemon *d, struct hd_model *m)
 {
 	int r;
 
-	set_state(d, m, HD_MODEL_UNLOADING);
+	hd_model_set_state(d, m, HD_MODEL_UNLOADING);
 	hr_info("model '%s': unloading", m->name);
 	r = -pthread_create(&m->worker, NULL, unload_worker, m);
 	if (r < 0) {
@@ -431,12 +444,6 @@ struct hd_model *hd_model_reap_one(struct hd_daemon *d, enum hd_model_state *ret
 		return m;
 	}
 	return NULL;
-}
-
-void hd_model_forget(struct hd_daemon *d, struct hd_model *m)
-{
-	model_remove(d, m);
-	model_destroy(m);
 }
 
 void hd_models_stop(struct hd_daemon *d)

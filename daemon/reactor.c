@@ -136,7 +136,6 @@ static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 	struct hd_metrics m;
 
 	snapshot(hm, &m);
-	rep->uptime_ms = (hr_now_ns() - hm->start_ns) / 1000000;
 	rep->clients = m.clients;
 	rep->sessions = m.sessions;
 	rep->kv_pages_total = m.kv_total;
