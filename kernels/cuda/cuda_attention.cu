@@ -35,7 +35,6 @@
 typedef __nv_bfloat16 bf16;
 
 #define KC_TK 32 /* KV positions per tile: one per lane when scoring */
-#define KC_LOG2E 1.4426950408889634f
 
 static __device__ __forceinline__ float2 bf2x(uint32_t w)
 {
@@ -69,6 +68,7 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 	bf16 *kdst, *vdst;
 	float fpos;
 
+	pdl_trigger(); /* decode attention may start: it loads older K/V first */
 	if (sl == KERN_SLOT_PAD)
 		return; /* padding token: nothing rotated, nothing written */
 	if (p < 0 || sl < 0 || (uint64_t)sl >= n_slots) {
@@ -462,285 +462,6 @@ static __global__ void attn_combine_kernel(const float *part, bf16 *out, uint32_
 	}
 }
 
-/*
- * Decode attention (flash decoding): one block per (split, kv head, sequence),
- * for batches whose sequences bring one new token each (more are walked one
- * after another, correct but slow). The q heads of the kv head's group sit in
- * registers; each lane holds 8 dimensions of one position's K and V (16-byte
- * loads straight from the pages, LPP = HD/8 lanes per position, PPW
- * positions per warp step, U steps of loads in flight), so K/V are read once
- * from memory with no shared-memory staging. Online softmax per lane group,
- * merged over the warp by shuffles, over the block's warps through shared
- * memory and over splits by the last block to finish (a counter per
- * (sequence, kv head) in the workspace, returned to zero by that block), so
- * one launch does all of it and a graph replays it for any context.
- */
-#define DEC_NT 128
-#define DEC_NW (DEC_NT / 32)
-
-template <int HD, int GM>
-static __global__ void __launch_bounds__(DEC_NT)
-attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
-{
-	constexpr int LPP = HD / 8, PPW = 32 / LPP, U = 2;
-	__shared__ float sm_o[DEC_NW][GM][HD];
-	__shared__ float sm_m[DEC_NW][GM], sm_l[DEC_NW][GM];
-	__shared__ float sm_zm[KC_DEC_MAX_SPLITS][GM], sm_zl[KC_DEC_MAX_SPLITS][GM], sm_inv[GM];
-	__shared__ int sm_last;
-	const uint32_t split = blockIdx.x, nsp = gridDim.x, kvh = blockIdx.y, s = blockIdx.z;
-	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	const int sub = lane / LPP, li = lane % LPP;
-	const uint32_t group = a.n_heads / a.n_kv_heads, pt = a.page_tokens;
-	const uint4 *kv4 = (const uint4 *)a.kv_base;
-	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
-	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
-	const float sl2 = a.scale * KC_LOG2E;
-	const size_t row_f = HD + 2, zstride = (size_t)a.n_tokens * a.n_heads * row_f;
-	const int32_t *bt = a.block_table + (size_t)s * a.max_blocks;
-	int32_t t0 = a.seq_start[s], t1 = a.seq_start[s + 1], ctx = a.ctx_len[s];
-
-	if (!s && !split && !kvh && !tid &&
-	    (a.seq_start[0] != 0 || a.seq_start[a.n_seqs] != (int32_t)a.n_tokens))
-		set_err(a.err, KC_ERR_BATCH);
-	if (t0 < 0 || t1 < t0 || t1 > (int32_t)a.n_tokens || ctx < 0 ||
-	    (uint64_t)ctx > (uint64_t)a.max_blocks * pt) {
-		if (!tid)
-			set_err(a.err, KC_ERR_BATCH);
-		t1 = t0 = 0;
-	}
-	for (int32_t t = t0; t < t1; t++) {
-		const int32_t p = a.pos[t];
-		int32_t kv_end = p + 1, len, b, e;
-		float q[GM][8], m[GM], l[GM], acc[GM][8];
-
-		if (p < 0 || p >= ctx) {
-			if (!tid)
-				set_err(a.err, KC_ERR_BATCH);
-			kv_end = 0;
-		}
-		len = ((kv_end + (int32_t)nsp - 1) / (int32_t)nsp + 15) & ~15;
-		b = (int32_t)split * len;
-		e = min(kv_end, b + len);
-#pragma unroll
-		for (int g = 0; g < GM; g++) {
-			m[g] = -INFINITY;
-			l[g] = 0.0f;
-#pragma unroll
-			for (int x = 0; x < 8; x++) {
-				q[g][x] = 0.0f;
-				acc[g][x] = 0.0f;
-			}
-			if (g < (int)group) {
-				uint4 qv = ((const uint4 *)a.q)[(((size_t)t * a.n_heads + kvh * group + g) *
-								 HD) / 8 + li];
-
-				unpack8(qv, q[g]);
-#pragma unroll
-				for (int x = 0; x < 8; x++)
-					q[g][x] *= sl2;
-			}
-		}
-		/* Loads of the next step are issued before the current one is
-		 * used (the page lookup and the K/V loads are two dependent
-		 * latencies), so the warp always has 2U rows of K and V in flight. */
-		const int32_t step = DEC_NW * PPW * U;
-		uint4 kr[U], vr[U], kn[U], vn[U];
-		bool act[U], an[U];
-		auto load = [&](int32_t pw, uint4 *kk, uint4 *vv, bool *aa) {
-#pragma unroll
-			for (int u = 0; u < U; u++) {
-				const int32_t pp = pw + u * DEC_NW * PPW + sub;
-
-				aa[u] = pp < e;
-				kk[u] = vv[u] = make_uint4(0, 0, 0, 0);
-				if (aa[u]) {
-					const int32_t pg = bt[pp / (int32_t)pt];
-
-					if (pg < 0 || (uint32_t)pg >= a.n_pages) {
-						set_err(a.err, KC_ERR_PAGE);
-						aa[u] = false;
-					} else {
-						uint64_t base = (uint64_t)pg * a.page_elems +
-								(uint64_t)(pp % (int32_t)pt) * HD;
-
-						kk[u] = __ldg(kv4 + (base + k_off) / 8 + li);
-						vv[u] = __ldg(kv4 + (base + v_off) / 8 + li);
-					}
-				}
-			}
-		};
-		if (b + warp * PPW < e)
-			load(b + warp * PPW, kr, vr, act);
-		for (int32_t pw = b + warp * PPW; pw < e; pw += step) {
-			if (pw + step < e) {
-				load(pw + step, kn, vn, an);
-			} else {
-#pragma unroll
-				for (int u = 0; u < U; u++) {
-					an[u] = false;
-					kn[u] = vn[u] = make_uint4(0, 0, 0, 0);
-				}
-			}
-#pragma unroll
-			for (int u = 0; u < U; u++) {
-				float kf[8], vf[8];
-
-				unpack8(kr[u], kf);
-				unpack8(vr[u], vf);
-#pragma unroll
-				for (int g = 0; g < GM; g++) {
-					float d = 0.0f;
-
-					if (g >= (int)group)
-						break; /* uniform over the block */
-#pragma unroll
-					for (int x = 0; x < 8; x++)
-						d = fmaf(q[g][x], kf[x], d);
-#pragma unroll
-					for (int o = 1; o < LPP; o <<= 1)
-						d += __shfl_xor_sync(0xffffffffu, d, o);
-					if (act[u]) {
-						float mn = fmaxf(m[g], d);
-						float c = exp2f(m[g] - mn), pe = exp2f(d - mn);
-
-						l[g] = l[g] * c + pe;
-#pragma unroll
-						for (int x = 0; x < 8; x++)
-							acc[g][x] = fmaf(pe, vf[x], acc[g][x] * c);
-						m[g] = mn;
-					}
-				}
-			}
-#pragma unroll
-			for (int u = 0; u < U; u++) {
-				kr[u] = kn[u];
-				vr[u] = vn[u];
-				act[u] = an[u];
-			}
-		}
-		/* Merge the lane groups of the warp (same li, other positions). */
-#pragma unroll
-		for (int o = LPP; o < 32; o <<= 1) {
-#pragma unroll
-			for (int g = 0; g < GM; g++) {
-				float mo = __shfl_xor_sync(0xffffffffu, m[g], o);
-				float lo = __shfl_xor_sync(0xffffffffu, l[g], o);
-				float mn = fmaxf(m[g], mo);
-				float c1 = mn == -INFINITY ? 0.0f : exp2f(m[g] - mn);
-				float c2 = mn == -INFINITY ? 0.0f : exp2f(mo - mn);
-
-				l[g] = l[g] * c1 + lo * c2;
-#pragma unroll
-				for (int x = 0; x < 8; x++) {
-					float ao = __shfl_xor_sync(0xffffffffu, acc[g][x], o);
-
-					acc[g][x] = acc[g][x] * c1 + ao * c2;
-				}
-				m[g] = mn;
-			}
-		}
-		if (sub == 0) {
-#pragma unroll
-			for (int g = 0; g < GM; g++) {
-#pragma unroll
-				for (int x = 0; x < 8; x++)
-					sm_o[warp][g][li * 8 + x] = acc[g][x];
-				if (!li) {
-					sm_m[warp][g] = m[g];
-					sm_l[warp][g] = l[g];
-				}
-			}
-		}
-		__syncthreads();
-		for (uint32_t idx = tid; idx < group * HD; idx += DEC_NT) {
-			const uint32_t g = idx / HD, d = idx % HD, h = kvh * group + g;
-			float mx = -INFINITY, sum_l = 0.0f, sum_o = 0.0f;
-
-			for (int w = 0; w < DEC_NW; w++)
-				mx = fmaxf(mx, sm_m[w][g]);
-			if (mx != -INFINITY)
-				for (int w = 0; w < DEC_NW; w++) {
-					float c = exp2f(sm_m[w][g] - mx);
-
-					sum_l += c * sm_l[w][g];
-					sum_o += c * sm_o[w][g][d];
-				}
-			if (nsp == 1) {
-				((bf16 *)a.out)[((size_t)t * a.n_heads + h) * HD + d] =
-					__float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
-			} else {
-				float *pr = a.part + (size_t)split * zstride +
-					    ((size_t)t * a.n_heads + h) * row_f;
-
-				pr[d] = sum_o;
-				if (!d) {
-					pr[HD] = mx;
-					pr[HD + 1] = sum_l;
-				}
-			}
-		}
-		__syncthreads(); /* shared memory reused by the next token */
-	}
-	if (nsp == 1)
-		return;
-	/* The last split block of (s, kvh) to finish merges all splits: the
-	 * splits' maxima and sums go to shared memory in one parallel pass, then
-	 * each thread sums its outputs over the splits with independent loads
-	 * (a serial walk over 32-64 splits of L2 latency cost tens of us). */
-	__threadfence();
-	__syncthreads();
-	if (!tid) {
-		unsigned prev = atomicAdd(&counters[(size_t)s * a.n_kv_heads + kvh], 1u);
-
-		sm_last = prev == nsp - 1;
-	}
-	__syncthreads();
-	if (!sm_last)
-		return;
-	__threadfence();
-	for (int32_t t = t0; t < t1; t++) {
-		const float *pt0 = a.part + ((size_t)t * a.n_heads + kvh * group) * row_f;
-
-		for (uint32_t idx = tid; idx < nsp * group; idx += DEC_NT) {
-			const uint32_t z = idx / group, g = idx % group;
-
-			sm_zm[z][g] = __ldcg(pt0 + z * zstride + g * row_f + HD);
-			sm_zl[z][g] = __ldcg(pt0 + z * zstride + g * row_f + HD + 1);
-		}
-		__syncthreads();
-		if (tid < (int)group) {
-			float mx = -INFINITY, sum_l = 0.0f;
-
-			for (uint32_t z = 0; z < nsp; z++)
-				mx = fmaxf(mx, sm_zm[z][tid]);
-			for (uint32_t z = 0; z < nsp; z++) {
-				float w = mx == -INFINITY || sm_zm[z][tid] == -INFINITY
-						  ? 0.0f
-						  : exp2f(sm_zm[z][tid] - mx);
-
-				sm_zm[z][tid] = w;
-				sum_l += w * sm_zl[z][tid];
-			}
-			sm_inv[tid] = sum_l > 0.0f ? 1.0f / sum_l : 0.0f;
-		}
-		__syncthreads();
-		for (uint32_t idx = tid; idx < group * HD; idx += DEC_NT) {
-			const uint32_t g = idx / HD, d = idx % HD;
-			const float *pr = pt0 + g * row_f + d;
-			float acc = 0.0f;
-
-#pragma unroll 16
-			for (uint32_t z = 0; z < nsp; z++)
-				acc = fmaf(sm_zm[z][g], __ldcg(pr + z * zstride), acc);
-			((bf16 *)a.out)[((size_t)t * a.n_heads + kvh * group + g) * HD + d] =
-				__float2bfloat16_rn(acc * sm_inv[g]);
-		}
-		__syncthreads();
-	}
-	if (!tid)
-		counters[(size_t)s * a.n_kv_heads + kvh] = 0;
-}
-
 /* ------------------------------------------------------------ launchers */
 
 #define SMALL_NT 128
@@ -771,39 +492,6 @@ extern "C" int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *
 	return launched();
 }
 
-template <int HD>
-static void decode_launch(const struct kc_attn_args *a, uint32_t group, dim3 grid,
-			  uint32_t *counters, cudaStream_t st)
-{
-	if (group <= 4)
-		attn_decode_kernel<HD, 4><<<grid, DEC_NT, 0, st>>>(*a, counters);
-	else
-		attn_decode_kernel<HD, 8><<<grid, DEC_NT, 0, st>>>(*a, counters);
-}
-
-extern "C" int kc_attn_decode_ok(uint32_t head_dim, uint32_t group)
-{
-	return (head_dim == 64 || head_dim == 128 || head_dim == 32) && group >= 1 && group <= 8;
-}
-
-extern "C" int kc_attention_decode(const struct kc_attn_args *a, uint32_t n_splits,
-				   uint32_t *counters, cudaStream_t st)
-{
-	const uint32_t group = a->n_heads / a->n_kv_heads;
-	dim3 grid;
-
-	if (!kc_attn_decode_ok(a->head_dim, group) || !n_splits || n_splits > KC_DEC_MAX_SPLITS ||
-	    a->n_seqs > 65535 || a->n_kv_heads > 65535 || (n_splits > 1 && !a->part))
-		return -EINVAL;
-	grid = dim3(n_splits, a->n_kv_heads, a->n_seqs);
-	switch (a->head_dim) {
-	case 32: decode_launch<32>(a, group, grid, counters, st); break;
-	case 64: decode_launch<64>(a, group, grid, counters, st); break;
-	default: decode_launch<128>(a, group, grid, counters, st); break;
-	}
-	return launched();
-}
-
 extern "C" size_t kc_attn_smem_bytes(enum kc_attn_path path, uint32_t hd)
 {
 	return attn_smem_words(path == KC_ATTN_LARGE ? LARGE_RMAX : SMALL_RMAX, hd) * 4;
@@ -829,6 +517,8 @@ extern "C" int kc_attention_init(size_t smem_optin)
 		(void)cudaGetLastError();
 		return -EIO;
 	}
+	if (kc_attn_decode_init(smem_optin) < 0)
+		return -EIO;
 	return kc_attn_mma_init(smem_optin);
 }
 

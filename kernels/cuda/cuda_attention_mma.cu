@@ -14,6 +14,7 @@
 
 #include "cuda_device.cuh"
 #include "cuda_internal.h"
+#include "cuda_mma.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -39,77 +40,6 @@ typedef __nv_bfloat16 bf16;
 #define MMA_NT 128
 #define MMA_BM 64 /* query rows per block: 4 warps x 16 */
 #define MMA_BN 64 /* KV positions per tile */
-#define KC_LOG2E 1.4426950408889634f
-
-static __device__ __forceinline__ uint32_t smem_addr(const void *p)
-{
-	return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* 16 bytes global -> shared, bypassing L1; zero-filled when !valid (src
- * is then not read). */
-static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid)
-{
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-		     "r"(valid ? 16 : 0));
-}
-
-static __device__ __forceinline__ void cp_async_commit(void)
-{
-	asm volatile("cp.async.commit_group;\n" ::);
-}
-
-static __device__ __forceinline__ void cp_async_wait_all(void)
-{
-	asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-static __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t r[4])
-{
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(addr));
-}
-
-static __device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t r[4])
-{
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(addr));
-}
-
-/* c += a (16x16, row) . b (16x8, col), bf16 in, fp32 accumulate. */
-static __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0,
-						uint32_t b1)
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-	__nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-
-	return *reinterpret_cast<uint32_t *>(&h);
-}
-
-/* 2^x, flushing results below 2^-126 to 0 (no weight in a softmax); 0 for
- * x = -inf. */
-static __device__ __forceinline__ float fast_exp2(float x)
-{
-	float y;
-
-	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-	return y;
-}
-
-static __device__ __forceinline__ int warp_max_int(int x)
-{
-	return __reduce_max_sync(0xffffffffu, x);
-}
-
 /*
  * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, 64
  * rows of group x tokens each) and run last first, the kv heads of a tile

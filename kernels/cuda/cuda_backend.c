@@ -486,11 +486,12 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *rnd = getenv("HEARTH_CUDA_ROUNDING");
 
 		const char *occ = getenv("HEARTH_CUDA_GEMV_OCC"), *db = getenv("HEARTH_CUDA_DEC_BLOCKS");
-		const char *mma = getenv("HEARTH_CUDA_ATTN_MMA");
+		const char *mma = getenv("HEARTH_CUDA_ATTN_MMA"), *dm = getenv("HEARTH_CUDA_DEC_MMA");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
-		c->dec_blocks = db && atoi(db) >= 1 && atoi(db) <= 64 ? atoi(db) : 4;
+		c->dec_blocks = db && atoi(db) >= 1 && atoi(db) <= 64 ? atoi(db) : 0;
+		c->dec_mma = !(dm && !strcmp(dm, "0"));
 		c->mma_blocks = mma && atoi(mma) >= 0 && atoi(mma) <= 64 ? atoi(mma) : 4;
 	}
 	c->n_sms = prop.multiProcessorCount;

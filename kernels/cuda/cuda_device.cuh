@@ -11,6 +11,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#define KC_LOG2E 1.4426950408889634f /* softmax in base 2: scores times log2 e */
+
 /* Errors from device data: any non-zero value will do, so a plain store. */
 static __device__ __forceinline__ void set_err(uint32_t *err, uint32_t bit)
 {

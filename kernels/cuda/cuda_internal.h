@@ -45,6 +45,7 @@ enum kc_attn_path {
 	KC_ATTN_LARGE = 2, /* 256 threads, up to 64 query rows per block: prefill */
 	KC_ATTN_DECODE = 3, /* one block per (split, kv head, sequence): decode */
 	KC_ATTN_MMA = 4,   /* tensor cores, 64 rows per block: chunks (head_dim 64, 128) */
+	KC_ATTN_DECODE_MMA = 5, /* decode on tensor cores (head_dim 64, 128) */
 };
 
 /* The attention workspace starts with the split counters of the decode
@@ -90,12 +91,15 @@ struct kern_cuda {
 	/* Tuning, from the environment at creation (for measurements):
 	 * HEARTH_CUDA_GEMV_OCC: multiplies the GEMV's persistent grid (default
 	 * 1; the grid is capped at the 2 blocks of 16 warps an SM that fit, so
-	 * larger values change nothing today); HEARTH_CUDA_DEC_BLOCKS: decode attention blocks aimed at
-	 * per SM (default 4); HEARTH_CUDA_ATTN_MMA: tensor-core attention
+	 * larger values change nothing today); HEARTH_CUDA_DEC_BLOCKS: decode
+	 * attention blocks aimed at per SM (default 0: as many as fit);
+	 * HEARTH_CUDA_DEC_MMA=0: decode attention on CUDA cores (the kernel
+	 * before the tensor-core one); HEARTH_CUDA_ATTN_MMA: tensor-core attention
 	 * blocks aimed at per SM when it splits the KV length (default 4), 0
 	 * for the tile kernels instead (before/after figures). */
 	int gemv_occ;
 	int dec_blocks;
+	int dec_mma;
 	int mma_blocks;
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
@@ -243,13 +247,19 @@ uint32_t kc_attn_rows(enum kc_attn_path path);
 /* Floats of split partials for n_splits > 1. */
 size_t kc_attn_part_floats(uint32_t n_splits, uint32_t n_tokens, uint32_t n_heads, uint32_t hd);
 #define KC_DEC_MAX_SPLITS 64
-/* Decode kernel: head_dim 32, 64 or 128 and at most 8 q heads per kv head. */
-int kc_attn_decode_ok(uint32_t head_dim, uint32_t group);
+
+/* cuda_attention_dec.cu: decode attention. mma: the tensor-core kernel
+ * (head_dim 64 or 128, any group), else the CUDA-core one (head_dim 32, 64
+ * or 128 and at most 8 q heads per kv head). */
+int kc_attn_decode_ok(uint32_t head_dim, uint32_t group, int mma);
+int kc_attn_decode_init(size_t smem_optin);
+/* Blocks of the decode kernel that fit one multiprocessor. */
+uint32_t kc_attn_decode_occupancy(uint32_t head_dim, int mma);
 /* One launch: attention and, for n_splits > 1, the merge of the splits
  * (a->part holds kc_attn_part_floats(n_splits, ...); counters: n_seqs x
  * n_kv_heads words, zero on entry and on return). */
-int kc_attention_decode(const struct kc_attn_args *a, uint32_t n_splits, uint32_t *counters,
-			cudaStream_t st);
+int kc_attention_decode(const struct kc_attn_args *a, uint32_t n_splits, int mma,
+			uint32_t *counters, cudaStream_t st);
 /* Plan (tiles of sequences), attention, and the split combine when n_splits > 1.
  * split_len: KV positions per split (a multiple of 32), ignored for 1 split;
  * 0: each tile shares its own KV length evenly among the splits. */

@@ -275,32 +275,33 @@ static int attn_tiled_args(struct kern_backend *be, struct kc_attn_args *a, void
 }
 
 /*
- * Decode: one launch. Splits as attn_splits() picks them for n_seqs x
- * n_kv_heads blocks, from the max_ctx hint (a graph passes its capacity, so
- * the split count is fixed per graph; each block divides its own sequence's
- * length among the splits).
+ * Decode: one launch. The KV length is split to fill the machine (the
+ * kernel's blocks per multiprocessor, or HEARTH_CUDA_DEC_BLOCKS) over
+ * n_seqs x n_kv_heads blocks, each split at least 128 positions, from the
+ * max_ctx hint: a graph passes its capacity, so the count is fixed per graph;
+ * each sequence then uses as many of them as its own length fills (the
+ * tensor-core kernel) or divides its length among all (the CUDA-core one).
  */
 static int attention_decode(struct kern_backend *be, void *out, const void *q,
 			    const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
-			    uint32_t n_heads, float scale)
+			    uint32_t n_heads, float scale, int mma)
 {
 	struct kern_cuda *c = kc_priv(be);
 	struct kc_attn_args a;
-	uint32_t split_len, n_splits;
+	uint32_t n_splits;
 	size_t part_bytes = 0;
 	int r;
 
-	/* About four blocks of 128 threads per multiprocessor, each split at
-	 * least 128 positions: the merge reads every split's partials. */
 	n_splits = c->attn_splits;
 	if (!n_splits) {
 		uint32_t blocks = b->n_seqs * kv->n_kv_heads;
+		uint32_t per_sm = c->dec_blocks ? (uint32_t)c->dec_blocks
+						: kc_attn_decode_occupancy(kv->head_dim, mma);
 
-		n_splits = ((uint32_t)c->dec_blocks * (uint32_t)c->n_sms + blocks - 1) / blocks;
+		n_splits = (per_sm * (uint32_t)c->n_sms + blocks - 1) / blocks;
 		n_splits = HR_MIN(n_splits, b->max_ctx / 128);
 	}
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
-	(void)split_len;
 	if (n_splits > 1)
 		part_bytes = kc_attn_part_floats(n_splits, b->n_tokens, n_heads, kv->head_dim) *
 			     sizeof(float);
@@ -308,7 +309,7 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 		return r;
 	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
 	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES) : NULL;
-	return kc_attention_decode(&a, n_splits, c->attn_ws, c->stream);
+	return kc_attention_decode(&a, n_splits, mma, c->attn_ws, c->stream);
 }
 
 /*
@@ -353,6 +354,7 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	enum kc_attn_path path;
 	uint32_t group, rows, gc, bq, blocks, n_splits = 1, split_len = 0;
 	size_t smem;
+	int q16;
 	int r;
 
 	if (!be || !out || !q || !b || !kv)
@@ -367,23 +369,30 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		return r;
 	c = kc_priv(be);
 	group = n_heads / kv->n_kv_heads;
+	q16 = !((uintptr_t)q % 16) && !((uintptr_t)kv->base % 16);
 
-	/* DECODE when every sequence brings one token (and the geometry suits
-	 * it), else MMA (tensor cores) where it takes the shape; the tile
-	 * kernels for the rest: SMALL when a sequence brings about one block's
-	 * worth of rows or less (short appends), else LARGE (prefill chunks). */
+	/* DECODE_MMA (tensor cores) when every sequence brings one token and
+	 * the head size suits it, else DECODE (CUDA cores) where that takes the
+	 * shape; MMA (tensor cores) for other steps where it takes the shape;
+	 * the tile kernels for the rest: SMALL when a sequence brings about one
+	 * block's worth of rows or less (short appends), else LARGE (prefill
+	 * chunks). */
 	path = c->attn_path;
 	if (path == KC_ATTN_AUTO && b->n_tokens == b->n_seqs)
-		path = KC_ATTN_DECODE;
-	if (path == KC_ATTN_DECODE &&
-	    (!kc_attn_decode_ok(kv->head_dim, group) || b->n_seqs > 65535 ||
+		path = c->dec_mma && kc_attn_decode_ok(kv->head_dim, group, 1) && q16
+			       ? KC_ATTN_DECODE_MMA
+			       : KC_ATTN_DECODE;
+	if ((path == KC_ATTN_DECODE || path == KC_ATTN_DECODE_MMA) &&
+	    (!kc_attn_decode_ok(kv->head_dim, group, path == KC_ATTN_DECODE_MMA) ||
+	     (path == KC_ATTN_DECODE_MMA && !q16) || b->n_seqs > 65535 ||
 	     (uint64_t)b->n_seqs * kv->n_kv_heads * sizeof(uint32_t) > KC_ATTN_CNT_BYTES))
-		path = c->attn_path == KC_ATTN_DECODE ? KC_ATTN_SMALL : KC_ATTN_AUTO;
-	if (path == KC_ATTN_DECODE)
-		return attention_decode(be, out, q, b, kv, layer, n_heads, scale);
+		path = c->attn_path == KC_ATTN_AUTO ? KC_ATTN_AUTO : KC_ATTN_SMALL;
+	if (path == KC_ATTN_DECODE || path == KC_ATTN_DECODE_MMA)
+		return attention_decode(be, out, q, b, kv, layer, n_heads, scale,
+					path == KC_ATTN_DECODE_MMA);
 	if ((path == KC_ATTN_MMA || (path == KC_ATTN_AUTO && c->mma_blocks)) &&
-	    kc_attn_mma_ok(kv->head_dim, c->smem_optin) && !((uintptr_t)q % 16) &&
-	    !((uintptr_t)kv->base % 16) && (uint64_t)b->n_tokens * group <= INT32_MAX)
+	    kc_attn_mma_ok(kv->head_dim, c->smem_optin) && q16 &&
+	    (uint64_t)b->n_tokens * group <= INT32_MAX)
 		return attention_mma(be, out, q, b, kv, layer, n_heads, scale);
 	if (path == KC_ATTN_MMA)
 		path = KC_ATTN_AUTO;

@@ -448,6 +448,7 @@ static const char *path_name(enum kc_attn_path p)
 	       : p == KC_ATTN_LARGE  ? "large"
 	       : p == KC_ATTN_DECODE ? "decode"
 	       : p == KC_ATTN_MMA    ? "mma"
+	       : p == KC_ATTN_DECODE_MMA ? "decmma"
 				     : "auto";
 }
 
@@ -480,14 +481,16 @@ struct path_cfg {
 	uint32_t splits;
 };
 
-/* MMA where it takes the shape (head_dim 64, 128; else it falls back). */
+/* The tensor-core kernels where they take the shape (head_dim 64, 128;
+ * else they fall back). */
 static void run_paths(const struct scen *tmpl, const char *name, const struct path_cfg *cfg,
 		      size_t n)
 {
 	uint32_t hd = tmpl->g.head_dim;
 
 	for (size_t i = 0; i < n; i++)
-		if (cfg[i].path != KC_ATTN_MMA || hd == 64 || hd == 128)
+		if ((cfg[i].path != KC_ATTN_MMA && cfg[i].path != KC_ATTN_DECODE_MMA) || hd == 64 ||
+		    hd == 128)
 			run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
 }
 
@@ -498,7 +501,8 @@ static void run_all_paths(const struct scen *tmpl, const char *name)
 		{ KC_ATTN_SMALL, 3 }, { KC_ATTN_LARGE, 2 },
 		{ KC_ATTN_DECODE, 0 }, { KC_ATTN_DECODE, 1 }, { KC_ATTN_DECODE, 3 },
 		{ KC_ATTN_DECODE, 16 }, { KC_ATTN_MMA, 1 }, { KC_ATTN_MMA, 3 },
-		{ KC_ATTN_MMA, 0 },
+		{ KC_ATTN_MMA, 0 }, { KC_ATTN_DECODE_MMA, 0 }, { KC_ATTN_DECODE_MMA, 1 },
+		{ KC_ATTN_DECODE_MMA, 3 }, { KC_ATTN_DECODE_MMA, 16 },
 	};
 
 	run_paths(tmpl, name, cfg, KT_ARRAY_SIZE(cfg));
@@ -659,7 +663,7 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 	struct kern_backend *g = gt_gpu;
 	struct kern_batch b;
 	void *q, *out;
-	double t0, t, flop = 0;
+	double t0, t, tg, flop = 0;
 
 	for (uint32_t s = 0; s < n_seqs; s++) {
 		seq_start[s] = (int32_t)(s * n_new);
@@ -690,9 +694,27 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 		KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, 0, n_heads, 0.1f), 0);
 	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
 	t = (now_s() - t0) / reps;
+	/* The same launches captured as one graph: device time without the
+	 * host's launch cost (which bounds the figure above for short kernels). */
+	{
+		void *graph = NULL;
+
+		KT_CHECK_EQ_INT(g->ops->graph_begin(g), 0);
+		for (uint32_t i = 0; i < reps; i++)
+			KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, 0, n_heads, 0.1f), 0);
+		KT_CHECK_EQ_INT(g->ops->graph_end(g, &graph), 0);
+		KT_CHECK_EQ_INT(g->ops->graph_launch(g, graph), 0);
+		KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+		t0 = now_s();
+		for (int i = 0; i < 5; i++)
+			KT_CHECK_EQ_INT(g->ops->graph_launch(g, graph), 0);
+		KT_CHECK_EQ_INT(g->ops->sync(g), 0);
+		tg = (now_s() - t0) / (5.0 * reps);
+		g->ops->graph_destroy(g, graph);
+	}
 	set_path(KC_ATTN_AUTO, 0);
-	printf("  %-34s %-6s splits %-3u %9.1f us %7.1f TFLOP/s\n", name, path_name(path), splits,
-	       t * 1e6, flop / t / 1e12);
+	printf("  %-34s %-6s splits %-3u %9.1f us (graph %7.1f us) %7.1f TFLOP/s\n", name,
+	       path_name(path), splits, t * 1e6, tg * 1e6, flop / tg / 1e12);
 	g->ops->free(g, kv.base);
 	g->ops->free(g, q);
 	g->ops->free(g, out);
@@ -707,7 +729,7 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 	free(bt);
 }
 
-static void time_all(void)
+static void time_all(int decode_only)
 {
 	static const struct {
 		const char *name;
@@ -725,7 +747,28 @@ static void time_all(void)
 		{ KC_ATTN_MMA, 8 }, { KC_ATTN_MMA, 16 }, { KC_ATTN_MMA, 32 },
 	};
 
-	for (size_t i = 0; i < KT_ARRAY_SIZE(shp); i++)
+	/* Decode: the CUDA-core and tensor-core kernels, splits by shape
+	 * (0) and forced. */
+	static const struct {
+		const char *name;
+		uint32_t n_heads, n_kv_heads, hd, n_seqs, n_past;
+	} dec[] = {
+		{ "1B decode at 2048", 32, 8, 64, 1, 2047 },
+		{ "8B decode at 2048", 32, 8, 128, 1, 2047 },
+		{ "1B 64 x decode at 512", 32, 8, 64, 64, 511 },
+		{ "8B 64 x decode at 512", 32, 8, 128, 64, 511 },
+	};
+	static const struct path_cfg dcfg[] = {
+		{ KC_ATTN_DECODE, 0 }, { KC_ATTN_DECODE_MMA, 0 }, { KC_ATTN_DECODE_MMA, 1 },
+		{ KC_ATTN_DECODE_MMA, 2 }, { KC_ATTN_DECODE_MMA, 8 }, { KC_ATTN_DECODE_MMA, 16 },
+		{ KC_ATTN_DECODE_MMA, 32 }, { KC_ATTN_DECODE_MMA, 64 },
+	};
+
+	for (size_t i = 0; i < KT_ARRAY_SIZE(dec); i++)
+		for (size_t j = 0; j < KT_ARRAY_SIZE(dcfg); j++)
+			time_attention(dec[i].name, dec[i].n_heads, dec[i].n_kv_heads, dec[i].hd,
+				       dec[i].n_seqs, dec[i].n_past, 1, dcfg[j].path, dcfg[j].splits);
+	for (size_t i = 0; i < KT_ARRAY_SIZE(shp) && !decode_only; i++)
 		for (size_t j = 0; j < KT_ARRAY_SIZE(cfg); j++)
 			if (cfg[j].splits <= 1 || shp[i].n_new <= 32)
 				time_attention(shp[i].name, shp[i].n_heads, shp[i].n_kv_heads,
@@ -733,8 +776,9 @@ static void time_all(void)
 					       shp[i].n_new, cfg[j].path, cfg[j].splits);
 }
 
-/* Usage: test_cuda_attention [quick | time]; quick (for compute-sanitizer)
- * runs the small scenarios only, time the timings above. */
+/* Usage: test_cuda_attention [quick | time [dec]]; quick (for
+ * compute-sanitizer) runs the small scenarios only, time the timings above
+ * (dec: the decode shapes only). */
 int main(int argc, char **argv)
 {
 	int quick = argc > 1 && !strcmp(argv[1], "quick");
@@ -845,7 +889,7 @@ int main(int argc, char **argv)
 
 	gt_init("test_cuda_attention");
 	if (argc > 1 && !strcmp(argv[1], "time")) {
-		time_all();
+		time_all(argc > 2 && !strcmp(argv[2], "dec"));
 		gt_fini();
 		return kt_finish("test_cuda_attention");
 	}
