@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -75,21 +76,48 @@ static void kill_daemons_now(void)
 			kill(daemon_pids[i], SIGKILL);
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if ((flag == FTW_DP ? rmdir(path) : unlink(path)) < 0)
+		fprintf(stderr, "[%s] cannot remove %s: %s\n", test_name, path, strerror(errno));
+	return 0;
+}
+
+/* A test's directory and whatever it holds (TH_KEEP=1 keeps it). */
 static void rm_dir(const char *dir)
 {
-	char p[256];
-
 	if (!dir[0])
 		return;
 	if (getenv("TH_KEEP")) {
 		fprintf(stderr, "[%s] keeping %s\n", test_name, dir);
 		return;
 	}
-	snprintf(p, sizeof(p), "%.64s/hearthd.log", dir);
-	unlink(p);
-	snprintf(p, sizeof(p), "%.64s/h.sock", dir);
-	unlink(p);
-	rmdir(dir);
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Scratch directories of th_tmpdir(), removed with their contents at exit. */
+#define TH_MAX_TMPDIRS 16
+static char tmp_dirs[TH_MAX_TMPDIRS][64];
+static unsigned n_tmp_dirs;
+
+void th_tmpdir(char *buf, size_t n, const char *base)
+{
+	REQUIRE(n_tmp_dirs < TH_MAX_TMPDIRS, "th_tmpdir: more than %d directories",
+		TH_MAX_TMPDIRS);
+	snprintf(tmp_dirs[n_tmp_dirs], sizeof(tmp_dirs[0]), "%s/hearth-%s-XXXXXX", base,
+		 test_name);
+	REQUIRE(mkdtemp(tmp_dirs[n_tmp_dirs]) != NULL, "mkdtemp %s: %s", tmp_dirs[n_tmp_dirs],
+		strerror(errno));
+	snprintf(buf, n, "%s", tmp_dirs[n_tmp_dirs++]);
+}
+
+static void rm_tmp_dirs(void)
+{
+	for (unsigned i = 0; i < n_tmp_dirs; i++)
+		rm_dir(tmp_dirs[i]);
+	n_tmp_dirs = 0;
 }
 
 static void cleanup_at_exit(void)
@@ -108,6 +136,7 @@ static void cleanup_at_exit(void)
 		rm_dir(daemon_dirs[i]);
 	}
 	n_daemons = 0;
+	rm_tmp_dirs(); /* after the daemons that wrote there are gone */
 }
 
 static void on_fatal_signal(int sig)

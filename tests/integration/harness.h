@@ -58,6 +58,9 @@ int th_result(void);
  * waitpid status, or -1 when it could not run. */
 int th_run_capture(const char *const *argv, char *out, size_t cap, unsigned timeout_ms);
 
+/* A fresh directory under base (/tmp, /var/tmp) named after the test, in
+ * buf; removed with its contents when the test exits (TH_KEEP=1 keeps it). */
+void th_tmpdir(char *buf, size_t n, const char *base);
 uint64_t th_now_ns(void);
 void th_sleep_ms(unsigned ms);
 /* xorshift64*: deterministic streams of token ids per seed. */

@@ -142,8 +142,9 @@ int main(int argc, char **argv)
 	/* The daemon holds a hearthctl load open this long once the weights are in. */
 	setenv("HEARTH_TEST_LOAD_DELAY_MS", "1500", 1);
 	{
-		char tmp[] = "/tmp/hearth-models-XXXXXX";
-		REQUIRE(mkdtemp(tmp), "mkdtemp");
+		char tmp[64];
+
+		th_tmpdir(tmp, sizeof(tmp), "/tmp");
 		snprintf(state, sizeof(state), "--state-dir=%s", tmp);
 	}
 	th_daemon_start(&d, argv[1], argv[2], (const char *const[]){ flag, state, NULL });

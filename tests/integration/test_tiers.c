@@ -163,10 +163,10 @@ static void run_pager(const char *hearthd, const char *model, const char *pager)
 	struct th_daemon d;
 	uint32_t handles[N_SESS], lens[N_SESS];
 	uint64_t out = 0, in = 0, rec = 0;
-	char dir[] = "/var/tmp/hearth-tiers-XXXXXX", what[64];
+	char dir[64], what[64];
 	struct hearth *h;
 
-	REQUIRE(mkdtemp(dir), "mkdtemp");
+	th_tmpdir(dir, sizeof(dir), "/var/tmp");
 	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, pager, "64", "0");
 	if (!th_daemon_alive(&d) && !strcmp(pager, "io_uring")) {
@@ -232,10 +232,10 @@ static void run_kill9(const char *hearthd, const char *model)
 	struct world w = { .rng = 7 };
 	struct th_daemon d;
 	uint32_t handles[N_SESS], lens[N_SESS];
-	char dir[] = "/var/tmp/hearth-tiers-XXXXXX";
+	char dir[64];
 	struct hearth *h;
 
-	REQUIRE(mkdtemp(dir), "mkdtemp");
+	th_tmpdir(dir, sizeof(dir), "/var/tmp");
 	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, "threads", "64", "20");
 	h = attach(&d);
@@ -275,10 +275,10 @@ static void run_small_l2(const char *hearthd, const char *model)
 	struct world w = { .rng = 99 };
 	struct th_daemon d;
 	uint32_t handles[N_SESS];
-	char dir[] = "/var/tmp/hearth-tiers-XXXXXX";
+	char dir[64];
 	struct hearth *h;
 
-	REQUIRE(mkdtemp(dir), "mkdtemp");
+	th_tmpdir(dir, sizeof(dir), "/var/tmp");
 	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, "threads", "1", "0");
 	h = attach(&d);
@@ -352,11 +352,11 @@ static void run_controls(const char *hearthd, const char *model)
 	struct world w = { .rng = 5 };
 	struct th_daemon d;
 	uint32_t handles[N_SESS];
-	char dir[] = "/var/tmp/hearth-tiers-XXXXXX", tier[16], other[512];
+	char dir[64], tier[16], other[512];
 	struct hearth *h;
 	int r;
 
-	REQUIRE(mkdtemp(dir), "mkdtemp");
+	th_tmpdir(dir, sizeof(dir), "/var/tmp");
 	ref_init_kv(&w.ref, model, 1024);
 	start(&d, hearthd, model, dir, "threads", "64", "0");
 	h = attach(&d);
