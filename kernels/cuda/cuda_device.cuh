@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Device helpers shared by the CUDA kernel files: error flags written from
- * device code, warp reductions, bf16 unpacking/rounding and programmatic
- * dependent launch. Included by .cu files only.
+ * device code, warp reductions, bf16 unpacking/rounding, programmatic
+ * dependent launch, and the tensor-core building blocks (cp.async, ldmatrix,
+ * mma.sync m16n8k16) under kc_ names. Included by .cu files only.
  */
 #ifndef KERN_CUDA_DEVICE_CUH
 #define KERN_CUDA_DEVICE_CUH
@@ -102,6 +103,70 @@ static cudaError_t kc_launch_pdl(bool pdl, void (*kernel)(KArgs...), dim3 grid, 
 	if (e != cudaSuccess)
 		(void)cudaGetLastError(); /* not left for the next check to find */
 	return e;
+}
+
+/*
+ * Tensor-core building blocks (sm_80+). cuda_attention_mma.cu predates these
+ * and keeps its own unprefixed copies; the kc_ names keep both compiling.
+ */
+static __device__ __forceinline__ uint32_t kc_smem_addr(const void *p)
+{
+	return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, bypassing L1, with an L2 prefetch of the
+ * surrounding 256 bytes (streams read once, such as weights); zero-filled
+ * when !valid (src must still be a valid address; it is not read). */
+static __device__ __forceinline__ void kc_cp_async16_stream(uint32_t dst, const void *src,
+							     bool valid)
+{
+	asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst),
+		     "l"(src), "r"(valid ? 16 : 0));
+}
+
+/* The same without the prefetch (small, reused operands). */
+static __device__ __forceinline__ void kc_cp_async16(uint32_t dst, const void *src, bool valid)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+		     "r"(valid ? 16 : 0));
+}
+
+static __device__ __forceinline__ void kc_cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* Wait until at most N of this thread's committed groups are in flight. */
+template <int N>
+static __device__ __forceinline__ void kc_cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Four 8x8 b16 matrices: matrix i from the row addresses of lanes 8i..8i+7. */
+static __device__ __forceinline__ void kc_ldsm_x4(uint32_t addr, uint32_t r[4])
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr));
+}
+
+/* Two 8x8 b16 matrices from the row addresses of lanes 0..15. */
+static __device__ __forceinline__ void kc_ldsm_x2(uint32_t addr, uint32_t &r0, uint32_t &r1)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+		     : "=r"(r0), "=r"(r1)
+		     : "r"(addr));
+}
+
+/* c += a (16x16, row) . b (16x8, col), bf16 in, fp32 accumulate. */
+static __device__ __forceinline__ void kc_mma_bf16_16816(float c[4], const uint32_t a[4],
+							  uint32_t b0, uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+		     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+		     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 /* The sequence a tile belongs to: the last s < n_seqs with ts[s] <= tile
