@@ -113,7 +113,7 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 			return r;
 	}
 	if (!c->gemv_off && !c->fused_off && !c->skinny_off &&
-	    kc_skinny_suits(n, k, 2ull * m, KC_GEMV_SWIGLU)) {
+	    kc_skinny_suits(n, k, m, KC_GEMV_SWIGLU)) {
 		const struct kc_skinny_cfg cfg = { 0, 1 };
 
 		r = kc_skinny_swiglu(out, in, w_gate, w_up, n, k, m, c->hf_round, c->skinny_ws,

@@ -36,16 +36,18 @@ typedef __nv_bfloat16 bf16;
  * stream in by cp.async, SK_STAGES deep; rows of 128 bytes have their
  * 16-byte chunks XOR-swizzled by row so that ldmatrix's eight rows fall in
  * distinct banks. At a tile's end the warps' sums meet in shared memory
- * (warps 0/1 store, 2/3 add, then the two halves add: a fixed order).
+ * (warp 0 stores, 1..3 add in turn: a fixed order).
  */
 #define SK_THREADS 128
 #define SK_BM 64                 /* weight rows per tile: 4 m16 tiles */
 #define SK_MT (SK_BM / 16)
 #define SK_BK 64                 /* columns per unit: a k16 slice per warp */
-#define SK_STAGES 4              /* units in flight: 3 ahead (24 KB of W a block) */
+#define SK_STAGES 5              /* units in flight: 4 ahead (32 KB of W a block) */
 #define SK_RLD (SK_BM + 4)       /* fp32 row stride of the sums: conflict-free stores */
 #define SK_MAX_BPS 4             /* blocks per SM at most (sizes the workspace) */
 #define SK_MAX_TILES 65536u      /* counters */
+#define SK_MAX_FAN 64            /* shares of one tile at most (see skinny_launch_nt) */
+#define SK_LOADS 8               /* partial slots read at once when summing */
 #define SK_CNT_BYTES ((size_t)SK_MAX_TILES * sizeof(uint32_t))
 
 struct skinny_args {
@@ -64,7 +66,7 @@ struct skinny_args {
 static __host__ __device__ constexpr size_t skinny_smem(int nt)
 {
 	return (size_t)SK_STAGES * (SK_BM + 8 * nt) * SK_BK * 2 +
-	       (size_t)2 * 8 * nt * SK_RLD * sizeof(float);
+	       (size_t)8 * nt * SK_RLD * sizeof(float);
 }
 
 /* Byte offset of 16-byte chunk c of row r in a unit's tile (8 chunks a row). */
@@ -174,7 +176,7 @@ static __device__ void sk_store(const skinny_args &a, const float *red0, uint32_
 
 /*
  * The end of block b's segment [lo, hi) of tile t: the warps' sums into
- * red0, then the tile's output when the segment is the whole tile or the
+ * red, then the tile's output when the segment is the whole tile or the
  * last part of it to finish; otherwise a partial slot (slot 0 for the
  * block's first tile, 1 for its last). Clears acc. Block-uniform.
  */
@@ -182,15 +184,14 @@ template <int NT, bool SWIGLU>
 static __device__ void sk_tile_end(const skinny_args &a, float (&acc)[SK_MT][NT][4], float *red,
 				   uint32_t t, uint32_t lo, uint32_t hi, uint32_t first_tile)
 {
-	constexpr int NP = 8 * NT, RED = NP * SK_RLD;
+	constexpr int NP = 8 * NT;
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
 	const uint32_t b = blockIdx.x, nb = gridDim.x;
-	float *mine = red + (warp & 1) * RED;
-	__shared__ uint32_t sk_last;
+	__shared__ uint32_t sk_last, sk_slot[SK_MAX_FAN];
 
 	__syncthreads(); /* red is free: the previous tile's store is done */
-	for (int pass = 0; pass < 2; pass++) {
-		if ((warp >> 1) == pass) {
+	for (int pass = 0; pass < SK_THREADS / 32; pass++) {
+		if (warp == pass) {
 #pragma unroll
 			for (int mt = 0; mt < SK_MT; mt++)
 #pragma unroll
@@ -199,7 +200,7 @@ static __device__ void sk_tile_end(const skinny_args &a, float (&acc)[SK_MT][NT]
 					for (int e = 0; e < 4; e++) {
 						const int r = mt * 16 + g + (e >> 1) * 8;
 						const int q = nt * 8 + 2 * t4 + (e & 1);
-						float *p = &mine[q * SK_RLD + r];
+						float *p = &red[q * SK_RLD + r];
 
 						*p = pass ? *p + acc[mt][nt][e] : acc[mt][nt][e];
 						acc[mt][nt][e] = 0.0f;
@@ -207,20 +208,14 @@ static __device__ void sk_tile_end(const skinny_args &a, float (&acc)[SK_MT][NT]
 		}
 		__syncthreads();
 	}
-	if (lo == t * a.kt && hi == (t + 1) * a.kt) {
-		for (uint32_t i = threadIdx.x; i < RED; i += SK_THREADS)
-			red[i] += red[RED + i];
-	} else {
+	if (lo != t * a.kt || hi != (t + 1) * a.kt) {
 		const size_t slot_floats = (size_t)NP * SK_BM;
 		float *part = a.part + ((size_t)b * 2 + (t != first_tile)) * slot_floats;
 
 		for (uint32_t i = threadIdx.x; i < a.n * (SK_BM / 4); i += SK_THREADS) {
 			const uint32_t q = i / (SK_BM / 4), c = (i % (SK_BM / 4)) * 4;
-			const float4 x = *(const float4 *)&red[q * SK_RLD + c];
-			const float4 y = *(const float4 *)&red[RED + q * SK_RLD + c];
 
-			__stcg((float4 *)&part[q * SK_BM + c],
-			       make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w));
+			__stcg((float4 *)&part[q * SK_BM + c], *(const float4 *)&red[q * SK_RLD + c]);
 		}
 		/* release: the slot before the count (pairs with the fence below) */
 		__threadfence();
@@ -239,22 +234,35 @@ static __device__ void sk_tile_end(const skinny_args &a, float (&acc)[SK_MT][NT]
 		 * fence above, in those blocks) */
 		__threadfence();
 		{
+			/* The shares' slots in block order; read SK_LOADS at a time
+			 * (one L2 round trip each batch, not each slot). */
 			const uint32_t b0 = sk_owner(t * a.kt, a.units, nb);
-			const uint32_t b1 = sk_owner((t + 1) * a.kt - 1, a.units, nb);
+			const uint32_t nf = sk_owner((t + 1) * a.kt - 1, a.units, nb) - b0 + 1;
 
+			for (uint32_t o = threadIdx.x; o < nf; o += SK_THREADS)
+				sk_slot[o] = (b0 + o) * 2 + (t != sk_start(b0 + o, a.units, nb) / a.kt);
+			__syncthreads();
 			for (uint32_t i = threadIdx.x; i < a.n * (SK_BM / 4); i += SK_THREADS) {
 				const uint32_t q = i / (SK_BM / 4), c = (i % (SK_BM / 4)) * 4;
 				float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 
-				for (uint32_t o = b0; o <= b1; o++) {
-					const uint32_t ft = sk_start(o, a.units, nb) / a.kt;
-					const float4 v = __ldcg((const float4 *)&a.part
-						[((size_t)o * 2 + (t != ft)) * slot_floats + q * SK_BM + c]);
+				for (uint32_t o0 = 0; o0 < nf; o0 += SK_LOADS) {
+					float4 v[SK_LOADS];
 
-					s.x += v.x;
-					s.y += v.y;
-					s.z += v.z;
-					s.w += v.w;
+#pragma unroll
+					for (int j = 0; j < SK_LOADS; j++)
+						if (o0 + j < nf)
+							v[j] = __ldcg((const float4 *)&a.part
+								[sk_slot[o0 + j] * slot_floats +
+								 q * SK_BM + c]);
+#pragma unroll
+					for (int j = 0; j < SK_LOADS; j++)
+						if (o0 + j < nf) {
+							s.x += v[j].x;
+							s.y += v[j].y;
+							s.z += v[j].z;
+							s.w += v[j].w;
+						}
 				}
 				*(float4 *)&red[q * SK_RLD + c] = s;
 			}
@@ -389,14 +397,20 @@ static int skinny_launch_nt(skinny_args *a, uint32_t tiles, void *ws, size_t ws_
 	a->part = (float *)((char *)ws + SK_CNT_BYTES);
 	/*
 	 * As many blocks as fit at once (up to SK_MAX_BPS an SM), but shares
-	 * of at least NP / 8 units: the block finishing a tile reads one slot
-	 * of NP x 64 fp32 per share, which stays under a quarter of the
-	 * tile's weight bytes that way.
+	 * of at least max(4, NP / 8) units and kt / 32: the block finishing a
+	 * tile reads one slot of NP x 64 fp32 per share (at most a quarter of
+	 * the tile's weight bytes, at most 34 slots < SK_MAX_FAN), and each
+	 * share pays for a pipeline start and a slot.
 	 */
 	most = (uint64_t)(fit < SK_MAX_BPS ? fit : SK_MAX_BPS) * (uint32_t)n_sms;
 	if (cfg->blocks)
 		most = cfg->blocks;
-	nb = a->units / (NT > 1 ? NT : 1);
+	{
+		uint32_t mu = NT > 4 ? NT : 4;
+
+		mu = mu > (a->kt + 31) / 32 ? mu : (a->kt + 31) / 32;
+		nb = a->units / mu;
+	}
 	nb = nb < most ? nb : most;
 	nb = nb ? nb : 1;
 	if ((ws_bytes - SK_CNT_BYTES) / slot_bytes < nb)
@@ -426,15 +440,29 @@ static int skinny_args_ok(uint32_t n, uint32_t k, const void *in, const void *ws
 }
 
 /*
- * Where the skinny GEMM beats cuBLASLt (H200, time_cuda_skinny): see
- * NOTES.md. Not the LM head's size, where cuBLASLt's own kernels stream
- * the weights at copy rate already.
+ * Where the skinny GEMM beats cuBLASLt (H200, time_cuda_gemv skinny, NOTES.md):
+ * q/k/v stacked at every row count (one launch against three: 0.25-0.62x
+ * the time on the 1B, 0.39-0.92x on the 8B); gate/up with SwiGLU up to 16
+ * rows (0.78-0.95x); a plain matrix up to 8 rows below 40 MB (1B q/o/k/v
+ * and down, 8B q/o/k/v: 0.54-0.94x), up to 16 rows below 10 MB, up to 32
+ * below 4 MB. Past those, at 32-64 rows the activations re-read for every
+ * 64-row tile (as many bytes as the weights at 64 rows, from L2) hold it
+ * to 35-50% of the copy rate, where cuBLASLt's wider tiles reach 75-85%;
+ * the LM head's size ties at 8-16 rows and loses above.
  */
 extern "C" int kc_skinny_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op)
 {
-	(void)k;
-	(void)op;
-	return n >= KC_SKINNY_MIN_N && n <= KC_SKINNY_MAX_N && m_all < 65536;
+	const uint64_t bytes = m_all * k * 2;
+
+	if (n < KC_SKINNY_MIN_N || n > KC_SKINNY_MAX_N || m_all >= 65536)
+		return 0;
+	if (op == KC_GEMV_QKV)
+		return 1;
+	if (op == KC_GEMV_SWIGLU)
+		return n <= 16;
+	return n <= 8 ? bytes <= ((uint64_t)40 << 20)
+		      : n <= 16 ? bytes <= ((uint64_t)10 << 20)
+				: n <= 32 && bytes <= ((uint64_t)4 << 20);
 }
 
 extern "C" int kc_skinny_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
