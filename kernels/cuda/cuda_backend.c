@@ -487,12 +487,14 @@ struct kern_backend *kern_cuda_new(int device_index)
 
 		const char *occ = getenv("HEARTH_CUDA_GEMV_OCC"), *db = getenv("HEARTH_CUDA_DEC_BLOCKS");
 		const char *mma = getenv("HEARTH_CUDA_ATTN_MMA"), *dm = getenv("HEARTH_CUDA_DEC_MMA");
+		const char *sk = getenv("HEARTH_CUDA_SKINNY");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
 		c->dec_blocks = db && atoi(db) >= 1 && atoi(db) <= 64 ? atoi(db) : 0;
 		c->dec_mma = !(dm && !strcmp(dm, "0"));
 		c->mma_blocks = mma && atoi(mma) >= 0 && atoi(mma) <= 64 ? atoi(mma) : 4;
+		c->skinny_off = sk && !strcmp(sk, "0");
 	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;

@@ -2,7 +2,8 @@
 /*
  * Device helpers shared by the CUDA kernel files: error flags written from
  * device code, warp reductions, bf16 unpacking/rounding and programmatic
- * dependent launch. Included by .cu files only.
+ * dependent launch (the tensor-core ones are in cuda_mma.cuh). Included by
+ * .cu files only.
  */
 #ifndef KERN_CUDA_DEVICE_CUH
 #define KERN_CUDA_DEVICE_CUH

@@ -7,7 +7,9 @@
  * heuristic's algorithm are cached per shape and pointer alignment (asking
  * the heuristic costs tens of microseconds; a step asks for the same few
  * shapes every time). Shapes cuBLASLt declines go to a plain kernel; up to
- * KC_GEMV_MAX_N rows go to the GEMV kernel (cuda_gemv.cu).
+ * KC_GEMV_MAX_N rows go to the GEMV kernel (cuda_gemv.cu), up to
+ * KC_SKINNY_MAX_N to the skinny tensor-core kernel (cuda_skinny.cu) where
+ * kc_skinny_suits() finds it faster; this file owns the latter's workspace.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -177,6 +179,16 @@ int kc_gemm_init(struct kern_cuda *c)
 	if (e != cudaSuccess)
 		return kc_err(e);
 	c->lt_ws_bytes = KC_GEMM_WS;
+	/* The skinny GEMM's split-k counters must start at zero; its kernels
+	 * leave them so. */
+	c->skinny_ws_bytes = kc_skinny_ws_bytes(c->n_sms);
+	e = cudaMalloc(&c->skinny_ws, c->skinny_ws_bytes);
+	if (e == cudaSuccess)
+		e = cudaMemset(c->skinny_ws, 0, c->skinny_ws_bytes);
+	if (e != cudaSuccess) {
+		c->skinny_ws_bytes = 0;
+		return kc_err(e);
+	}
 	return 0;
 }
 
@@ -192,6 +204,19 @@ void kc_gemm_destroy(struct kern_cuda *c)
 	c->lt = NULL;
 	cudaFree(c->lt_ws);
 	c->lt_ws = NULL;
+	cudaFree(c->skinny_ws);
+	c->skinny_ws = NULL;
+	c->skinny_ws_bytes = 0;
+}
+
+/* The skinny GEMM with the backend's workspace and choice of grid. */
+int kc_skinny_run(struct kern_cuda *c, const struct kc_gemv_seg seg[3], const void *in,
+		  uint32_t n, uint32_t k, int out_f32)
+{
+	const struct kc_skinny_cfg cfg = { 0, 1 };
+
+	return kc_skinny_multi(seg, in, n, k, out_f32, c->skinny_ws, c->skinny_ws_bytes, c->n_sms,
+			       &cfg, c->stream);
 }
 
 int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
@@ -224,6 +249,16 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 	    kc_gemv_suits(n, k, m, KC_GEMV_PLAIN)) {
 		r = kc_gemv(out, out_f32, in, w, bias, n, k, m, c->n_sms * c->gemv_occ, c->stream);
 		goto out;
+	}
+	/* 5..64 rows: one pass over W on tensor cores, split over every SM. */
+	if (!c->gemv_off && !c->skinny_off && kc_skinny_suits(n, k, m, KC_GEMV_PLAIN)) {
+		const struct kc_gemv_seg seg[3] = { { out, w, bias, m }, { NULL, NULL, NULL, 0 },
+						    { NULL, NULL, NULL, 0 } };
+
+		r = kc_skinny_run(c, seg, in, n, k, out_f32);
+		if (r != -EINVAL)
+			goto out;
+		r = 0; /* a shape it does not take: cuBLASLt */
 	}
 	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);
 	if (!p)

@@ -78,6 +78,9 @@ struct kern_cuda {
 	enum kc_attn_path attn_path; /* KC_ATTN_AUTO unless a test forces one */
 	uint32_t attn_splits;        /* 0 = by shape; tests force a count */
 	int gemv_off;                /* tests: every matmul through cuBLASLt */
+	int skinny_off;              /* HEARTH_CUDA_SKINNY=0: no skinny GEMM */
+	void *skinny_ws;             /* its split-k counters and partials */
+	size_t skinny_ws_bytes;
 	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */
 
 	/*
@@ -218,6 +221,36 @@ int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate, const void
 int kc_pdl_enabled(void);
 /* Measurements: 0 turns PDL off, 1 back to what kc_pdl_enabled() finds. */
 void kc_pdl_override(int on);
+
+/* cuda_skinny.cu: tensor-core matmul for 5..64 rows (batched decode), one
+ * pass over the weights split across the whole machine (stream-K). The
+ * workspace (kc_skinny_ws_bytes(), counters zeroed once at allocation,
+ * zero again whenever no launch is in flight) serves one stream. */
+#define KC_SKINNY_MIN_N 5
+#define KC_SKINNY_MAX_N 64
+size_t kc_skinny_ws_bytes(int n_sms);
+/* Whether the skinny GEMM is the faster path for n rows of this shape
+ * (else cuBLASLt): the measured choice, shapes aside. */
+int kc_skinny_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op);
+/* blocks: at most that many blocks (0: as many as fit at once, up to four
+ * an SM); pdl: launch as a programmatic dependent when kc_pdl_enabled(). */
+struct kc_skinny_cfg {
+	uint32_t blocks;
+	int pdl;
+};
+/* Segments as kc_gemv_multi (n <= KC_SKINNY_MAX_N rows); -EINVAL when the
+ * shape or alignment does not suit it (k % 8, 16-byte in and w). */
+int kc_skinny_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
+		    int out_f32, void *ws, size_t ws_bytes, int n_sms,
+		    const struct kc_skinny_cfg *cfg, cudaStream_t st);
+/* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T), as kc_gemv_swiglu. */
+int kc_skinny_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
+		     uint32_t n, uint32_t k, uint32_t m, int hf, void *ws, size_t ws_bytes,
+		     int n_sms, const struct kc_skinny_cfg *cfg, cudaStream_t st);
+/* cuda_gemm.c: kc_skinny_multi() with c's workspace and grid (-EINVAL: the
+ * shape is not taken). */
+int kc_skinny_run(struct kern_cuda *c, const struct kc_gemv_seg seg[3], const void *in,
+		  uint32_t n, uint32_t k, int out_f32);
 
 /* cuda_attention.cu */
 struct kc_attn_args {

@@ -23,6 +23,14 @@ static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src,
 		     "r"(valid ? 16 : 0));
 }
 
+/* The same with an L2 prefetch of the surrounding 256 bytes, for streams
+ * read once (weights). */
+static __device__ __forceinline__ void cp_async16_stream(uint32_t dst, const void *src, bool valid)
+{
+	asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst),
+		     "l"(src), "r"(valid ? 16 : 0));
+}
+
 static __device__ __forceinline__ void cp_async_commit(void)
 {
 	asm volatile("cp.async.commit_group;\n" ::);
@@ -37,6 +45,14 @@ static __device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t r[4])
 {
 	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
 		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(addr));
+}
+
+/* Two 8x8 b16 matrices from the row addresses of lanes 0..15. */
+static __device__ __forceinline__ void ldsm_x2(uint32_t addr, uint32_t &r0, uint32_t &r1)
+{
+	asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+		     : "=r"(r0), "=r"(r1)
 		     : "r"(addr));
 }
 

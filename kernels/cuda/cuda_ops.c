@@ -54,8 +54,9 @@ int kc_matmul_f32out_op(struct kern_backend *be, float *out, const void *in, con
 	return kc_gemm(be, out, 1, in, w, NULL, n, k, m);
 }
 
-/* Few rows: one GEMV launch over the three stacked matrices; else three
- * matmuls (cuBLASLt). kc_gemv_suits() says where the GEMV is faster. */
+/* Few rows: one GEMV launch over the three stacked matrices; up to 64 one
+ * skinny GEMM launch; else three matmuls (cuBLASLt). kc_gemv_suits() and
+ * kc_skinny_suits() say where those are faster. */
 int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const void *in,
 		     const void *wq, const void *wk, const void *wv, const void *bq,
 		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
@@ -75,6 +76,16 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 		};
 
 		r = kc_gemv_multi(seg, in, n, kdim, c->n_sms * c->gemv_occ, c->stream);
+		if (r != -EINVAL)
+			return r;
+	}
+	if (!c->gemv_off && !c->fused_off && !c->skinny_off &&
+	    kc_skinny_suits(n, kdim, (uint64_t)mq + 2ull * mkv, KC_GEMV_QKV)) {
+		const struct kc_gemv_seg seg[3] = {
+			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
+		};
+
+		r = kc_skinny_run(c, seg, in, n, kdim, 0);
 		if (r != -EINVAL)
 			return r;
 	}
@@ -98,6 +109,15 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 	if (!c->gemv_off && !c->fused_off && kc_gemv_suits(n, k, m, KC_GEMV_SWIGLU)) {
 		r = kc_gemv_swiglu(out, in, w_gate, w_up, n, k, m, c->n_sms * c->gemv_occ, c->hf_round,
 				   c->stream);
+		if (r != -EINVAL)
+			return r;
+	}
+	if (!c->gemv_off && !c->fused_off && !c->skinny_off &&
+	    kc_skinny_suits(n, k, m, KC_GEMV_SWIGLU)) {
+		const struct kc_skinny_cfg cfg = { 0, 1 };
+
+		r = kc_skinny_swiglu(out, in, w_gate, w_up, n, k, m, c->hf_round, c->skinny_ws,
+				     c->skinny_ws_bytes, c->n_sms, &cfg, c->stream);
 		if (r != -EINVAL)
 			return r;
 	}

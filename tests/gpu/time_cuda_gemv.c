@@ -11,7 +11,13 @@
  * graph. Each shape's output is checked against cuBLASLt's before it is
  * timed. Not a test: timing by hand on a GPU machine.
  *
- * Usage: time_cuda_gemv [1b|8b|all]     (last line: BENCH {json})
+ * Mode skinny: the skinny tensor-core GEMM (cuda_skinny.cu) against cuBLASLt
+ * at 8, 16, 32 and 64 rows on each real matrix (q/k/v stacked and gate/up
+ * with SwiGLU against cuBLASLt's three and two launches plus SwiGLU), with
+ * its default grid, one and two blocks per SM, and without PDL: the figures
+ * behind kc_skinny_suits().
+ *
+ * Usage: time_cuda_gemv [1b|8b|all] [skinny]     (last line: BENCH {json})
  */
 #include <time.h>
 
@@ -26,17 +32,39 @@ struct variant {
 	const char *name;
 	uint32_t rows, bps; /* rows 0: cuBLASLt through the ops table */
 	int pdl;
+	int skinny;         /* the skinny GEMM, bps blocks an SM (0: its default) */
 };
 
 static const struct variant vars[] = {
-	{ "lt", 0, 0, 0 },        { "r1", 1, 2, 0 },        { "r1 pdl", 1, 2, 1 },
-	{ "r1 b1 pdl", 1, 1, 1 }, { "r2 pdl", 2, 2, 1 },    { "r4 pdl", 4, 2, 1 },
+	{ "lt", 0, 0, 0, 0 },        { "r1", 1, 2, 0, 0 },     { "r1 pdl", 1, 2, 1, 0 },
+	{ "r1 b1 pdl", 1, 1, 1, 0 }, { "r2 pdl", 2, 2, 1, 0 }, { "r4 pdl", 4, 2, 1, 0 },
+};
+
+static const struct variant sk_vars[] = {
+	{ "lt", 0, 0, 0, 0 },         { "sk", 0, 0, 1, 1 },    { "sk b1", 0, 1, 1, 1 },
+	{ "sk b2", 0, 2, 1, 1 },      { "sk nopdl", 0, 0, 0, 1 },
 };
 
 struct mat {
 	const char *name;
 	uint32_t k, m[3];
 	int swiglu, f32;
+};
+
+#define N_SK_MATS 6
+static const struct mat sk_mats[2][N_SK_MATS] = {
+	{ { "1B q/k/v", 2048, { 2048, 512, 512 }, 0, 0 },
+	  { "1B q, o", 2048, { 2048, 0, 0 }, 0, 0 },
+	  { "1B k, v", 2048, { 512, 0, 0 }, 0, 0 },
+	  { "1B gate/up", 2048, { 8192, 0, 0 }, 1, 0 },
+	  { "1B down", 8192, { 2048, 0, 0 }, 0, 0 },
+	  { "1B LM head", 2048, { 128256, 0, 0 }, 0, 1 } },
+	{ { "8B q/k/v", 4096, { 4096, 1024, 1024 }, 0, 0 },
+	  { "8B q, o", 4096, { 4096, 0, 0 }, 0, 0 },
+	  { "8B k, v", 4096, { 1024, 0, 0 }, 0, 0 },
+	  { "8B gate/up", 4096, { 14336, 0, 0 }, 1, 0 },
+	  { "8B down", 14336, { 4096, 0, 0 }, 0, 0 },
+	  { "8B LM head", 4096, { 128256, 0, 0 }, 0, 1 } },
 };
 
 #define N_MATS 5
@@ -108,6 +136,7 @@ static void wset_free(struct wset *s)
 }
 
 static void *lt_tmp[2]; /* gate and up for cuBLASLt's SwiGLU */
+#define MAX_ROWS 64
 
 static int mat_run_lt(const struct mat *mt, const struct wset *w, void *const out[3],
 		      const void *in, uint32_t n)
@@ -115,7 +144,7 @@ static int mat_run_lt(const struct mat *mt, const struct wset *w, void *const ou
 	struct kern_cuda *c = be->priv;
 	int r;
 
-	c->gemv_off = 1;
+	c->gemv_off = 1; /* cuBLASLt, neither GEMV nor skinny */
 	if (mt->swiglu)
 		r = be->ops->matmul_swiglu(be, out[0], lt_tmp[0], lt_tmp[1], in, w->w[0], w->w[1],
 					   n, mt->k, mt->m[0]);
@@ -134,8 +163,19 @@ static int mat_run(const struct mat *mt, const struct wset *w, void *const out[3
 		   uint32_t n, const struct variant *v)
 {
 	struct kc_gemv_cfg cfg = { v->rows, v->bps * (uint32_t)n_sms, v->pdl };
+	struct kc_skinny_cfg skc = { v->bps * (uint32_t)n_sms, v->pdl };
+	struct kern_cuda *c = be->priv;
 	struct kc_gemv_seg seg[3];
 
+	if (v->skinny) {
+		if (mt->swiglu)
+			return kc_skinny_swiglu(out[0], in, w->w[0], w->w[1], n, mt->k, mt->m[0], 0,
+						c->skinny_ws, c->skinny_ws_bytes, n_sms, &skc, st);
+		for (int i = 0; i < 3; i++)
+			seg[i] = (struct kc_gemv_seg){ out[i], w->w[i], NULL, mt->m[i] };
+		return kc_skinny_multi(seg, in, n, mt->k, mt->f32, c->skinny_ws, c->skinny_ws_bytes,
+				       n_sms, &skc, st);
+	}
 	if (!v->rows)
 		return mat_run_lt(mt, w, out, in, n);
 	if (mt->swiglu)
@@ -242,30 +282,43 @@ static double time_mat(const struct mat *mt, const struct wset *w, uint32_t nw, 
 	return best * 1e3 / reps;
 }
 
-static void one_matrix(const struct mat *mt, double gbs, char *json, size_t jcap)
+/* Row counts and variants of one table (the first variant is the reference). */
+struct plan {
+	const uint32_t *ns;
+	size_t n_ns;
+	const struct variant *vars;
+	size_t n_vars;
+	int skinny;
+};
+
+static void one_matrix(const struct mat *mt, const struct plan *pl, double gbs, char *json,
+		       size_t jcap)
 {
 	size_t bytes = mat_bytes(mt), nref = 0, ngot;
-	uint32_t nw = (uint32_t)((((size_t)768 << 20) + bytes - 1) / bytes), ns[] = { 1, 2, 3, 4 };
+	uint32_t nw = (uint32_t)((((size_t)768 << 20) + bytes - 1) / bytes);
 	struct wset w[8];
 	void *out[3] = { NULL, NULL, NULL }, *in;
-	float *x = gt_rand(&rng, (size_t)4 * mt->k, 1.0f);
+	float *x = gt_rand(&rng, (size_t)MAX_ROWS * mt->k, 1.0f);
 
 	nw = nw < 2 ? 2 : nw > 8 ? 8 : nw;
 	for (uint32_t i = 0; i < nw; i++)
 		wset_new(&w[i], mt);
-	in = gt_put(be, x, (size_t)4 * mt->k);
+	in = gt_put(be, x, (size_t)MAX_ROWS * mt->k);
 	for (int i = 0; i < 3; i++)
 		if (mt->m[i])
-			out[i] = be->ops->alloc(be, (size_t)4 * mt->m[i] * (mt->f32 ? 4 : 2));
-	for (size_t ni = 0; ni < KT_ARRAY_SIZE(ns); ni++) {
-		uint32_t n = ns[ni];
+			out[i] = be->ops->alloc(be,
+						(size_t)MAX_ROWS * mt->m[i] * (mt->f32 ? 4 : 2));
+	for (size_t ni = 0; ni < pl->n_ns; ni++) {
+		uint32_t n = pl->ns[ni];
 		float *ref = NULL, *got;
+		double t[8] = { 0 };
 
-		printf("  %-11s n=%u %6.1f MB:", mt->name, n, bytes / 1e6);
-		for (size_t vi = 0; vi < KT_ARRAY_SIZE(vars); vi++) {
+		printf("  %-11s n=%-2u %6.1f MB:", mt->name, n, bytes / 1e6);
+		for (size_t vi = 0; vi < pl->n_vars; vi++) {
+			const struct variant *v = &pl->vars[vi];
 			double us;
 
-			KT_CHECK_EQ_INT(mat_run(mt, &w[0], out, in, n, &vars[vi]), 0);
+			KT_CHECK_EQ_INT(mat_run(mt, &w[0], out, in, n, v), 0);
 			KT_CHECK_EQ_INT(be->ops->sync(be), 0);
 			got = mat_get(mt, out, n, &ngot);
 			if (!ref) {
@@ -277,19 +330,29 @@ static void one_matrix(const struct mat *mt, double gbs, char *json, size_t jcap
 				free(got);
 				if (!ok) {
 					fprintf(stderr, "%s n=%u %s: differs from cuBLASLt's\n",
-						mt->name, n, vars[vi].name);
+						mt->name, n, v->name);
 					kt_failures++;
-					printf(" %s MISMATCH", vars[vi].name);
+					printf(" %s MISMATCH", v->name);
 					continue;
 				}
 			}
-			us = time_mat(mt, w, nw, out, in, n, &vars[vi], 30);
-			printf(" %s %.1f us (%.0f%%)", vars[vi].name, us,
-			       100.0 * bytes / (us * 1e3) / gbs);
-			if (n == 1 && jcap > strlen(json) + 64)
-				snprintf(json + strlen(json), jcap - strlen(json), "\"%s %s\":%.2f,",
-					 mt->name, vars[vi].name, us);
+			us = time_mat(mt, w, nw, out, in, n, v, 30);
+			if (vi < 8)
+				t[vi] = us;
+			if (pl->skinny)
+				printf(" %s %.1f us %.0f GB/s%s", v->name, us, bytes / (us * 1e3),
+				       vi ? "" : ";");
+			else
+				printf(" %s %.1f us (%.0f%%)", v->name, us,
+				       100.0 * bytes / (us * 1e3) / gbs);
+			if ((pl->skinny || n == 1) && jcap > strlen(json) + 64)
+				snprintf(json + strlen(json), jcap - strlen(json),
+					 pl->skinny ? "\"%s n%u %s\":%.2f," : "\"%s%.0u %s\":%.2f,",
+					 mt->name, pl->skinny ? n : 0, v->name, us);
 		}
+		if (pl->skinny && t[0] > 0 && t[1] > 0)
+			printf(" | sk/lt %.2f, sk %.0f%% of copy", t[1] / t[0],
+			       100.0 * bytes / (t[1] * 1e3) / gbs);
 		printf("\n");
 		free(ref);
 	}
@@ -448,7 +511,11 @@ static void decode_step(int shape, double gbs, char *json, size_t jcap)
 int main(int argc, char **argv)
 {
 	const char *which = argc > 1 ? argv[1] : "all";
-	static char json[8192] = "{\"bench\":\"gemv\",";
+	const int sk = argc > 2 && !strcmp(argv[2], "skinny");
+	static const uint32_t gemv_ns[] = { 1, 2, 3, 4 }, sk_ns[] = { 8, 16, 32, 64 };
+	const struct plan pl = sk ? (struct plan){ sk_ns, 4, sk_vars, KT_ARRAY_SIZE(sk_vars), 1 }
+				  : (struct plan){ gemv_ns, 4, vars, KT_ARRAY_SIZE(vars), 0 };
+	static char json[16384] = "{\"bench\":\"gemv\",";
 	uint16_t *h;
 	double gbs;
 
@@ -462,20 +529,22 @@ int main(int argc, char **argv)
 		h[j] = (uint16_t)(0x3c00u | (kt_next(&rng) & 0x807fu));
 	pool = kt_upload(be, h, POOL_BYTES);
 	free(h);
-	lt_tmp[0] = be->ops->alloc(be, (size_t)4 * 14336 * 2);
-	lt_tmp[1] = be->ops->alloc(be, (size_t)4 * 14336 * 2);
+	lt_tmp[0] = be->ops->alloc(be, (size_t)MAX_ROWS * 14336 * 2);
+	lt_tmp[1] = be->ops->alloc(be, (size_t)MAX_ROWS * 14336 * 2);
 	gbs = copy_gbs();
 	printf("copy bandwidth %.0f GB/s (read + write); PDL %s\n", gbs,
 	       kc_pdl_enabled() ? "available" : "off");
 	snprintf(json + strlen(json), sizeof(json) - strlen(json), "\"copy_gbs\":%.1f,", gbs);
-	printf("one matrix, us per launch of 30 back to back (%% of copy rate):\n");
+	printf("one matrix, us per launch of 30 back to back (%s):\n",
+	       sk ? "GB/s of weights" : "% of copy rate");
 	for (int sh = 0; sh < 2; sh++) {
 		if (strcmp(which, "all") && strcmp(which, sh ? "8b" : "1b"))
 			continue;
-		for (int i = 0; i < N_MATS; i++)
-			one_matrix(&mats[sh][i], gbs, json, sizeof(json));
+		for (int i = 0; i < (sk ? N_SK_MATS : N_MATS); i++)
+			one_matrix(sk ? &sk_mats[sh][i] : &mats[sh][i], &pl, gbs, json,
+				   sizeof(json));
 	}
-	for (int sh = 0; sh < 2; sh++) {
+	for (int sh = 0; sh < 2 && !sk; sh++) {
 		if (strcmp(which, "all") && strcmp(which, sh ? "8b" : "1b"))
 			continue;
 		decode_step(sh, gbs, json, sizeof(json));
