@@ -487,7 +487,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 
 		const char *occ = getenv("HEARTH_CUDA_GEMV_OCC"), *db = getenv("HEARTH_CUDA_DEC_BLOCKS");
 		const char *mma = getenv("HEARTH_CUDA_ATTN_MMA"), *dm = getenv("HEARTH_CUDA_DEC_MMA");
-		const char *sk = getenv("HEARTH_CUDA_SKINNY");
+		const char *sk = getenv("HEARTH_CUDA_SKINNY"), *lt = getenv("HEARTH_CUDA_LT_TUNE");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -495,6 +495,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->dec_mma = !(dm && !strcmp(dm, "0"));
 		c->mma_blocks = mma && atoi(mma) >= 0 && atoi(mma) <= 64 ? atoi(mma) : 4;
 		c->skinny_off = sk && !strcmp(sk, "0");
+		c->lt_tune = !(lt && !strcmp(lt, "0"));
 	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
