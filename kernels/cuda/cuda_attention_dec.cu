@@ -558,67 +558,9 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 #pragma unroll
 				for (int e = 0; e < 4; e++)
 					sc[j][e] += sd[j][e];
-#pragma unroll
-			for (int j = 0; j < 2; j++) {
-				const int32_t p = p0 + j * 8 + 2 * t4;
-
-				sc[j][0] = p <= lim_a && p < end ? sc[j][0] * sl2 : -INFINITY;
-				sc[j][1] = p + 1 <= lim_a && p + 1 < end ? sc[j][1] * sl2 : -INFINITY;
-				sc[j][2] = p <= lim_b && p < end ? sc[j][2] * sl2 : -INFINITY;
-				sc[j][3] = p + 1 <= lim_b && p + 1 < end ? sc[j][3] * sl2 : -INFINITY;
-			}
-			float mx_a = fmaxf(fmaxf(sc[0][0], sc[0][1]), fmaxf(sc[1][0], sc[1][1]));
-			float mx_b = fmaxf(fmaxf(sc[0][2], sc[0][3]), fmaxf(sc[1][2], sc[1][3]));
-
-			mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-			mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-			mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-			mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-
-			/* Online softmax; a row that has seen nothing keeps m = -inf
-			 * and 0 stands in as its reference (every p and alpha 0). */
-			const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-			const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a;
-			const float ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
-			const float al_a = fast_exp2(m_a - ref_a), al_b = fast_exp2(m_b - ref_b);
-
-			m_a = mn_a;
-			m_b = mn_b;
-#pragma unroll
-			for (int j = 0; j < 2; j++) {
-				sc[j][0] = fast_exp2(sc[j][0] - ref_a);
-				sc[j][1] = fast_exp2(sc[j][1] - ref_a);
-				sc[j][2] = fast_exp2(sc[j][2] - ref_b);
-				sc[j][3] = fast_exp2(sc[j][3] - ref_b);
-			}
-			l_a = l_a * al_a + sc[0][0] + sc[0][1] + sc[1][0] + sc[1][1];
-			l_b = l_b * al_b + sc[0][2] + sc[0][3] + sc[1][2] + sc[1][3];
-#pragma unroll
-			for (int j = 0; j < DT; j++) {
-				o[j][0] *= al_a;
-				o[j][1] *= al_a;
-				o[j][2] *= al_b;
-				o[j][3] *= al_b;
-			}
-
-			/* O += P V: x4.trans of V, lanes 0-7 positions 0-7 at d, 8-15
-			 * positions 8-15 at d, 16-31 the same at d + 8. */
-			uint32_t pa[4];
-			const uint32_t va = smem_addr(vt + ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD +
-						      (lane >> 4) * 8);
-
-			pa[0] = pack_bf16(sc[0][0], sc[0][1]);
-			pa[1] = pack_bf16(sc[0][2], sc[0][3]);
-			pa[2] = pack_bf16(sc[1][0], sc[1][1]);
-			pa[3] = pack_bf16(sc[1][2], sc[1][3]);
-#pragma unroll
-			for (int dp = 0; dp < HD / 16; dp++) {
-				uint32_t bv[4];
-
-				ldsm_x4_t(va + dp * 32, bv);
-				mma_bf16(o[2 * dp], pa, bv[0], bv[1]);
-				mma_bf16(o[2 * dp + 1], pa, bv[2], bv[3]);
-			}
+			fa_mask<2>(sc, p0, t4, lim_a, lim_b, end, sl2);
+			fa_softmax<2, DT>(sc, o, m_a, m_b, l_a, l_b);
+			fa_pv<2, DT, LD>(sc, vt, o);
 			__syncwarp(); /* slot b is refilled by the next iteration */
 		}
 		cp_async_wait<0>();
@@ -728,12 +670,10 @@ extern "C" int kc_attn_decode_init(size_t smem_optin)
 	return 0;
 }
 
-extern "C" uint32_t kc_attn_decode_occupancy(uint32_t head_dim, int mma)
+extern "C" uint32_t kc_attn_decode_occupancy(uint32_t head_dim)
 {
 	int n = 0;
 
-	if (!mma)
-		return 4;
 	if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
 		    &n, dm_kernel(head_dim), DM_NT, dm_smem_bytes(head_dim, dm_stages(head_dim))) !=
 	    cudaSuccess) {

@@ -223,10 +223,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 				}
 		}
 		/* Scale, mask (not where every row of the warp sees the whole
-		 * tile: all but the last tiles of a long context), row maxima (a
-		 * row's 64 scores sit in the 4 lanes of its quad: 16 each). */
-		float mx_a = -INFINITY, mx_b = -INFINITY;
-
+		 * tile: all but the last tiles of a long context), then the online
+		 * softmax and O += P V (cuda_mma.cuh). */
 		if (p0 + MMA_BN <= end && p0 + MMA_BN - 1 <= wmin) {
 #pragma unroll
 			for (int j = 0; j < NTL; j++)
@@ -234,79 +232,10 @@ attn_mma_kernel(const struct kc_attn_args a)
 				for (int e = 0; e < 4; e++)
 					sc[j][e] *= sl2;
 		} else {
-#pragma unroll
-			for (int j = 0; j < NTL; j++) {
-				const int32_t p = p0 + j * 8 + 2 * t4;
-
-				sc[j][0] = p <= lim_a && p < end ? sc[j][0] * sl2 : -INFINITY;
-				sc[j][1] = p + 1 <= lim_a && p + 1 < end ? sc[j][1] * sl2 : -INFINITY;
-				sc[j][2] = p <= lim_b && p < end ? sc[j][2] * sl2 : -INFINITY;
-				sc[j][3] = p + 1 <= lim_b && p + 1 < end ? sc[j][3] * sl2 : -INFINITY;
-			}
+			fa_mask<NTL>(sc, p0, t4, lim_a, lim_b, end, sl2);
 		}
-#pragma unroll
-		for (int j = 0; j < NTL; j++) {
-			mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
-			mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
-		}
-		mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-		mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-		mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-		mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-
-		/* Online softmax. A row that has seen nothing yet keeps m = -inf;
-		 * 0 then stands in as its reference (every p and alpha is 0). */
-		const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-		const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a;
-		const float ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
-		const float al_a = fast_exp2(m_a - ref_a), al_b = fast_exp2(m_b - ref_b);
-		float su_a = 0.0f, su_b = 0.0f;
-
-		m_a = mn_a;
-		m_b = mn_b;
-#pragma unroll
-		for (int j = 0; j < NTL; j++) {
-			sc[j][0] = fast_exp2(sc[j][0] - ref_a);
-			sc[j][1] = fast_exp2(sc[j][1] - ref_a);
-			sc[j][2] = fast_exp2(sc[j][2] - ref_b);
-			sc[j][3] = fast_exp2(sc[j][3] - ref_b);
-			su_a += sc[j][0] + sc[j][1];
-			su_b += sc[j][2] + sc[j][3];
-		}
-		l_a = l_a * al_a + su_a; /* this lane's share; the quad sums at the end */
-		l_b = l_b * al_b + su_b;
-#pragma unroll
-		for (int j = 0; j < DT; j++) {
-			o[j][0] *= al_a;
-			o[j][1] *= al_a;
-			o[j][2] *= al_b;
-			o[j][3] *= al_b;
-		}
-		/* O += P V. x4.trans of V: lanes 0-7 positions 0-7 at d, 8-15
-		 * positions 8-15 at d, 16-31 the same at d + 8: b0 b1 of two n8
-		 * tiles of O. */
-		{
-			const uint32_t va = smem_addr(vt + ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD +
-						      (lane >> 4) * 8);
-
-#pragma unroll
-			for (int kk = 0; kk < MMA_BN / 16; kk++) {
-				uint32_t pa[4];
-
-				pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-				pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-				pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-				pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-				for (int dp = 0; dp < HD / 16; dp++) {
-					uint32_t b[4];
-
-					ldsm_x4_t(va + (kk * 16 * LD + dp * 16) * 2, b);
-					mma_bf16(o[2 * dp], pa, b[0], b[1]);
-					mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
-				}
-			}
-		}
+		fa_softmax<NTL, DT>(sc, o, m_a, m_b, l_a, l_b);
+		fa_pv<NTL, DT, LD>(sc, vt, o);
 	}
 
 	l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);

@@ -453,7 +453,12 @@ static int cuda_setup(struct kern_backend *be)
 	r = kc_gemm_init(c);
 	if (r)
 		return r;
-	return kc_attention_init(c->smem_optin);
+	r = kc_attention_init(c->smem_optin);
+	if (r)
+		return r;
+	c->dec_occ[0] = kc_attn_decode_occupancy(64);
+	c->dec_occ[1] = kc_attn_decode_occupancy(128);
+	return 0;
 }
 
 struct kern_backend *kern_cuda_new(int device_index)

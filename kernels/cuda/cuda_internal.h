@@ -104,6 +104,7 @@ struct kern_cuda {
 	int gemv_occ;
 	int dec_blocks;
 	int dec_mma;
+	uint32_t dec_occ[2];         /* kc_attn_decode_occupancy at head_dim 64, 128 */
 	int mma_blocks;
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
@@ -287,8 +288,9 @@ size_t kc_attn_part_floats(uint32_t n_splits, uint32_t n_tokens, uint32_t n_head
  * or 128 and at most 8 q heads per kv head). */
 int kc_attn_decode_ok(uint32_t head_dim, uint32_t group, int mma);
 int kc_attn_decode_init(size_t smem_optin);
-/* Blocks of the decode kernel that fit one multiprocessor. */
-uint32_t kc_attn_decode_occupancy(uint32_t head_dim, int mma);
+/* Blocks of the tensor-core decode kernel for head_dim 64 or 128 that fit
+ * one multiprocessor (asked once, at backend creation: dec_occ). */
+uint32_t kc_attn_decode_occupancy(uint32_t head_dim);
 /* One launch: attention and, for n_splits > 1, the merge of the splits
  * (a->part holds kc_attn_part_floats(n_splits, ...); counters: n_seqs x
  * n_kv_heads words, zero on entry and on return). */

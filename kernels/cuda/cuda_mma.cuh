@@ -8,6 +8,7 @@
 #define KERN_CUDA_MMA_CUH
 
 #include <cuda_bf16.h>
+#include <math.h>
 #include <stdint.h>
 
 static __device__ __forceinline__ uint32_t smem_addr(const void *p)
@@ -100,6 +101,112 @@ template <int N>
 static __device__ __forceinline__ void cp_async_wait(void)
 {
 	asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/*
+ * Scale a tile of NT n8 score tiles (positions p0 + 8j + 2t4 and + 1, C
+ * layout) to base 2 and mask it causally: -inf past a row's own position
+ * (lim_a: row g, lim_b: row g + 8) or at and past end.
+ */
+template <int NT>
+static __device__ __forceinline__ void fa_mask(float sc[NT][4], int32_t p0, int t4, int32_t lim_a,
+					       int32_t lim_b, int32_t end, float sl2)
+{
+#pragma unroll
+	for (int j = 0; j < NT; j++) {
+		const int32_t p = p0 + j * 8 + 2 * t4;
+
+		sc[j][0] = p <= lim_a && p < end ? sc[j][0] * sl2 : -INFINITY;
+		sc[j][1] = p + 1 <= lim_a && p + 1 < end ? sc[j][1] * sl2 : -INFINITY;
+		sc[j][2] = p <= lim_b && p < end ? sc[j][2] * sl2 : -INFINITY;
+		sc[j][3] = p + 1 <= lim_b && p + 1 < end ? sc[j][3] * sl2 : -INFINITY;
+	}
+}
+
+/*
+ * Flash-attention step of one warp over a tile of NT n8 score tiles in the
+ * m16n8 C layout (this lane: row g in [0] [1], row g + 8 in [2] [3]), the
+ * scores scaled to base 2 and masked to -inf. Updates the rows' running
+ * maxima and this lane's share of their sums (the quad adds its shares at
+ * the end), rescales O (DT n8 tiles) and leaves the probabilities in sc. A
+ * row that has seen nothing yet keeps m = -inf; 0 then stands in as its
+ * reference (every p and alpha is 0).
+ */
+template <int NT, int DT>
+static __device__ __forceinline__ void fa_softmax(float sc[NT][4], float o[DT][4], float &m_a,
+						  float &m_b, float &l_a, float &l_b)
+{
+	float mx_a = -INFINITY, mx_b = -INFINITY, su_a = 0.0f, su_b = 0.0f;
+
+#pragma unroll
+	for (int j = 0; j < NT; j++) {
+		mx_a = fmaxf(mx_a, fmaxf(sc[j][0], sc[j][1]));
+		mx_b = fmaxf(mx_b, fmaxf(sc[j][2], sc[j][3]));
+	}
+	mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+	mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+	mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+	mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+
+	const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+	const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a;
+	const float ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
+	const float al_a = fast_exp2(m_a - ref_a), al_b = fast_exp2(m_b - ref_b);
+
+	m_a = mn_a;
+	m_b = mn_b;
+#pragma unroll
+	for (int j = 0; j < NT; j++) {
+		sc[j][0] = fast_exp2(sc[j][0] - ref_a);
+		sc[j][1] = fast_exp2(sc[j][1] - ref_a);
+		sc[j][2] = fast_exp2(sc[j][2] - ref_b);
+		sc[j][3] = fast_exp2(sc[j][3] - ref_b);
+		su_a += sc[j][0] + sc[j][1];
+		su_b += sc[j][2] + sc[j][3];
+	}
+	l_a = l_a * al_a + su_a;
+	l_b = l_b * al_b + su_b;
+#pragma unroll
+	for (int j = 0; j < DT; j++) {
+		o[j][0] *= al_a;
+		o[j][1] *= al_a;
+		o[j][2] *= al_b;
+		o[j][3] *= al_b;
+	}
+}
+
+/*
+ * O += P V for the tile: P straight from the probabilities in registers (the
+ * C layout of two n8 tiles is the m16k16 A layout, rounded to bf16), V from
+ * shared memory (NT * 8 positions of rows LD bf16 apart from vt) by
+ * ldmatrix.trans: lanes 0-7 positions 0-7 at d, 8-15 positions 8-15 at d,
+ * 16-31 the same at d + 8, b0 b1 of two n8 tiles of O.
+ */
+template <int NT, int DT, int LD>
+static __device__ __forceinline__ void fa_pv(const float sc[NT][4], const __nv_bfloat16 *vt,
+					     float o[DT][4])
+{
+	const int lane = threadIdx.x & 31;
+	const uint32_t va = smem_addr(vt + ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD +
+				      (lane >> 4) * 8);
+
+#pragma unroll
+	for (int kk = 0; kk < NT / 2; kk++) {
+		uint32_t pa[4];
+
+		pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+		pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+		pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+		pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+		for (int dp = 0; dp < DT / 2; dp++) {
+			uint32_t b[4];
+
+			ldsm_x4_t(va + (kk * 16 * LD + dp * 16) * 2, b);
+			mma_bf16(o[2 * dp], pa, b[0], b[1]);
+			mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
+		}
+	}
 }
 
 #endif

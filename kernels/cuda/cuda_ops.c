@@ -316,7 +316,8 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 	if (!n_splits) {
 		uint32_t blocks = b->n_seqs * kv->n_kv_heads;
 		uint32_t per_sm = c->dec_blocks ? (uint32_t)c->dec_blocks
-						: kc_attn_decode_occupancy(kv->head_dim, mma);
+				  : mma		 ? c->dec_occ[kv->head_dim == 64 ? 0 : 1]
+						 : 4u; /* the CUDA-core kernel's aim */
 
 		n_splits = (per_sm * (uint32_t)c->n_sms + blocks - 1) / blocks;
 		n_splits = HR_MIN(n_splits, b->max_ctx / 128);
