@@ -63,12 +63,16 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 				      const float *inv_freq, uint32_t *err, int hf)
 {
 	const uint32_t i = blockIdx.x, half = hd / 2;
-	const int32_t p = pos[i], sl = slot[i];
+	const int32_t p = pos[i], sl = slot[i]; /* step metadata: no kernel writes it */
 	const uint64_t head_stride = (uint64_t)pt * hd;
 	bf16 *kdst, *vdst;
 	float fpos;
 
-	pdl_trigger(); /* decode attention may start: it loads older K/V first */
+	/* q, k and v come from the kernel before. Only then may decode
+	 * attention start (it loads older K/V first): launched while that
+	 * kernel drains, its blocks would crowd onto the first SMs it frees. */
+	pdl_wait();
+	pdl_trigger();
 	if (sl == KERN_SLOT_PAD)
 		return; /* padding token: nothing rotated, nothing written */
 	if (p < 0 || sl < 0 || (uint64_t)sl >= n_slots) {
@@ -477,19 +481,22 @@ static int launched(void)
 extern "C" int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *pos,
 				const int32_t *slot, uint32_t n_tokens, uint32_t n_heads,
 				const struct kern_kv *kv, uint32_t layer, const float *inv_freq,
-				uint32_t *err, int hf, cudaStream_t st)
+				uint32_t *err, int hf, int pdl, cudaStream_t st)
 {
 	uint64_t page_elems = kern_kv_page_elems(kv);
 	uint64_t layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim;
 	uint32_t work = (n_heads + kv->n_kv_heads) * (kv->head_dim / 2);
 	unsigned t = work >= 256 ? 256 : work >= 128 ? 128 : 64;
 
-	rope_kv_kernel<<<n_tokens, t, 0, st>>>((bf16 *)q, (bf16 *)k, (const bf16 *)v, pos, slot,
-					       n_heads, kv->n_kv_heads, kv->head_dim,
-					       kv->page_tokens,
-					       (uint64_t)kv->n_pages * kv->page_tokens, page_elems,
-					       layer_off, (bf16 *)kv->base, inv_freq, err, hf);
-	return launched();
+	/* A programmatic dependent of the q/k/v matmul: launched while it runs,
+	 * resident as soon as an SM has room. */
+	return kc_launch_pdl(pdl && kc_pdl_enabled(), rope_kv_kernel, dim3(n_tokens), dim3(t), 0, st,
+			     (bf16 *)q, (bf16 *)k, (const bf16 *)v, pos, slot, n_heads,
+			     kv->n_kv_heads, kv->head_dim, kv->page_tokens,
+			     (uint64_t)kv->n_pages * kv->page_tokens, page_elems, layer_off,
+			     (bf16 *)kv->base, inv_freq, err, hf) == cudaSuccess
+		       ? 0
+		       : -EIO;
 }
 
 extern "C" size_t kc_attn_smem_bytes(enum kc_attn_path path, uint32_t hd)

@@ -209,7 +209,7 @@ int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v
 		return r;
 	c = kc_priv(be);
 	return kc_rope_kv_write(q, k, v, batch->pos, batch->slot, batch->n_tokens, n_heads, kv,
-				layer, inv_freq, c->err_dev, c->hf_round, c->stream);
+				layer, inv_freq, c->err_dev, c->hf_round, c->pdl_early & 1, c->stream);
 }
 
 /*
@@ -266,6 +266,8 @@ static void attn_args_fill(struct kc_attn_args *a, struct kern_cuda *c, void *ou
 		.page_elems = kern_kv_page_elems(kv),
 		.layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim,
 		.scale = scale,
+		.early = c->pdl_early >> 1 & 1,
+		.split_min = c->dec_split_min,
 		.err = c->err_dev,
 	};
 }
@@ -320,7 +322,7 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 						 : 4u; /* the CUDA-core kernel's aim */
 
 		n_splits = (per_sm * (uint32_t)c->n_sms + blocks - 1) / blocks;
-		n_splits = HR_MIN(n_splits, b->max_ctx / 128);
+		n_splits = HR_MIN(n_splits, b->max_ctx / c->dec_split_min);
 	}
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
 	if (n_splits > 1)
