@@ -182,9 +182,9 @@ static int cuda_download(struct kern_backend *be, void *host_dst, const void *sr
 	return r ? r : take_dev_err(c);
 }
 
-static int cuda_copy(struct kern_backend *be, void *dst, const void *src, size_t bytes)
+int kc_copy_async(struct kern_backend *be, void *dst, const void *src, size_t bytes,
+		  enum cudaMemcpyKind kind)
 {
-	struct kern_cuda *c = kc_priv(be);
 	int r;
 
 	if (!bytes)
@@ -194,7 +194,12 @@ static int cuda_copy(struct kern_backend *be, void *dst, const void *src, size_t
 	r = kc_enter(be);
 	if (r < 0)
 		return r;
-	return kc_err(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+	return kc_err(cudaMemcpyAsync(dst, src, bytes, kind, kc_priv(be)->stream));
+}
+
+static int cuda_copy(struct kern_backend *be, void *dst, const void *src, size_t bytes)
+{
+	return kc_copy_async(be, dst, src, bytes, cudaMemcpyDeviceToDevice);
 }
 
 static int cuda_sync(struct kern_backend *be)

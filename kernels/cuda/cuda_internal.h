@@ -127,6 +127,10 @@ static inline struct kern_cuda *kc_priv(struct kern_backend *be)
 int kc_err(cudaError_t e);
 /* Make be's device current on this thread (cheap when it already is). */
 int kc_enter(struct kern_backend *be);
+/* cudaMemcpyAsync on be's stream, after the checks every copy op makes
+ * (nothing to do for 0 bytes, -EINVAL for a NULL pointer). */
+int kc_copy_async(struct kern_backend *be, void *dst, const void *src, size_t bytes,
+		  enum cudaMemcpyKind kind);
 /* Grow the attention workspace to at least `bytes`. */
 int kc_attn_ws_reserve(struct kern_backend *be, size_t bytes);
 

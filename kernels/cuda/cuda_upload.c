@@ -47,15 +47,5 @@ void kc_free_host_op(struct kern_backend *be, void *p)
 
 int kc_write_async_op(struct kern_backend *be, void *dst, const void *host_src, size_t bytes)
 {
-	struct kern_cuda *c = kc_priv(be);
-	int r;
-
-	if (!bytes)
-		return 0;
-	if (!dst || !host_src)
-		return -EINVAL;
-	r = kc_enter(be);
-	if (r < 0)
-		return r;
-	return kc_err(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, c->stream));
+	return kc_copy_async(be, dst, host_src, bytes, cudaMemcpyHostToDevice);
 }

@@ -10,11 +10,11 @@ R=${R:-build-gpu-run}
 if [ "${1:-}" = "--pack" ]; then
 	B=${2:-build-cuda}
 	rm -rf "$R" && mkdir -p "$R/lib" || exit 1
-	for t in test_cuda_ops test_cuda_attention test_cuda_engine time_cuda_decode; do
+	for t in test_cuda_ops test_cuda_attention test_cuda_engine test_cuda_skinny; do
 		cp "$B/tests/gpu/$t" "$R/" || exit 1
 	done
 	# Libraries a bare CUDA image may lack (not libc, libstdc++ or CUDA's own).
-	ldd "$R"/test_cuda_* "$R"/time_cuda_decode | awk '/=>/ {print $3}' | sort -u |
+	ldd "$R"/test_cuda_* | awk '/=>/ {print $3}' | sort -u |
 		grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*)\.so' |
 		grep -v '/usr/local/cuda' |
 		while read -r f; do cp -L "$f" "$R/lib/"; done
@@ -40,7 +40,7 @@ run() {
 run ops "$R/test_cuda_ops"
 run attention "$R/test_cuda_attention"
 run engine "$R/test_cuda_engine" $M/llama-tiny $M/qwen2-tiny $M/llama3-scaled $M/mistral-tiny
-run time "$R/time_cuda_decode" $M/llama-tiny
+run skinny "$R/test_cuda_skinny"
 run memcheck_ops timeout 150 compute-sanitizer --tool memcheck --leak-check no "$R/test_cuda_ops"
 run memcheck_attn timeout 150 compute-sanitizer --tool memcheck "$R/test_cuda_attention" quick
 run racecheck_attn timeout 120 compute-sanitizer --tool racecheck "$R/test_cuda_attention" quick
