@@ -445,11 +445,11 @@ static int skinny_args_ok(uint32_t n, uint32_t k, const void *in, const void *ws
  * q/k/v stacked at every row count (one launch against three: 0.25-0.62x
  * the time on the 1B, 0.39-0.92x on the 8B); gate/up with SwiGLU up to 16
  * rows (0.78-0.95x); a plain matrix up to 8 rows below 40 MB (1B q/o/k/v
- * and down, 8B q/o/k/v: 0.54-0.94x), up to 16 rows below 10 MB, up to 32
- * below 4 MB. Past those, at 32-64 rows the activations re-read for every
- * 64-row tile (as many bytes as the weights at 64 rows, from L2) hold it
- * to 35-50% of the copy rate, where cuBLASLt's wider tiles reach 75-85%;
- * the LM head's size ties at 8-16 rows and loses above.
+ * and down, 8B q/o/k/v: 0.71-0.97x; past 8 rows the tuned cuBLASLt ties or
+ * wins). At 32-64 rows a unit of weights costs its load time plus its mma
+ * time (they do not overlap), 35-50% of the copy rate at 64 rows, where
+ * cuBLASLt (wgmma) reaches 75-85%; the LM head's size ties at 8-16 rows
+ * and loses above.
  */
 extern "C" int kc_skinny_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gemv_op op)
 {
@@ -461,9 +461,7 @@ extern "C" int kc_skinny_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_g
 		return n <= 32; /* at 64 rows a batch-64 step ran 3-5% slower with it */
 	if (op == KC_GEMV_SWIGLU)
 		return n <= 16;
-	return n <= 8 ? bytes <= ((uint64_t)40 << 20)
-		      : n <= 16 ? bytes <= ((uint64_t)10 << 20)
-				: n <= 32 && bytes <= ((uint64_t)4 << 20);
+	return n <= 8 && bytes <= ((uint64_t)40 << 20);
 }
 
 extern "C" int kc_skinny_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
