@@ -249,52 +249,99 @@ static void test_matmul(uint32_t n, uint32_t k, uint32_t m, int with_bias)
 	free(rg);
 }
 
+/*
+ * Three matrices of one input x[n, k] (q, k, v; matrices 1 and 2 also serve
+ * as gate and up), weights and biases on both backends, with the cpu
+ * backend's products x W^T (+ b) in oc. og has room for fp32 results.
+ */
+struct mat3 {
+	uint32_t m[3];
+	float *w[3], *b[3];
+	void *wc[3], *wg[3], *bc[3], *bg[3], *oc[3], *og[3];
+};
+
+static void mat3_new(struct mat3 *t, void *xc, uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv,
+		     int with_bias)
+{
+	t->m[0] = mq;
+	t->m[1] = t->m[2] = mkv;
+	for (int i = 0; i < 3; i++) {
+		const uint32_t m = t->m[i];
+
+		t->w[i] = gt_rand(&rng, (size_t)m * k, (float)(1.5 / sqrt(k)));
+		t->b[i] = gt_rand(&rng, m, 0.5f);
+		t->wc[i] = put_weight(gt_cpu, t->w[i], (size_t)m * k);
+		t->wg[i] = put_weight(gt_gpu, t->w[i], (size_t)m * k);
+		t->bc[i] = put_weight(gt_cpu, t->b[i], m);
+		t->bg[i] = put_weight(gt_gpu, t->b[i], m);
+		t->oc[i] = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
+		t->og[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 4);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t->oc[i], xc, t->wc[i],
+						    with_bias ? t->bc[i] : NULL, n, k, m), 0);
+	}
+}
+
+static void mat3_free(struct mat3 *t)
+{
+	for (int i = 0; i < 3; i++) {
+		void *pc[] = { t->wc[i], t->bc[i], t->oc[i] }, *pg[] = { t->wg[i], t->bg[i], t->og[i] };
+
+		for (int j = 0; j < 3; j++) {
+			gt_cpu->ops->free(gt_cpu, pc[j]);
+			gt_gpu->ops->free(gt_gpu, pg[j]);
+		}
+		free(t->w[i]);
+		free(t->b[i]);
+	}
+}
+
+/* silu(x W1^T) * (x W2^T) on the cpu backend (cpu memory, fp32 [n, m[1]]). */
+static void *mat3_swiglu_ref(const struct mat3 *t, void *xc, uint32_t n, uint32_t k)
+{
+	const uint32_t m = t->m[1];
+	void *sc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
+	void *t1 = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
+	void *t2 = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
+
+	KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t1, xc, t->wc[1], NULL, n, k, m), 0);
+	KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t2, xc, t->wc[2], NULL, n, k, m), 0);
+	KT_CHECK_EQ_INT(gt_cpu->ops->swiglu(gt_cpu, sc, t1, t2, n, m), 0);
+	gt_cpu->ops->free(gt_cpu, t1);
+	gt_cpu->ops->free(gt_cpu, t2);
+	return sc;
+}
+
 /* The fused ops against the cpu backend's plain matmul (+ swiglu). */
 static void test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int with_bias)
 {
-	const uint32_t ms[3] = { mq, mkv, mkv };
-	float *x = gt_rand(&rng, (size_t)n * k, 1.0f);
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc, *rg;
 	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
-	void *wc[3], *wg[3], *bc[3], *bg[3], *oc[3], *og[3];
-	float *w[3], *b[3], *rc, *rg;
+	struct mat3 t;
 	char what[96];
 
+	mat3_new(&t, xc, n, k, mq, mkv, with_bias);
+	KT_CHECK_EQ_INT(gt_gpu->ops->matmul_qkv(gt_gpu, t.og[0], t.og[1], t.og[2], xg, t.wg[0],
+						t.wg[1], t.wg[2], with_bias ? t.bg[0] : NULL,
+						with_bias ? t.bg[1] : NULL,
+						with_bias ? t.bg[2] : NULL, n, k, mq, mkv), 0);
 	for (int i = 0; i < 3; i++) {
-		w[i] = gt_rand(&rng, (size_t)ms[i] * k, (float)(1.5 / sqrt(k)));
-		b[i] = gt_rand(&rng, ms[i], 0.5f);
-		wc[i] = put_weight(gt_cpu, w[i], (size_t)ms[i] * k);
-		wg[i] = put_weight(gt_gpu, w[i], (size_t)ms[i] * k);
-		bc[i] = put_weight(gt_cpu, b[i], ms[i]);
-		bg[i] = put_weight(gt_gpu, b[i], ms[i]);
-		oc[i] = gt_cpu->ops->alloc(gt_cpu, (size_t)n * ms[i] * 4);
-		og[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * ms[i] * 2);
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[i], xc, wc[i], with_bias ? bc[i] : NULL,
-						    n, k, ms[i]), 0);
-	}
-	KT_CHECK_EQ_INT(gt_gpu->ops->matmul_qkv(gt_gpu, og[0], og[1], og[2], xg, wg[0], wg[1], wg[2],
-						with_bias ? bg[0] : NULL, with_bias ? bg[1] : NULL,
-						with_bias ? bg[2] : NULL, n, k, mq, mkv), 0);
-	for (int i = 0; i < 3; i++) {
-		rc = gt_get(gt_cpu, oc[i], (size_t)n * ms[i]);
-		rg = gt_get(gt_gpu, og[i], (size_t)n * ms[i]);
-		snprintf(what, sizeof(what), "matmul_qkv[%d] n=%u k=%u m=%u%s", i, n, k, ms[i],
+		rc = gt_get(gt_cpu, t.oc[i], (size_t)n * t.m[i]);
+		rg = gt_get(gt_gpu, t.og[i], (size_t)n * t.m[i]);
+		snprintf(what, sizeof(what), "matmul_qkv[%d] n=%u k=%u m=%u%s", i, n, k, t.m[i],
 			 with_bias ? " +bias" : "");
-		gt_close(what, rg, rc, (size_t)n * ms[i], GT_ATOL, GT_RTOL);
+		gt_close(what, rg, rc, (size_t)n * t.m[i], GT_ATOL, GT_RTOL);
 		free(rc);
 		free(rg);
 	}
-	/* SwiGLU of segments 1 and 2 (same m): silu(x W1^T) * (x W2^T). */
+	/* SwiGLU of matrices 1 and 2 (same m): silu(x W1^T) * (x W2^T). */
 	{
-		void *sc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
+		void *sc = mat3_swiglu_ref(&t, xc, n, k);
 		void *sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 		void *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 		void *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[1], xc, wc[1], NULL, n, k, mkv), 0);
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[2], xc, wc[2], NULL, n, k, mkv), 0);
-		KT_CHECK_EQ_INT(gt_cpu->ops->swiglu(gt_cpu, sc, oc[1], oc[2], n, mkv), 0);
-		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, wg[1], wg[2], n, k,
-							   mkv), 0);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2], n,
+							   k, mkv), 0);
 		rc = gt_get(gt_cpu, sc, (size_t)n * mkv);
 		rg = gt_get(gt_gpu, sg, (size_t)n * mkv);
 		snprintf(what, sizeof(what), "matmul_swiglu n=%u k=%u m=%u", n, k, mkv);
@@ -306,16 +353,7 @@ static void test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int wi
 		gt_gpu->ops->free(gt_gpu, t1);
 		gt_gpu->ops->free(gt_gpu, t2);
 	}
-	for (int i = 0; i < 3; i++) {
-		gt_cpu->ops->free(gt_cpu, wc[i]);
-		gt_cpu->ops->free(gt_cpu, bc[i]);
-		gt_cpu->ops->free(gt_cpu, oc[i]);
-		gt_gpu->ops->free(gt_gpu, wg[i]);
-		gt_gpu->ops->free(gt_gpu, bg[i]);
-		gt_gpu->ops->free(gt_gpu, og[i]);
-		free(w[i]);
-		free(b[i]);
-	}
+	mat3_free(&t);
 	gt_cpu->ops->free(gt_cpu, xc);
 	gt_gpu->ops->free(gt_gpu, xg);
 	free(x);
@@ -332,67 +370,47 @@ static void test_gemv_cfgs(uint32_t n, uint32_t k, uint32_t m, uint32_t mkv)
 	static const struct kc_gemv_cfg cfgs[] = {
 		{ 1, 264, 1 }, { 1, 1, 0 }, { 2, 264, 1 }, { 4, 132, 0 }, { 4, 1000, 1 },
 	};
-	const uint32_t ms[3] = { m, mkv, mkv };
-	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *w[3], *b[3], *rc, *rg;
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc, *rg;
 	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
-	void *wc[3], *wg[3], *bc[3], *bg[3], *oc[3], *og[3], *sc, *sg;
+	void *sc, *sg;
+	struct mat3 t;
 	char what[96];
 
-	for (int i = 0; i < 3; i++) {
-		w[i] = gt_rand(&rng, (size_t)ms[i] * k, (float)(1.5 / sqrt(k)));
-		b[i] = gt_rand(&rng, ms[i], 0.5f);
-		wc[i] = put_weight(gt_cpu, w[i], (size_t)ms[i] * k);
-		wg[i] = put_weight(gt_gpu, w[i], (size_t)ms[i] * k);
-		bc[i] = put_weight(gt_cpu, b[i], ms[i]);
-		bg[i] = put_weight(gt_gpu, b[i], ms[i]);
-		oc[i] = gt_cpu->ops->alloc(gt_cpu, (size_t)n * ms[i] * 4);
-		og[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * ms[i] * 4);
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[i], xc, wc[i], bc[i], n, k, ms[i]),
-				0);
-	}
-	sc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
+	mat3_new(&t, xc, n, k, m, mkv, 1);
+	sc = mat3_swiglu_ref(&t, xc, n, k);
 	sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
-	{
-		void *t1 = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
-		void *t2 = gt_cpu->ops->alloc(gt_cpu, (size_t)n * mkv * 4);
-
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t1, xc, wc[1], NULL, n, k, mkv), 0);
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t2, xc, wc[2], NULL, n, k, mkv), 0);
-		KT_CHECK_EQ_INT(gt_cpu->ops->swiglu(gt_cpu, sc, t1, t2, n, mkv), 0);
-		gt_cpu->ops->free(gt_cpu, t1);
-		gt_cpu->ops->free(gt_cpu, t2);
-	}
 	for (size_t ci = 0; ci < KT_ARRAY_SIZE(cfgs); ci++) {
 		const struct kc_gemv_cfg *cf = &cfgs[ci];
 		struct kc_gemv_seg seg[3];
 
 		for (int i = 0; i < 3; i++)
-			seg[i] = (struct kc_gemv_seg){ og[i], wg[i], bg[i], ms[i] };
+			seg[i] = (struct kc_gemv_seg){ t.og[i], t.wg[i], t.bg[i], t.m[i] };
 		KT_CHECK_EQ_INT(kc_gemv_multi_cfg(seg, xg, n, k, 0, cf, c->stream), 0);
 		for (int i = 0; i < 3; i++) {
-			rc = gt_get(gt_cpu, oc[i], (size_t)n * ms[i]);
-			rg = gt_get(gt_gpu, og[i], (size_t)n * ms[i]);
+			rc = gt_get(gt_cpu, t.oc[i], (size_t)n * t.m[i]);
+			rg = gt_get(gt_gpu, t.og[i], (size_t)n * t.m[i]);
 			snprintf(what, sizeof(what), "gemv r%u b%u%s qkv[%d] n=%u k=%u m=%u +bias",
-				 cf->rows, cf->blocks, cf->pdl ? " pdl" : "", i, n, k, ms[i]);
-			gt_close(what, rg, rc, (size_t)n * ms[i], GT_ATOL, GT_RTOL);
+				 cf->rows, cf->blocks, cf->pdl ? " pdl" : "", i, n, k, t.m[i]);
+			gt_close(what, rg, rc, (size_t)n * t.m[i], GT_ATOL, GT_RTOL);
 			free(rc);
 			free(rg);
 		}
 		/* one matrix, fp32 out (the LM head's form) */
 		seg[0].bias = NULL;
 		seg[1].m = seg[2].m = 0;
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul_f32out(gt_cpu, oc[0], xc, wc[0], n, k, m), 0);
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul_f32out(gt_cpu, t.oc[0], xc, t.wc[0], n, k, m), 0);
 		KT_CHECK_EQ_INT(kc_gemv_multi_cfg(seg, xg, n, k, 1, cf, c->stream), 0);
-		rc = gt_get_f32(gt_cpu, oc[0], (size_t)n * m);
-		rg = gt_get_f32(gt_gpu, og[0], (size_t)n * m);
+		rc = gt_get_f32(gt_cpu, t.oc[0], (size_t)n * m);
+		rg = gt_get_f32(gt_gpu, t.og[0], (size_t)n * m);
 		snprintf(what, sizeof(what), "gemv r%u b%u%s f32 n=%u k=%u m=%u", cf->rows,
 			 cf->blocks, cf->pdl ? " pdl" : "", n, k, m);
 		gt_close(what, rg, rc, (size_t)n * m, 1e-3, 1e-3);
 		free(rc);
 		free(rg);
-		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, oc[0], xc, wc[0], bc[0], n, k, m), 0);
-		KT_CHECK_EQ_INT(kc_gemv_swiglu_cfg(sg, xg, wg[1], wg[2], n, k, mkv, 0, cf, c->stream),
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t.oc[0], xc, t.wc[0], t.bc[0], n, k, m),
 				0);
+		KT_CHECK_EQ_INT(kc_gemv_swiglu_cfg(sg, xg, t.wg[1], t.wg[2], n, k, mkv, 0, cf,
+						   c->stream), 0);
 		rc = gt_get(gt_cpu, sc, (size_t)n * mkv);
 		rg = gt_get(gt_gpu, sg, (size_t)n * mkv);
 		snprintf(what, sizeof(what), "gemv r%u b%u%s swiglu n=%u k=%u m=%u", cf->rows,
@@ -401,16 +419,7 @@ static void test_gemv_cfgs(uint32_t n, uint32_t k, uint32_t m, uint32_t mkv)
 		free(rc);
 		free(rg);
 	}
-	for (int i = 0; i < 3; i++) {
-		void *pc[] = { wc[i], bc[i], oc[i] }, *pg[] = { wg[i], bg[i], og[i] };
-
-		for (int j = 0; j < 3; j++) {
-			gt_cpu->ops->free(gt_cpu, pc[j]);
-			gt_gpu->ops->free(gt_gpu, pg[j]);
-		}
-		free(w[i]);
-		free(b[i]);
-	}
+	mat3_free(&t);
 	gt_cpu->ops->free(gt_cpu, xc);
 	gt_cpu->ops->free(gt_cpu, sc);
 	gt_gpu->ops->free(gt_gpu, xg);
