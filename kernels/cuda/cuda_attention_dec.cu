@@ -25,6 +25,33 @@
 typedef __nv_bfloat16 bf16;
 
 /*
+ * Element d of (token tok, q head h) from its split's softmax state (max mx,
+ * sum sum_l, weighted value sum_o): the output in bf16 when the KV length is
+ * one split; else the split's partial row (values, then max and sum, written
+ * by d == 0), which dec_merge_splits() combines.
+ */
+template <int HD>
+static __device__ __forceinline__ void dec_emit(const struct kc_attn_args &a, uint32_t split,
+						uint32_t nsp, int32_t tok, uint32_t h, uint32_t d,
+						float mx, float sum_l, float sum_o)
+{
+	const size_t row_f = HD + 2;
+
+	if (nsp == 1) {
+		((bf16 *)a.out)[((size_t)tok * a.n_heads + h) * HD + d] =
+			__float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
+	} else {
+		float *pr = a.part + (((size_t)split * a.n_tokens + tok) * a.n_heads + h) * row_f;
+
+		pr[d] = sum_o;
+		if (!d) {
+			pr[HD] = mx;
+			pr[HD + 1] = sum_l;
+		}
+	}
+}
+
+/*
  * Merge of the splits, run by every thread of each block once its partials
  * are written: the last block of (sequence, kv head) to arrive reads every
  * split's maxima and sums in one parallel pass into shared memory (a serial
@@ -149,7 +176,6 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
 	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
 	const float sl2 = a.scale * KC_LOG2E;
-	const size_t row_f = HD + 2, zstride = (size_t)a.n_tokens * a.n_heads * row_f;
 	const int32_t *bt = a.block_table + (size_t)s * a.max_blocks;
 	int32_t t0, t1, ctx;
 
@@ -311,19 +337,7 @@ attn_decode_kernel(const struct kc_attn_args a, uint32_t *counters)
 					sum_l += c * sm_l[w][g];
 					sum_o += c * sm_o[w][g][d];
 				}
-			if (nsp == 1) {
-				((bf16 *)a.out)[((size_t)t * a.n_heads + h) * HD + d] =
-					__float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
-			} else {
-				float *pr = a.part + (size_t)split * zstride +
-					    ((size_t)t * a.n_heads + h) * row_f;
-
-				pr[d] = sum_o;
-				if (!d) {
-					pr[HD] = mx;
-					pr[HD + 1] = sum_l;
-				}
-			}
+			dec_emit<HD>(a, split, nsp, t, h, d, mx, sum_l, sum_o);
 		}
 		__syncthreads(); /* shared memory reused by the next token */
 	}
@@ -375,7 +389,6 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
 	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
 	const float sl2 = a.scale * KC_LOG2E;
-	const size_t row_f = HD + 2;
 	const int32_t *bt = a.block_table + (size_t)s * a.max_blocks;
 	bf16 *ring = dm_smem + (size_t)warp * DM_STAGES * 2 * CH;
 
@@ -614,18 +627,7 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 					sum_l += c * sm_l[w][r];
 					sum_o += c * mo[((size_t)w * 16 + r) * HD + d];
 				}
-			if (nsp == 1) {
-				((bf16 *)a.out)[((size_t)tok * a.n_heads + h) * HD + d] =
-					__float2bfloat16_rn(sum_l > 0.0f ? sum_o / sum_l : 0.0f);
-			} else {
-				float *pr = a.part + (((size_t)split * a.n_tokens + tok) * a.n_heads + h) * row_f;
-
-				pr[d] = sum_o;
-				if (!d) {
-					pr[HD] = mx;
-					pr[HD + 1] = sum_l;
-				}
-			}
+			dec_emit<HD>(a, split, nsp, tok, h, d, mx, sum_l, sum_o);
 		}
 		__syncthreads(); /* shared memory reused by the next pass */
 	}
