@@ -102,6 +102,19 @@ static inline void *gt_put(struct kern_backend *be, const float *x, size_t n)
 	return p;
 }
 
+/* A weight of n fp32 values (the reference's, already bf16-exact) in the
+ * backend's weight format; exits on failure. */
+static inline void *gt_put_weight(struct kern_backend *be, const float *w, size_t n)
+{
+	void *p = be->ops->weight_upload(be, w, KERN_F32, n);
+
+	if (!p) {
+		fprintf(stderr, "weight_upload failed\n");
+		exit(1);
+	}
+	return p;
+}
+
 /* Host fp32 copy of n activations in backend memory. */
 static inline float *gt_get(struct kern_backend *be, const void *d, size_t n)
 {

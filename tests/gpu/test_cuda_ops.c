@@ -104,18 +104,6 @@ static void test_weight_upload(void)
 	free(tmp);
 }
 
-/* A weight on both backends: fp32 reference values w (already bf16-exact). */
-static void *put_weight(struct kern_backend *be, const float *w, size_t n)
-{
-	void *p = be->ops->weight_upload(be, w, KERN_F32, n);
-
-	if (!p) {
-		fprintf(stderr, "weight_upload failed\n");
-		exit(1);
-	}
-	return p;
-}
-
 static void test_embed(uint32_t dim)
 {
 	const uint32_t vocab = 1000, n = 37;
@@ -129,8 +117,8 @@ static void test_embed(uint32_t dim)
 		ids[i] = (int32_t)kt_below(&rng, vocab);
 	ids[0] = 0;
 	ids[1] = (int32_t)vocab - 1;
-	tc = put_weight(gt_cpu, table, (size_t)vocab * dim);
-	tg = put_weight(gt_gpu, table, (size_t)vocab * dim);
+	tc = gt_put_weight(gt_cpu, table, (size_t)vocab * dim);
+	tg = gt_put_weight(gt_gpu, table, (size_t)vocab * dim);
 	ic = kt_upload(gt_cpu, ids, sizeof(ids));
 	ig = kt_upload(gt_gpu, ids, sizeof(ids));
 	oc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * dim * 4);
@@ -167,7 +155,7 @@ static void test_add_rmsnorm(uint32_t n, uint32_t dim, int with_add)
 	float *w = gt_rand(&rng, dim, 1.5f);
 	void *xc = gt_put(gt_cpu, x, ne), *xg = gt_put(gt_gpu, x, ne);
 	void *ac = gt_put(gt_cpu, a, ne), *ag = gt_put(gt_gpu, a, ne);
-	void *wc = put_weight(gt_cpu, w, dim), *wg = put_weight(gt_gpu, w, dim);
+	void *wc = gt_put_weight(gt_cpu, w, dim), *wg = gt_put_weight(gt_gpu, w, dim);
 	void *oc = gt_cpu->ops->alloc(gt_cpu, ne * 4), *og = gt_gpu->ops->alloc(gt_gpu, ne * 2);
 	float *rc, *rg, *resc, *resg;
 	char what[64];
@@ -210,8 +198,9 @@ static void test_matmul(uint32_t n, uint32_t k, uint32_t m, int with_bias)
 	float *w = gt_rand(&rng, (size_t)m * k, (float)(1.5 / sqrt(k)));
 	float *b = gt_rand(&rng, m, 0.5f);
 	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
-	void *wc = put_weight(gt_cpu, w, (size_t)m * k), *wg = put_weight(gt_gpu, w, (size_t)m * k);
-	void *bc = put_weight(gt_cpu, b, m), *bg = put_weight(gt_gpu, b, m);
+	void *wc = gt_put_weight(gt_cpu, w, (size_t)m * k);
+	void *wg = gt_put_weight(gt_gpu, w, (size_t)m * k);
+	void *bc = gt_put_weight(gt_cpu, b, m), *bg = gt_put_weight(gt_gpu, b, m);
 	void *oc = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
 	void *og = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
 	float *fg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 4);
@@ -270,10 +259,10 @@ static void mat3_new(struct mat3 *t, void *xc, uint32_t n, uint32_t k, uint32_t 
 
 		t->w[i] = gt_rand(&rng, (size_t)m * k, (float)(1.5 / sqrt(k)));
 		t->b[i] = gt_rand(&rng, m, 0.5f);
-		t->wc[i] = put_weight(gt_cpu, t->w[i], (size_t)m * k);
-		t->wg[i] = put_weight(gt_gpu, t->w[i], (size_t)m * k);
-		t->bc[i] = put_weight(gt_cpu, t->b[i], m);
-		t->bg[i] = put_weight(gt_gpu, t->b[i], m);
+		t->wc[i] = gt_put_weight(gt_cpu, t->w[i], (size_t)m * k);
+		t->wg[i] = gt_put_weight(gt_gpu, t->w[i], (size_t)m * k);
+		t->bc[i] = gt_put_weight(gt_cpu, t->b[i], m);
+		t->bg[i] = gt_put_weight(gt_gpu, t->b[i], m);
 		t->oc[i] = gt_cpu->ops->alloc(gt_cpu, (size_t)n * m * 4);
 		t->og[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 4);
 		KT_CHECK_EQ_INT(gt_cpu->ops->matmul(gt_cpu, t->oc[i], xc, t->wc[i],

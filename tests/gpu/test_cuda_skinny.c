@@ -16,17 +16,6 @@ static struct kt_rng rng = { 0x736b696e6e79ull };
 static const uint32_t ns[] = { 5, 8, 15, 16, 17, 32, 33, 64 };
 #define NMAX 64u
 
-static void *put_weight(struct kern_backend *be, const float *w, size_t n)
-{
-	void *p = be->ops->weight_upload(be, w, KERN_F32, n);
-
-	if (!p) {
-		fprintf(stderr, "weight_upload failed\n");
-		exit(1);
-	}
-	return p;
-}
-
 /* One matrix of k columns and m rows on both backends, with a bias. */
 struct mat {
 	uint32_t k, m;
@@ -40,10 +29,10 @@ static void mat_new(struct mat *t, uint32_t k, uint32_t m)
 
 	t->k = k;
 	t->m = m;
-	t->wc = put_weight(gt_cpu, w, (size_t)m * k);
-	t->wg = put_weight(gt_gpu, w, (size_t)m * k);
-	t->bc = put_weight(gt_cpu, b, m);
-	t->bg = put_weight(gt_gpu, b, m);
+	t->wc = gt_put_weight(gt_cpu, w, (size_t)m * k);
+	t->wg = gt_put_weight(gt_gpu, w, (size_t)m * k);
+	t->bc = gt_put_weight(gt_cpu, b, m);
+	t->bg = gt_put_weight(gt_gpu, b, m);
 	free(w);
 	free(b);
 }
@@ -85,49 +74,69 @@ static int skinny(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, u
 			       &cfg, c->stream);
 }
 
+/* One matrix, NMAX input rows on both backends, room for NMAX fp32 rows
+ * of output on the gpu, and the cpu products without and with the bias. */
+struct plain {
+	struct mat t;
+	float *x, *ref, *refb;
+	void *xc, *xg, *og;
+};
+
+static void plain_new(struct plain *p, uint32_t k, uint32_t m)
+{
+	p->x = gt_rand(&rng, (size_t)NMAX * k, 1.0f);
+	p->xc = gt_put(gt_cpu, p->x, (size_t)NMAX * k);
+	p->xg = gt_put(gt_gpu, p->x, (size_t)NMAX * k);
+	p->og = gt_gpu->ops->alloc(gt_gpu, (size_t)NMAX * m * 4);
+	mat_new(&p->t, k, m);
+	p->ref = cpu_ref(p->xc, &p->t, 0);
+	p->refb = cpu_ref(p->xc, &p->t, 1);
+}
+
+static void plain_free(struct plain *p)
+{
+	mat_free(&p->t);
+	free(p->ref);
+	free(p->refb);
+	free(p->x);
+	gt_cpu->ops->free(gt_cpu, p->xc);
+	gt_gpu->ops->free(gt_gpu, p->xg);
+	gt_gpu->ops->free(gt_gpu, p->og);
+}
+
 /* One matrix at every row count: bf16 out with and without bias, fp32 out
  * with bias (the kernel's own launcher). */
 static void test_plain(uint32_t k, uint32_t m, const char *name)
 {
-	float *x = gt_rand(&rng, (size_t)NMAX * k, 1.0f), *ref, *refb, *got;
-	void *xc = gt_put(gt_cpu, x, (size_t)NMAX * k), *xg = gt_put(gt_gpu, x, (size_t)NMAX * k);
-	void *og = gt_gpu->ops->alloc(gt_gpu, (size_t)NMAX * m * 4);
-	struct mat t;
+	struct plain p;
+	float *got;
 	char what[96];
 
-	mat_new(&t, k, m);
-	ref = cpu_ref(xc, &t, 0);
-	refb = cpu_ref(xc, &t, 1);
+	plain_new(&p, k, m);
 	for (size_t i = 0; i < KT_ARRAY_SIZE(ns); i++) {
 		const uint32_t n = ns[i];
-		struct kc_gemv_seg seg[3] = { { og, t.wg, t.bg, m }, { NULL, NULL, NULL, 0 },
+		struct kc_gemv_seg seg[3] = { { p.og, p.t.wg, p.t.bg, m }, { NULL, NULL, NULL, 0 },
 					      { NULL, NULL, NULL, 0 } };
 
-		KT_CHECK_EQ_INT(skinny(seg, xg, n, k, 0), 0);
-		got = gt_get(gt_gpu, og, (size_t)n * m);
+		KT_CHECK_EQ_INT(skinny(seg, p.xg, n, k, 0), 0);
+		got = gt_get(gt_gpu, p.og, (size_t)n * m);
 		snprintf(what, sizeof(what), "skinny %s n=%u k=%u m=%u +bias", name, n, k, m);
-		gt_close(what, got, refb, (size_t)n * m, GT_ATOL, GT_RTOL);
+		gt_close(what, got, p.refb, (size_t)n * m, GT_ATOL, GT_RTOL);
 		free(got);
 		seg[0].bias = NULL;
-		KT_CHECK_EQ_INT(skinny(seg, xg, n, k, 0), 0);
-		got = gt_get(gt_gpu, og, (size_t)n * m);
+		KT_CHECK_EQ_INT(skinny(seg, p.xg, n, k, 0), 0);
+		got = gt_get(gt_gpu, p.og, (size_t)n * m);
 		snprintf(what, sizeof(what), "skinny %s n=%u k=%u m=%u", name, n, k, m);
-		gt_close(what, got, ref, (size_t)n * m, GT_ATOL, GT_RTOL);
+		gt_close(what, got, p.ref, (size_t)n * m, GT_ATOL, GT_RTOL);
 		free(got);
-		seg[0].bias = t.bg;
-		KT_CHECK_EQ_INT(skinny(seg, xg, n, k, 1), 0);
-		got = gt_get_f32(gt_gpu, og, (size_t)n * m);
+		seg[0].bias = p.t.bg;
+		KT_CHECK_EQ_INT(skinny(seg, p.xg, n, k, 1), 0);
+		got = gt_get_f32(gt_gpu, p.og, (size_t)n * m);
 		snprintf(what, sizeof(what), "skinny %s n=%u k=%u m=%u +bias f32", name, n, k, m);
-		gt_close(what, got, refb, (size_t)n * m, 1e-3, 1e-3);
+		gt_close(what, got, p.refb, (size_t)n * m, 1e-3, 1e-3);
 		free(got);
 	}
-	mat_free(&t);
-	free(ref);
-	free(refb);
-	free(x);
-	gt_cpu->ops->free(gt_cpu, xc);
-	gt_gpu->ops->free(gt_gpu, xg);
-	gt_gpu->ops->free(gt_gpu, og);
+	plain_free(&p);
 }
 
 /* q/k/v stacked with biases, and gate/up with SwiGLU (hf 0 and 1), through
@@ -226,36 +235,27 @@ static void test_fused(uint32_t k, uint32_t mq, uint32_t mkv, uint32_t mf, int o
  * path kc_gemm picks for the shape). */
 static void test_dispatch(uint32_t k, uint32_t m)
 {
-	float *x = gt_rand(&rng, (size_t)NMAX * k, 1.0f), *ref, *refb, *got;
-	void *xc = gt_put(gt_cpu, x, (size_t)NMAX * k), *xg = gt_put(gt_gpu, x, (size_t)NMAX * k);
-	void *og = gt_gpu->ops->alloc(gt_gpu, (size_t)NMAX * m * 4);
-	struct mat t;
+	struct plain p;
+	float *got;
 	char what[96];
 
-	mat_new(&t, k, m);
-	ref = cpu_ref(xc, &t, 0);
-	refb = cpu_ref(xc, &t, 1);
+	plain_new(&p, k, m);
 	for (size_t i = 0; i < KT_ARRAY_SIZE(ns); i++) {
 		const uint32_t n = ns[i];
 
-		KT_CHECK_EQ_INT(gt_gpu->ops->matmul(gt_gpu, og, xg, t.wg, t.bg, n, k, m), 0);
-		got = gt_get(gt_gpu, og, (size_t)n * m);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul(gt_gpu, p.og, p.xg, p.t.wg, p.t.bg, n, k, m),
+				0);
+		got = gt_get(gt_gpu, p.og, (size_t)n * m);
 		snprintf(what, sizeof(what), "ops matmul n=%u k=%u m=%u +bias", n, k, m);
-		gt_close(what, got, refb, (size_t)n * m, GT_ATOL, GT_RTOL);
+		gt_close(what, got, p.refb, (size_t)n * m, GT_ATOL, GT_RTOL);
 		free(got);
-		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_f32out(gt_gpu, og, xg, t.wg, n, k, m), 0);
-		got = gt_get_f32(gt_gpu, og, (size_t)n * m);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_f32out(gt_gpu, p.og, p.xg, p.t.wg, n, k, m), 0);
+		got = gt_get_f32(gt_gpu, p.og, (size_t)n * m);
 		snprintf(what, sizeof(what), "ops matmul_f32out n=%u k=%u m=%u", n, k, m);
-		gt_close(what, got, ref, (size_t)n * m, 1e-3, 1e-3);
+		gt_close(what, got, p.ref, (size_t)n * m, 1e-3, 1e-3);
 		free(got);
 	}
-	mat_free(&t);
-	free(ref);
-	free(refb);
-	free(x);
-	gt_cpu->ops->free(gt_cpu, xc);
-	gt_gpu->ops->free(gt_gpu, xg);
-	gt_gpu->ops->free(gt_gpu, og);
+	plain_free(&p);
 }
 
 /*
