@@ -246,6 +246,9 @@ static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
 		       (unsigned long long)(st->timeouts - (prev ? prev->timeouts : 0)),
 		       (unsigned long long)(st->cancels - (prev ? prev->cancels : 0)),
 		       (unsigned long long)(st->kv_waits - (prev ? prev->kv_waits : 0)));
+		printf("  interactive      left out of %llu steps (at most %u in a row for one request)\n",
+		       (unsigned long long)(st->interactive_skips - (prev ? prev->interactive_skips : 0)),
+		       st->interactive_skip_max);
 	}
 	printf("  tokens           %llu (%.1f tokens/s); %llu steps (%.1f tokens per step)\n",
 	       (unsigned long long)tokens, secs > 0 ? tokens / secs : 0.0, (unsigned long long)steps,

@@ -172,6 +172,12 @@ struct hd_sched_stats {
 	uint64_t steps, step_tokens, step_ns;
 	uint64_t batch[HD_BATCH_BUCKETS];
 	uint64_t timeouts, cancels, kv_waits;
+	/* Steps formed while a runnable interactive request (the head of its
+	 * session) was left out, and the most steps one request was left out
+	 * of: the latency-class promise is that both stay 0 whatever bulk work
+	 * waits (only more runnable sessions than seats can raise them). */
+	uint64_t interactive_skips;
+	uint32_t interactive_skip_max;
 	uint32_t queued;       /* jobs queued now */
 	uint32_t active;       /* sessions with jobs now */
 };

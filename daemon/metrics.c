@@ -127,6 +127,12 @@ static void render_sched(struct expo *e, const char *mn, const struct hd_sched_s
 	counter(e, mn, "hearth_sched_cancels_total", "Requests cancelled (-ECANCELED).", s->cancels);
 	counter(e, mn, "hearth_sched_kv_waits_total",
 		"Requests that waited for KV pages to be paged out.", s->kv_waits);
+	counter(e, mn, "hearth_sched_interactive_skips_total",
+		"Steps formed while a runnable interactive request was left out of them.",
+		s->interactive_skips);
+	gauge(e, mn, "hearth_sched_interactive_skip_max",
+	      "The most steps one interactive request was left out of (0: none waited).",
+	      s->interactive_skip_max);
 	gauge(e, mn, "hearth_sched_queued_requests",
 	      "Requests queued on sessions (running or waiting), not yet completed.", s->queued);
 	gauge(e, mn, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);

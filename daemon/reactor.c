@@ -197,6 +197,8 @@ static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 	rep->timeouts = m.sched.timeouts;
 	rep->cancels = m.sched.cancels;
 	rep->kv_waits = m.sched.kv_waits;
+	rep->interactive_skips = m.sched.interactive_skips;
+	rep->interactive_skip_max = m.sched.interactive_skip_max;
 	for (uint32_t i = 0; i < hm->sessions.cap; i++)
 		if (hm->sessions.slots[i])
 			rep->deferred += hm->sessions.slots[i]->n_deferred;

@@ -33,6 +33,7 @@ struct hd_job {
 	uint32_t old_len;         /* session length before the job (roll-back) */
 	uint32_t step_idx;        /* its item in the step being formed, or UINT32_MAX */
 	uint32_t produced;        /* GENERATE: tokens streamed */
+	uint32_t skipped;         /* steps it could have joined and was left out of */
 	int32_t next_tok;
 	bool bulk, started, cancelled, wait_kv;
 	int32_t inl[HD_JOB_INLINE];
@@ -497,6 +498,8 @@ uint32_t hd_sched_turn(struct hd_model *hm)
 		for (uint32_t i = n_cand - n_bulk; i < n_cand && bulk_want < budget; i++)
 			bulk_want += HR_MIN(job_remaining(q->cand[i]), budget);
 		reserve = HR_MIN(HR_MAX(1u, budget * hm->cfg.bulk_share_pct / 100), bulk_want);
+		if (budget > 1) /* interactive work keeps a token (bulk_share_pct = 100) */
+			reserve = HR_MIN(reserve, budget - 1);
 	}
 	for (uint32_t i = 0; i < n_cand; i++)
 		q->cand[i]->step_idx = UINT32_MAX;
@@ -521,6 +524,17 @@ uint32_t hd_sched_turn(struct hd_model *hm)
 	}
 	if (!n)
 		return progress;
+	/* Interactive jobs still out of the step (and still queued: a failed
+	 * start finished its job) were passed over. */
+	for (uint32_t i = 0; i < n_cand - n_bulk; i++) {
+		struct hd_job *j = q->cand[i];
+
+		if (j->step_idx != UINT32_MAX || j->s->jobs != j)
+			continue;
+		q->st.interactive_skips++;
+		j->skipped++;
+		q->st.interactive_skip_max = HR_MAX(q->st.interactive_skip_max, j->skipped);
+	}
 	t0 = hr_now_ns();
 	r = engine_step(hm->engine, q->work, n);
 	if (r < 0) {

@@ -626,6 +626,8 @@ int th_stats(const char *path, struct th_stats *ret)
 	ret->steps = rep->stats->steps;
 	ret->disconnects = rep->stats->disconnects;
 	ret->bad_descriptors = rep->stats->bad_descriptors;
+	ret->interactive_skips = rep->stats->interactive_skips;
+	ret->interactive_skip_max = rep->stats->interactive_skip_max;
 	for (size_t i = 0; i < rep->stats->n_ops; i++) {
 		const Hearth__Control__OpCounter *oc = rep->stats->ops[i];
 		for (unsigned op = 0; op < SHM_OP__MAX; op++)

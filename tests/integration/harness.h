@@ -120,6 +120,8 @@ struct th_stats {
 	uint32_t clients, sessions, kv_total, kv_free;
 	uint64_t tokens, steps, disconnects, bad_descriptors;
 	uint64_t op_count[SHM_OP__MAX], op_errors[SHM_OP__MAX];
+	uint64_t interactive_skips;
+	uint32_t interactive_skip_max;
 };
 /* GetStats on a fresh connection (no Hello, like hearthctl). 0 or -errno. */
 int th_stats(const char *path, struct th_stats *ret);
