@@ -11,8 +11,15 @@
  * step equal to the batch-1 step of the same sequence and token within bf16
  * tolerance, graphs against eager.
  *
+ * --mixed N,...: issue 6's load as single steps: N sequences at the context
+ * each append 16 tokens and SCORE them (one forward step of 16N tokens, a
+ * softmax over the label ids of every sequence), rolled back after each;
+ * timed with graphs (steps of up to KERN_GRAPH_MAX_TOKENS tokens replay a
+ * padded bucket) and eagerly, the two logits compared.
+ *
  *   hearth-bench-engine [--backend cuda|cpu] [--shape 1b|8b|tiny] [--model DIR]
  *                       [--ctx 2048] [--iters 200] [--batches 8,32,64]
+ *                       [--mixed 4,9,14] [--profile]
  *
  * Weights are random bf16 built in memory (--shape) or loaded (--model).
  * Times are wall clock around each step including its synchronisation (what
@@ -41,6 +48,7 @@
  */
 #define VALID_REL_L2 5e-2
 #define N_LABELS 4
+#define MIXED_NEW 16u
 
 static uint64_t rng_state = 0x62656e6368ull;
 
@@ -307,6 +315,42 @@ static double rel_l2(const float *got, const float *ref, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+/*
+ * One event of the load for each of n sequences: bts[i] (at len[i]) appends
+ * MIXED_NEW tokens and SCOREs them, all in one step; the labels'
+ * probabilities are downloaded (a synchronisation) and the sequences rolled
+ * back. Returns the wall time; the logits stay in the scratch. Sets *bad when
+ * a row's probabilities do not sum to 1.
+ */
+static uint64_t mixed_step(struct ctx *x, struct kv_block_table *bts, const uint32_t *len,
+			   const int32_t *tokens, uint32_t n, int *bad)
+{
+	struct model_seq_step st[64];
+	float probs[64 * N_LABELS];
+	uint64_t t0 = now_ns(), t;
+
+	for (uint32_t i = 0; i < n; i++) {
+		CHECK(kv_bt_reserve(x->pool, &bts[i], len[i] + MIXED_NEW));
+		st[i] = (struct model_seq_step){ .bt = &bts[i], .n_past = len[i],
+						 .n_new = MIXED_NEW, .tokens = tokens + i * MIXED_NEW,
+						 .want_logits = true };
+	}
+	CHECK(model_forward(x->m, x->pool, x->sc, st, n));
+	CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, model_step_logits(x->sc, 0), x->ids_dev,
+				      n, N_LABELS, x->vocab));
+	CHECK(x->be->ops->download(x->be, probs, x->probs_dev, (size_t)n * N_LABELS * sizeof(float)));
+	t = now_ns() - t0;
+	for (uint32_t i = 0; i < n; i++) {
+		float sum = 0;
+
+		for (uint32_t j = 0; j < N_LABELS; j++)
+			sum += probs[i * N_LABELS + j];
+		*bad |= !(fabsf(sum - 1.0f) < 1e-3f);
+		kv_bt_truncate(x->pool, &bts[i], len[i]);
+	}
+	return t;
+}
+
 /* Prefill seq (from empty) with n tokens in chunks of the scratch's size. */
 static void prefill(struct ctx *x, struct kv_block_table *bt, const int32_t *t, uint32_t n,
 		    uint32_t chunk)
@@ -336,6 +380,26 @@ static void clone_seq(struct ctx *x, struct kv_block_table *dst, const struct kv
 				       x->page_bytes));
 }
 
+/* "8,32,64" into v (at most MAX_BATCHES values of 1..64); *max grows to the
+ * largest. 0 or -EINVAL. */
+static int parse_counts(const char *s, uint32_t *v, uint32_t *n, uint32_t *max)
+{
+	*n = 0;
+	while (*s) {
+		char *end;
+		unsigned long b = strtoul(s, &end, 10);
+
+		if (end == s || b < 1 || b > 64 || *n == MAX_BATCHES)
+			return -EINVAL;
+		v[(*n)++] = (uint32_t)b;
+		*max = b > *max ? (uint32_t)b : *max;
+		s = end;
+		while (*s == ',')
+			s++;
+	}
+	return 0;
+}
+
 static double ms(uint64_t ns)
 {
 	return ns / 1e6;
@@ -344,7 +408,11 @@ static double ms(uint64_t ns)
 int main(int argc, char **argv)
 {
 	const char *backend = "cuda", *shape = "1b", *model_dir = NULL, *batches_arg = "8,32,64";
+	const char *mixed_arg = "";
 	uint32_t ctx_len = 2048, iters = 200, batches[MAX_BATCHES], n_batches = 0, max_b = 1;
+	uint32_t mixed[MAX_BATCHES], n_mixed = 0;
+	struct bench_stats st_mix[MAX_BATCHES][2];
+	double mixed_rel[MAX_BATCHES];
 	struct ctx X = { 0 }, *x = &X;
 	struct kv_block_table *bts;
 	uint32_t *lens, chunk;
@@ -371,26 +439,22 @@ int main(int argc, char **argv)
 			iters = (uint32_t)atoi(argv[++i]);
 		else if (!strcmp(a, "--batches") && v)
 			batches_arg = argv[++i];
+		else if (!strcmp(a, "--mixed") && v)
+			mixed_arg = argv[++i];
 		else if (!strcmp(a, "--profile"))
 			profile = 1;
 		else {
 			fprintf(stderr, "usage: %s [--backend cuda|cpu] [--shape 1b|8b|tiny] "
-					"[--model DIR] [--ctx N] [--iters N] [--batches 8,32,64]\n",
+					"[--model DIR] [--ctx N] [--iters N] [--batches 8,32,64] "
+					"[--mixed 4,9,14] [--profile]\n",
 				argv[0]);
 			return 2;
 		}
 	}
-	for (const char *p = batches_arg; *p && n_batches < MAX_BATCHES;) {
-		uint32_t b = (uint32_t)strtoul(p, (char **)&p, 10);
-
-		if (b < 1 || b > 64) {
-			fprintf(stderr, "batches must be 1..64\n");
-			return 2;
-		}
-		batches[n_batches++] = b;
-		max_b = b > max_b ? b : max_b;
-		while (*p == ',')
-			p++;
+	if (parse_counts(batches_arg, batches, &n_batches, &max_b) < 0 ||
+	    parse_counts(mixed_arg, mixed, &n_mixed, &max_b) < 0) {
+		fprintf(stderr, "--batches and --mixed take up to %d counts of 1..64\n", MAX_BATCHES);
+		return 2;
 	}
 	if (ctx_len < 64 || iters < 5)
 		return 2;
@@ -440,11 +504,12 @@ int main(int argc, char **argv)
 			die("kv_pool_new", -errno);
 	}
 	chunk = ctx_len < 2048 ? ctx_len : 2048;
+	chunk = chunk > max_b * MIXED_NEW ? chunk : max_b * MIXED_NEW;
 	x->sc = model_scratch_new(x->m, x->pool, chunk, 64);
 	x->logits = malloc((size_t)64 * x->vocab * sizeof(float));
 	x->argmax_dev = x->be->ops->alloc(x->be, 64 * sizeof(int32_t));
 	x->ids_dev = x->be->ops->alloc(x->be, N_LABELS * sizeof(int32_t));
-	x->probs_dev = x->be->ops->alloc(x->be, N_LABELS * sizeof(float));
+	x->probs_dev = x->be->ops->alloc(x->be, 64 * N_LABELS * sizeof(float));
 	bts = calloc(max_b + 2, sizeof(*bts));
 	lens = calloc(max_b + 2, sizeof(*lens));
 	prompt = malloc(ctx_len * sizeof(int32_t));
@@ -611,6 +676,58 @@ int main(int argc, char **argv)
 		}
 	}
 
+	/* ---- the load's mixed steps: graphs, then eager, the same last tokens ---- */
+	for (uint32_t mi = 0; mi < n_mixed; mi++) {
+		uint32_t B = mixed[mi], n = iters / 4 > 20 ? iters / 4 : 20;
+		size_t row = x->vocab, all = (size_t)B * row;
+		int32_t *mt = malloc((size_t)B * MIXED_NEW * sizeof(int32_t));
+		float *ref = malloc(all * sizeof(float));
+		int bad = 0;
+
+		if (!mt || !ref)
+			die("mixed", -ENOMEM);
+		for (uint32_t i = 0; i < B; i++) {
+			if (i && !bts[i].n_pages)
+				clone_seq(x, &bts[i], &bts[0], ctx_len);
+			kv_bt_truncate(x->pool, &bts[i], ctx_len);
+			lens[i] = ctx_len;
+		}
+		for (int mode = 0; mode < 2; mode++) {
+			model_scratch_set_graphs(x->sc, mode == 0);
+			for (uint32_t it = 0; it < n + 3; it++) {
+				uint64_t t;
+
+				random_tokens(mt, B * MIXED_NEW, x->vocab);
+				t = mixed_step(x, bts, lens, mt, B, &bad);
+				if (it >= 3)
+					ns[it - 3] = t;
+			}
+			bench_summarise(ns, n, &st_mix[mi][mode]);
+			/* The same step both ways: its logits compared. */
+			for (uint32_t i = 0; i < B * MIXED_NEW; i++)
+				mt[i] = (int32_t)((i * 7919u + B) % x->vocab);
+			mixed_step(x, bts, lens, mt, B, &bad);
+			get_logits(x, B);
+			if (mode == 0) {
+				memcpy(ref, x->logits, all * sizeof(float));
+				continue;
+			}
+			mixed_rel[mi] = 0;
+			for (uint32_t i = 0; i < B; i++)
+				mixed_rel[mi] = fmax(mixed_rel[mi],
+						     rel_l2(x->logits + i * row, ref + i * row, row));
+		}
+		model_scratch_set_graphs(x->sc, true);
+		if (bad || !all_finite(ref, all) || !(mixed_rel[mi] <= VALID_REL_L2)) {
+			fprintf(stderr, "VALIDATION FAILED: mixed step of %u sequences: graphs vs eager "
+				"rel L2 %.3g%s\n", B, mixed_rel[mi],
+				bad ? ", probabilities do not sum to 1" : "");
+			ok = 0;
+		}
+		free(mt);
+		free(ref);
+	}
+
 	/* ---- report ---- */
 	printf("\n%-40s %10s %10s %8s\n", "figure (median)", "hearth", "roofline", "ratio");
 	{
@@ -638,6 +755,16 @@ int main(int argc, char **argv)
 		       "%.3f ms)\n",
 		       name, batch_ms[bi], t_roof, batch_ms[bi] / t_roof,
 		       batches[bi] / (batch_ms[bi] / 1e3), roof_kv);
+	}
+	for (uint32_t mi = 0; mi < n_mixed; mi++) {
+		char name[64];
+
+		snprintf(name, sizeof(name), "%u x (APPEND %u + SCORE), ctx %u", mixed[mi], MIXED_NEW,
+			 ctx_len);
+		printf("%-40s %7.3f ms %7.3f ms %7.2fx  (p99 %.3f; eager %.3f, p99 %.3f; "
+		       "graphs vs eager rel L2 %.2e)\n", name, ms(st_mix[mi][0].median), t_roof,
+		       ms(st_mix[mi][0].median) / t_roof, ms(st_mix[mi][0].p99),
+		       ms(st_mix[mi][1].median), ms(st_mix[mi][1].p99), mixed_rel[mi]);
 	}
 	printf("decode p99 %.3f ms, APPEND+SCORE p99 %.3f ms\n", ms(st_dec.p99), ms(st_app.p99));
 
@@ -678,6 +805,12 @@ int main(int argc, char **argv)
 		jl += snprintf(json + jl, sizeof(json) - jl,
 			       ",\"batch%u_step_ms\":%.4f,\"batch%u_tok_s\":%.0f", batches[bi],
 			       batch_ms[bi], batches[bi], batches[bi] / (batch_ms[bi] / 1e3));
+	for (uint32_t mi = 0; mi < n_mixed && jl < (int)sizeof(json) - 200; mi++)
+		jl += snprintf(json + jl, sizeof(json) - jl,
+			       ",\"mixed%u_ms\":%.4f,\"mixed%u_p99_ms\":%.4f,\"mixed%u_eager_ms\":%.4f,"
+			       "\"mixed%u_eager_p99_ms\":%.4f", mixed[mi], ms(st_mix[mi][0].median),
+			       mixed[mi], ms(st_mix[mi][0].p99), mixed[mi], ms(st_mix[mi][1].median),
+			       mixed[mi], ms(st_mix[mi][1].p99));
 	snprintf(json + jl, sizeof(json) - jl, "}");
 
 	for (uint32_t i = 0; i < max_b + 2; i++)

@@ -6,15 +6,16 @@
  * logits are wanted go through the LM head.
  *
  * Graphs: on a backend that captures them (cuda), a step of at most
- * GRAPH_MAX_TOKENS tokens is padded up to a bucket (tokens and sequences to
- * powers of two, the block table to a power-of-two width) and replays the
+ * KERN_GRAPH_MAX_TOKENS tokens is padded up to a bucket (tokens to
+ * kern_step_bucket(), sequences to powers of two, the block table to a
+ * power-of-two width) and replays the
  * graph captured for that bucket: the step's metadata goes to a buffer owned
  * by the graph (fixed address), and every launch parameter is a function of
  * the bucket alone. Padding tokens carry KERN_SLOT_PAD (they write no KV) and
  * sit in padding sequences of their own; the LM head runs over one row per
  * sequence slot, the wanted rows first. A bucket runs eagerly the first time
  * (which also sizes the backend's workspaces), is captured the second time
- * and replayed from then on. Larger steps (prefill chunks) run eagerly.
+ * and replayed from then on. Larger steps (long prefill chunks) run eagerly.
  */
 #include <errno.h>
 #include <math.h>
@@ -30,8 +31,7 @@ struct step_meta {
 	size_t n_ints;
 };
 
-#define GRAPH_MAX_TOKENS 128u
-#define GRAPH_CACHE 32
+#define GRAPH_CACHE 48
 #define GRAPH_MIN_BLOCKS 16u
 
 enum graph_state {
@@ -425,9 +425,9 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	size_t o[7];
 	int r;
 
-	if (s->graphs_off || !op->graph_launch || T > GRAPH_MAX_TOKENS)
+	if (s->graphs_off || !op->graph_launch || T > KERN_GRAPH_MAX_TOKENS)
 		return -ENOTSUP;
-	tb = bucket(T, s->max_tokens);
+	tb = HR_MIN(kern_step_bucket(T), s->max_tokens);
 	pad_t = tb - T;
 	sb = bucket(n + (pad_t > 0), s->max_seqs);
 	if (sb < n + (pad_t > 0))

@@ -19,7 +19,13 @@
 
 #include "cuda_internal.h"
 
-#define KC_GEMM_CACHE 64
+/* Plans: a hash table probed over KC_GEMM_PROBE slots, the least recently
+ * used of them replaced when all are taken. Eager steps bring arbitrary row
+ * counts (prefill chunks, mixed steps past the graph buckets); the table is
+ * large enough that the graph buckets' tuned plans are not pushed out by
+ * them, which would cost a re-tune (a stream synchronisation) while serving. */
+#define KC_GEMM_CACHE 1024
+#define KC_GEMM_PROBE 8
 #define KC_GEMM_WS ((size_t)32 << 20)
 #define KC_GEMM_ALGOS 8
 
@@ -40,11 +46,12 @@ struct kc_gemm_plan {
 	cublasLtMatmulAlgo_t cand[KC_GEMM_ALGOS];
 	int n_cand;
 	int tuned;
+	uint64_t last_use;
 };
 
 struct kc_gemm_cache {
 	struct kc_gemm_plan e[KC_GEMM_CACHE];
-	unsigned victim;
+	uint64_t clock;
 };
 
 /* log2 of the largest power of two (<= 256) dividing the address. */
@@ -208,22 +215,32 @@ static struct kc_gemm_plan *plan_get(struct kern_cuda *c, const struct kc_gemm_k
 				     uint32_t al_out, int *ret)
 {
 	struct kc_gemm_cache *g = c->gemm;
-	struct kc_gemm_plan *p = NULL;
+	struct kc_gemm_plan *p = NULL, *victim = NULL;
+	uint64_t h = ((uint64_t)key->n * 0x9e3779b97f4a7c15ull) ^
+		     ((uint64_t)key->k << 32 | key->m) * 0xc2b2ae3d27d4eb4full ^ key->flags;
 
-	for (unsigned i = 0; i < KC_GEMM_CACHE; i++) {
-		struct kc_gemm_plan *e = &g->e[i];
+	h ^= h >> 29;
+	for (unsigned i = 0; i < KC_GEMM_PROBE; i++) {
+		struct kc_gemm_plan *e = &g->e[(h + i) % KC_GEMM_CACHE];
 
-		if (e->used && !memcmp(&e->key, key, sizeof(*key)))
+		if (e->used && !memcmp(&e->key, key, sizeof(*key))) {
+			e->last_use = ++g->clock;
 			return e;
+		}
 		if (!e->used && !p)
 			p = e;
+		if (!victim || e->last_use < victim->last_use)
+			victim = e;
 	}
-	if (!p) { /* full: replace round-robin */
-		p = &g->e[g->victim++ % KC_GEMM_CACHE];
+	if (!p) { /* its slots are all taken: replace the least recently used */
+		p = victim;
 		plan_clear(p);
 	}
 	*ret = plan_make(c, p, key, bias, al_in, al_w, al_out);
-	return *ret < 0 ? NULL : p;
+	if (*ret < 0)
+		return NULL;
+	p->last_use = ++g->clock;
+	return p;
 }
 
 int kc_gemm_init(struct kern_cuda *c)
@@ -332,12 +349,12 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
 							   &bias, sizeof(bias))))
 		return -EIO;
-	/* Only the shapes of graph buckets (rows a power of two up to 128: a
-	 * few dozen shapes, each tuned at its bucket's first, eager run); a
+	/* Only the shapes of graph buckets (kern_step_bucket() row counts:
+	 * a few dozen shapes, each tuned at its bucket's first, eager run); a
 	 * mixed step's arbitrary row count would stall serving for each new
 	 * one (seen: p99 from 11 to 97 ms under load). Not in place: the
 	 * candidates' runs would feed on their own output. */
-	if (!p->tuned && !c->capturing && n <= 128 && !(n & (n - 1)) &&
+	if (!p->tuned && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS && kern_step_bucket(n) == n &&
 	    ((const char *)out >= (const char *)in + (size_t)n * k * 2 ||
 	     (const char *)in >= (const char *)out + (size_t)n * m * (out_f32 ? 4 : 2)))
 		plan_tune(c, p, out, in, w);

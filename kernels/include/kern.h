@@ -62,6 +62,25 @@ static inline size_t kern_kv_offset(const struct kern_kv *kv, uint32_t page, uin
 }
 
 /*
+ * Row counts of captured steps: a step of at most KERN_GRAPH_MAX_TOKENS
+ * tokens is padded up to kern_step_bucket(tokens), powers of two up to 128,
+ * then multiples of 32 (so a mixed step of 144 tokens pads to 160, not 256).
+ * Backends may prepare work for these row counts (cuda tunes its GEMMs for
+ * them) and for no others.
+ */
+#define KERN_GRAPH_MAX_TOKENS 512u
+static inline uint32_t kern_step_bucket(uint32_t n)
+{
+	uint32_t b = 1;
+
+	if (n > 128)
+		return (n + 31) & ~31u;
+	while (b < n)
+		b <<= 1;
+	return b;
+}
+
+/*
  * One step's tokens, from one or more sequences, flattened: sequence s owns
  * tokens [seq_start[s], seq_start[s+1]). All arrays are backend memory (the
  * caller uploads them once per step). Token i sits at absolute position pos[i]

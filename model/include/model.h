@@ -232,9 +232,10 @@ int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s
 /* Backend pointer to row i of the last step's logits ([vocab] fp32). */
 float *model_step_logits(struct model_scratch *s, uint32_t i);
 /*
- * Steps of at most 128 tokens replay captured graphs on backends that have
- * them (cuda), one per bucket of (tokens, sequences, block-table width)
- * rounded up to powers of two; on by default. Off: every step runs eagerly
+ * Steps of at most KERN_GRAPH_MAX_TOKENS (512) tokens replay captured graphs
+ * on backends that have them (cuda), one per bucket of (tokens, sequences,
+ * block-table width): tokens rounded up by kern_step_bucket(), the others to
+ * powers of two; on by default. Off: every step runs eagerly
  * (for comparisons). Results are the same either way.
  */
 void model_scratch_set_graphs(struct model_scratch *s, bool on);
