@@ -232,7 +232,7 @@ static int run_client(const struct opts *o, uint32_t idx, uint32_t n_sess, struc
 
 /* ---- the daemon's batch sizes ----------------------------------------------------- */
 
-static int get_batches(const char *path, uint64_t *ret, uint64_t *ret_tokens)
+static int get_batches(const char *path, uint64_t *ret, uint64_t *ret_tokens, uint64_t *ret_ns)
 {
 	static uint8_t buf[HR_CTL_MAX_MSG];
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
@@ -261,6 +261,7 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t *ret_tokens)
 	for (size_t i = 0; i < rep->stats->n_batch_sizes && i < BATCH_BUCKETS; i++)
 		ret[i] = rep->stats->batch_sizes[i];
 	*ret_tokens = rep->stats->step_tokens;
+	*ret_ns = rep->stats->step_ns;
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -272,7 +273,7 @@ struct load_res {
 	double throughput, offered;
 	struct bench_stats lat;
 	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens;
-	double mean_batch;
+	double mean_batch, mean_step_ms; /* the daemon's steps during the load */
 };
 
 static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
@@ -282,7 +283,8 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	size_t stride = sizeof(struct proc_res) + cap * sizeof(uint64_t);
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	uint8_t *area = mmap(NULL, stride * procs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], tok0 = 0, tok1 = 0, *all, n_all = 0, nb = 0;
+	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], tok0 = 0, tok1 = 0, ns0 = 0, ns1 = 0, *all;
+	uint64_t n_all = 0, nb = 0;
 	uint64_t in_window = 0;
 	pid_t pids[256];
 	int st, r;
@@ -314,7 +316,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 		if (pr->fail)
 			die("client setup", pr->fail);
 	}
-	if ((r = get_batches(o->socket, b0, &tok0)) < 0)
+	if ((r = get_batches(o->socket, b0, &tok0, &ns0)) < 0)
 		die("stats", r);
 	sh->t0 = hr_now_ns() + 20000000ull;
 	atomic_store(&sh->go, 1);
@@ -324,7 +326,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 			die("client process", pr->fail ? pr->fail : -ECHILD);
 		}
 	}
-	if ((r = get_batches(o->socket, b1, &tok1)) < 0)
+	if ((r = get_batches(o->socket, b1, &tok1, &ns1)) < 0)
 		die("stats", r);
 	all = malloc(cap * procs * sizeof(uint64_t));
 	if (!all)
@@ -352,6 +354,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	}
 	lr->mean_batch = nb ? lr->mean_batch / (double)nb : 0;
 	lr->step_tokens = tok1 - tok0;
+	lr->mean_step_ms = nb ? (double)(ns1 - ns0) / (double)nb / 1e6 : 0;
 	free(all);
 	munmap(sh, sizeof(*sh));
 	munmap(area, stride * procs);
@@ -480,15 +483,16 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	printf("%8s %6s %10s %10s %10s %10s %10s %8s  %s\n", "sessions", "procs", "offered/s",
-	       "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "batch sizes (steps)");
+	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s  %s\n", "sessions", "procs", "offered/s",
+	       "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "step ms", "batch sizes (steps)");
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		static const char *const lab[BATCH_BUCKETS] = { "1", "2", "3-4", "5-8", "9-16", "17-32",
 							       "33-64", "65-128", "129-256", ">256" };
 		run_load(&o, o.loads[i], &lr[i]);
-		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu ", lr[i].sessions, lr[i].procs,
-		       lr[i].offered, lr[i].throughput, lr[i].lat.median / 1e6, lr[i].lat.p99 / 1e6,
-		       lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors);
+		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f ", lr[i].sessions,
+		       lr[i].procs, lr[i].offered, lr[i].throughput, lr[i].lat.median / 1e6,
+		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
+		       lr[i].mean_step_ms);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			if (lr[i].batches[b])
 				printf(" %s:%llu", lab[b], (unsigned long long)lr[i].batches[b]);
@@ -510,10 +514,11 @@ int main(int argc, char **argv)
 	       "\"loads\":[", o.rate, o.context, o.append);
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		printf("%s{\"sessions\":%u,\"throughput\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
-		       "\"p999_ms\":%.3f,\"errors\":%llu,\"mean_batch\":%.1f,\"batches\":[",
+		       "\"p999_ms\":%.3f,\"errors\":%llu,\"mean_batch\":%.1f,\"mean_step_ms\":%.3f,"
+		       "\"batches\":[",
 		       i ? "," : "", lr[i].sessions, lr[i].throughput, lr[i].lat.median / 1e6,
 		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
-		       lr[i].mean_batch);
+		       lr[i].mean_batch, lr[i].mean_step_ms);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].batches[b]);
 		printf("]}");

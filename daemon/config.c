@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "hr_common.h"
+#include "kern.h"
 
 enum key_type { K_STR, K_U32, K_IDS_UID, K_IDS_GID, K_LOGLEVEL, K_PRELOAD };
 
@@ -51,6 +52,8 @@ static const struct key keys[] = {
 	U32("model", kv_pages, 0, 1u << 24, "KV pages in L1 (0: sized for a few full contexts)"),
 	U32("model", page_tokens, 1, 1024, "tokens per KV page"),
 	U32("model", max_step_tokens, 1, 65536, "token budget of one forward step, all sessions together"),
+	U32("model", graph_max_tokens, 0, KERN_GRAPH_MAX_TOKENS,
+	    "steps of at most this many tokens replay captured CUDA graphs (0: none)"),
 	U32("scheduler", max_batch, 1, 1024, "most sessions in one forward step"),
 	U32("scheduler", bulk_share_pct, 0, 100, "share of a step's tokens kept for bulk requests while they wait"),
 	{ "models", "preload", K_PRELOAD, offsetof(struct hd_config, preload), 0, 0, 0,
@@ -89,6 +92,7 @@ void hd_config_defaults(struct hd_config *c)
 	snprintf(c->backend, sizeof(c->backend), "auto");
 	c->page_tokens = 16;
 	c->max_step_tokens = 512;
+	c->graph_max_tokens = KERN_GRAPH_MAX_TOKENS;
 	c->max_batch = 64;
 	c->bulk_share_pct = 25;
 	c->spin_us = 50;

@@ -45,6 +45,7 @@ struct hd_config {
 	uint32_t kv_pages;
 	uint32_t page_tokens;
 	uint32_t max_step_tokens;
+	uint32_t graph_max_tokens;
 	uint32_t max_batch;
 	uint32_t bulk_share_pct;
 	/* [models] */

@@ -142,6 +142,8 @@ static int model_init(struct hd_model *m)
 						 .kv_pages = cfg->kv_pages,
 						 .page_tokens = cfg->page_tokens,
 						 .max_step_tokens = cfg->max_step_tokens,
+						 .graph_max_tokens = cfg->graph_max_tokens,
+						 .graphs_off = !cfg->graph_max_tokens,
 						 .max_batch = cfg->max_batch,
 					 });
 	if (!m->engine) {

@@ -78,6 +78,9 @@ struct engine *engine_new(struct model *m, const struct engine_params *p)
 	e->scratch = model_scratch_new(m, e->pool, e->max_step_tokens, e->max_batch);
 	if (!e->scratch)
 		goto fail;
+	model_scratch_set_graphs(e->scratch, !p->graphs_off);
+	if (p->graph_max_tokens)
+		model_scratch_set_graph_tokens(e->scratch, p->graph_max_tokens);
 	n_ids = (size_t)e->max_batch * ENGINE_MAX_IDS;
 	e->steps = calloc(e->max_batch, sizeof(*e->steps));
 	e->item = calloc(e->max_batch, sizeof(*e->item));

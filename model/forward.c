@@ -63,6 +63,7 @@ struct model_scratch {
 	int32_t *meta_host;
 	size_t meta_cap;         /* ints in both */
 	bool graphs_off;
+	uint32_t graph_max;      /* tokens: larger steps run eagerly */
 	uint64_t clock;
 	struct step_graph graphs[GRAPH_CACHE];
 	int32_t *ghost;          /* host metadata of a graph step */
@@ -114,6 +115,7 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->be = be;
 	s->max_tokens = max_tokens;
 	s->max_seqs = max_seqs;
+	s->graph_max = KERN_GRAPH_MAX_TOKENS;
 	s->vocab = c->vocab_size;
 	s->x = act_alloc(be, max_tokens, c->hidden_size);
 	s->h = act_alloc(be, max_tokens, c->hidden_size);
@@ -425,7 +427,7 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	size_t o[7];
 	int r;
 
-	if (s->graphs_off || !op->graph_launch || T > KERN_GRAPH_MAX_TOKENS)
+	if (s->graphs_off || !op->graph_launch || T > s->graph_max)
 		return -ENOTSUP;
 	tb = HR_MIN(kern_step_bucket(T), s->max_tokens);
 	pad_t = tb - T;
@@ -544,4 +546,9 @@ int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s
 void model_scratch_set_graphs(struct model_scratch *s, bool on)
 {
 	s->graphs_off = !on;
+}
+
+void model_scratch_set_graph_tokens(struct model_scratch *s, uint32_t max)
+{
+	s->graph_max = HR_MIN(max, KERN_GRAPH_MAX_TOKENS);
 }

@@ -28,6 +28,9 @@ struct engine_params {
 	uint32_t max_step_tokens; /* 0: 512; tokens of one forward step, all sequences */
 	uint32_t max_batch;       /* 0: 64; sequences in one forward step */
 	uint32_t max_context;     /* 0: the model's max_position_embeddings (capped by sliding_window) */
+	uint32_t graph_max_tokens; /* 0: KERN_GRAPH_MAX_TOKENS; steps of at most this many
+				    * tokens replay captured graphs (cuda) */
+	bool graphs_off;          /* every step runs eagerly */
 };
 
 /* Takes ownership of nothing: m and its backend must outlive the engine. */

@@ -239,5 +239,9 @@ float *model_step_logits(struct model_scratch *s, uint32_t i);
  * (for comparisons). Results are the same either way.
  */
 void model_scratch_set_graphs(struct model_scratch *s, bool on);
+/* Replay graphs for steps of at most max tokens (capped at
+ * KERN_GRAPH_MAX_TOKENS; the default): fewer buckets and captures, and
+ * larger steps run eagerly. */
+void model_scratch_set_graph_tokens(struct model_scratch *s, uint32_t max);
 
 #endif

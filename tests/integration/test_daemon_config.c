@@ -142,6 +142,7 @@ static struct kv values[] = {
 	{ "model", "kv_pages", "300", NULL },
 	{ "model", "page_tokens", "32", NULL },
 	{ "model", "max_step_tokens", "256", NULL },
+	{ "model", "graph_max_tokens", "64", NULL },
 	{ "scheduler", "max_batch", "32", NULL },
 	{ "scheduler", "bulk_share_pct", "10", NULL },
 	{ "reactor", "spin_us", "7", NULL },
