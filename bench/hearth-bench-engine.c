@@ -506,6 +506,14 @@ int main(int argc, char **argv)
 	chunk = ctx_len < 2048 ? ctx_len : 2048;
 	chunk = chunk > max_b * MIXED_NEW ? chunk : max_b * MIXED_NEW;
 	x->sc = model_scratch_new(x->m, x->pool, chunk, 64);
+	if (x->sc) {
+		uint64_t t0 = now_ns();
+		int w = model_scratch_warm(x->m, x->pool, x->sc);
+
+		if (w < 0)
+			die("model_scratch_warm", w);
+		printf("warm-up: %d token buckets of graph steps in %.0f ms\n", w, (now_ns() - t0) / 1e6);
+	}
 	x->logits = malloc((size_t)64 * x->vocab * sizeof(float));
 	x->argmax_dev = x->be->ops->alloc(x->be, 64 * sizeof(int32_t));
 	x->ids_dev = x->be->ops->alloc(x->be, N_LABELS * sizeof(int32_t));

@@ -116,6 +116,7 @@ static int model_init(struct hd_model *m)
 {
 	const struct hd_config *cfg = &m->cfg;
 	char err[512] = "";
+	uint64_t t_engine, t_ready;
 	int r;
 
 	m->be = kern_backend_new(cfg->backend, (int)cfg->device, (int)cfg->threads);
@@ -138,6 +139,7 @@ static int model_init(struct hd_model *m)
 			 cfg->model_path, err[0] ? err : strerror(-r));
 		return r;
 	}
+	t_engine = hr_now_ns();
 	m->engine = engine_new(m->model, &(struct engine_params){
 						 .kv_pages = cfg->kv_pages,
 						 .page_tokens = cfg->page_tokens,
@@ -158,6 +160,7 @@ static int model_init(struct hd_model *m)
 			 strerror(ENOMEM));
 		return -ENOMEM;
 	}
+	t_ready = hr_now_ns();
 	r = hd_tier_init(m);
 	if (r < 0) {
 		snprintf(m->worker_err, sizeof(m->worker_err),
@@ -166,11 +169,13 @@ static int model_init(struct hd_model *m)
 			 cfg->state_dir[0] ? cfg->state_dir : "none", strerror(-r));
 		return r;
 	}
-	hr_info("model '%s' resident: %s, %u layers, vocab %u, %.1f MB in %.0f ms (%s); KV pool %u pages of %u tokens",
+	hr_info("model '%s' resident: %s, %u layers, vocab %u, %.1f MB in %.0f ms (%s); KV pool %u pages of %u tokens; "
+		"engine (with graph warm-up on cuda) in %.0f ms",
 		m->name, m->model->cfg.arch_name, m->model->cfg.n_layers,
 		m->model->cfg.vocab_size, m->model->weight_bytes / 1e6,
 		m->model->load_seconds * 1e3, m->model->load_how,
-		kv_pool_n_pages(engine_pool(m->engine)), cfg->page_tokens);
+		kv_pool_n_pages(engine_pool(m->engine)), cfg->page_tokens,
+		(t_ready - t_engine) / 1e6);
 	return 0;
 }
 

@@ -81,6 +81,14 @@ struct engine *engine_new(struct model *m, const struct engine_params *p)
 	model_scratch_set_graphs(e->scratch, !p->graphs_off);
 	if (p->graph_max_tokens)
 		model_scratch_set_graph_tokens(e->scratch, p->graph_max_tokens);
+	{
+		int r = model_scratch_warm(m, e->pool, e->scratch);
+
+		if (r < 0) {
+			errno = -r;
+			goto fail;
+		}
+	}
 	n_ids = (size_t)e->max_batch * ENGINE_MAX_IDS;
 	e->steps = calloc(e->max_batch, sizeof(*e->steps));
 	e->item = calloc(e->max_batch, sizeof(*e->item));
