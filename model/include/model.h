@@ -247,7 +247,8 @@ void model_scratch_set_graph_tokens(struct model_scratch *s, uint32_t max);
  * Before serving, on a backend with graphs: run one eager step of padding
  * tokens (no KV written) per token bucket, so that the backend prepares
  * (cuda: tunes) every GEMM shape graph steps use now rather than stalling a
- * step under load. Returns the number of buckets run (0: no graphs) or -errno.
+ * step under load. It overwrites the scratch's logits (of the last step).
+ * Returns the number of buckets run (0: no graphs) or -errno.
  */
 int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scratch *s);
 
