@@ -553,29 +553,13 @@ void model_scratch_set_graph_tokens(struct model_scratch *s, uint32_t max)
 	s->graph_max = HR_MIN(max, KERN_GRAPH_MAX_TOKENS);
 }
 
-/*
- * One eager step of padding tokens per token bucket a graph step can have (at
- * most graph_max and the scratch's size), with the LM head over as many rows
- * as a step of that many sequences has. The backend meets every GEMM shape of
- * the graph steps here: cuda tunes cuBLASLt for each (a stream
- * synchronisation and a few milliseconds per shape) and sizes its
- * workspaces, before serving instead of at a bucket's first step under load,
- * where it stalled every request in flight (seen: p99 of 37-52 ms against a
- * 2.5 ms mean step). Every token sits at position 0 of a one-token context on
- * page 0 with KERN_SLOT_PAD: no KV is written. Returns the number of buckets
- * run (0 without graphs) or -errno.
- */
-int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scratch *s)
+/* The padding steps of model_scratch_warm: returns how many ran, or -errno. */
+static int warm_buckets(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
+			uint32_t top)
 {
-	const struct kern_kv *kv = kv_pool_kern(pool);
-	uint32_t top = HR_MIN(s->graph_max, s->max_tokens), n = 0;
+	uint32_t n = 0;
 	int r;
 
-	if (s->graphs_off || !m->be->ops->graph_launch || !top)
-		return 0;
-	r = meta_reserve(s, 3 * (size_t)top + 3 + 2 * (size_t)s->max_seqs + 1);
-	if (r < 0)
-		return r;
 	for (uint32_t tb = 1;; tb = tb < 128 ? tb * 2 : tb + 32) {
 		uint32_t t = HR_MIN(tb, top), rows = HR_MIN(bucket(t, 1u << 30), s->max_seqs);
 		int32_t *h = s->meta_host, *dev = s->meta_dev;
@@ -610,6 +594,40 @@ int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scrat
 		if (t == top)
 			break;
 	}
+	return (int)n;
+}
+
+/*
+ * One eager step of padding tokens per token bucket a graph step can have (at
+ * most graph_max and the scratch's size), with the LM head over as many rows
+ * as a step of that many sequences has, with ops->tune on. The backend meets
+ * every GEMM shape of the graph steps here: cuda tunes cuBLASLt for each (a
+ * stream synchronisation and a few milliseconds per shape; the only time it
+ * tunes) and sizes its workspaces, before serving instead of at a bucket's first step under load,
+ * where it stalled every request in flight (seen: p99 of 37-52 ms against a
+ * 2.5 ms mean step). Every token sits at position 0 of a one-token context on
+ * page 0 with KERN_SLOT_PAD: no KV is written. Returns the number of buckets
+ * run (0 without graphs) or -errno.
+ */
+int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scratch *s)
+{
+	const struct kern_kv *kv = kv_pool_kern(pool);
+	uint32_t top = HR_MIN(s->graph_max, s->max_tokens), n = 0;
+	int r;
+
+	if (s->graphs_off || !m->be->ops->graph_launch || !top)
+		return 0;
+	r = meta_reserve(s, 3 * (size_t)top + 3 + 2 * (size_t)s->max_seqs + 1);
+	if (r < 0)
+		return r;
+	if (m->be->ops->tune)
+		m->be->ops->tune(m->be, true);
+	r = warm_buckets(m, s, kv, top);
+	if (m->be->ops->tune)
+		m->be->ops->tune(m->be, false);
+	if (r < 0)
+		return r;
+	n = (uint32_t)r;
 	r = s->be->ops->sync(s->be);
 	return r < 0 ? r : (int)n;
 }

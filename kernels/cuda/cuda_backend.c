@@ -340,6 +340,11 @@ static int cuda_graph_launch(struct kern_backend *be, void *graph)
 	return kc_err(cudaGraphLaunch(kg->exec, c->stream));
 }
 
+static void cuda_tune(struct kern_backend *be, bool on)
+{
+	kc_priv(be)->tuning = on;
+}
+
 static void cuda_graph_destroy(struct kern_backend *be, void *graph)
 {
 	struct kc_graph *kg = graph;
@@ -417,6 +422,7 @@ static const struct kern_ops cuda_ops = {
 	.graph_end = cuda_graph_end,
 	.graph_launch = cuda_graph_launch,
 	.graph_destroy = cuda_graph_destroy,
+	.tune = cuda_tune,
 	.mem_info = cuda_mem_info,
 	.destroy = cuda_destroy,
 };

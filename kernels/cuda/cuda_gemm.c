@@ -162,9 +162,10 @@ out:
  * The heuristic's first choice is often not the fastest for few rows (its
  * model favours large tiles; split-k variants further down the list read
  * the weights with more blocks). So the first time a plan of a graph
- * bucket's shape runs outside a capture, each candidate runs once to warm up
- * and then three times between two events, and the fastest stays. This
- * synchronises the stream once per shape and process (about a millisecond);
+ * bucket's shape runs while the model prepares (ops->tune on, from
+ * model_scratch_warm), each candidate runs once to warm up and then three
+ * times between two events, and the fastest stays. This synchronises the
+ * stream once per shape and process (milliseconds);
  * HEARTH_CUDA_LT_TUNE=0 keeps the heuristic's choice. Measured: a batch-64
  * step at context 512, 8B 6.92 -> 6.76 ms, 1B 1.750 -> 1.743 ms.
  */
@@ -349,12 +350,14 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
 							   &bias, sizeof(bias))))
 		return -EIO;
-	/* Only the shapes of graph buckets (kern_step_bucket() row counts:
-	 * a few dozen shapes, each tuned at its bucket's first, eager run); a
-	 * mixed step's arbitrary row count would stall serving for each new
-	 * one (seen: p99 from 11 to 97 ms under load). Not in place: the
-	 * candidates' runs would feed on their own output. */
-	if (!p->tuned && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS && kern_step_bucket(n) == n &&
+	/* Only the shapes of graph buckets (kern_step_bucket() row counts: a
+	 * few dozen shapes) and only while the model prepares (ops->tune, from
+	 * model_scratch_warm before serving): a tuning under load stalls every
+	 * request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms when a
+	 * bucket's first step tuned its shapes). Not in place: the candidates'
+	 * runs would feed on their own output. */
+	if (!p->tuned && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
+	    kern_step_bucket(n) == n &&
 	    ((const char *)out >= (const char *)in + (size_t)n * k * 2 ||
 	     (const char *)in >= (const char *)out + (size_t)n * m * (out_f32 ? 4 : 2)))
 		plan_tune(c, p, out, in, w);

@@ -80,6 +80,7 @@ struct kern_cuda {
 	int gemv_off;                /* tests: every matmul through cuBLASLt */
 	int skinny_off;              /* HEARTH_CUDA_SKINNY=0: no skinny GEMM */
 	int lt_tune;                 /* time cuBLASLt's candidates (HEARTH_CUDA_LT_TUNE=0: off) */
+	int tuning;                  /* ops->tune: on while the model prepares, before serving */
 	void *skinny_ws;             /* its split-k counters and partials */
 	size_t skinny_ws_bytes;
 	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */

@@ -20,6 +20,7 @@
 #define KERN_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 enum kern_dtype {
@@ -250,6 +251,13 @@ struct kern_ops {
 	int (*graph_end)(struct kern_backend *be, void **ret_graph);
 	int (*graph_launch)(struct kern_backend *be, void *graph);
 	void (*graph_destroy)(struct kern_backend *be, void *graph);
+	/*
+	 * Optional (NULL: nothing to tune): while on, operations on shapes of
+	 * graph steps (kern_step_bucket() rows) not met before are tuned, which
+	 * may synchronise and take milliseconds each; off (the default), they
+	 * keep what they have. Turned on only to prepare, before serving.
+	 */
+	void (*tune)(struct kern_backend *be, bool on);
 
 	/* Optional: free and total bytes of the memory this backend allocates
 	 * from (the GPU's for cuda, the host's for cpu). NULL: unknown. */
