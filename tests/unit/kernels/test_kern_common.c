@@ -177,6 +177,26 @@ static void test_to_f32(void)
 	KT_CHECK(!memcmp(out, f, sizeof(f)));
 }
 
+/* Graph buckets: powers of two to 128, then multiples of 32; every bucket is
+ * its own bucket (the GEMM tuning and the warm-up rely on it), never below n,
+ * and at most 31 tokens (or half) of padding. */
+static void test_step_bucket(void)
+{
+	static const uint32_t want[][2] = { { 1, 1 },     { 2, 2 },     { 3, 4 },     { 5, 8 },
+					    { 64, 64 },   { 65, 128 },  { 128, 128 }, { 129, 160 },
+					    { 144, 160 }, { 160, 160 }, { 161, 192 }, { 500, 512 },
+					    { 512, 512 } };
+
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		KT_CHECK_EQ_INT((int)kern_step_bucket(want[i][0]), (int)want[i][1]);
+	for (uint32_t n = 1; n <= KERN_GRAPH_MAX_TOKENS; n++) {
+		uint32_t b = kern_step_bucket(n);
+
+		KT_CHECK(b >= n && kern_step_bucket(b) == b && b <= KERN_GRAPH_MAX_TOKENS);
+		KT_CHECK(n > 128 ? b - n < 32 : b < 2 * n);
+	}
+}
+
 static void test_backend_new(void)
 {
 	struct kern_backend *be;
@@ -270,6 +290,7 @@ int main(void)
 	test_bf16();
 	test_f16();
 	test_to_f32();
+	test_step_bucket();
 	test_backend_new();
 	be = kern_cpu_new(2);
 	if (!be) {
