@@ -380,6 +380,18 @@ static void clone_seq(struct ctx *x, struct kv_block_table *dst, const struct kv
 				       x->page_bytes));
 }
 
+/* Sequences 0..n-1 at the context: copies of sequence 0's first ctx_len
+ * tokens (made once), cut back to it. */
+static void at_context(struct ctx *x, struct kv_block_table *bts, uint32_t *lens, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		if (i && !bts[i].n_pages)
+			clone_seq(x, &bts[i], &bts[0], x->ctx_len);
+		kv_bt_truncate(x->pool, &bts[i], x->ctx_len);
+		lens[i] = x->ctx_len;
+	}
+}
+
 /* "8,32,64" into v (at most MAX_BATCHES values of 1..64); *max grows to the
  * largest. 0 or -EINVAL. */
 static int parse_counts(const char *s, uint32_t *v, uint32_t *n, uint32_t *max)
@@ -653,12 +665,7 @@ int main(int argc, char **argv)
 	for (uint32_t bi = 0; bi < n_batches; bi++) {
 		uint32_t B = batches[bi], n = iters / 4 > 20 ? iters / 4 : 20;
 
-		for (uint32_t i = 0; i < B; i++) {
-			if (i && !bts[i].n_pages)
-				clone_seq(x, &bts[i], &bts[0], ctx_len);
-			kv_bt_truncate(x->pool, &bts[i], ctx_len);
-			lens[i] = ctx_len;
-		}
+		at_context(x, bts, lens, B);
 		CHECK(x->be->ops->sync(x->be));
 		for (uint32_t it = 0; it < n + 3; it++) {
 			uint64_t t0;
@@ -694,12 +701,7 @@ int main(int argc, char **argv)
 
 		if (!mt || !ref)
 			die("mixed", -ENOMEM);
-		for (uint32_t i = 0; i < B; i++) {
-			if (i && !bts[i].n_pages)
-				clone_seq(x, &bts[i], &bts[0], ctx_len);
-			kv_bt_truncate(x->pool, &bts[i], ctx_len);
-			lens[i] = ctx_len;
-		}
+		at_context(x, bts, lens, B);
 		for (int mode = 0; mode < 2; mode++) {
 			model_scratch_set_graphs(x->sc, mode == 0);
 			for (uint32_t it = 0; it < n + 3; it++) {

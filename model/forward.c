@@ -243,6 +243,31 @@ static size_t meta_layout(size_t o[7], uint32_t tb, uint32_t sb, uint32_t mb)
 	return o[6] + (size_t)sb * mb;
 }
 
+/*
+ * Padding sequences first .. first + n_pad - 1 of a bucket of width mb:
+ * pad_t tokens from token T spread over them, each token at position 0 of a
+ * one-token context on page 0 (read, never written: KERN_SLOT_PAD). Writes
+ * their seq_start, ctx_len and block-table rows; returns the token count
+ * after them.
+ */
+static uint32_t meta_pad(int32_t *h, const size_t o[7], uint32_t mb, uint32_t first,
+			 uint32_t n_pad, uint32_t T, uint32_t pad_t)
+{
+	for (uint32_t i = 0; i < n_pad; i++) {
+		uint32_t cnt = pad_t / n_pad + (i < pad_t % n_pad);
+
+		h[o[3] + first + i] = (int32_t)T;
+		for (uint32_t j = 0; j < cnt; j++, T++) {
+			h[o[0] + T] = 0;
+			h[o[1] + T] = 0;
+			h[o[2] + T] = KERN_SLOT_PAD;
+		}
+		h[o[4] + first + i] = 1;
+		memset(&h[o[6] + (size_t)(first + i) * mb], 0, mb * sizeof(int32_t));
+	}
+	return T;
+}
+
 /* Eager step: metadata into the growable buffer, exact shapes. */
 static int step_prepare(struct model_scratch *s, uint32_t pt, const struct model_seq_step *steps,
 			uint32_t n, const struct step_shape *sh, struct kern_batch *b,
@@ -420,7 +445,7 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 			 const struct model_seq_step *steps, uint32_t n, const struct step_shape *sh)
 {
 	const struct kern_ops *op = m->be->ops;
-	uint32_t pt = kv->page_tokens, T = sh->n_tokens, tb, sb, mb, pad_t, n_pad;
+	uint32_t pt = kv->page_tokens, T = sh->n_tokens, tb, sb, mb, pad_t;
 	struct step_graph *g;
 	struct kern_batch b;
 	int32_t *h, *dev;
@@ -454,21 +479,8 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	/* Wanted rows first, then row 0 for the other sequence slots. */
 	for (uint32_t i = sh->n_rows; i < sb; i++)
 		h[o[5] + i] = 0;
-	/* Padding sequences: pad_t tokens spread over them, each token at
-	 * position 0 of a one-token context on page 0 (read, never written). */
-	n_pad = sb - n;
-	for (uint32_t i = 0; i < n_pad; i++) {
-		uint32_t cnt = pad_t / n_pad + (i < pad_t % n_pad);
-
-		h[o[3] + n + i] = (int32_t)T;
-		for (uint32_t j = 0; j < cnt; j++, T++) {
-			h[o[0] + T] = 0;
-			h[o[1] + T] = 0;
-			h[o[2] + T] = KERN_SLOT_PAD;
-		}
-		h[o[4] + n + i] = 1;
-		memset(&h[o[6] + (size_t)(n + i) * mb], 0, mb * sizeof(int32_t));
-	}
+	/* Padding sequences: pad_t tokens spread over them. */
+	T = meta_pad(h, o, mb, n, sb - n, T, pad_t);
 	h[o[3] + sb] = (int32_t)T;
 	r = s->be->ops->upload(s->be, g->meta_dev, h, g->meta_ints * sizeof(int32_t));
 	if (r < 0)
@@ -560,35 +572,29 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
 	uint32_t n = 0;
 	int r;
 
-	for (uint32_t tb = 1;; tb = tb < 128 ? tb * 2 : tb + 32) {
-		uint32_t t = HR_MIN(tb, top), rows = HR_MIN(bucket(t, 1u << 30), s->max_seqs);
-		int32_t *h = s->meta_host, *dev = s->meta_dev;
-		size_t o[7];
+	for (uint32_t tb = 1;; tb = kern_step_bucket(tb + 1)) {
+		/* t padding tokens in sequences of at least one token each, and
+		 * the LM head over as many rows (sb) as a graph step of t tokens
+		 * can have (rows all token 0). */
+		uint32_t t = HR_MIN(tb, top), sb = bucket(t, s->max_seqs), ns = HR_MIN(sb, t);
+		size_t o[7], need = meta_layout(o, t, sb, 1);
+		int32_t *h, *dev;
 		struct kern_batch b;
 
-		/* One sequence of t padding tokens; rows of the LM head all 0. */
-		meta_layout(o, t, 1, 1);
-		o[6] = o[5] + rows;
-		for (uint32_t i = 0; i < t; i++) {
-			h[o[0] + i] = 0;
-			h[o[1] + i] = 0;
-			h[o[2] + i] = KERN_SLOT_PAD;
-		}
-		h[o[3]] = 0;
-		h[o[3] + 1] = (int32_t)t;
-		h[o[4]] = 1;
-		memset(&h[o[5]], 0, rows * sizeof(int32_t));
-		h[o[6]] = 0;
-		r = s->be->ops->upload(s->be, dev, h, (o[6] + 1) * sizeof(int32_t));
-		if (r < 0)
+		if ((r = meta_reserve(s, need)) < 0)
+			return r;
+		h = s->meta_host;
+		dev = s->meta_dev;
+		memset(h, 0, need * sizeof(int32_t));
+		h[o[3] + ns] = (int32_t)meta_pad(h, o, 1, 0, ns, 0, t);
+		if ((r = s->be->ops->upload(s->be, dev, h, need * sizeof(int32_t))) < 0)
 			return r;
 		b = (struct kern_batch){
-			.n_tokens = t, .n_seqs = 1, .max_blocks = 1, .max_ctx = 1,
+			.n_tokens = t, .n_seqs = ns, .max_blocks = 1, .max_ctx = 1,
 			.pos = dev + o[1], .slot = dev + o[2], .seq_start = dev + o[3],
 			.ctx_len = dev + o[4], .block_table = dev + o[6],
 		};
-		r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], rows);
-		if (r < 0)
+		if ((r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb)) < 0)
 			return r;
 		n++;
 		if (t == top)
@@ -599,8 +605,9 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
 
 /*
  * One eager step of padding tokens per token bucket a graph step can have (at
- * most graph_max and the scratch's size), with the LM head over as many rows
- * as a step of that many sequences has, with ops->tune on. The backend meets
+ * most graph_max and the scratch's size), built as a graph step's padding
+ * (meta_pad), with the LM head over as many rows as such a step can have,
+ * with ops->tune on. The backend meets
  * every GEMM shape of the graph steps here: cuda tunes cuBLASLt for each (a
  * stream synchronisation and a few milliseconds per shape; the only time it
  * tunes) and sizes its workspaces, before serving instead of at a bucket's first step under load,
@@ -617,9 +624,6 @@ int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scrat
 
 	if (s->graphs_off || !m->be->ops->graph_launch || !top)
 		return 0;
-	r = meta_reserve(s, 3 * (size_t)top + 3 + 2 * (size_t)s->max_seqs + 1);
-	if (r < 0)
-		return r;
 	if (m->be->ops->tune)
 		m->be->ops->tune(m->be, true);
 	r = warm_buckets(m, s, kv, top);
