@@ -92,6 +92,10 @@ int main(int argc, char **argv)
 					    : 1000000000ull;
 	if (daemon_init(&d) < 0)
 		goto out;
+	/* Metrics first: once the control socket exists (what clients and
+	 * tests wait for) every endpoint of the daemon answers. */
+	if (hd_metrics_start(&d) < 0)
+		goto out;
 	lfd = hd_listen_fd();
 	if (lfd >= 0) {
 		/* Socket activation: systemd owns the socket file. */
@@ -105,8 +109,6 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	hr_info("listening on %s", activated ? "the socket passed by systemd" : d.cfg.socket_path);
-	if (hd_metrics_start(&d) < 0)
-		goto out;
 	hd_notify_serving(&d, "READY=1\n");
 	r = hd_control_run(&d, lfd);
 	if (r < 0) {
@@ -121,6 +123,7 @@ out:
 		if (!activated)
 			unlink(d.cfg.socket_path);
 	}
+	hd_metrics_stop(&d); /* no-op unless start-up failed after it began */
 	daemon_fini(&d);
 	return rc;
 }
