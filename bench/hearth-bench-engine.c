@@ -9,7 +9,9 @@
  * (a large backend-to-backend copy, read + write bytes); batched decode also
  * shows weights + KV bytes. Validation first: logits finite, a batched decode
  * step equal to the batch-1 step of the same sequence and token within bf16
- * tolerance, graphs against eager.
+ * tolerance, graphs against eager. A SCORE is timed as the engine runs it
+ * (the step stops at the final norm and the label ids' rows of the LM head
+ * score it) and through the whole LM head, and the two compared.
  *
  * --mixed N,...: issue 6's load as single steps: N sequences at the context
  * each append 16 tokens and SCORE them (one forward step of 16N tokens, a
@@ -48,6 +50,9 @@
  */
 #define VALID_REL_L2 5e-2
 #define N_LABELS 4
+/* A SCORE through the labels' rows of the LM head against one through the
+ * whole head: the same fp32 dot products summed in another order. */
+#define VALID_SCORE_DIFF 1e-3
 #define MIXED_NEW 16u
 
 static uint64_t rng_state = 0x62656e6368ull;
@@ -213,7 +218,7 @@ struct ctx {
 	size_t page_bytes;
 	float *logits;            /* host, [64 * vocab] */
 	int32_t *argmax_dev, *argmax_host;
-	int32_t *ids_dev;
+	int32_t *ids_dev;         /* the N_LABELS label ids, then 0 .. N_LABELS-1 */
 	float *probs_dev;
 };
 
@@ -316,6 +321,27 @@ static double rel_l2(const float *got, const float *ref, size_t n)
 }
 
 /*
+ * SCORE of the n wanted rows of the last step into probs (host, [n *
+ * N_LABELS]): through the label ids' rows of the LM head (the step ran with
+ * ids_only rows, as the engine runs a SCORE), or with full_head through the
+ * LM head over the vocabulary and a softmax over the ids of its logits.
+ */
+static void score(struct ctx *x, uint32_t n, int full_head, float *probs)
+{
+	float *sc;
+
+	if (full_head) {
+		CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, model_step_logits(x->sc, 0),
+					      x->ids_dev, n, N_LABELS, x->vocab));
+	} else {
+		CHECK(model_step_score(x->m, x->sc, x->ids_dev, N_LABELS, &sc));
+		CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, sc, x->ids_dev + N_LABELS, n,
+					      N_LABELS, N_LABELS));
+	}
+	CHECK(x->be->ops->download(x->be, probs, x->probs_dev, (size_t)n * N_LABELS * sizeof(float)));
+}
+
+/*
  * One event of the load for each of n sequences: bts[i] (at len[i]) appends
  * MIXED_NEW tokens and SCOREs them, all in one step; the labels'
  * probabilities are downloaded (a synchronisation) and the sequences rolled
@@ -323,7 +349,7 @@ static double rel_l2(const float *got, const float *ref, size_t n)
  * a row's probabilities do not sum to 1.
  */
 static uint64_t mixed_step(struct ctx *x, struct kv_block_table *bts, const uint32_t *len,
-			   const int32_t *tokens, uint32_t n, int *bad)
+			   const int32_t *tokens, uint32_t n, int full_head, int *bad)
 {
 	struct model_seq_step st[64];
 	float probs[64 * N_LABELS];
@@ -333,12 +359,10 @@ static uint64_t mixed_step(struct ctx *x, struct kv_block_table *bts, const uint
 		CHECK(kv_bt_reserve(x->pool, &bts[i], len[i] + MIXED_NEW));
 		st[i] = (struct model_seq_step){ .bt = &bts[i], .n_past = len[i],
 						 .n_new = MIXED_NEW, .tokens = tokens + i * MIXED_NEW,
-						 .want_logits = true };
+						 .want_logits = true, .ids_only = !full_head };
 	}
 	CHECK(model_forward(x->m, x->pool, x->sc, st, n));
-	CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, model_step_logits(x->sc, 0), x->ids_dev,
-				      n, N_LABELS, x->vocab));
-	CHECK(x->be->ops->download(x->be, probs, x->probs_dev, (size_t)n * N_LABELS * sizeof(float)));
+	score(x, n, full_head, probs);
 	t = now_ns() - t0;
 	for (uint32_t i = 0; i < n; i++) {
 		float sum = 0;
@@ -423,14 +447,15 @@ int main(int argc, char **argv)
 	const char *mixed_arg = "";
 	uint32_t ctx_len = 2048, iters = 200, batches[MAX_BATCHES], n_batches = 0, max_b = 1;
 	uint32_t mixed[MAX_BATCHES], n_mixed = 0;
-	struct bench_stats st_mix[MAX_BATCHES][2];
+	struct bench_stats st_mix[MAX_BATCHES][3]; /* graphs, eager, graphs + full LM head */
 	double mixed_rel[MAX_BATCHES];
 	struct ctx X = { 0 }, *x = &X;
 	struct kv_block_table *bts;
 	uint32_t *lens, chunk;
-	int32_t *prompt, *toks, *amax, labels[N_LABELS];
+	int32_t *prompt, *toks, *amax, labels[2 * N_LABELS];
 	uint64_t *ns;
-	struct bench_stats st_dec, st_dec_eager, st_app, st_pre;
+	struct bench_stats st_dec, st_dec_eager, st_app, st_app_full, st_pre;
+	double score_diff = 0;
 	double bw, wbytes, t_roof, kvb;
 	double batch_ms[MAX_BATCHES], batch_rel = 0, graph_rel = 0, prefill_tok_s;
 	char err[256], json[4096];
@@ -528,7 +553,7 @@ int main(int argc, char **argv)
 	}
 	x->logits = malloc((size_t)64 * x->vocab * sizeof(float));
 	x->argmax_dev = x->be->ops->alloc(x->be, 64 * sizeof(int32_t));
-	x->ids_dev = x->be->ops->alloc(x->be, N_LABELS * sizeof(int32_t));
+	x->ids_dev = x->be->ops->alloc(x->be, 2 * N_LABELS * sizeof(int32_t));
 	x->probs_dev = x->be->ops->alloc(x->be, 64 * N_LABELS * sizeof(float));
 	bts = calloc(max_b + 2, sizeof(*bts));
 	lens = calloc(max_b + 2, sizeof(*lens));
@@ -543,6 +568,8 @@ int main(int argc, char **argv)
 		kv_bt_init(&bts[i]);
 	random_tokens(prompt, ctx_len, x->vocab);
 	random_tokens(labels, N_LABELS, x->vocab);
+	for (uint32_t i = 0; i < N_LABELS; i++)
+		labels[N_LABELS + i] = (int32_t)i;
 	CHECK(x->be->ops->upload(x->be, x->ids_dev, labels, sizeof(labels)));
 
 	bw = copy_bandwidth(x->be);
@@ -636,26 +663,34 @@ int main(int argc, char **argv)
 	}
 	model_scratch_set_graphs(x->sc, true);
 
-	/* ---- APPEND 32 at the context + SCORE over N_LABELS ids ---- */
+	/* ---- APPEND 32 at the context + SCORE over N_LABELS ids: through the
+	 * labels' rows of the LM head (as the engine scores), then through the
+	 * whole LM head; the same step, so the same probabilities ---- */
 	{
 		struct model_seq_step st = { .bt = &bts[0], .n_past = ctx_len, .n_new = 32,
 					     .tokens = prompt, .want_logits = true };
-		float probs[N_LABELS];
+		float probs[2][N_LABELS];
 
 		CHECK(kv_bt_reserve(x->pool, &bts[0], ctx_len + 32));
-		for (uint32_t i = 0; i < iters + 3; i++) {
-			uint64_t t0 = now_ns();
+		for (int full = 0; full < 2; full++) {
+			st.ids_only = !full;
+			for (uint32_t i = 0; i < iters + 3; i++) {
+				uint64_t t0 = now_ns();
 
-			CHECK(model_forward(x->m, x->pool, x->sc, &st, 1));
-			CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, model_step_logits(x->sc, 0),
-						      x->ids_dev, 1, N_LABELS, x->vocab));
-			CHECK(x->be->ops->download(x->be, probs, x->probs_dev, sizeof(probs)));
-			if (i >= 3)
-				ns[i - 3] = now_ns() - t0;
+				CHECK(model_forward(x->m, x->pool, x->sc, &st, 1));
+				score(x, 1, full, probs[full]);
+				if (i >= 3)
+					ns[i - 3] = now_ns() - t0;
+			}
+			bench_summarise(ns, iters, full ? &st_app_full : &st_app);
 		}
-		bench_summarise(ns, iters, &st_app);
-		if (!(fabsf(probs[0] + probs[1] + probs[2] + probs[3] - 1.0f) < 1e-3f)) {
-			fprintf(stderr, "VALIDATION FAILED: SCORE probabilities do not sum to 1\n");
+		for (uint32_t j = 0; j < N_LABELS; j++)
+			score_diff = fmax(score_diff, fabs(probs[0][j] - probs[1][j]));
+		if (!(fabsf(probs[0][0] + probs[0][1] + probs[0][2] + probs[0][3] - 1.0f) < 1e-3f) ||
+		    !(score_diff <= VALID_SCORE_DIFF)) {
+			fprintf(stderr, "VALIDATION FAILED: SCORE probabilities do not sum to 1 or "
+				"differ by %.3g between the label rows and the whole LM head\n",
+				score_diff);
 			ok = 0;
 		}
 		kv_bt_truncate(x->pool, &bts[0], ctx_len);
@@ -702,21 +737,23 @@ int main(int argc, char **argv)
 		if (!mt || !ref)
 			die("mixed", -ENOMEM);
 		at_context(x, bts, lens, B);
-		for (int mode = 0; mode < 2; mode++) {
-			model_scratch_set_graphs(x->sc, mode == 0);
+		for (int mode = 0; mode < 3; mode++) {
+			model_scratch_set_graphs(x->sc, mode != 1);
 			for (uint32_t it = 0; it < n + 3; it++) {
 				uint64_t t;
 
 				random_tokens(mt, B * MIXED_NEW, x->vocab);
-				t = mixed_step(x, bts, lens, mt, B, &bad);
+				t = mixed_step(x, bts, lens, mt, B, mode == 2, &bad);
 				if (it >= 3)
 					ns[it - 3] = t;
 			}
 			bench_summarise(ns, n, &st_mix[mi][mode]);
-			/* The same step both ways: its logits compared. */
+			if (mode == 2)
+				continue;
+			/* The same step graphs and eager: its logits compared. */
 			for (uint32_t i = 0; i < B * MIXED_NEW; i++)
 				mt[i] = (int32_t)((i * 7919u + B) % x->vocab);
-			mixed_step(x, bts, lens, mt, B, &bad);
+			mixed_step(x, bts, lens, mt, B, 1, &bad);
 			get_logits(x, B);
 			if (mode == 0) {
 				memcpy(ref, x->logits, all * sizeof(float));
@@ -750,8 +787,9 @@ int main(int argc, char **argv)
 		printf("%-40s %7.3f ms %7.3f ms %7.2fx\n", name, ms(st_dec_eager.median), t_roof,
 		       ms(st_dec_eager.median) / t_roof);
 		snprintf(name, sizeof(name), "APPEND 32 + SCORE, ctx %u", ctx_len);
-		printf("%-40s %7.3f ms %7.3f ms %7.2fx\n", name, ms(st_app.median), t_roof,
-		       ms(st_app.median) / t_roof);
+		printf("%-40s %7.3f ms %7.3f ms %7.2fx  (whole LM head %.3f ms; probabilities "
+		       "differ by %.1e)\n", name, ms(st_app.median), t_roof, ms(st_app.median) / t_roof,
+		       ms(st_app_full.median), score_diff);
 		snprintf(name, sizeof(name), "prefill %u", ctx_len);
 		printf("%-40s %7.2f ms %7.3f ms %7.2fx  (%.0f tokens/s)\n", name, ms(st_pre.median),
 		       t_roof, ms(st_pre.median) / t_roof, prefill_tok_s);
@@ -772,9 +810,10 @@ int main(int argc, char **argv)
 		snprintf(name, sizeof(name), "%u x (APPEND %u + SCORE), ctx %u", mixed[mi], MIXED_NEW,
 			 ctx_len);
 		printf("%-40s %7.3f ms %7.3f ms %7.2fx  (p99 %.3f; eager %.3f, p99 %.3f; "
-		       "graphs vs eager rel L2 %.2e)\n", name, ms(st_mix[mi][0].median), t_roof,
-		       ms(st_mix[mi][0].median) / t_roof, ms(st_mix[mi][0].p99),
-		       ms(st_mix[mi][1].median), ms(st_mix[mi][1].p99), mixed_rel[mi]);
+		       "whole LM head %.3f; graphs vs eager rel L2 %.2e)\n", name,
+		       ms(st_mix[mi][0].median), t_roof, ms(st_mix[mi][0].median) / t_roof,
+		       ms(st_mix[mi][0].p99), ms(st_mix[mi][1].median), ms(st_mix[mi][1].p99),
+		       ms(st_mix[mi][2].median), mixed_rel[mi]);
 	}
 	printf("decode p99 %.3f ms, APPEND+SCORE p99 %.3f ms\n", ms(st_dec.p99), ms(st_app.p99));
 
@@ -806,11 +845,13 @@ int main(int argc, char **argv)
 		      "\"copy_gbs\":%.1f,\"weight_gb\":%.4f,\"roofline_ms\":%.4f,"
 		      "\"decode_ms\":%.4f,\"decode_p99_ms\":%.4f,\"decode_eager_ms\":%.4f,"
 		      "\"append32_score_ms\":%.4f,\"append32_score_p99_ms\":%.4f,"
+		      "\"append32_score_full_head_ms\":%.4f,\"score_diff\":%.3g,"
 		      "\"prefill_ms\":%.3f,\"prefill_tok_s\":%.0f,\"graph_rel_l2\":%.3g,"
 		      "\"batch_rel_l2\":%.3g,\"valid\":%s",
 		      x->be->name, shape, ctx_len, bw, wbytes / 1e9, t_roof, ms(st_dec.median),
 		      ms(st_dec.p99), ms(st_dec_eager.median), ms(st_app.median), ms(st_app.p99),
-		      ms(st_pre.median), prefill_tok_s, graph_rel, batch_rel, ok ? "true" : "false");
+		      ms(st_app_full.median), score_diff, ms(st_pre.median), prefill_tok_s, graph_rel,
+		      batch_rel, ok ? "true" : "false");
 	for (uint32_t bi = 0; bi < n_batches && jl < (int)sizeof(json) - 100; bi++)
 		jl += snprintf(json + jl, sizeof(json) - jl,
 			       ",\"batch%u_step_ms\":%.4f,\"batch%u_tok_s\":%.0f", batches[bi],
@@ -818,9 +859,10 @@ int main(int argc, char **argv)
 	for (uint32_t mi = 0; mi < n_mixed && jl < (int)sizeof(json) - 200; mi++)
 		jl += snprintf(json + jl, sizeof(json) - jl,
 			       ",\"mixed%u_ms\":%.4f,\"mixed%u_p99_ms\":%.4f,\"mixed%u_eager_ms\":%.4f,"
-			       "\"mixed%u_eager_p99_ms\":%.4f", mixed[mi], ms(st_mix[mi][0].median),
-			       mixed[mi], ms(st_mix[mi][0].p99), mixed[mi], ms(st_mix[mi][1].median),
-			       mixed[mi], ms(st_mix[mi][1].p99));
+			       "\"mixed%u_eager_p99_ms\":%.4f,\"mixed%u_full_head_ms\":%.4f",
+			       mixed[mi], ms(st_mix[mi][0].median), mixed[mi], ms(st_mix[mi][0].p99),
+			       mixed[mi], ms(st_mix[mi][1].median), mixed[mi], ms(st_mix[mi][1].p99),
+			       mixed[mi], ms(st_mix[mi][2].median));
 	snprintf(json + jl, sizeof(json) - jl, "}");
 
 	for (uint32_t i = 0; i < max_b + 2; i++)

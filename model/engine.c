@@ -24,10 +24,16 @@ struct engine {
 	uint32_t max_batch;
 	uint32_t max_context;
 	uint64_t n_steps;
+	uint64_t n_score_steps;
 	struct model_seq_step *steps; /* [max_batch] */
 	uint32_t *item;               /* [max_batch]: work item of each step entry */
-	int32_t *ids_host;            /* [max_batch * ENGINE_MAX_IDS] */
+	int32_t *ids_host;            /* [max_batch * ENGINE_MAX_IDS + MODEL_SCORE_MAX_IDS] */
 	int32_t *ids_dev;             /* the same, on the backend */
+	uint32_t *id_slot;            /* [vocab]: 1 + an id's index among a step's
+				       * distinct ids while it is planned, else 0 */
+	int32_t *uniq;                /* [MODEL_SCORE_MAX_IDS]: those distinct ids */
+	bool score_full_head;
+	uint32_t score_max_ids;       /* distinct ids a step scores from their rows */
 	float *probs_dev;             /* [max_batch * ENGINE_MAX_IDS] */
 	float *probs_host;
 	int32_t *argmax_dev;          /* [max_batch] */
@@ -90,16 +96,22 @@ struct engine *engine_new(struct model *m, const struct engine_params *p)
 		}
 	}
 	n_ids = (size_t)e->max_batch * ENGINE_MAX_IDS;
+	e->score_full_head = p->score_full_head;
+	/* Past half the vocabulary, gathering the rows costs about as much as
+	 * reading them all in the whole LM head. */
+	e->score_max_ids = HR_MIN(MODEL_SCORE_MAX_IDS, c->vocab_size / 2);
 	e->steps = calloc(e->max_batch, sizeof(*e->steps));
 	e->item = calloc(e->max_batch, sizeof(*e->item));
-	e->ids_host = malloc(n_ids * sizeof(int32_t));
+	e->id_slot = calloc(c->vocab_size, sizeof(*e->id_slot));
+	e->uniq = malloc(MODEL_SCORE_MAX_IDS * sizeof(*e->uniq));
+	e->ids_host = malloc((n_ids + MODEL_SCORE_MAX_IDS) * sizeof(int32_t));
 	e->probs_host = malloc(n_ids * sizeof(float));
 	e->argmax_host = malloc(e->max_batch * sizeof(int32_t));
-	e->ids_dev = be->ops->alloc(be, n_ids * sizeof(int32_t));
+	e->ids_dev = be->ops->alloc(be, (n_ids + MODEL_SCORE_MAX_IDS) * sizeof(int32_t));
 	e->probs_dev = be->ops->alloc(be, n_ids * sizeof(float));
 	e->argmax_dev = be->ops->alloc(be, e->max_batch * sizeof(int32_t));
-	if (!e->steps || !e->item || !e->ids_host || !e->probs_host || !e->argmax_host ||
-	    !e->ids_dev || !e->probs_dev || !e->argmax_dev) {
+	if (!e->steps || !e->item || !e->id_slot || !e->uniq || !e->ids_host || !e->probs_host ||
+	    !e->argmax_host || !e->ids_dev || !e->probs_dev || !e->argmax_dev) {
 		errno = ENOMEM;
 		goto fail;
 	}
@@ -123,6 +135,8 @@ void engine_free(struct engine *e)
 	be->ops->free(be, e->argmax_dev);
 	free(e->steps);
 	free(e->item);
+	free(e->id_slot);
+	free(e->uniq);
 	free(e->ids_host);
 	free(e->probs_host);
 	free(e->argmax_host);
@@ -144,6 +158,11 @@ struct kv_pool *engine_pool(const struct engine *e)
 uint64_t engine_n_steps(const struct engine *e)
 {
 	return e->n_steps;
+}
+
+uint64_t engine_n_score_steps(const struct engine *e)
+{
+	return e->n_score_steps;
 }
 
 uint32_t engine_max_batch(const struct engine *e)
@@ -266,52 +285,144 @@ static uint32_t plan_item(struct engine *e, struct engine_work *w, uint32_t budg
 	return w->res < 0 ? 0 : chunk;
 }
 
-/* Outputs of the rows that reached the end of their history. */
-static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k)
+/*
+ * A step whose every output is probabilities of ids (SCORE) skips the LM head
+ * over the vocabulary: its rows are scored against the rows of the step's
+ * distinct ids alone (model_step_score). Writes each output row's ids as
+ * indices into those distinct ids to ids_host[0..), the distinct ids after
+ * them, and marks the rows ids_only. Returns how many distinct ids (0: the
+ * step takes the full LM head: an output other than probabilities, more
+ * distinct ids than score_max_ids, or score_full_head).
+ */
+static uint32_t plan_scores(struct engine *e, const struct engine_work *w, uint32_t k)
+{
+	uint32_t n_uniq = 0, n_ids = 0, j;
+	bool over = false;
+
+	if (e->score_full_head)
+		return 0;
+	for (j = 0; j < k; j++) {
+		const struct engine_work *x = &w[e->item[j]];
+
+		if (e->steps[j].want_logits && (!x->ids || x->next_token || x->logits))
+			return 0;
+	}
+	for (j = 0; j < k && !over; j++) {
+		const struct engine_work *x = &w[e->item[j]];
+
+		for (uint32_t i = 0; e->steps[j].want_logits && i < x->n_ids && !over; i++) {
+			uint32_t *slot = &e->id_slot[x->ids[i]];
+
+			if (!*slot && n_uniq == e->score_max_ids) {
+				over = true;
+				break;
+			}
+			if (!*slot) {
+				e->uniq[n_uniq] = x->ids[i];
+				*slot = ++n_uniq;
+			}
+			e->ids_host[n_ids++] = (int32_t)*slot - 1;
+		}
+	}
+	for (uint32_t i = 0; i < n_uniq; i++)
+		e->id_slot[e->uniq[i]] = 0;
+	if (over || !n_uniq)
+		return 0;
+	memcpy(e->ids_host + n_ids, e->uniq, n_uniq * sizeof(int32_t));
+	for (j = 0; j < k; j++)
+		e->steps[j].ids_only = e->steps[j].want_logits;
+	return n_uniq;
+}
+
+/* Probabilities of the output rows that want ids: the softmax over their ids
+ * (ids_host / ids_dev, in row order) of their row of logits (stride apart,
+ * ids below stride), consecutive rows with the same ids in one launch. */
+static int step_probs(struct engine *e, const struct engine_work *w, uint32_t k,
+		      const float *logits, uint32_t stride)
+{
+	struct kern_backend *be = e->m->be;
+	uint32_t row = 0, off = 0, j = 0;
+	int r;
+
+	while (j < k) {
+		const struct engine_work *x = &w[e->item[j]];
+		uint32_t n = 1, jj;
+
+		if (!e->steps[j].want_logits || !x->ids) {
+			row += e->steps[j++].want_logits;
+			continue;
+		}
+		for (jj = j + 1; jj < k; jj++) {
+			const struct engine_work *y = &w[e->item[jj]];
+
+			if (!e->steps[jj].want_logits)
+				continue;
+			if (!y->ids || y->n_ids != x->n_ids ||
+			    memcmp(e->ids_host + off + (size_t)n * x->n_ids, e->ids_host + off,
+				   x->n_ids * sizeof(int32_t)))
+				break;
+			n++;
+		}
+		r = be->ops->softmax_ids(be, e->probs_dev + off, logits + (size_t)row * stride,
+					 e->ids_dev + off, n, x->n_ids, stride);
+		if (r < 0)
+			return r;
+		off += n * x->n_ids;
+		row += n;
+		j = jj;
+	}
+	return 0;
+}
+
+/* Outputs of the rows that reached the end of their history; n_uniq: the
+ * step's distinct ids when it skipped the LM head (plan_scores), else 0. */
+static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k, uint32_t n_uniq)
 {
 	struct kern_backend *be = e->m->be;
 	uint32_t vocab = e->m->cfg.vocab_size, row = 0, n_ids = 0, n_rows = 0;
-	bool any_ids = false, any_argmax = false;
+	bool any_argmax = false;
+	float *scores;
 	int r;
 
 	for (uint32_t j = 0; j < k; j++) {
 		struct engine_work *x = &w[e->item[j]];
-		if (!e->steps[j].want_logits)
-			continue;
-		if (x->ids) {
-			memcpy(e->ids_host + n_ids, x->ids, x->n_ids * sizeof(int32_t));
-			n_ids += x->n_ids;
-			any_ids = true;
-		}
-		any_argmax |= x->next_token != NULL;
-		n_rows++;
-	}
-	if (any_ids && (r = be->ops->upload(be, e->ids_dev, e->ids_host, n_ids * sizeof(int32_t))) < 0)
-		return r;
-	n_ids = 0;
-	for (uint32_t j = 0; j < k; j++) {
-		struct engine_work *x = &w[e->item[j]];
-		const float *logits;
 
 		if (!e->steps[j].want_logits)
 			continue;
-		logits = model_step_logits(e->scratch, row);
-		if (x->ids) {
-			r = be->ops->softmax_ids(be, e->probs_dev + n_ids, logits, e->ids_dev + n_ids, 1,
-						 x->n_ids, vocab);
-			if (r < 0)
-				return r;
-			n_ids += x->n_ids;
-		}
-		if (x->next_token && (r = be->ops->argmax(be, e->argmax_dev + row, logits, 1, vocab)) < 0)
-			return r;
-		if (x->logits &&
-		    (r = be->ops->download(be, x->logits, logits, (size_t)vocab * sizeof(float))) < 0)
-			return r;
-		row++;
+		if (x->ids && !n_uniq)
+			memcpy(e->ids_host + n_ids, x->ids, x->n_ids * sizeof(int32_t));
+		n_ids += x->ids ? x->n_ids : 0;
+		any_argmax |= x->next_token != NULL;
+		n_rows++;
 	}
-	if ((any_ids && (r = be->ops->download(be, e->probs_host, e->probs_dev,
-					      n_ids * sizeof(float))) < 0) ||
+	if ((n_ids || n_uniq) &&
+	    (r = be->ops->upload(be, e->ids_dev, e->ids_host, (n_ids + n_uniq) * sizeof(int32_t))) < 0)
+		return r;
+	if (n_uniq) {
+		if ((r = model_step_score(e->m, e->scratch, e->ids_dev + n_ids, n_uniq, &scores)) < 0 ||
+		    (r = step_probs(e, w, k, scores, n_uniq)) < 0)
+			return r;
+	} else {
+		if (n_ids && (r = step_probs(e, w, k, model_step_logits(e->scratch, 0), vocab)) < 0)
+			return r;
+		for (uint32_t j = 0; j < k; j++) {
+			struct engine_work *x = &w[e->item[j]];
+			const float *logits;
+
+			if (!e->steps[j].want_logits)
+				continue;
+			logits = model_step_logits(e->scratch, row);
+			if (x->next_token &&
+			    (r = be->ops->argmax(be, e->argmax_dev + row, logits, 1, vocab)) < 0)
+				return r;
+			if (x->logits && (r = be->ops->download(be, x->logits, logits,
+								 (size_t)vocab * sizeof(float))) < 0)
+				return r;
+			row++;
+		}
+	}
+	if ((n_ids && (r = be->ops->download(be, e->probs_host, e->probs_dev,
+					     n_ids * sizeof(float))) < 0) ||
 	    (any_argmax && (r = be->ops->download(be, e->argmax_host, e->argmax_dev,
 						 n_rows * sizeof(int32_t))) < 0))
 		return r;
@@ -335,7 +446,7 @@ static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k)
 
 int engine_step(struct engine *e, struct engine_work *w, uint32_t n)
 {
-	uint32_t k = 0, budget = e->max_step_tokens;
+	uint32_t k = 0, budget = e->max_step_tokens, n_uniq;
 	int r;
 
 	if (!w || !n || n > e->max_batch)
@@ -362,10 +473,12 @@ int engine_step(struct engine *e, struct engine_work *w, uint32_t n)
 	}
 	if (!k)
 		return 0;
+	n_uniq = plan_scores(e, w, k);
 	r = model_forward(e->m, e->pool, e->scratch, e->steps, k);
 	e->n_steps++;
+	e->n_score_steps += n_uniq > 0;
 	if (r == 0)
-		r = step_outputs(e, w, k);
+		r = step_outputs(e, w, k, n_uniq);
 	for (uint32_t j = 0; j < k; j++) {
 		struct engine_work *x = &w[e->item[j]];
 		struct model_seq_step *st = &e->steps[j];

@@ -13,7 +13,13 @@
  * by the graph (fixed address), and every launch parameter is a function of
  * the bucket alone. Padding tokens carry KERN_SLOT_PAD (they write no KV) and
  * sit in padding sequences of their own; the LM head runs over one row per
- * sequence slot, the wanted rows first. A bucket runs eagerly the first time
+ * sequence slot, the wanted rows first.
+ *
+ * Scoring: when every wanted row only needs the probabilities of a few ids
+ * (SCORE), the step stops at the final norm of those rows, and
+ * model_step_score() multiplies them by the ids' rows of the LM head alone:
+ * for a label set of a handful of ids that skips reading the vocabulary's
+ * rows (the 1B shape's LM head is a fifth of its weights). A bucket runs eagerly the first time
  * (which also sizes the backend's workspaces), is captured the second time
  * and replayed from then on. Larger steps (long prefill chunks) run eagerly.
  */
@@ -41,10 +47,17 @@ enum graph_state {
 	GRAPH_NEVER,    /* capture failed: this bucket runs eagerly */
 };
 
+/* What a step computes past the layers for its wanted rows. */
+enum step_out {
+	OUT_NONE = 0, /* no wanted rows */
+	OUT_HIDDEN,   /* final norm of the rows, into scratch->last */
+	OUT_LOGITS,   /* and the LM head over them */
+};
+
 struct step_graph {
 	bool used;
 	uint32_t tb, sb, mb;    /* tokens, sequences, block-table width */
-	bool lm;                /* LM head over sb rows */
+	enum step_out out;      /* over sb rows */
 	enum graph_state state;
 	void *graph;            /* backend graph when READY */
 	int32_t *meta_dev;      /* tokens, pos, slot [tb]; seq_start [sb + 1]; ctx_len, rows [sb];
@@ -59,6 +72,11 @@ struct model_scratch {
 	/* Activations, [max_tokens, *] in the backend's activation type. */
 	void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *act, *last;
 	float *logits;           /* [max_seqs, vocab] fp32 */
+	void *w_ids;             /* [MODEL_SCORE_MAX_IDS, hidden]: LM head rows of a score */
+	float *scores;           /* [max_seqs, MODEL_SCORE_MAX_IDS] fp32 */
+	uint32_t hidden;
+	uint32_t last_rows;      /* rows of `last` the last step wrote */
+	enum step_out last_out;  /* and what it computed from them */
 	int32_t *meta_dev;       /* backend copy of meta_host */
 	int32_t *meta_host;
 	size_t meta_cap;         /* ints in both */
@@ -89,7 +107,7 @@ void model_scratch_free(struct model_scratch *s)
 	}
 	free(s->ghost);
 	void *bufs[] = { s->x, s->h, s->q, s->k, s->v, s->att, s->o, s->gate, s->up, s->act,
-			 s->last, s->logits, s->meta_dev };
+			 s->last, s->logits, s->w_ids, s->scores, s->meta_dev };
 	for (size_t i = 0; i < HR_ARRAY_SIZE(bufs); i++)
 		be->ops->free(be, bufs[i]);
 	free(s->meta_host);
@@ -117,6 +135,7 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->max_seqs = max_seqs;
 	s->graph_max = KERN_GRAPH_MAX_TOKENS;
 	s->vocab = c->vocab_size;
+	s->hidden = c->hidden_size;
 	s->x = act_alloc(be, max_tokens, c->hidden_size);
 	s->h = act_alloc(be, max_tokens, c->hidden_size);
 	s->o = act_alloc(be, max_tokens, c->hidden_size);
@@ -129,8 +148,10 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->act = act_alloc(be, max_tokens, c->intermediate_size);
 	s->last = act_alloc(be, max_seqs, c->hidden_size);
 	s->logits = be->ops->alloc(be, (size_t)max_seqs * c->vocab_size * sizeof(float));
+	s->w_ids = act_alloc(be, MODEL_SCORE_MAX_IDS, c->hidden_size);
+	s->scores = be->ops->alloc(be, (size_t)max_seqs * MODEL_SCORE_MAX_IDS * sizeof(float));
 	if (!s->x || !s->h || !s->o || !s->q || !s->att || !s->k || !s->v || !s->gate ||
-	    !s->up || !s->act || !s->last || !s->logits) {
+	    !s->up || !s->act || !s->last || !s->logits || !s->w_ids || !s->scores) {
 		model_scratch_free(s);
 		errno = ENOMEM;
 		return NULL;
@@ -141,6 +162,26 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 float *model_step_logits(struct model_scratch *s, uint32_t i)
 {
 	return s->logits + (size_t)i * s->vocab;
+}
+
+int model_step_score(struct model *m, struct model_scratch *s, const int32_t *ids,
+		     uint32_t n_ids, float **ret)
+{
+	const struct kern_ops *op = m->be->ops;
+	int r;
+
+	if (!ids || !n_ids || n_ids > MODEL_SCORE_MAX_IDS || !ret)
+		return -EINVAL;
+	if (s->last_out != OUT_HIDDEN || !s->last_rows)
+		return -EINVAL;
+	/* The ids' rows of the LM head, then every row against them (a few
+	 * rows by a few ids: the cross terms cost less than a launch each). */
+	if ((r = op->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids, s->hidden)) < 0 ||
+	    (r = op->matmul_f32out(m->be, s->scores, s->last, s->w_ids, s->last_rows, s->hidden,
+				   n_ids)) < 0)
+		return r;
+	*ret = s->scores;
+	return 0;
 }
 
 /* Grow the metadata buffers to hold n ints (host and backend). */
@@ -170,6 +211,7 @@ static int meta_reserve(struct model_scratch *s, size_t n)
 /* Shape of a step, from the host: tokens, widest block table, longest context. */
 struct step_shape {
 	uint32_t n_tokens, max_blocks, max_ctx, n_rows;
+	enum step_out out;
 };
 
 static int step_check(const struct model *m, const struct model_scratch *s, uint32_t pt,
@@ -192,6 +234,8 @@ static int step_check(const struct model *m, const struct model_scratch *s, uint
 		sh.max_blocks = HR_MAX(sh.max_blocks, (ctx + pt - 1) / pt);
 		sh.max_ctx = HR_MAX(sh.max_ctx, ctx);
 		sh.n_rows += st->want_logits;
+		if (st->want_logits)
+			sh.out = st->ids_only && sh.out != OUT_LOGITS ? OUT_HIDDEN : OUT_LOGITS;
 		for (uint32_t j = 0; j < st->n_new; j++)
 			if (st->tokens[j] < 0 || (uint32_t)st->tokens[j] >= m->cfg.vocab_size)
 				return -EINVAL;
@@ -343,7 +387,7 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 /* The step's launches, given its metadata in backend memory. */
 static int forward_body(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
 			const struct kern_batch *b, const int32_t *tokens, const int32_t *rows,
-			uint32_t n_rows)
+			uint32_t n_rows, enum step_out out)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
@@ -358,15 +402,21 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 		if (r < 0)
 			return r;
 	}
-	if (!n_rows)
+	s->last_rows = 0;
+	s->last_out = OUT_NONE;
+	if (!n_rows || out == OUT_NONE)
 		return 0;
-	/* Final residual add and norm, then the LM head on the wanted rows only. */
+	/* Final residual add and norm, then the LM head on the wanted rows only
+	 * (none for a score: model_step_score). */
 	if ((r = op->add_rmsnorm(be, s->h, s->x, s->o, m->final_norm, b->n_tokens, c->hidden_size,
 				 c->rms_norm_eps)) < 0 ||
 	    (r = op->gather_rows(be, s->last, s->h, rows, n_rows, c->hidden_size)) < 0 ||
-	    (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,
-				   c->vocab_size)) < 0)
+	    (out == OUT_LOGITS &&
+	     (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,
+				    c->vocab_size)) < 0))
 		return r;
+	s->last_rows = n_rows;
+	s->last_out = out;
 	return 0;
 }
 
@@ -382,7 +432,7 @@ static uint32_t bucket(uint32_t x, uint32_t cap)
 /* The cached graph entry for a key, or a free (or least recently used,
  * released) one set up for it. NULL on allocation failure. */
 static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32_t sb,
-				    uint32_t mb, bool lm)
+				    uint32_t mb, enum step_out out)
 {
 	struct kern_backend *be = s->be;
 	struct step_graph *g = NULL, *victim = &s->graphs[0];
@@ -391,8 +441,7 @@ static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32
 	for (size_t i = 0; i < HR_ARRAY_SIZE(s->graphs); i++) {
 		struct step_graph *e = &s->graphs[i];
 
-		if (e->used && e->tb == tb && e->sb == sb && e->mb == mb &&
-		    e->lm == lm) {
+		if (e->used && e->tb == tb && e->sb == sb && e->mb == mb && e->out == out) {
 			e->last_use = ++s->clock;
 			return e;
 		}
@@ -415,7 +464,7 @@ static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32
 	g->tb = tb;
 	g->sb = sb;
 	g->mb = mb;
-	g->lm = lm;
+	g->out = out;
 	g->state = GRAPH_NEW;
 	g->used = true;
 	g->last_use = ++s->clock;
@@ -424,7 +473,7 @@ static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32
 
 static int graph_capture(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
 			 struct step_graph *g, const struct kern_batch *b, const int32_t *tokens,
-			 const int32_t *rows, uint32_t n_rows)
+			 const int32_t *rows)
 {
 	const struct kern_ops *op = m->be->ops;
 	int r, r2;
@@ -432,7 +481,7 @@ static int graph_capture(struct model *m, struct model_scratch *s, const struct 
 	r = op->graph_begin(m->be);
 	if (r < 0)
 		return r;
-	r = forward_body(m, s, kv, b, tokens, rows, n_rows);
+	r = forward_body(m, s, kv, b, tokens, rows, g->sb, g->out);
 	r2 = op->graph_end(m->be, r < 0 ? NULL : &g->graph);
 	return r < 0 ? r : r2;
 }
@@ -462,7 +511,7 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	mb = bucket(HR_MAX(sh->max_blocks, GRAPH_MIN_BLOCKS), 1u << 30);
 	if ((uint64_t)mb * pt > INT32_MAX)
 		return -ENOTSUP;
-	g = graph_get(s, tb, sb, mb, sh->n_rows > 0);
+	g = graph_get(s, tb, sb, mb, sh->out);
 	if (!g)
 		return -ENOMEM;
 	if (g->meta_ints > s->ghost_cap) {
@@ -499,31 +548,35 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	};
 	switch (g->state) {
 	case GRAPH_NEW:
-		r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], g->lm ? sb : 0);
+		r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, g->out);
 		if (!r)
 			g->state = GRAPH_WARM;
 		return r;
 	case GRAPH_NEVER:
-		return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], g->lm ? sb : 0);
+		return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, g->out);
 	case GRAPH_WARM:
 	case GRAPH_READY:
 		break;
 	}
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (!g->graph) {
-			r = graph_capture(m, s, kv, g, &b, dev + o[0], dev + o[5], g->lm ? sb : 0);
+			r = graph_capture(m, s, kv, g, &b, dev + o[0], dev + o[5]);
 			if (r < 0) {
 				/* -EBUSY: a workspace had to grow; the eager run grows
 				 * it and the next step captures. Else give up on it. */
 				g->state = r == -EBUSY ? GRAPH_WARM : GRAPH_NEVER;
-				return forward_body(m, s, kv, &b, dev + o[0], dev + o[5],
-						    g->lm ? sb : 0);
+				return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb,
+						    g->out);
 			}
 			g->state = GRAPH_READY;
 		}
 		r = op->graph_launch(m->be, g->graph);
-		if (r != -ESTALE)
+		if (r != -ESTALE) {
+			/* What the graph's body wrote, as forward_body records it. */
+			s->last_rows = g->out == OUT_NONE ? 0 : sb;
+			s->last_out = g->out;
 			return r;
+		}
 		op->graph_destroy(m->be, g->graph);
 		g->graph = NULL;
 	}
@@ -552,7 +605,7 @@ int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s
 	r = step_prepare(s, kv->page_tokens, steps, n, &sh, &b, &tokens, &rows);
 	if (r < 0)
 		return r;
-	return forward_body(m, s, kv, &b, tokens, rows, sh.n_rows);
+	return forward_body(m, s, kv, &b, tokens, rows, sh.n_rows, sh.out);
 }
 
 void model_scratch_set_graphs(struct model_scratch *s, bool on)
@@ -594,7 +647,7 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
 			.pos = dev + o[1], .slot = dev + o[2], .seq_start = dev + o[3],
 			.ctx_len = dev + o[4], .block_table = dev + o[6],
 		};
-		if ((r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb)) < 0)
+		if ((r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, OUT_LOGITS)) < 0)
 			return r;
 		n++;
 		if (t == top)

@@ -31,6 +31,9 @@ struct engine_params {
 	uint32_t graph_max_tokens; /* 0: KERN_GRAPH_MAX_TOKENS; steps of at most this many
 				    * tokens replay captured graphs (cuda) */
 	bool graphs_off;          /* every step runs eagerly */
+	bool score_full_head;     /* probabilities of ids from the LM head over the
+				   * whole vocabulary, as for logits (comparisons);
+				   * default: from the ids' rows of it alone */
 };
 
 /* Takes ownership of nothing: m and its backend must outlive the engine. */
@@ -40,6 +43,9 @@ struct model *engine_model(const struct engine *e);
 struct kv_pool *engine_pool(const struct engine *e);
 /* Forward steps run since engine_new (a long append counts one per chunk). */
 uint64_t engine_n_steps(const struct engine *e);
+/* Of those, the steps whose outputs were all probabilities of ids, scored
+ * from the ids' rows of the LM head alone (not its whole vocabulary). */
+uint64_t engine_n_score_steps(const struct engine *e);
 
 struct engine_seq *engine_seq_new(struct engine *e);
 /* Release the sequence's pages and memory. Accepts NULL. */

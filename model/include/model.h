@@ -208,7 +208,12 @@ struct model_seq_step {
 	uint32_t n_new;             /* tokens in this step */
 	const int32_t *tokens;      /* host, [n_new] */
 	bool want_logits;           /* logits of the last new token */
+	bool ids_only;              /* with want_logits: only a few ids' logits are
+				     * wanted (model_step_score) */
 };
+
+/* Ids one model_step_score() call takes. */
+#define MODEL_SCORE_MAX_IDS 1024u
 
 struct model_scratch;
 
@@ -229,8 +234,20 @@ void model_scratch_free(struct model_scratch *s);
  */
 int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s,
 		  const struct model_seq_step *steps, uint32_t n);
-/* Backend pointer to row i of the last step's logits ([vocab] fp32). */
+/* Backend pointer to row i of the last step's logits ([vocab] fp32); defined
+ * only when some wanted row of the step was not ids_only. */
 float *model_step_logits(struct model_scratch *s, uint32_t i);
+/*
+ * Scoring without the vocabulary: when every wanted row of the last step was
+ * ids_only, that step skipped the LM head; this computes the logits of the
+ * ids[0..n_ids) (backend int32, each in [0, vocab), n_ids at most
+ * MODEL_SCORE_MAX_IDS) at each wanted row, reading only those rows of the LM
+ * head. *ret receives backend fp32 [rows, n_ids], wanted row i at i * n_ids
+ * (rows past the wanted ones may be padding). Returns 0 or -errno (-EINVAL
+ * when the last step computed full logits or had no wanted rows).
+ */
+int model_step_score(struct model *m, struct model_scratch *s, const int32_t *ids,
+		     uint32_t n_ids, float **ret);
 /*
  * Steps of at most KERN_GRAPH_MAX_TOKENS (512) tokens replay captured graphs
  * on backends that have them (cuda), one per bucket of (tokens, sequences,

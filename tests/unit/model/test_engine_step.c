@@ -5,6 +5,9 @@
  * many sequences in one step, mixed decode and chunked prefill under the
  * item and step budgets, a long prefill over several steps, recomputing the
  * last position, -ENOMEM of one item, truncation, and the argument checks.
+ * The reference engine scores ids through the LM head over the whole
+ * vocabulary; the engines under test score them from the ids' rows alone
+ * wherever a step's outputs are all probabilities (test_scores).
  *
  * Usage: test_engine_step MODEL_DIR. Exit 0 on pass, 1 on failure.
  */
@@ -269,6 +272,151 @@ static void test_batch(struct t_ctx *c)
 		CHECKF(w[i].res == 0 && w[i].done == 1, "%s: res %d, done %u", what, w[i].res,
 		       w[i].done);
 		check_outputs(c, what, &q[i], &w[i]);
+		engine_seq_free(e, q[i].s);
+		free(o[i].logits);
+	}
+	engine_free(e);
+}
+
+/* ---- SCORE from the ids' rows of the LM head ------------------------------------ */
+
+/* w's probabilities of ids[0..n) equal those of q's history on the reference. */
+static void check_probs(struct t_ctx *c, const char *what, const struct t_seq *q,
+			const struct engine_work *w)
+{
+	struct engine_seq *s = engine_seq_new(c->ref);
+	float ref[512], bound, d;
+	int r = -ENOMEM;
+
+	CHECKF(w->res == 0 && w->out_ready, "%s: res %d, ready %d", what, w->res, w->out_ready);
+	if (w->n_ids > 512) {
+		CHECKF(0, "%s: test bug: %u ids", what, w->n_ids);
+		r = -EINVAL;
+	} else if (s)
+		r = engine_append(c->ref, s, q->tok, q->len);
+	if (r == 0)
+		r = engine_logits(c->ref, s, c->ref_logits, c->vocab);
+	if (r == 0)
+		r = engine_probs(c->ref, s, w->ids, w->n_ids, ref);
+	CHECKF(r == 0, "%s: reference: %d", what, r);
+	if (r == 0 && w->out_ready) {
+		float sum = 0;
+
+		bound = 2 * SAME_RTOL * max_abs(c->ref_logits, c->vocab);
+		d = max_diff(w->probs, ref, w->n_ids);
+		for (uint32_t i = 0; i < w->n_ids; i++)
+			sum += w->probs[i];
+		CHECKF(d <= bound, "%s: probs max|diff| %.3e > %.3e over %u ids", what, d, bound,
+		       w->n_ids);
+		CHECKF(fabsf(sum - 1.0f) < 1e-4f, "%s: probabilities sum to %g", what, sum);
+	}
+	engine_seq_free(c->ref, s);
+}
+
+/*
+ * Steps whose outputs are all probabilities skip the LM head over the
+ * vocabulary: rows sharing a label set (scored in one launch), a set of its
+ * own with a repeated id, a single id, and a set sharing ids with the
+ * others, among rows that only prefill; then the cases that take the whole
+ * LM head: a greedy token beside a score, and more distinct ids than half
+ * the vocabulary.
+ */
+static void test_scores(struct t_ctx *c)
+{
+	enum { N = 8 };
+	struct engine *e = engine_new(c->m, NULL);
+	struct t_seq q[N];
+	struct t_out o[N];
+	struct engine_work w[N];
+	int32_t own[4] = { c->ids[1], 7, 7, (int32_t)c->vocab - 1 }, one[1] = { 42 };
+	int32_t *half[2];
+	float big[2][512];
+	uint32_t nh = c->vocab / 2 + 1;
+	uint64_t sc;
+	char what[64];
+	int r;
+
+	if (!e) {
+		CHECKF(0, "engine_new: %s", strerror(errno));
+		return;
+	}
+	for (uint32_t i = 0; i < N; i++) {
+		o[i].logits = calloc(c->vocab, sizeof(float));
+		seq_new(e, &q[i]);
+		seq_push(c, e, &q[i], 3 + (i * 11) % 29);
+		work_for(c, &w[i], &q[i], &o[i], i == 6 ? 0 : W_PROBS, 512);
+	}
+	w[3].ids = own;
+	w[3].n_ids = 4;
+	w[5].ids = one;
+	w[5].n_ids = 1;
+	sc = engine_n_score_steps(e);
+	r = engine_step(e, w, N);
+	CHECKF(r == 0, "score step: %d", r);
+	CHECKF(engine_n_score_steps(e) == sc + 1, "the step did not score from the ids' rows");
+	for (uint32_t i = 0; i < N; i++) {
+		snprintf(what, sizeof(what), "score item %u", i);
+		if (i == 6)
+			CHECKF(w[i].res == 0 && !w[i].out_ready, "%s: prefill only", what);
+		else
+			check_probs(c, what, &q[i], &w[i]);
+	}
+	CHECKF(w[5].probs[0] == 1.0f, "one id: probability %g", w[5].probs[0]);
+
+	/* A greedy token beside the scores: the whole LM head, the same results. */
+	for (uint32_t i = 0; i < N; i++) {
+		seq_push(c, e, &q[i], 1);
+		work_for(c, &w[i], &q[i], &o[i], i == 2 ? W_NEXT | W_PROBS : W_PROBS, 512);
+	}
+	sc = engine_n_score_steps(e);
+	r = engine_step(e, w, N);
+	CHECKF(r == 0 && engine_n_score_steps(e) == sc, "step with a greedy token: %d", r);
+	for (uint32_t i = 0; i < N; i++) {
+		snprintf(what, sizeof(what), "beside a greedy token, item %u", i);
+		check_probs(c, what, &q[i], &w[i]);
+	}
+
+	/* More distinct ids than half the vocabulary: the whole LM head. */
+	half[0] = calloc(nh, sizeof(int32_t));
+	half[1] = calloc(nh, sizeof(int32_t));
+	if (!half[0] || !half[1] || nh > 512) {
+		CHECKF(0, "id sets of %u", nh);
+		goto out;
+	}
+	for (uint32_t i = 0; i < nh; i++) {
+		half[0][i] = (int32_t)i;
+		half[1][i] = (int32_t)(c->vocab - 1 - i);
+	}
+	for (uint32_t i = 0; i < 2; i++) {
+		seq_push(c, e, &q[i], 2);
+		work_for(c, &w[i], &q[i], &o[i], 0, 512);
+		w[i].ids = half[i];
+		w[i].n_ids = nh;
+		w[i].probs = big[i];
+	}
+	sc = engine_n_score_steps(e);
+	r = engine_step(e, w, 2);
+	CHECKF(r == 0 && engine_n_score_steps(e) == sc, "step of %u distinct ids: %d", c->vocab, r);
+	for (uint32_t i = 0; i < 2; i++) {
+		snprintf(what, sizeof(what), "half the vocabulary, item %u", i);
+		check_probs(c, what, &q[i], &w[i]);
+	}
+	/* Half the vocabulary or fewer distinct ids: from their rows. */
+	w[0].n_ids = w[1].n_ids = c->vocab / 4;
+	for (uint32_t i = 0; i < 2; i++)
+		seq_push(c, e, &q[i], 1);
+	sc = engine_n_score_steps(e);
+	r = engine_step(e, w, 2);
+	CHECKF(r == 0 && engine_n_score_steps(e) == sc + 1, "step of %u distinct ids: %d",
+	       2 * (c->vocab / 4), r);
+	for (uint32_t i = 0; i < 2; i++) {
+		snprintf(what, sizeof(what), "a quarter of the vocabulary, item %u", i);
+		check_probs(c, what, &q[i], &w[i]);
+	}
+out:
+	free(half[0]);
+	free(half[1]);
+	for (uint32_t i = 0; i < N; i++) {
 		engine_seq_free(e, q[i].s);
 		free(o[i].logits);
 	}
@@ -726,7 +874,7 @@ int main(int argc, char **argv)
 	c.ids[2] = (int32_t)c.vocab - 1;
 	c.ids[3] = 17;
 	c.ids[4] = (int32_t)c.vocab / 2;
-	c.ref = engine_new(c.m, NULL);
+	c.ref = engine_new(c.m, &(struct engine_params){ .score_full_head = true });
 	c.ref_logits = calloc(c.vocab, sizeof(float));
 	if (!c.ref || !c.ref_logits) {
 		fprintf(stderr, "engine_new: %s\n", strerror(errno));
@@ -735,6 +883,7 @@ int main(int argc, char **argv)
 	printf("engine_step on %s (%s, vocab %u)\n", argv[1], c.m->cfg.arch_name, c.vocab);
 	rng_state = 12345;
 	test_batch(&c);
+	test_scores(&c);
 	test_mixed(&c);
 	test_chunked(&c);
 	test_recompute(&c);
