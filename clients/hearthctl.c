@@ -106,7 +106,8 @@ static void print_status(const char *path, const Hearth__Control__StatsReply *st
 		       st->device_mem_free / 1e9, st->device_mem_total / 1e9,
 		       st->backend && st->backend[0] ? st->backend : "?");
 	printf("  tokens processed   %llu\n", (unsigned long long)st->tokens_processed);
-	printf("  steps              %llu\n", (unsigned long long)st->steps);
+	printf("  steps              %llu (%llu scored from the label rows alone)\n",
+	       (unsigned long long)st->steps, (unsigned long long)st->score_steps);
 	printf("  disconnects        %llu\n", (unsigned long long)st->disconnects);
 	printf("  bad descriptors    %llu\n", (unsigned long long)st->bad_descriptors);
 	if (st->pager && st->pager[0])

@@ -168,6 +168,9 @@ static void render(struct expo *e, const char *mn, const struct hd_metrics *m,
 		    shm_op_name(op), (unsigned long long)m->ops[op].errors);
 	counter(e, mn, "hearth_tokens_total", "Tokens appended or generated.", m->tokens);
 	counter(e, mn, "hearth_steps_total", "Forward steps run by the engine.", m->steps);
+	counter(e, mn, "hearth_score_steps_total",
+		"Of those, steps whose outputs were all scores, computed from the label ids' rows "
+		"of the LM head alone.", m->score_steps);
 	render_sched(e, mn, &m->sched);
 	counter(e, mn, "hearth_disconnects_total", "Client connections ended.", m->disconnects);
 	counter(e, mn, "hearth_bad_descriptors_total", "Malformed descriptors answered with an error.",

@@ -115,6 +115,7 @@ static void snapshot(struct hd_model *hm, struct hd_metrics *m)
 	m->sched.active = hm->sched.n_active;
 	m->tokens = atomic_load(&hm->stats.tokens);
 	m->steps = engine_n_steps(hm->engine);
+	m->score_steps = engine_n_score_steps(hm->engine);
 	m->disconnects = atomic_load(&hm->stats.disconnects);
 	m->bad_descriptors = atomic_load(&hm->stats.bad_descriptors);
 	m->clients = hm->n_clients;
@@ -142,6 +143,7 @@ static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 	rep->kv_pages_free = m.kv_free;
 	rep->tokens_processed = m.tokens;
 	rep->steps = m.steps;
+	rep->score_steps = m.score_steps;
 	rep->disconnects = m.disconnects;
 	rep->bad_descriptors = m.bad_descriptors;
 	rep->pages_out = m.tier.pages_out;

@@ -194,7 +194,8 @@ int main(int argc, char **argv)
 		"hearth_request_duration_seconds_bucket{op=\"score\",le=\"0.001\"}",
 		"hearth_request_duration_seconds_count{op=\"nop\"}",
 		"hearth_request_errors_total{op=\"append\"}",
-		"hearth_tokens_total", "hearth_steps_total", "hearth_clients", "hearth_sessions",
+		"hearth_tokens_total", "hearth_steps_total", "hearth_score_steps_total",
+		"hearth_clients", "hearth_sessions",
 		"hearth_kv_pages{tier=\"L1\",state=\"free\"}", "hearth_l2_bytes_total{direction=\"out\"}",
 		"hearth_model_load_seconds", "hearth_uptime_seconds", "hearth_disconnects_total",
 		"hearth_sched_steps_total", "hearth_sched_step_tokens_total",
@@ -265,6 +266,9 @@ int main(int argc, char **argv)
 	CHECK(metric(b, "hearth_request_duration_seconds_bucket{op=\"score\",le=\"+Inf\"}") == 3,
 	      "+Inf bucket holds every score");
 	CHECK(metric(b, "hearth_steps_total") > metric(a, "hearth_steps_total"), "steps moved");
+	/* Each score's step outputs only its labels: no LM head over the vocabulary. */
+	CHECK(moved(a, b, "hearth_score_steps_total") == 3, "score steps moved by %g, want 3",
+	      moved(a, b, "hearth_score_steps_total"));
 	/* One session, one request at a time: the append in 3 steps (4 + 4 + 2
 	 * tokens), a score in one each, every step of one sequence. */
 	CHECK(moved(a, b, "hearth_sched_steps_total") == 6, "scheduler steps moved by %g, want 6",
