@@ -560,7 +560,7 @@ int main(int argc, char **argv)
 	prompt = malloc(ctx_len * sizeof(int32_t));
 	toks = malloc(64 * sizeof(int32_t));
 	amax = malloc(64 * sizeof(int32_t));
-	ns = malloc((iters + 64) * sizeof(uint64_t));
+	ns = malloc((2 * iters + 64) * sizeof(uint64_t));
 	if (!x->sc || !x->logits || !x->argmax_dev || !x->ids_dev || !x->probs_dev || !bts ||
 	    !lens || !prompt || !toks || !amax || !ns)
 		die("setup", -ENOMEM);
@@ -672,18 +672,19 @@ int main(int argc, char **argv)
 		float probs[2][N_LABELS];
 
 		CHECK(kv_bt_reserve(x->pool, &bts[0], ctx_len + 32));
-		for (int full = 0; full < 2; full++) {
-			st.ids_only = !full;
-			for (uint32_t i = 0; i < iters + 3; i++) {
+		/* The two in turn, so that drift hits both alike. */
+		for (uint32_t i = 0; i < iters + 3; i++)
+			for (int full = 0; full < 2; full++) {
 				uint64_t t0 = now_ns();
 
+				st.ids_only = !full;
 				CHECK(model_forward(x->m, x->pool, x->sc, &st, 1));
 				score(x, 1, full, probs[full]);
 				if (i >= 3)
-					ns[i - 3] = now_ns() - t0;
+					ns[full * iters + i - 3] = now_ns() - t0;
 			}
-			bench_summarise(ns, iters, full ? &st_app_full : &st_app);
-		}
+		bench_summarise(ns, iters, &st_app);
+		bench_summarise(ns + iters, iters, &st_app_full);
 		for (uint32_t j = 0; j < N_LABELS; j++)
 			score_diff = fmax(score_diff, fabs(probs[0][j] - probs[1][j]));
 		if (!(fabsf(probs[0][0] + probs[0][1] + probs[0][2] + probs[0][3] - 1.0f) < 1e-3f) ||
@@ -726,30 +727,35 @@ int main(int argc, char **argv)
 		}
 	}
 
-	/* ---- the load's mixed steps: graphs, then eager, the same last tokens ---- */
+	/* ---- the load's mixed steps: with graphs, eagerly and with graphs through
+	 * the whole LM head, in turn (so that drift hits the three alike); then
+	 * the same last tokens graphs and eager ---- */
 	for (uint32_t mi = 0; mi < n_mixed; mi++) {
 		uint32_t B = mixed[mi], n = iters / 4 > 20 ? iters / 4 : 20;
 		size_t row = x->vocab, all = (size_t)B * row;
 		int32_t *mt = malloc((size_t)B * MIXED_NEW * sizeof(int32_t));
 		float *ref = malloc(all * sizeof(float));
+		uint64_t *mns = malloc(3 * (size_t)n * sizeof(uint64_t));
 		int bad = 0;
 
-		if (!mt || !ref)
+		if (!mt || !ref || !mns)
 			die("mixed", -ENOMEM);
 		at_context(x, bts, lens, B);
-		for (int mode = 0; mode < 3; mode++) {
-			model_scratch_set_graphs(x->sc, mode != 1);
-			for (uint32_t it = 0; it < n + 3; it++) {
+		for (uint32_t it = 0; it < n + 3; it++)
+			for (int mode = 0; mode < 3; mode++) {
 				uint64_t t;
 
+				model_scratch_set_graphs(x->sc, mode != 1);
 				random_tokens(mt, B * MIXED_NEW, x->vocab);
 				t = mixed_step(x, bts, lens, mt, B, mode == 2, &bad);
 				if (it >= 3)
-					ns[it - 3] = t;
+					mns[mode * n + it - 3] = t;
 			}
-			bench_summarise(ns, n, &st_mix[mi][mode]);
-			if (mode == 2)
-				continue;
+		for (int mode = 0; mode < 3; mode++)
+			bench_summarise(mns + mode * n, n, &st_mix[mi][mode]);
+		free(mns);
+		for (int mode = 0; mode < 2; mode++) {
+			model_scratch_set_graphs(x->sc, mode == 0);
 			/* The same step graphs and eager: its logits compared. */
 			for (uint32_t i = 0; i < B * MIXED_NEW; i++)
 				mt[i] = (int32_t)((i * 7919u + B) % x->vocab);

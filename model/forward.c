@@ -3,7 +3,10 @@
  * The decoder forward pass (Llama / Mistral / Qwen2), written once against the
  * kernels interface: a step is the new tokens of one or more sequences,
  * flattened, whose K/V go straight into their paged KV. Only the rows whose
- * logits are wanted go through the LM head.
+ * logits are wanted go through the last layer past its K/V (attention's output,
+ * the o projection and the MLP) and the LM head: a prefill chunk with no wanted
+ * row stops at the last layer's K/V, a 2048-token prefill runs its last layer's
+ * o projection and MLP over one row.
  *
  * Graphs: on a backend that captures them (cuda), a step of at most
  * KERN_GRAPH_MAX_TOKENS tokens is padded up to a bucket (tokens to
@@ -71,6 +74,7 @@ struct model_scratch {
 	uint32_t max_tokens, max_seqs, vocab;
 	/* Activations, [max_tokens, *] in the backend's activation type. */
 	void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *act, *last;
+	void *x_rows;            /* [max_seqs, hidden]: the wanted rows' residual in the last layer */
 	float *logits;           /* [max_seqs, vocab] fp32 */
 	void *w_ids;             /* [MODEL_SCORE_MAX_IDS, hidden]: LM head rows of a score */
 	float *scores;           /* [max_seqs, MODEL_SCORE_MAX_IDS] fp32 */
@@ -107,7 +111,7 @@ void model_scratch_free(struct model_scratch *s)
 	}
 	free(s->ghost);
 	void *bufs[] = { s->x, s->h, s->q, s->k, s->v, s->att, s->o, s->gate, s->up, s->act,
-			 s->last, s->logits, s->w_ids, s->scores, s->meta_dev };
+			 s->last, s->x_rows, s->logits, s->w_ids, s->scores, s->meta_dev };
 	for (size_t i = 0; i < HR_ARRAY_SIZE(bufs); i++)
 		be->ops->free(be, bufs[i]);
 	free(s->meta_host);
@@ -147,11 +151,12 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->up = act_alloc(be, max_tokens, c->intermediate_size);
 	s->act = act_alloc(be, max_tokens, c->intermediate_size);
 	s->last = act_alloc(be, max_seqs, c->hidden_size);
+	s->x_rows = act_alloc(be, max_seqs, c->hidden_size);
 	s->logits = be->ops->alloc(be, (size_t)max_seqs * c->vocab_size * sizeof(float));
 	s->w_ids = act_alloc(be, MODEL_SCORE_MAX_IDS, c->hidden_size);
 	s->scores = be->ops->alloc(be, (size_t)max_seqs * MODEL_SCORE_MAX_IDS * sizeof(float));
 	if (!s->x || !s->h || !s->o || !s->q || !s->att || !s->k || !s->v || !s->gate ||
-	    !s->up || !s->act || !s->last || !s->logits || !s->w_ids || !s->scores) {
+	    !s->up || !s->act || !s->last || !s->x_rows || !s->logits || !s->w_ids || !s->scores) {
 		model_scratch_free(s);
 		errno = ENOMEM;
 		return NULL;
@@ -346,16 +351,45 @@ static int step_prepare(struct model_scratch *s, uint32_t pt, const struct model
 	return 0;
 }
 
-static int layer_forward(struct model *m, const struct model_layer *L, uint32_t l,
-			 struct model_scratch *s, const struct kern_batch *b,
-			 const struct kern_kv *kv)
+/* The MLP half of a layer over n rows: h = norm(x += o), then o = down(SwiGLU(h)). */
+static int mlp_forward(struct model *m, const struct model_layer *L, struct model_scratch *s,
+		       void *x, uint32_t n)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
 	struct kern_backend *be = m->be;
-	uint32_t T = b->n_tokens, D = c->hidden_size, F = c->intermediate_size;
+	uint32_t D = c->hidden_size, F = c->intermediate_size;
+	int r;
+
+	if ((r = op->add_rmsnorm(be, s->h, x, s->o, L->mlp_norm, n, D, c->rms_norm_eps)) < 0)
+		return r;
+	if (op->matmul_swiglu)
+		r = op->matmul_swiglu(be, s->act, s->gate, s->up, s->h, L->w_gate, L->w_up, n, D, F);
+	else if ((r = op->matmul(be, s->gate, s->h, L->w_gate, NULL, n, D, F)) >= 0 &&
+		 (r = op->matmul(be, s->up, s->h, L->w_up, NULL, n, D, F)) >= 0)
+		r = op->swiglu(be, s->act, s->gate, s->up, n, F);
+	if (r < 0 || (r = op->matmul(be, s->o, s->act, L->w_down, NULL, n, F, D)) < 0)
+		return r;
+	return 0;
+}
+
+/*
+ * One layer. The last one (last) computes past its K/V only what the step's
+ * n_rows wanted rows (rows: token indices) need: attention's output of those
+ * rows goes on, with their residual in s->x_rows, through the o projection
+ * and the MLP; with no wanted rows it stops once its K/V are written.
+ */
+static int layer_forward(struct model *m, const struct model_layer *L, uint32_t l,
+			 struct model_scratch *s, const struct kern_batch *b,
+			 const struct kern_kv *kv, bool last, const int32_t *rows, uint32_t n_rows)
+{
+	const struct model_config *c = &m->cfg;
+	const struct kern_ops *op = m->be->ops;
+	struct kern_backend *be = m->be;
+	uint32_t T = b->n_tokens, D = c->hidden_size;
 	uint32_t qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
 	float scale = 1.0f / sqrtf((float)c->head_dim);
+	void *x = s->x, *att = s->att;
 	int r;
 
 	/* x += previous layer's MLP output (none before layer 0); h = norm(x). */
@@ -369,19 +403,24 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 		 (r = op->matmul(be, s->k, s->h, L->wk, L->bk, T, D, kvdim)) >= 0)
 		r = op->matmul(be, s->v, s->h, L->wv, L->bv, T, D, kvdim);
 	if (r < 0 ||
-	    (r = op->rope_kv_write(be, s->q, s->k, s->v, b, kv, l, c->n_heads, m->inv_freq)) < 0 ||
-	    (r = op->attention(be, s->att, s->q, b, kv, l, c->n_heads, scale)) < 0 ||
-	    (r = op->matmul(be, s->o, s->att, L->wo, NULL, T, qdim, D)) < 0 ||
-	    (r = op->add_rmsnorm(be, s->h, s->x, s->o, L->mlp_norm, T, D, c->rms_norm_eps)) < 0)
+	    (r = op->rope_kv_write(be, s->q, s->k, s->v, b, kv, l, c->n_heads, m->inv_freq)) < 0)
 		return r;
-	if (op->matmul_swiglu)
-		r = op->matmul_swiglu(be, s->act, s->gate, s->up, s->h, L->w_gate, L->w_up, T, D, F);
-	else if ((r = op->matmul(be, s->gate, s->h, L->w_gate, NULL, T, D, F)) >= 0 &&
-		 (r = op->matmul(be, s->up, s->h, L->w_up, NULL, T, D, F)) >= 0)
-		r = op->swiglu(be, s->act, s->gate, s->up, T, F);
-	if (r < 0 || (r = op->matmul(be, s->o, s->act, L->w_down, NULL, T, F, D)) < 0)
+	if (last && !n_rows)
+		return 0;
+	if ((r = op->attention(be, s->att, s->q, b, kv, l, c->n_heads, scale)) < 0)
 		return r;
-	return 0;
+	if (last) {
+		/* q is spent: it takes the wanted rows of attention's output. */
+		if ((r = op->gather_rows(be, s->q, s->att, rows, n_rows, qdim)) < 0 ||
+		    (r = op->gather_rows(be, s->x_rows, s->x, rows, n_rows, D)) < 0)
+			return r;
+		x = s->x_rows;
+		att = s->q;
+		T = n_rows;
+	}
+	if ((r = op->matmul(be, s->o, att, L->wo, NULL, T, qdim, D)) < 0)
+		return r;
+	return mlp_forward(m, L, s, x, T);
 }
 
 /* The step's launches, given its metadata in backend memory. */
@@ -394,23 +433,24 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 	struct kern_backend *be = m->be;
 	int r;
 
+	if (out == OUT_NONE)
+		n_rows = 0;
+	s->last_rows = 0;
+	s->last_out = OUT_NONE;
 	r = op->embed(be, s->x, m->embed, tokens, b->n_tokens, c->hidden_size, c->vocab_size);
 	if (r < 0)
 		return r;
 	for (uint32_t l = 0; l < c->n_layers; l++) {
-		r = layer_forward(m, &m->layers[l], l, s, b, kv);
+		r = layer_forward(m, &m->layers[l], l, s, b, kv, l + 1 == c->n_layers, rows, n_rows);
 		if (r < 0)
 			return r;
 	}
-	s->last_rows = 0;
-	s->last_out = OUT_NONE;
-	if (!n_rows || out == OUT_NONE)
+	if (!n_rows)
 		return 0;
-	/* Final residual add and norm, then the LM head on the wanted rows only
-	 * (none for a score: model_step_score). */
-	if ((r = op->add_rmsnorm(be, s->h, s->x, s->o, m->final_norm, b->n_tokens, c->hidden_size,
-				 c->rms_norm_eps)) < 0 ||
-	    (r = op->gather_rows(be, s->last, s->h, rows, n_rows, c->hidden_size)) < 0 ||
+	/* Final residual add and norm of the wanted rows, then the LM head over
+	 * them (none for a score: model_step_score). */
+	if ((r = op->add_rmsnorm(be, s->last, s->x_rows, s->o, m->final_norm, n_rows,
+				 c->hidden_size, c->rms_norm_eps)) < 0 ||
 	    (out == OUT_LOGITS &&
 	     (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,
 				    c->vocab_size)) < 0))
