@@ -226,6 +226,18 @@ static void check_computed(const char *what, const struct t_seq *q)
 
 /* ---- one step over many sequences ---------------------------------------------- */
 
+/* n sequences on e, sequence i with base + (i * mul) % mod pending tokens,
+ * and room for their outputs. */
+static void seqs_new(struct t_ctx *c, struct engine *e, struct t_seq *q, struct t_out *o,
+		     uint32_t n, uint32_t base, uint32_t mul, uint32_t mod)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		o[i].logits = calloc(c->vocab, sizeof(float));
+		seq_new(e, &q[i]);
+		seq_push(c, e, &q[i], base + (i * mul) % mod);
+	}
+}
+
 static void test_batch(struct t_ctx *c)
 {
 	enum { N = 12 };
@@ -242,12 +254,9 @@ static void test_batch(struct t_ctx *c)
 		CHECKF(0, "engine_new: %s", strerror(errno));
 		return;
 	}
-	for (uint32_t i = 0; i < N; i++) {
-		o[i].logits = calloc(c->vocab, sizeof(float));
-		seq_new(e, &q[i]);
-		seq_push(c, e, &q[i], 1 + (i * 7) % 37);
+	seqs_new(c, e, q, o, N, 1, 7, 37);
+	for (uint32_t i = 0; i < N; i++)
 		work_for(c, &w[i], &q[i], &o[i], kinds[i % 4], 512);
-	}
 	steps = engine_n_steps(e);
 	r = engine_step(e, w, N);
 	CHECKF(r == 0, "step of %d sequences: %d", N, r);
@@ -340,12 +349,9 @@ static void test_scores(struct t_ctx *c)
 		CHECKF(0, "engine_new: %s", strerror(errno));
 		return;
 	}
-	for (uint32_t i = 0; i < N; i++) {
-		o[i].logits = calloc(c->vocab, sizeof(float));
-		seq_new(e, &q[i]);
-		seq_push(c, e, &q[i], 3 + (i * 11) % 29);
+	seqs_new(c, e, q, o, N, 3, 11, 29);
+	for (uint32_t i = 0; i < N; i++)
 		work_for(c, &w[i], &q[i], &o[i], i == 6 ? 0 : W_PROBS, 512);
-	}
 	w[3].ids = own;
 	w[3].n_ids = 4;
 	w[5].ids = one;
