@@ -15,16 +15,18 @@
  * graph captured for that bucket: the step's metadata goes to a buffer owned
  * by the graph (fixed address), and every launch parameter is a function of
  * the bucket alone. Padding tokens carry KERN_SLOT_PAD (they write no KV) and
- * sit in padding sequences of their own; the LM head runs over one row per
- * sequence slot, the wanted rows first.
+ * sit in padding sequences of their own; the last layer's rows and the LM
+ * head run over one row per sequence slot, the wanted rows first. A bucket
+ * runs eagerly the first time (which also sizes the backend's workspaces), is
+ * captured the second time and replayed from then on. Larger steps (long
+ * prefill chunks) run eagerly.
  *
  * Scoring: when every wanted row only needs the probabilities of a few ids
  * (SCORE), the step stops at the final norm of those rows, and
  * model_step_score() multiplies them by the ids' rows of the LM head alone:
  * for a label set of a handful of ids that skips reading the vocabulary's
- * rows (the 1B shape's LM head is a fifth of its weights). A bucket runs eagerly the first time
- * (which also sizes the backend's workspaces), is captured the second time
- * and replayed from then on. Larger steps (long prefill chunks) run eagerly.
+ * rows (the 1B shape's LM head is a fifth of its weights). Graphs are keyed
+ * by what a step computes past the layers (enum step_out).
  */
 #include <errno.h>
 #include <math.h>
