@@ -334,7 +334,7 @@ static void score(struct ctx *x, uint32_t n, int full_head, float *probs)
 		CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, model_step_logits(x->sc, 0),
 					      x->ids_dev, n, N_LABELS, x->vocab));
 	} else {
-		CHECK(model_step_score(x->m, x->sc, x->ids_dev, N_LABELS, &sc));
+		CHECK(model_step_score(x->m, x->sc, &sc));
 		CHECK(x->be->ops->softmax_ids(x->be, x->probs_dev, sc, x->ids_dev + N_LABELS, n,
 					      N_LABELS, N_LABELS));
 	}
@@ -571,6 +571,8 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < N_LABELS; i++)
 		labels[N_LABELS + i] = (int32_t)i;
 	CHECK(x->be->ops->upload(x->be, x->ids_dev, labels, sizeof(labels)));
+	/* The labels' rows of the LM head, for every score below. */
+	CHECK(model_score_ids(x->m, x->sc, x->ids_dev, N_LABELS));
 
 	bw = copy_bandwidth(x->be);
 	wbytes = step_weight_bytes(x->m);

@@ -288,16 +288,18 @@ static uint32_t plan_item(struct engine *e, struct engine_work *w, uint32_t budg
 /*
  * A step whose every output is probabilities of ids (SCORE) skips the LM head
  * over the vocabulary: its rows are scored against the rows of the step's
- * distinct ids alone (model_step_score). Writes each output row's ids as
- * indices into those distinct ids to ids_host[0..), the distinct ids after
- * them, and marks the rows ids_only. Returns how many distinct ids (0: the
- * step takes the full LM head: an output other than probabilities, more
- * distinct ids than score_max_ids, or score_full_head).
+ * distinct ids alone (model_score_ids, model_step_score). Writes each output
+ * row's ids as indices into those distinct ids to ids_host[0..), the distinct
+ * ids after them, uploads both, takes the ids' rows and marks the rows
+ * ids_only. Returns how many distinct ids (0: the step takes the full LM head:
+ * an output other than probabilities, more distinct ids than score_max_ids,
+ * or score_full_head) or -errno.
  */
-static uint32_t plan_scores(struct engine *e, const struct engine_work *w, uint32_t k)
+static int plan_scores(struct engine *e, const struct engine_work *w, uint32_t k)
 {
 	uint32_t n_uniq = 0, n_ids = 0, j;
 	bool over = false;
+	int r;
 
 	if (e->score_full_head)
 		return 0;
@@ -329,9 +331,13 @@ static uint32_t plan_scores(struct engine *e, const struct engine_work *w, uint3
 	if (over || !n_uniq)
 		return 0;
 	memcpy(e->ids_host + n_ids, e->uniq, n_uniq * sizeof(int32_t));
+	r = e->m->be->ops->upload(e->m->be, e->ids_dev, e->ids_host,
+				  (n_ids + n_uniq) * sizeof(int32_t));
+	if (r < 0 || (r = model_score_ids(e->m, e->scratch, e->ids_dev + n_ids, n_uniq)) < 0)
+		return r;
 	for (j = 0; j < k; j++)
 		e->steps[j].ids_only = e->steps[j].want_logits;
-	return n_uniq;
+	return (int)n_uniq;
 }
 
 /* Probabilities of the output rows that want ids: the softmax over their ids
@@ -375,7 +381,8 @@ static int step_probs(struct engine *e, const struct engine_work *w, uint32_t k,
 }
 
 /* Outputs of the rows that reached the end of their history; n_uniq: the
- * step's distinct ids when it skipped the LM head (plan_scores), else 0. */
+ * step's distinct ids when it skipped the LM head (plan_scores: its ids are
+ * uploaded), else 0. */
 static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k, uint32_t n_uniq)
 {
 	struct kern_backend *be = e->m->be;
@@ -395,15 +402,14 @@ static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k, uin
 		any_argmax |= x->next_token != NULL;
 		n_rows++;
 	}
-	if ((n_ids || n_uniq) &&
-	    (r = be->ops->upload(be, e->ids_dev, e->ids_host, (n_ids + n_uniq) * sizeof(int32_t))) < 0)
-		return r;
 	if (n_uniq) {
-		if ((r = model_step_score(e->m, e->scratch, e->ids_dev + n_ids, n_uniq, &scores)) < 0 ||
+		if ((r = model_step_score(e->m, e->scratch, &scores)) < 0 ||
 		    (r = step_probs(e, w, k, scores, n_uniq)) < 0)
 			return r;
 	} else {
-		if (n_ids && (r = step_probs(e, w, k, model_step_logits(e->scratch, 0), vocab)) < 0)
+		if (n_ids && ((r = be->ops->upload(be, e->ids_dev, e->ids_host,
+						   n_ids * sizeof(int32_t))) < 0 ||
+			      (r = step_probs(e, w, k, model_step_logits(e->scratch, 0), vocab)) < 0))
 			return r;
 		for (uint32_t j = 0; j < k; j++) {
 			struct engine_work *x = &w[e->item[j]];
@@ -446,8 +452,8 @@ static int step_outputs(struct engine *e, struct engine_work *w, uint32_t k, uin
 
 int engine_step(struct engine *e, struct engine_work *w, uint32_t n)
 {
-	uint32_t k = 0, budget = e->max_step_tokens, n_uniq;
-	int r;
+	uint32_t k = 0, budget = e->max_step_tokens;
+	int r, n_uniq;
 
 	if (!w || !n || n > e->max_batch)
 		return -EINVAL;
@@ -474,11 +480,15 @@ int engine_step(struct engine *e, struct engine_work *w, uint32_t n)
 	if (!k)
 		return 0;
 	n_uniq = plan_scores(e, w, k);
-	r = model_forward(e->m, e->pool, e->scratch, e->steps, k);
-	e->n_steps++;
-	e->n_score_steps += n_uniq > 0;
+	if (n_uniq < 0) {
+		r = n_uniq;
+	} else {
+		r = model_forward(e->m, e->pool, e->scratch, e->steps, k);
+		e->n_steps++;
+		e->n_score_steps += n_uniq > 0;
+	}
 	if (r == 0)
-		r = step_outputs(e, w, k, n_uniq);
+		r = step_outputs(e, w, k, (uint32_t)n_uniq);
 	for (uint32_t j = 0; j < k; j++) {
 		struct engine_work *x = &w[e->item[j]];
 		struct model_seq_step *st = &e->steps[j];

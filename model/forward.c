@@ -80,6 +80,7 @@ struct model_scratch {
 	float *logits;           /* [max_seqs, vocab] fp32 */
 	void *w_ids;             /* [MODEL_SCORE_MAX_IDS, hidden]: LM head rows of a score */
 	float *scores;           /* [max_seqs, MODEL_SCORE_MAX_IDS] fp32 */
+	uint32_t n_ids;          /* rows in w_ids (model_score_ids) */
 	uint32_t hidden;
 	uint32_t last_rows;      /* rows of `last` the last step wrote */
 	enum step_out last_out;  /* and what it computed from them */
@@ -171,21 +172,36 @@ float *model_step_logits(struct model_scratch *s, uint32_t i)
 	return s->logits + (size_t)i * s->vocab;
 }
 
-int model_step_score(struct model *m, struct model_scratch *s, const int32_t *ids,
-		     uint32_t n_ids, float **ret)
+/*
+ * The ids' rows are gathered before the step, not after it: the score is a
+ * matmul with them as its weights, and the cuda matmuls load weights before
+ * waiting for the kernel issued just before them (kern.h: matmul).
+ */
+int model_score_ids(struct model *m, struct model_scratch *s, const int32_t *ids, uint32_t n_ids)
 {
-	const struct kern_ops *op = m->be->ops;
 	int r;
 
-	if (!ids || !n_ids || n_ids > MODEL_SCORE_MAX_IDS || !ret)
+	if (!ids || !n_ids || n_ids > MODEL_SCORE_MAX_IDS)
 		return -EINVAL;
-	if (s->last_out != OUT_HIDDEN || !s->last_rows)
+	s->n_ids = 0;
+	r = m->be->ops->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids, s->hidden);
+	if (r < 0)
+		return r;
+	s->n_ids = n_ids;
+	return 0;
+}
+
+int model_step_score(struct model *m, struct model_scratch *s, float **ret)
+{
+	int r;
+
+	if (!ret || !s->n_ids || s->last_out != OUT_HIDDEN || !s->last_rows)
 		return -EINVAL;
-	/* The ids' rows of the LM head, then every row against them (a few
-	 * rows by a few ids: the cross terms cost less than a launch each). */
-	if ((r = op->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids, s->hidden)) < 0 ||
-	    (r = op->matmul_f32out(m->be, s->scores, s->last, s->w_ids, s->last_rows, s->hidden,
-				   n_ids)) < 0)
+	/* Every row against every id: a few rows by a few ids, the cross terms
+	 * cost less than a launch per row. */
+	r = m->be->ops->matmul_f32out(m->be, s->scores, s->last, s->w_ids, s->last_rows, s->hidden,
+				      s->n_ids);
+	if (r < 0)
 		return r;
 	*ret = s->scores;
 	return 0;

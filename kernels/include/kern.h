@@ -164,7 +164,9 @@ struct kern_ops {
 			   const void *weight, uint32_t n, uint32_t dim, float eps);
 
 	/* out[n, m] = in[n, k] @ W[m, k]^T (+ bias[m] if bias != NULL). W is a
-	 * weight from weight_upload; bias too. */
+	 * weight from weight_upload; bias too. W and bias must not be written by
+	 * the operation issued just before (cuda starts loading them before that
+	 * one ends); in may be. */
 	int (*matmul)(struct kern_backend *be, void *out, const void *in, const void *w,
 		      const void *bias, uint32_t n, uint32_t k, uint32_t m);
 

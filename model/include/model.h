@@ -238,16 +238,18 @@ int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s
  * only when some wanted row of the step was not ids_only. */
 float *model_step_logits(struct model_scratch *s, uint32_t i);
 /*
- * Scoring without the vocabulary: when every wanted row of the last step was
- * ids_only, that step skipped the LM head; this computes the logits of the
- * ids[0..n_ids) (backend int32, each in [0, vocab), n_ids at most
- * MODEL_SCORE_MAX_IDS) at each wanted row, reading only those rows of the LM
- * head. *ret receives backend fp32 [rows, n_ids], wanted row i at i * n_ids
- * (rows past the wanted ones may be padding). Returns 0 or -errno (-EINVAL
- * when the last step computed full logits or had no wanted rows).
+ * Scoring without the vocabulary. When every wanted row of a step is
+ * ids_only, the step skips the LM head. model_score_ids(), called before the
+ * step, takes the LM head's rows of ids[0..n_ids) (backend int32, each in
+ * [0, vocab), n_ids at most MODEL_SCORE_MAX_IDS); they stay for later steps
+ * until the next call. model_step_score(), after the step, computes those ids'
+ * logits at each wanted row: *ret receives backend fp32 [rows, n_ids], wanted
+ * row i at i * n_ids (rows past the wanted ones may be padding). Both return 0
+ * or -errno; model_step_score gives -EINVAL when the last step computed full
+ * logits or had no wanted rows, or no ids were taken.
  */
-int model_step_score(struct model *m, struct model_scratch *s, const int32_t *ids,
-		     uint32_t n_ids, float **ret);
+int model_score_ids(struct model *m, struct model_scratch *s, const int32_t *ids, uint32_t n_ids);
+int model_step_score(struct model *m, struct model_scratch *s, float **ret);
 /*
  * Steps of at most KERN_GRAPH_MAX_TOKENS (512) tokens replay captured graphs
  * on backends that have them (cuda), one per bucket of (tokens, sequences,
