@@ -232,7 +232,9 @@ static int run_client(const struct opts *o, uint32_t idx, uint32_t n_sess, struc
 
 /* ---- the daemon's batch sizes ----------------------------------------------------- */
 
-static int get_batches(const char *path, uint64_t *ret, uint64_t *ret_tokens, uint64_t *ret_ns)
+/* The daemon's step counters: steps by sequences (ret), then [0] step tokens,
+ * [1] step time, [2] steps scored from the label rows of the LM head. */
+static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[3])
 {
 	static uint8_t buf[HR_CTL_MAX_MSG];
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
@@ -260,8 +262,9 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t *ret_tokens, ui
 	memset(ret, 0, BATCH_BUCKETS * sizeof(*ret));
 	for (size_t i = 0; i < rep->stats->n_batch_sizes && i < BATCH_BUCKETS; i++)
 		ret[i] = rep->stats->batch_sizes[i];
-	*ret_tokens = rep->stats->step_tokens;
-	*ret_ns = rep->stats->step_ns;
+	cnt[0] = rep->stats->step_tokens;
+	cnt[1] = rep->stats->step_ns;
+	cnt[2] = rep->stats->score_steps;
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -272,7 +275,7 @@ struct load_res {
 	uint32_t sessions, procs;
 	double throughput, offered;
 	struct bench_stats lat;
-	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens;
+	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps;
 	double mean_batch, mean_step_ms; /* the daemon's steps during the load */
 };
 
@@ -283,7 +286,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	size_t stride = sizeof(struct proc_res) + cap * sizeof(uint64_t);
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	uint8_t *area = mmap(NULL, stride * procs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], tok0 = 0, tok1 = 0, ns0 = 0, ns1 = 0, *all;
+	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[3], c1[3], *all;
 	uint64_t n_all = 0, nb = 0;
 	uint64_t in_window = 0;
 	pid_t pids[256];
@@ -316,7 +319,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 		if (pr->fail)
 			die("client setup", pr->fail);
 	}
-	if ((r = get_batches(o->socket, b0, &tok0, &ns0)) < 0)
+	if ((r = get_batches(o->socket, b0, c0)) < 0)
 		die("stats", r);
 	sh->t0 = hr_now_ns() + 20000000ull;
 	atomic_store(&sh->go, 1);
@@ -326,7 +329,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 			die("client process", pr->fail ? pr->fail : -ECHILD);
 		}
 	}
-	if ((r = get_batches(o->socket, b1, &tok1, &ns1)) < 0)
+	if ((r = get_batches(o->socket, b1, c1)) < 0)
 		die("stats", r);
 	all = malloc(cap * procs * sizeof(uint64_t));
 	if (!all)
@@ -353,8 +356,9 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 		lr->mean_batch += mid[i] * (double)lr->batches[i];
 	}
 	lr->mean_batch = nb ? lr->mean_batch / (double)nb : 0;
-	lr->step_tokens = tok1 - tok0;
-	lr->mean_step_ms = nb ? (double)(ns1 - ns0) / (double)nb / 1e6 : 0;
+	lr->step_tokens = c1[0] - c0[0];
+	lr->mean_step_ms = nb ? (double)(c1[1] - c0[1]) / (double)nb / 1e6 : 0;
+	lr->score_steps = c1[2] - c0[2];
 	free(all);
 	munmap(sh, sizeof(*sh));
 	munmap(area, stride * procs);
@@ -483,16 +487,17 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s  %s\n", "sessions", "procs", "offered/s",
-	       "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "step ms", "batch sizes (steps)");
+	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s %7s  %s\n", "sessions", "procs",
+	       "offered/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "step ms", "scored",
+	       "batch sizes (steps)");
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		static const char *const lab[BATCH_BUCKETS] = { "1", "2", "3-4", "5-8", "9-16", "17-32",
 							       "33-64", "65-128", "129-256", ">256" };
 		run_load(&o, o.loads[i], &lr[i]);
-		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f ", lr[i].sessions,
+		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f %7llu ", lr[i].sessions,
 		       lr[i].procs, lr[i].offered, lr[i].throughput, lr[i].lat.median / 1e6,
 		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
-		       lr[i].mean_step_ms);
+		       lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			if (lr[i].batches[b])
 				printf(" %s:%llu", lab[b], (unsigned long long)lr[i].batches[b]);
@@ -515,10 +520,10 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		printf("%s{\"sessions\":%u,\"throughput\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
 		       "\"p999_ms\":%.3f,\"errors\":%llu,\"mean_batch\":%.1f,\"mean_step_ms\":%.3f,"
-		       "\"batches\":[",
+		       "\"score_steps\":%llu,\"batches\":[",
 		       i ? "," : "", lr[i].sessions, lr[i].throughput, lr[i].lat.median / 1e6,
 		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
-		       lr[i].mean_batch, lr[i].mean_step_ms);
+		       lr[i].mean_batch, lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].batches[b]);
 		printf("]}");
