@@ -165,7 +165,7 @@ static uint32_t cpu_seq_of(const struct kern_batch *b, uint32_t i)
 
 /* One (token, head) pair: two passes over the context, scores kept in
  * `scores` (pos + 1 floats). */
-static void cpu_attend_one(float *restrict o, const float *restrict qh, float *restrict scores,
+KERN_CPU_HOT static void cpu_attend_one(float *restrict o, const float *restrict qh, float *restrict scores,
 			   const struct kern_batch *b, const struct kern_kv *kv, uint32_t s,
 			   uint32_t layer, uint32_t kvh, uint32_t n_pos, float scale)
 {
@@ -184,7 +184,8 @@ static void cpu_attend_one(float *restrict o, const float *restrict qh, float *r
 			float sc = kern_cpu_dot(qh, kp + (size_t)t * hd, hd) * scale;
 
 			scores[p0 + t] = sc;
-			mx = fmaxf(mx, sc);
+			/* fmaxf's choice (a NaN never wins), without its call. */
+			mx = sc > mx ? sc : mx;
 		}
 	}
 	/* Stable softmax: subtract the max, so exp() <= 1 and the sum >= 1. */

@@ -47,6 +47,17 @@ static inline struct kern_cpu *kern_cpu_priv(struct kern_backend *be)
 #define KERN_PRAGMA(x)
 #endif
 
+/*
+ * The hottest loops, compiled twice: for x86-64-v3 (AVX2, FMA) and for the
+ * baseline, one chosen when the program loads (an ifunc). The build targets
+ * the baseline (SSE2), where these loops take longer (docs/BENCHMARKS.md).
+ */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define KERN_CPU_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), noinline))
+#else
+#define KERN_CPU_HOT
+#endif
+
 /* Dot product in float with a vector-friendly reduction order. */
 static inline float kern_cpu_dot(const float *restrict a, const float *restrict b, uint32_t n)
 {
