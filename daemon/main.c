@@ -50,20 +50,28 @@ static int daemon_init(struct hd_daemon *d)
 }
 
 /*
- * The cpu backend's OpenMP threads spin after every parallel region unless
- * OMP_WAIT_POLICY says otherwise, and in a daemon whose reactor threads and
- * clients share the cores the spinning takes them: on the 2-core machine the
- * tiny model served 871-947 events/s to 64 sessions (closed loop), against
- * 1335-1504 with OMP_WAIT_POLICY=passive (docs/BENCHMARKS.md). libgomp reads
- * the variable once, when it is loaded (before main), hence a re-exec with
- * it set. A value set by the caller, whatever it is, is kept.
+ * The cpu backend's thread pools spin when idle unless told otherwise:
+ * OpenMP's threads after every parallel region (OMP_WAIT_POLICY), OpenBLAS's
+ * in sched_yield for 2^OPENBLAS_THREAD_TIMEOUT cycles after every threaded
+ * GEMM (default 2^28, longer than a step). In a daemon whose reactor threads
+ * and clients share the cores, the spinning takes them. On the 2-core
+ * machine, tiny model, 64 sessions in closed loop (docs/BENCHMARKS.md):
+ * 871-947 events/s with OpenMP's default against 1335-1504 passive; then
+ * p99 74-91 ms with OpenBLAS's default timeout against 45-51 ms with 4.
+ * Both libraries read their variable once, when loaded (before main), hence
+ * a re-exec with them set. A value set by the caller, whatever it is, is kept.
  */
-static void omp_passive(char **argv)
+static void quiet_pools(char **argv)
 {
-	if (getenv("OMP_WAIT_POLICY") || setenv("OMP_WAIT_POLICY", "passive", 0) < 0)
-		return;
-	execv("/proc/self/exe", argv);
-	/* No /proc here: go on, with OpenMP's threads spinning. */
+	bool set = false;
+
+	if (!getenv("OMP_WAIT_POLICY"))
+		set |= setenv("OMP_WAIT_POLICY", "passive", 0) == 0;
+	if (!getenv("OPENBLAS_THREAD_TIMEOUT"))
+		set |= setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0) == 0;
+	if (set)
+		execv("/proc/self/exe", argv);
+	/* No /proc here: go on, with the pools spinning. */
 }
 
 static void daemon_fini(struct hd_daemon *d)
@@ -83,7 +91,7 @@ int main(int argc, char **argv)
 	int lfd = -1, r, rc = 1;
 	bool activated = false;
 
-	omp_passive(argv);
+	quiet_pools(argv);
 	hd_config_defaults(&d.cfg);
 	r = hd_config_load(&d.cfg, argc, argv, &check, &help, err, sizeof(err));
 	if (help) {
