@@ -461,6 +461,8 @@ int main(int argc, char **argv)
 	char err[256], json[4096];
 	int jl, ok = 1, profile = 0;
 
+	/* The cpu backend's thread pools as hearthd runs them. */
+	kern_cpu_quiet_pools(argv);
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 

@@ -49,31 +49,6 @@ static int daemon_init(struct hd_daemon *d)
 	return 0;
 }
 
-/*
- * The cpu backend's thread pools spin when idle unless told otherwise:
- * OpenMP's threads after every parallel region (OMP_WAIT_POLICY), OpenBLAS's
- * in sched_yield for 2^OPENBLAS_THREAD_TIMEOUT cycles after every threaded
- * GEMM (default 2^28, longer than a step). In a daemon whose reactor threads
- * and clients share the cores, the spinning takes them. On the 2-core
- * machine, tiny model, 64 sessions in closed loop (docs/BENCHMARKS.md):
- * 871-947 events/s with OpenMP's default against 1335-1504 passive; then
- * p99 74-91 ms with OpenBLAS's default timeout against 45-51 ms with 4.
- * Both libraries read their variable once, when loaded (before main), hence
- * a re-exec with them set. A value set by the caller, whatever it is, is kept.
- */
-static void quiet_pools(char **argv)
-{
-	bool set = false;
-
-	if (!getenv("OMP_WAIT_POLICY"))
-		set |= setenv("OMP_WAIT_POLICY", "passive", 0) == 0;
-	if (!getenv("OPENBLAS_THREAD_TIMEOUT"))
-		set |= setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0) == 0;
-	if (set)
-		execv("/proc/self/exe", argv);
-	/* No /proc here: go on, with the pools spinning. */
-}
-
 static void daemon_fini(struct hd_daemon *d)
 {
 	hd_models_stop(d);
@@ -91,7 +66,7 @@ int main(int argc, char **argv)
 	int lfd = -1, r, rc = 1;
 	bool activated = false;
 
-	quiet_pools(argv);
+	kern_cpu_quiet_pools(argv);
 	hd_config_defaults(&d.cfg);
 	r = hd_config_load(&d.cfg, argc, argv, &check, &help, err, sizeof(err));
 	if (help) {

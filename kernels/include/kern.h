@@ -277,6 +277,19 @@ struct kern_backend {
 	void *priv;
 };
 
+/*
+ * The cpu backend's thread pools spin when idle unless told otherwise:
+ * OpenMP's threads after every parallel region (OMP_WAIT_POLICY), OpenBLAS's
+ * in sched_yield for 2^OPENBLAS_THREAD_TIMEOUT cycles after every threaded
+ * GEMM (default 2^28, longer than a step), taking the cores from a daemon's
+ * reactors and its clients. Both libraries read their variable once, when
+ * loaded (before main). Called first thing in main, with main's argv: when
+ * either variable is unset, sets it (passive; 4) and re-executes the
+ * program, which then runs on; a value set by the caller is kept. Returns
+ * only when nothing was to be set or the re-exec failed (no /proc).
+ */
+void kern_cpu_quiet_pools(char **argv);
+
 /* Backends. Each returns NULL with errno set (ENODEV: backend or device not
  * available in this build or on this machine). n_threads 0 = all cores. */
 struct kern_backend *kern_cpu_new(int n_threads);
