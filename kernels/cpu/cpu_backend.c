@@ -209,9 +209,18 @@ void kern_cpu_quiet_pools(char **argv)
 		set |= setenv("OMP_WAIT_POLICY", "passive", 0) == 0;
 	if (!getenv("OPENBLAS_THREAD_TIMEOUT"))
 		set |= setenv("OPENBLAS_THREAD_TIMEOUT", "4", 0) == 0;
-	if (set)
-		execv("/proc/self/exe", argv);
-	/* No /proc here: go on, with the pools spinning. */
+	if (set) {
+		/* The file's own path, not /proc/self/exe: the program's name
+		 * (comm: ps, top, pkill) comes from the path executed. */
+		char path[4096];
+		ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
+
+		if (n > 0) {
+			path[n] = 0;
+			execv(path, argv);
+		}
+	}
+	/* No /proc, or the file is gone: go on, with the pools spinning. */
 }
 
 struct kern_backend *kern_cpu_new(int n_threads)
