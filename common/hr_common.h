@@ -49,6 +49,22 @@ static inline void hr_closep(int *fd)
 #define TAKE_PTR(p) ({ __typeof__(p) _p = (p); (p) = NULL; _p; })
 #define TAKE_FD(fd) ({ int _fd = (fd); (fd) = -1; _fd; })
 
+/* Name the calling thread prefix + name (ps -L, top -H, gdb, perf); the
+ * first 15 characters are kept. */
+#include <sys/prctl.h>
+static inline void hr_thread_name(const char *prefix, const char *name)
+{
+	char buf[16];
+	size_t n = 0;
+
+	for (const char *p = prefix; *p && n < sizeof(buf) - 1; p++)
+		buf[n++] = *p;
+	for (const char *p = name ? name : ""; *p && n < sizeof(buf) - 1; p++)
+		buf[n++] = *p;
+	buf[n] = 0;
+	(void)prctl(PR_SET_NAME, buf, 0, 0, 0);
+}
+
 /* Monotonic clock in nanoseconds. */
 #include <time.h>
 static inline uint64_t hr_now_ns(void)

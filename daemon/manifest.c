@@ -64,6 +64,7 @@ static void *writer_main(void *arg)
 {
 	struct hd_tiering *t = arg;
 
+	hr_thread_name("hd-manifest", NULL);
 	pthread_mutex_lock(&t->lock);
 	for (;;) {
 		struct manifest_job *j;

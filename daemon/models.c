@@ -337,6 +337,7 @@ static void *load_worker(void *arg)
 {
 	struct hd_model *m = arg;
 
+	hr_thread_name("hd-load:", m->name);
 	/* A test hook: hold the load open so a test can see others serve meanwhile. */
 	const char *delay = getenv("HEARTH_TEST_LOAD_DELAY_MS");
 
@@ -401,6 +402,7 @@ static void *unload_worker(void *arg)
 {
 	struct hd_model *m = arg;
 
+	hr_thread_name("hd-unload:", m->name);
 	model_shutdown(m);
 	m->worker_res = 0;
 	worker_done(m);

@@ -497,6 +497,7 @@ static void *reactor_main(void *arg)
 	uint64_t spin_ns = (uint64_t)hm->cfg.spin_us * 1000, last_work = hr_now_ns(), stop_at = 0;
 	struct hd_cmd *stop = NULL;
 
+	hr_thread_name("hd-r:", hm->name);
 	for (;;) {
 		uint32_t work = run_cmds(hm, &stop) + reactor_turn(hm) + hd_tier_turn(hm);
 

@@ -57,6 +57,7 @@ static void *pool_worker(void *arg)
 	struct l2_pool *pool = arg;
 	struct kv_l2 *l2 = pool->l2;
 
+	hr_thread_name("l2-io", NULL);
 	pthread_mutex_lock(&pool->lock);
 	for (;;) {
 		struct l2_req *r;

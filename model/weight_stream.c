@@ -144,6 +144,7 @@ static void *ws_thread_main(void *arg)
 {
 	struct ws_io *io = arg;
 
+	hr_thread_name("ws-read", NULL);
 	pthread_mutex_lock(&io->lock);
 	for (;;) {
 		struct ws_req *q = NULL;
