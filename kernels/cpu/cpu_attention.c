@@ -227,11 +227,12 @@ KERN_CPU_HOT static void cpu_attend_one(float *restrict o, const float *restrict
  */
 #define CPU_AVX2 __attribute__((target("avx2,fma")))
 
-/* s[j] = sum of a[j]'s lanes, j < 8. */
-CPU_AVX2 static inline __m256 hsum8(const __m256 a[8])
+/* Lane j: the sum of aj's lanes. */
+CPU_AVX2 static inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4,
+				    __m256 a5, __m256 a6, __m256 a7)
 {
-	__m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-	__m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+	__m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+	__m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
 
 	return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
 			     _mm256_permute2f128_ps(u0, u1, 0x31));
@@ -299,18 +300,24 @@ CPU_AVX2 static void cpu_attend_one_avx2(float *restrict o, const float *restric
 		uint32_t cnt = HR_MIN(pt, n_pos - p0), t = 0;
 
 		for (; t + 8 <= cnt; t += 8) {
-			__m256 a[8], sc;
+			/* Eight accumulators, named so that they stay in registers. */
+			__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
+			       a6 = a0, a7 = a0, sc;
+			const float *k0 = kp + (size_t)t * hd;
 
-			for (int j = 0; j < 8; j++)
-				a[j] = _mm256_setzero_ps();
 			for (uint32_t d = 0; d < hd; d += 8) {
 				__m256 qv = _mm256_loadu_ps(qh + d);
 
-				for (int j = 0; j < 8; j++)
-					a[j] = _mm256_fmadd_ps(
-						qv, _mm256_loadu_ps(kp + (size_t)(t + j) * hd + d), a[j]);
+				a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
+				a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + hd + d), a1);
+				a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * hd + d), a2);
+				a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * hd + d), a3);
+				a4 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 4 * hd + d), a4);
+				a5 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 5 * hd + d), a5);
+				a6 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 6 * hd + d), a6);
+				a7 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 7 * hd + d), a7);
 			}
-			sc = _mm256_mul_ps(hsum8(a), vscale);
+			sc = _mm256_mul_ps(hsum8(a0, a1, a2, a3, a4, a5, a6, a7), vscale);
 			_mm256_storeu_ps(scores + p0 + t, sc);
 			vmx = _mm256_max_ps(sc, vmx); /* a NaN score never wins */
 		}
@@ -342,19 +349,37 @@ CPU_AVX2 static void cpu_attend_one_avx2(float *restrict o, const float *restric
 	}
 	inv = 1.0f / sum;
 
-	memset(o, 0, (size_t)hd * sizeof(float));
-	for (uint32_t p0 = 0; p0 < n_pos; p0 += pt) {
-		const float *vp = base + kern_kv_offset(kv, (uint32_t)bt[p0 / pt], layer, 1, kvh, 0);
-		uint32_t cnt = HR_MIN(pt, n_pos - p0);
+	/* o in slices of up to 32 floats, each summed over every position in
+	 * registers. */
+	for (uint32_t d0 = 0; d0 < hd; d0 += 32) {
+		const uint32_t w = HR_MIN(32u, hd - d0);
+		__m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
 
-		for (uint32_t t = 0; t < cnt; t++) {
-			const float *vt = vp + (size_t)t * hd;
-			__m256 w = _mm256_set1_ps(scores[p0 + t] * inv);
+		for (uint32_t p0 = 0; p0 < n_pos; p0 += pt) {
+			const float *vp = base + kern_kv_offset(kv, (uint32_t)bt[p0 / pt], layer, 1, kvh,
+								 0) + d0;
+			uint32_t cnt = HR_MIN(pt, n_pos - p0);
 
-			for (uint32_t d = 0; d < hd; d += 8)
-				_mm256_storeu_ps(o + d, _mm256_fmadd_ps(w, _mm256_loadu_ps(vt + d),
-									 _mm256_loadu_ps(o + d)));
+			for (uint32_t t = 0; t < cnt; t++) {
+				const float *vt = vp + (size_t)t * hd;
+				__m256 wt = _mm256_set1_ps(scores[p0 + t] * inv);
+
+				o0 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(vt), o0);
+				if (w > 8)
+					o1 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(vt + 8), o1);
+				if (w > 16)
+					o2 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(vt + 16), o2);
+				if (w > 24)
+					o3 = _mm256_fmadd_ps(wt, _mm256_loadu_ps(vt + 24), o3);
+			}
 		}
+		_mm256_storeu_ps(o + d0, o0);
+		if (w > 8)
+			_mm256_storeu_ps(o + d0 + 8, o1);
+		if (w > 16)
+			_mm256_storeu_ps(o + d0 + 16, o2);
+		if (w > 24)
+			_mm256_storeu_ps(o + d0 + 24, o3);
 	}
 }
 
