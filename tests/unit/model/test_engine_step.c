@@ -318,8 +318,107 @@ static void check_probs(struct t_ctx *c, const char *what, const struct t_seq *q
 		CHECKF(d <= bound, "%s: probs max|diff| %.3e > %.3e over %u ids", what, d, bound,
 		       w->n_ids);
 		CHECKF(fabsf(sum - 1.0f) < 1e-4f, "%s: probabilities sum to %g", what, sum);
+		if (w->logits) {
+			d = max_diff(w->logits, c->ref_logits, c->vocab);
+			CHECKF(d <= bound / 2, "%s: logits max|diff| %.3e", what, d);
+		}
+		if (w->next_token) {
+			int32_t t = *w->next_token, best = 0;
+
+			for (uint32_t i = 1; i < c->vocab; i++)
+				if (c->ref_logits[i] > c->ref_logits[best])
+					best = (int32_t)i;
+			CHECKF(t == best || (t >= 0 && (uint32_t)t < c->vocab &&
+					     c->ref_logits[t] >= c->ref_logits[best] - bound),
+			       "%s: next token %d, reference argmax %d", what, t, best);
+		}
 	}
 	engine_seq_free(c->ref, s);
+}
+
+/*
+ * Random steps of scores against the reference, with now and then a greedy
+ * token or full logits among them: label sets of 1-24 ids drawn from a pool
+ * of 40 (overlaps and repeats), now and then one of more than half the
+ * vocabulary. engine_n_score_steps() moves exactly for the steps whose
+ * outputs were all probabilities over at most half the vocabulary.
+ */
+static void test_scores_random(struct t_ctx *c)
+{
+	enum { N = 10, ROUNDS = 24, POOL = 40, MAX_IDS = 512 };
+	static int32_t ids[N][MAX_IDS];
+	static float probs[N][MAX_IDS];
+	struct engine *e = engine_new(c->m, NULL);
+	struct t_seq q[N];
+	struct t_out o[N];
+	struct engine_work w[N];
+	int32_t pool[POOL];
+	uint64_t want = 0, sc0;
+	uint8_t *seen = calloc(c->vocab, 1);
+	char what[64];
+
+	if (!e || !seen || c->vocab > MAX_IDS) {
+		CHECKF(0, "engine_new: %s (vocab %u)", strerror(errno), c->vocab);
+		engine_free(e);
+		free(seen);
+		return;
+	}
+	seqs_new(c, e, q, o, N, 2, 5, 17);
+	for (uint32_t i = 0; i < POOL; i++)
+		pool[i] = rand_token(c->vocab);
+	sc0 = engine_n_score_steps(e);
+	for (uint32_t round = 0; round < ROUNDS; round++) {
+		uint32_t n = 1 + (uint32_t)rand_token(N), distinct = 0;
+		bool only_probs = true;
+		int r;
+
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t pick = (uint32_t)rand_token(24), k;
+			unsigned kind = pick == 0 ? W_NEXT | W_PROBS : pick == 1 ? W_LOGITS | W_PROBS
+									  : W_PROBS;
+
+			seq_push(c, e, &q[i], 1 + (uint32_t)rand_token(6));
+			work_for(c, &w[i], &q[i], &o[i], kind, 512);
+			only_probs &= kind == W_PROBS;
+			if (rand_token(16) == 0) {
+				uint32_t off = (uint32_t)rand_token(c->vocab);
+
+				k = c->vocab / 2 + 1;
+				for (uint32_t j = 0; j < k; j++)
+					ids[i][j] = (int32_t)((off + j) % c->vocab);
+			} else {
+				k = 1 + (uint32_t)rand_token(24);
+				for (uint32_t j = 0; j < k; j++)
+					ids[i][j] = pool[rand_token(POOL)];
+			}
+			w[i].ids = ids[i];
+			w[i].n_ids = k;
+			w[i].probs = probs[i];
+			for (uint32_t j = 0; j < k; j++)
+				if (!seen[ids[i][j]]) {
+					seen[ids[i][j]] = 1;
+					distinct++;
+				}
+		}
+		memset(seen, 0, c->vocab);
+		want += only_probs && distinct <= c->vocab / 2;
+		r = engine_step(e, w, n);
+		CHECKF(r == 0, "round %u: step of %u: %d", round, n, r);
+		for (uint32_t i = 0; i < n; i++) {
+			snprintf(what, sizeof(what), "random scores, round %u item %u", round, i);
+			check_probs(c, what, &q[i], &w[i]);
+		}
+	}
+	CHECKF(engine_n_score_steps(e) - sc0 == want, "%llu steps scored from the label rows, want %llu",
+	       (unsigned long long)(engine_n_score_steps(e) - sc0), (unsigned long long)want);
+	printf("random scores: %llu of %u steps from the label rows\n", (unsigned long long)want,
+	       ROUNDS);
+	for (uint32_t i = 0; i < N; i++) {
+		engine_seq_free(e, q[i].s);
+		free(o[i].logits);
+	}
+	free(seen);
+	engine_free(e);
 }
 
 /*
@@ -890,6 +989,7 @@ int main(int argc, char **argv)
 	rng_state = 12345;
 	test_batch(&c);
 	test_scores(&c);
+	test_scores_random(&c);
 	test_mixed(&c);
 	test_chunked(&c);
 	test_recompute(&c);
