@@ -63,6 +63,7 @@ struct step_graph {
 	bool used;
 	uint32_t tb, sb, mb;    /* tokens, sequences, block-table width */
 	enum step_out out;      /* over sb rows */
+	bool ident;             /* row i is token i (tb == sb, one token a sequence) */
 	enum graph_state state;
 	void *graph;            /* backend graph when READY */
 	int32_t *meta_dev;      /* tokens, pos, slot [tb]; seq_start [sb + 1]; ctx_len, rows [sb];
@@ -235,12 +236,13 @@ static int meta_reserve(struct model_scratch *s, size_t n)
 struct step_shape {
 	uint32_t n_tokens, max_blocks, max_ctx, n_rows;
 	enum step_out out;
+	bool ident; /* every sequence brings one token and wants its output (decode) */
 };
 
 static int step_check(const struct model *m, const struct model_scratch *s, uint32_t pt,
 		      const struct model_seq_step *steps, uint32_t n, struct step_shape *ret)
 {
-	struct step_shape sh = { .max_blocks = 1 };
+	struct step_shape sh = { .max_blocks = 1, .ident = true };
 
 	if (!n || n > s->max_seqs)
 		return -E2BIG;
@@ -257,6 +259,7 @@ static int step_check(const struct model *m, const struct model_scratch *s, uint
 		sh.max_blocks = HR_MAX(sh.max_blocks, (ctx + pt - 1) / pt);
 		sh.max_ctx = HR_MAX(sh.max_ctx, ctx);
 		sh.n_rows += st->want_logits;
+		sh.ident &= st->n_new == 1 && st->want_logits;
 		if (st->want_logits)
 			sh.out = st->ids_only && sh.out != OUT_LOGITS ? OUT_HIDDEN : OUT_LOGITS;
 		for (uint32_t j = 0; j < st->n_new; j++)
@@ -395,11 +398,13 @@ static int mlp_forward(struct model *m, const struct model_layer *L, struct mode
  * One layer. The last one (last) computes past its K/V only what the step's
  * n_rows wanted rows (rows: token indices) need: attention's output of those
  * rows goes on, with their residual in s->x_rows, through the o projection
- * and the MLP; with no wanted rows it stops once its K/V are written.
+ * and the MLP; with no wanted rows it stops once its K/V are written. ident:
+ * row i is token i for every token (decode), so nothing is gathered.
  */
 static int layer_forward(struct model *m, const struct model_layer *L, uint32_t l,
 			 struct model_scratch *s, const struct kern_batch *b,
-			 const struct kern_kv *kv, bool last, const int32_t *rows, uint32_t n_rows)
+			 const struct kern_kv *kv, bool last, const int32_t *rows, uint32_t n_rows,
+			 bool ident)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
@@ -427,7 +432,7 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 		return 0;
 	if ((r = op->attention(be, s->att, s->q, b, kv, l, c->n_heads, scale)) < 0)
 		return r;
-	if (last) {
+	if (last && !ident) {
 		/* q is spent: it takes the wanted rows of attention's output. */
 		if ((r = op->gather_rows(be, s->q, s->att, rows, n_rows, qdim)) < 0 ||
 		    (r = op->gather_rows(be, s->x_rows, s->x, rows, n_rows, D)) < 0)
@@ -444,7 +449,7 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 /* The step's launches, given its metadata in backend memory. */
 static int forward_body(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
 			const struct kern_batch *b, const int32_t *tokens, const int32_t *rows,
-			uint32_t n_rows, enum step_out out)
+			uint32_t n_rows, enum step_out out, bool ident)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
@@ -453,13 +458,15 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 
 	if (out == OUT_NONE)
 		n_rows = 0;
+	ident &= n_rows == b->n_tokens;
 	s->last_rows = 0;
 	s->last_out = OUT_NONE;
 	r = op->embed(be, s->x, m->embed, tokens, b->n_tokens, c->hidden_size, c->vocab_size);
 	if (r < 0)
 		return r;
 	for (uint32_t l = 0; l < c->n_layers; l++) {
-		r = layer_forward(m, &m->layers[l], l, s, b, kv, l + 1 == c->n_layers, rows, n_rows);
+		r = layer_forward(m, &m->layers[l], l, s, b, kv, l + 1 == c->n_layers, rows, n_rows,
+				  ident);
 		if (r < 0)
 			return r;
 	}
@@ -467,8 +474,8 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 		return 0;
 	/* Final residual add and norm of the wanted rows, then the LM head over
 	 * them (none for a score: model_step_score). */
-	if ((r = op->add_rmsnorm(be, s->last, s->x_rows, s->o, m->final_norm, n_rows,
-				 c->hidden_size, c->rms_norm_eps)) < 0 ||
+	if ((r = op->add_rmsnorm(be, s->last, ident ? s->x : s->x_rows, s->o, m->final_norm,
+				 n_rows, c->hidden_size, c->rms_norm_eps)) < 0 ||
 	    (out == OUT_LOGITS &&
 	     (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,
 				    c->vocab_size)) < 0))
@@ -490,7 +497,7 @@ static uint32_t bucket(uint32_t x, uint32_t cap)
 /* The cached graph entry for a key, or a free (or least recently used,
  * released) one set up for it. NULL on allocation failure. */
 static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32_t sb,
-				    uint32_t mb, enum step_out out)
+				    uint32_t mb, enum step_out out, bool ident)
 {
 	struct kern_backend *be = s->be;
 	struct step_graph *g = NULL, *victim = &s->graphs[0];
@@ -499,7 +506,8 @@ static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32
 	for (size_t i = 0; i < HR_ARRAY_SIZE(s->graphs); i++) {
 		struct step_graph *e = &s->graphs[i];
 
-		if (e->used && e->tb == tb && e->sb == sb && e->mb == mb && e->out == out) {
+		if (e->used && e->tb == tb && e->sb == sb && e->mb == mb && e->out == out &&
+		    e->ident == ident) {
 			e->last_use = ++s->clock;
 			return e;
 		}
@@ -523,6 +531,7 @@ static struct step_graph *graph_get(struct model_scratch *s, uint32_t tb, uint32
 	g->sb = sb;
 	g->mb = mb;
 	g->out = out;
+	g->ident = ident;
 	g->state = GRAPH_NEW;
 	g->used = true;
 	g->last_use = ++s->clock;
@@ -539,7 +548,7 @@ static int graph_capture(struct model *m, struct model_scratch *s, const struct 
 	r = op->graph_begin(m->be);
 	if (r < 0)
 		return r;
-	r = forward_body(m, s, kv, b, tokens, rows, g->sb, g->out);
+	r = forward_body(m, s, kv, b, tokens, rows, g->sb, g->out, g->ident);
 	r2 = op->graph_end(m->be, r < 0 ? NULL : &g->graph);
 	return r < 0 ? r : r2;
 }
@@ -557,6 +566,7 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	struct kern_batch b;
 	int32_t *h, *dev;
 	size_t o[7];
+	bool ident;
 	int r;
 
 	if (s->graphs_off || !op->graph_launch || T > s->graph_max)
@@ -569,7 +579,10 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	mb = bucket(HR_MAX(sh->max_blocks, GRAPH_MIN_BLOCKS), 1u << 30);
 	if ((uint64_t)mb * pt > INT32_MAX)
 		return -ENOTSUP;
-	g = graph_get(s, tb, sb, mb, sh->out);
+	/* Decode with as many sequence slots as tokens: each padding sequence
+	 * gets one padding token, and row i is token i throughout. */
+	ident = sh->ident && tb == sb;
+	g = graph_get(s, tb, sb, mb, sh->out, ident);
 	if (!g)
 		return -ENOMEM;
 	if (g->meta_ints > s->ghost_cap) {
@@ -583,9 +596,10 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	h = s->ghost;
 	meta_layout(o, tb, sb, mb);
 	T = meta_fill(h, o, pt, mb, steps, n);
-	/* Wanted rows first, then row 0 for the other sequence slots. */
+	/* Wanted rows first, then row 0 (ident: its own token) for the other
+	 * sequence slots. */
 	for (uint32_t i = sh->n_rows; i < sb; i++)
-		h[o[5] + i] = 0;
+		h[o[5] + i] = ident ? (int32_t)i : 0;
 	/* Padding sequences: pad_t tokens spread over them. */
 	T = meta_pad(h, o, mb, n, sb - n, T, pad_t);
 	h[o[3] + sb] = (int32_t)T;
@@ -606,12 +620,12 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	};
 	switch (g->state) {
 	case GRAPH_NEW:
-		r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, g->out);
+		r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, g->out, g->ident);
 		if (!r)
 			g->state = GRAPH_WARM;
 		return r;
 	case GRAPH_NEVER:
-		return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, g->out);
+		return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, g->out, g->ident);
 	case GRAPH_WARM:
 	case GRAPH_READY:
 		break;
@@ -624,7 +638,7 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 				 * it and the next step captures. Else give up on it. */
 				g->state = r == -EBUSY ? GRAPH_WARM : GRAPH_NEVER;
 				return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb,
-						    g->out);
+						    g->out, g->ident);
 			}
 			g->state = GRAPH_READY;
 		}
@@ -663,7 +677,7 @@ int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s
 	r = step_prepare(s, kv->page_tokens, steps, n, &sh, &b, &tokens, &rows);
 	if (r < 0)
 		return r;
-	return forward_body(m, s, kv, &b, tokens, rows, sh.n_rows, sh.out);
+	return forward_body(m, s, kv, &b, tokens, rows, sh.n_rows, sh.out, sh.ident);
 }
 
 void model_scratch_set_graphs(struct model_scratch *s, bool on)
@@ -705,7 +719,7 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
 			.pos = dev + o[1], .slot = dev + o[2], .seq_start = dev + o[3],
 			.ctx_len = dev + o[4], .block_table = dev + o[6],
 		};
-		if ((r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, OUT_LOGITS)) < 0)
+		if ((r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, OUT_LOGITS, false)) < 0)
 			return r;
 		n++;
 		if (t == top)
