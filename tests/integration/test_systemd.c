@@ -5,10 +5,12 @@
  * through a NOTIFY_SOCKET this test owns, and socket activation through
  * systemd-socket-activate (skipped when that tool is missing).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,6 +83,61 @@ static int wait_exit(pid_t pid, unsigned timeout_ms)
 	return -1;
 }
 
+/* A file of /proc/PID into buf (NUL-terminated; environ's NULs kept). */
+static size_t proc_read(pid_t pid, const char *name, char *buf, size_t cap)
+{
+	char path[96];
+	ssize_t n = -1;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = read(fd, buf, cap - 1);
+		close(fd);
+	}
+	buf[n > 0 ? n : 0] = 0;
+	return n > 0 ? (size_t)n : 0;
+}
+
+static bool environ_has(const char *env, size_t len, const char *prefix)
+{
+	for (size_t i = 0; i < len; i += strlen(env + i) + 1)
+		if (!strncmp(env + i, prefix, strlen(prefix)))
+			return true;
+	return false;
+}
+
+/*
+ * The process as ps, top and systemd see it, after hearthd re-executed
+ * itself to quiet the cpu backend's thread pools: still named hearthd, the
+ * pools' variables set, the caller's environment kept, the pid unchanged
+ * (READY came from it), and the reactor thread named after its model.
+ */
+static void check_process(pid_t pid)
+{
+	char buf[8192], task[64], name[32];
+	size_t n = proc_read(pid, "comm", buf, sizeof(buf));
+	bool reactor = false;
+	DIR *d;
+
+	CHECK(n && !strcmp(buf, "hearthd\n"), "process name '%s', want hearthd", buf);
+	n = proc_read(pid, "environ", buf, sizeof(buf));
+	CHECK(environ_has(buf, n, "OMP_WAIT_POLICY=passive") &&
+	      environ_has(buf, n, "OPENBLAS_THREAD_TIMEOUT=4"), "pool variables not set");
+	CHECK(environ_has(buf, n, "NOTIFY_SOCKET="), "NOTIFY_SOCKET lost across the re-exec");
+	snprintf(task, sizeof(task), "/proc/%d/task", (int)pid);
+	d = opendir(task);
+	for (struct dirent *e; d && (e = readdir(d));) {
+		snprintf(name, sizeof(name), "task/%.16s/comm", e->d_name);
+		if (e->d_name[0] != '.' && proc_read(pid, name, buf, sizeof(buf)))
+			reactor |= !strcmp(buf, "hd-r:default\n");
+	}
+	if (d)
+		closedir(d);
+	CHECK(reactor, "no thread named hd-r:default");
+}
+
 static void test_notify(const char *hearthd, const char *model, const char *dir)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -102,6 +159,7 @@ static void test_notify(const char *hearthd, const char *model, const char *dir)
 	CHECK(strstr(seen, "STATUS=serving model"), "READY without a STATUS line: %s", seen);
 	/* The socket is there once READY is sent. */
 	CHECK(access(sock, F_OK) == 0, "socket missing after READY");
+	check_process(pid);
 	for (uint64_t end = th_now_ns() + 1000000000ull; th_now_ns() < end;)
 		if (expect_msg(fd, "WATCHDOG=1", 300, NULL, 0))
 			pings++;
