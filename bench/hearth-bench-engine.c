@@ -668,7 +668,7 @@ int main(int argc, char **argv)
 	model_scratch_set_graphs(x->sc, true);
 
 	/* ---- APPEND 32 at the context + SCORE over N_LABELS ids: through the
-	 * labels' rows of the LM head (as the engine scores), then through the
+	 * labels' rows of the LM head (as the engine scores) and through the
 	 * whole LM head; the same step, so the same probabilities ---- */
 	{
 		struct model_seq_step st = { .bt = &bts[0], .n_past = ctx_len, .n_new = 32,

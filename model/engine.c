@@ -312,7 +312,7 @@ static int plan_scores(struct engine *e, const struct engine_work *w, uint32_t k
 	for (j = 0; j < k && !over; j++) {
 		const struct engine_work *x = &w[e->item[j]];
 
-		for (uint32_t i = 0; e->steps[j].want_logits && i < x->n_ids && !over; i++) {
+		for (uint32_t i = 0; e->steps[j].want_logits && i < x->n_ids; i++) {
 			uint32_t *slot = &e->id_slot[x->ids[i]];
 
 			if (!*slot && n_uniq == e->score_max_ids) {

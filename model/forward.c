@@ -82,7 +82,6 @@ struct model_scratch {
 	void *w_ids;             /* [MODEL_SCORE_MAX_IDS, hidden]: LM head rows of a score */
 	float *scores;           /* [max_seqs, MODEL_SCORE_MAX_IDS] fp32 */
 	uint32_t n_ids;          /* rows in w_ids (model_score_ids) */
-	uint32_t hidden;
 	uint32_t last_rows;      /* rows of `last` the last step wrote */
 	enum step_out last_out;  /* and what it computed from them */
 	int32_t *meta_dev;       /* backend copy of meta_host */
@@ -143,7 +142,6 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->max_seqs = max_seqs;
 	s->graph_max = KERN_GRAPH_MAX_TOKENS;
 	s->vocab = c->vocab_size;
-	s->hidden = c->hidden_size;
 	s->x = act_alloc(be, max_tokens, c->hidden_size);
 	s->h = act_alloc(be, max_tokens, c->hidden_size);
 	s->o = act_alloc(be, max_tokens, c->hidden_size);
@@ -185,7 +183,8 @@ int model_score_ids(struct model *m, struct model_scratch *s, const int32_t *ids
 	if (!ids || !n_ids || n_ids > MODEL_SCORE_MAX_IDS)
 		return -EINVAL;
 	s->n_ids = 0;
-	r = m->be->ops->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids, s->hidden);
+	r = m->be->ops->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids,
+					    m->cfg.hidden_size);
 	if (r < 0)
 		return r;
 	s->n_ids = n_ids;
@@ -200,7 +199,8 @@ int model_step_score(struct model *m, struct model_scratch *s, float **ret)
 		return -EINVAL;
 	/* Every row against every id: a few rows by a few ids, the cross terms
 	 * cost less than a launch per row. */
-	r = m->be->ops->matmul_f32out(m->be, s->scores, s->last, s->w_ids, s->last_rows, s->hidden,
+	r = m->be->ops->matmul_f32out(m->be, s->scores, s->last, s->w_ids, s->last_rows,
+				      m->cfg.hidden_size,
 				      s->n_ids);
 	if (r < 0)
 		return r;

@@ -238,6 +238,15 @@ static void seqs_new(struct t_ctx *c, struct engine *e, struct t_seq *q, struct 
 	}
 }
 
+/* Release what seqs_new() made. */
+static void seqs_free(struct engine *e, struct t_seq *q, struct t_out *o, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		engine_seq_free(e, q[i].s);
+		free(o[i].logits);
+	}
+}
+
 static void test_batch(struct t_ctx *c)
 {
 	enum { N = 12 };
@@ -413,10 +422,7 @@ static void test_scores_random(struct t_ctx *c)
 	       (unsigned long long)(engine_n_score_steps(e) - sc0), (unsigned long long)want);
 	printf("random scores: %llu of %u steps from the label rows\n", (unsigned long long)want,
 	       ROUNDS);
-	for (uint32_t i = 0; i < N; i++) {
-		engine_seq_free(e, q[i].s);
-		free(o[i].logits);
-	}
+	seqs_free(e, q, o, N);
 	free(seen);
 	engine_free(e);
 }
@@ -521,10 +527,7 @@ static void test_scores(struct t_ctx *c)
 out:
 	free(half[0]);
 	free(half[1]);
-	for (uint32_t i = 0; i < N; i++) {
-		engine_seq_free(e, q[i].s);
-		free(o[i].logits);
-	}
+	seqs_free(e, q, o, N);
 	engine_free(e);
 }
 
@@ -911,12 +914,9 @@ static void test_args(struct t_ctx *c)
 	CHECKF(engine_max_batch(e) == 4, "max_batch %u", engine_max_batch(e));
 	CHECKF(engine_max_batch(e2) == 2, "max_batch %u: not capped by max_step_tokens",
 	       engine_max_batch(e2));
-	for (uint32_t i = 0; i < N; i++) {
-		o[i].logits = calloc(c->vocab, sizeof(float));
-		seq_new(e, &q[i]);
-		seq_push(c, e, &q[i], 3);
+	seqs_new(c, e, q, o, N, 3, 0, 1);
+	for (uint32_t i = 0; i < N; i++)
 		work_for(c, &w[i], &q[i], &o[i], W_NEXT, 8);
-	}
 	r = engine_step(e, w, N);
 	CHECKF(r == -EINVAL, "n %d > max_batch 4: %d", N, r);
 	CHECKF(engine_step(e, w, 0) == -EINVAL, "n 0");
@@ -942,10 +942,7 @@ static void test_args(struct t_ctx *c)
 	       "good items: res %d/%d, done %u/%u", w[0].res, w[3].res, w[0].done, w[3].done);
 	check_outputs(c, "beside bad items (0)", &q[0], &w[0]);
 	check_outputs(c, "beside bad items (3)", &q[3], &w[3]);
-	for (uint32_t i = 0; i < N; i++) {
-		engine_seq_free(e, q[i].s);
-		free(o[i].logits);
-	}
+	seqs_free(e, q, o, N);
 out:
 	engine_free(e2);
 	engine_free(e);
