@@ -506,6 +506,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *sk = getenv("HEARTH_CUDA_SKINNY"), *lt = getenv("HEARTH_CUDA_LT_TUNE");
 		const char *pe = getenv("HEARTH_CUDA_PDL_EARLY");
 		const char *sm = getenv("HEARTH_CUDA_DEC_SPLIT_MIN");
+		const char *lp = getenv("HEARTH_CUDA_LT_PAIR");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -514,6 +515,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->mma_blocks = mma && atoi(mma) >= 0 && atoi(mma) <= 64 ? atoi(mma) : 4;
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
+		c->lt_pair = !(lp && !strcmp(lp, "0"));
 		c->pdl_early = pe ? atoi(pe) & 3 : 1;
 		c->dec_split_min = sm && atoi(sm) >= 16 && atoi(sm) <= 4096 ? (uint32_t)atoi(sm) : 128;
 	}

@@ -28,6 +28,7 @@
 #define KC_GEMM_PROBE 8
 #define KC_GEMM_WS ((size_t)32 << 20)
 #define KC_GEMM_ALGOS 8
+#define KC_GEMM_PAIR (1u << 24) /* key flag: a strided batch of two (kc_gemm_pair) */
 
 struct kc_gemm_key {
 	uint32_t n, k, m;
@@ -118,8 +119,29 @@ static int plan_make(struct kern_cuda *c, struct kc_gemm_plan *p, const struct k
 	}
 	if (!LT_OK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, key->k, key->m, key->k)) ||
 	    !LT_OK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, key->k, key->n, key->k)) ||
-	    !LT_OK(cublasLtMatrixLayoutCreate(&p->lc, ot, key->m, key->n, key->m)) ||
-	    !LT_OK(cublasLtMatmulPreferenceCreate(&pref)) ||
+	    !LT_OK(cublasLtMatrixLayoutCreate(&p->lc, ot, key->m, key->n, key->m)))
+		goto out;
+	if (key->flags & KC_GEMM_PAIR) {
+		/* A strided batch of two: W and out strided (set per call, dense
+		 * here for the heuristic), the input shared (stride 0). */
+		const int32_t two = 2;
+		const int64_t sa = (int64_t)key->k * key->m, sb = 0, sc = (int64_t)key->m * key->n;
+
+		if (!LT_OK(cublasLtMatrixLayoutSetAttribute(p->la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+							    &two, sizeof(two))) ||
+		    !LT_OK(cublasLtMatrixLayoutSetAttribute(p->lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+							    &two, sizeof(two))) ||
+		    !LT_OK(cublasLtMatrixLayoutSetAttribute(p->lc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+							    &two, sizeof(two))) ||
+		    !LT_OK(cublasLtMatrixLayoutSetAttribute(
+			    p->la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sa, sizeof(sa))) ||
+		    !LT_OK(cublasLtMatrixLayoutSetAttribute(
+			    p->lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sb, sizeof(sb))) ||
+		    !LT_OK(cublasLtMatrixLayoutSetAttribute(
+			    p->lc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &sc, sizeof(sc))))
+			goto out;
+	}
+	if (!LT_OK(cublasLtMatmulPreferenceCreate(&pref)) ||
 	    !LT_OK(cublasLtMatmulPreferenceSetAttribute(
 		    pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws))))
 		goto out;
@@ -299,20 +321,104 @@ int kc_skinny_run(struct kern_cuda *c, const struct kc_gemv_seg seg[3], const vo
 			       &cfg, c->stream);
 }
 
+/* Element strides of the second matrix of a pair (kc_gemm_pair). */
+struct lt_pair {
+	int64_t w, out, bias;
+};
+
+static int disjoint(const void *a, size_t a_bytes, const void *b, size_t b_bytes)
+{
+	return (const char *)a >= (const char *)b + b_bytes ||
+	       (const char *)b >= (const char *)a + a_bytes;
+}
+
+static uint32_t min_u32(uint32_t a, uint32_t b)
+{
+	return a < b ? a : b;
+}
+
+/*
+ * out = in @ W^T (+ bias) through cuBLASLt, or the plain kernel for shapes
+ * it declines. With pr, a pair in one call: also out + pr->out = in @ (W +
+ * pr->w)^T (+ bias + pr->bias), as a strided batch of two.
+ */
+static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in, const void *w,
+		     const void *bias, uint32_t n, uint32_t k, uint32_t m, const struct lt_pair *pr)
+{
+	const size_t es = out_f32 ? 4 : 2, out_bytes = (size_t)n * m * es;
+	void *out1 = pr ? (char *)out + pr->out * (int64_t)es : NULL;
+	const void *w1 = pr ? (const char *)w + pr->w * 2 : NULL;
+	const void *b1 = pr && bias ? (const char *)bias + pr->bias * 2 : NULL;
+	uint32_t al_in = align_log2(in), al_w = align_log2(w), al_out = align_log2(out);
+	uint32_t al_b = bias ? align_log2(bias) : 8;
+	const float alpha = 1.0f, beta = 0.0f;
+	struct kc_gemm_key key;
+	struct kc_gemm_plan *p;
+	cublasStatus_t st;
+	int r = 0;
+
+	if (pr) {
+		al_w = min_u32(al_w, align_log2(w1));
+		al_out = min_u32(al_out, align_log2(out1));
+		if (bias)
+			al_b = min_u32(al_b, align_log2(b1));
+	}
+	key = (struct kc_gemm_key){
+		.n = n, .k = k, .m = m,
+		.flags = (uint32_t)!!out_f32 | (uint32_t)!!bias << 1 | al_in << 4 | al_w << 8 |
+			 al_out << 12 | al_b << 16 | (pr ? KC_GEMM_PAIR : 0),
+	};
+	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);
+	if (!p)
+		return r;
+	if (p->simple) {
+		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+		if (!r && pr)
+			r = kc_gemm_simple(out1, out_f32, in, w1, b1, n, k, m, c->stream);
+		return r;
+	}
+	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+							   &bias, sizeof(bias))))
+		return -EIO;
+	if (pr && (!LT_OK(cublasLtMatrixLayoutSetAttribute(
+			   p->la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &pr->w, sizeof(pr->w))) ||
+		   !LT_OK(cublasLtMatrixLayoutSetAttribute(
+			   p->lc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &pr->out,
+			   sizeof(pr->out))) ||
+		   (bias && !LT_OK(cublasLtMatmulDescSetAttribute(
+				    p->desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &pr->bias,
+				    sizeof(pr->bias))))))
+		return -EIO;
+	/* Only the shapes of graph buckets (kern_step_bucket() row counts: a
+	 * few dozen shapes) and only while the model prepares (ops->tune, from
+	 * model_scratch_warm before serving): a tuning under load stalls every
+	 * request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms when a
+	 * bucket's first step tuned its shapes). Not in place: the candidates'
+	 * runs would feed on their own output. */
+	if (!p->tuned && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
+	    kern_step_bucket(n) == n && disjoint(out, out_bytes, in, (size_t)n * k * 2) &&
+	    (!pr || disjoint(out1, out_bytes, in, (size_t)n * k * 2)))
+		plan_tune(c, p, out, in, w);
+	st = cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, in, p->lb, &beta, out, p->lc, out,
+			    p->lc, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream);
+	if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+		/* The heuristic's choice refused at run time: use the plain kernel
+		 * for this shape from now on. */
+		p->simple = 1;
+		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+		if (!r && pr)
+			r = kc_gemm_simple(out1, out_f32, in, w1, b1, n, k, m, c->stream);
+		return r;
+	}
+	return LT_OK(st) ? 0 : -EIO;
+}
+
 int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
 	    const void *bias, uint32_t n, uint32_t k, uint32_t m)
 {
 	struct kern_cuda *c = kc_priv(be);
 	uint32_t al_in = align_log2(in), al_w = align_log2(w), al_out = align_log2(out);
 	uint32_t al_b = bias ? align_log2(bias) : 8;
-	struct kc_gemm_key key = {
-		.n = n, .k = k, .m = m,
-		.flags = (uint32_t)!!out_f32 | (uint32_t)!!bias << 1 | al_in << 4 | al_w << 8 |
-			 al_out << 12 | al_b << 16,
-	};
-	const float alpha = 1.0f, beta = 0.0f;
-	struct kc_gemm_plan *p;
-	cublasStatus_t st;
 	int r = 0;
 
 	if (!out || !in || !w || !n || !k || !m)
@@ -340,40 +446,60 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 			goto out;
 		r = 0; /* a shape it does not take: cuBLASLt */
 	}
-	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);
-	if (!p)
-		return r;
-	if (p->simple) {
-		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
-		goto out;
-	}
-	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-							   &bias, sizeof(bias))))
-		return -EIO;
-	/* Only the shapes of graph buckets (kern_step_bucket() row counts: a
-	 * few dozen shapes) and only while the model prepares (ops->tune, from
-	 * model_scratch_warm before serving): a tuning under load stalls every
-	 * request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms when a
-	 * bucket's first step tuned its shapes). Not in place: the candidates'
-	 * runs would feed on their own output. */
-	if (!p->tuned && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
-	    kern_step_bucket(n) == n &&
-	    ((const char *)out >= (const char *)in + (size_t)n * k * 2 ||
-	     (const char *)in >= (const char *)out + (size_t)n * m * (out_f32 ? 4 : 2)))
-		plan_tune(c, p, out, in, w);
-	st = cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, in, p->lb, &beta, out, p->lc, out,
-			    p->lc, &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream);
-	if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
-		/* The heuristic's choice refused at run time: use the plain kernel
-		 * for this shape from now on. */
-		p->simple = 1;
-		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
-	} else {
-		r = LT_OK(st) ? 0 : -EIO;
-	}
+	r = lt_matmul(c, out, out_f32, in, w, bias, n, k, m, NULL);
 out:
 	/* transformers returns bf16 logits (see kern_cuda.hf_round) */
 	if (!r && out_f32 && c->hf_round)
 		r = kc_round_bf16_f32(out, (size_t)n * m, c->stream);
+	return r;
+}
+
+/*
+ * Two matrices of one shape over one input in one cuBLASLt launch (k and v;
+ * gate and up): a strided batch of two, the strides being the distances
+ * between the two weights, outputs and biases. On a few dozen rows each
+ * matrix alone is a short, latency-bound launch (1B k or v: 2 MB in about
+ * 10 us), and two of them cost nearly twice that. -ENOTSUP where the
+ * buffers' placement does not allow it (the second weight before the first
+ * while the second output is after the first, overlapping outputs, one
+ * bias of two): the caller then makes two calls.
+ */
+int kc_gemm_pair(struct kern_backend *be, void *out0, void *out1, const void *in, const void *w0,
+		 const void *w1, const void *b0, const void *b1, uint32_t n, uint32_t k,
+		 uint32_t m)
+{
+	struct kern_cuda *c = kc_priv(be);
+	const size_t out_bytes = (size_t)n * m * 2;
+	struct lt_pair pr;
+	int r;
+
+	if (!out0 || !out1 || !in || !w0 || !w1 || !n || !k || !m)
+		return -EINVAL;
+	if (!b0 != !b1 || !c->lt_pair)
+		return -ENOTSUP;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	if ((const char *)w1 < (const char *)w0) { /* the lower weight first */
+		const void *t = w0;
+		void *o = out0;
+
+		w0 = w1, w1 = t;
+		out0 = out1, out1 = o;
+		t = b0, b0 = b1, b1 = t;
+	}
+	pr.w = ((const char *)w1 - (const char *)w0);
+	pr.out = ((const char *)out1 - (const char *)out0);
+	pr.bias = b0 ? ((const char *)b1 - (const char *)b0) : 0;
+	/* Distances past 2^31 elements are refused: cuBLASLt's batch offsets
+	 * are documented as int64, but nothing here needs that much. */
+	if (pr.w <= 0 || pr.w >= (int64_t)1 << 32 || pr.out >= (int64_t)1 << 32 ||
+	    pr.bias >= (int64_t)1 << 32 || pr.out < (int64_t)out_bytes || pr.bias < 0 || ((pr.w | pr.out | pr.bias) & 1) ||
+	    (b0 && !pr.bias) || !disjoint(out0, out_bytes, in, (size_t)n * k * 2) ||
+	    !disjoint(out1, out_bytes, in, (size_t)n * k * 2))
+		return -ENOTSUP;
+	pr.w /= 2, pr.out /= 2, pr.bias /= 2;
+	r = lt_matmul(c, out0, 0, in, w0, b0, n, k, m, &pr);
+	if (!r)
+		c->n_pairs++;
 	return r;
 }

@@ -84,6 +84,8 @@ struct kern_cuda {
 	void *skinny_ws;             /* its split-k counters and partials */
 	size_t skinny_ws_bytes;
 	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */
+	int lt_pair;                 /* k/v and gate/up in one cuBLASLt launch (HEARTH_CUDA_LT_PAIR=0: off) */
+	uint64_t n_pairs;            /* kc_gemm_pair launches (tests) */
 
 	/*
 	 * Round where transformers' bf16 Llama/Qwen2 modules round (environment
@@ -140,6 +142,12 @@ int kc_gemm_init(struct kern_cuda *c);
 void kc_gemm_destroy(struct kern_cuda *c);
 int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
 	    const void *bias, uint32_t n, uint32_t k, uint32_t m);
+/* out0 = in @ W0^T (+ b0) and out1 = in @ W1^T (+ b1), bf16 out, in one
+ * cuBLASLt launch; -ENOTSUP where the buffers' placement does not allow it
+ * (or HEARTH_CUDA_LT_PAIR=0): the caller makes two kc_gemm calls. */
+int kc_gemm_pair(struct kern_backend *be, void *out0, void *out1, const void *in, const void *w0,
+		 const void *w1, const void *b0, const void *b1, uint32_t n, uint32_t k,
+		 uint32_t m);
 
 /* cuda_ops.c: the operations of the ops table. */
 int kc_embed_op(struct kern_backend *be, void *out, const void *table, const int32_t *ids,

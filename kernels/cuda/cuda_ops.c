@@ -54,9 +54,9 @@ int kc_matmul_f32out_op(struct kern_backend *be, float *out, const void *in, con
 	return kc_gemm(be, out, 1, in, w, NULL, n, k, m);
 }
 
-/* Few rows: one GEMV launch over the three stacked matrices; up to 64 one
- * skinny GEMM launch; else three matmuls (cuBLASLt). kc_gemv_suits() and
- * kc_skinny_suits() say where those are faster. */
+/* Few rows: one GEMV launch over the three stacked matrices; up to 32 one
+ * skinny GEMM launch; else q, then k and v as one pair (cuBLASLt).
+ * kc_gemv_suits() and kc_skinny_suits() say where those are faster. */
 int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const void *in,
 		     const void *wq, const void *wk, const void *wv, const void *bq,
 		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
@@ -89,8 +89,12 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 		if (r != -EINVAL)
 			return r;
 	}
-	if ((r = kc_gemm(be, q, 0, in, wq, bq, n, kdim, mq)) < 0 ||
-	    (r = kc_gemm(be, k, 0, in, wk, bk, n, kdim, mkv)) < 0)
+	if ((r = kc_gemm(be, q, 0, in, wq, bq, n, kdim, mq)) < 0)
+		return r;
+	if (!c->fused_off &&
+	    (r = kc_gemm_pair(be, k, v, in, wk, wv, bk, bv, n, kdim, mkv)) != -ENOTSUP)
+		return r;
+	if ((r = kc_gemm(be, k, 0, in, wk, bk, n, kdim, mkv)) < 0)
 		return r;
 	return kc_gemm(be, v, 0, in, wv, bv, n, kdim, mkv);
 }
@@ -121,8 +125,18 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 		if (r != -EINVAL)
 			return r;
 	}
-	if ((r = kc_gemm(be, gate, 0, in, w_gate, NULL, n, k, m)) < 0 ||
-	    (r = kc_gemm(be, up, 0, in, w_up, NULL, n, k, m)) < 0)
+	/* gate and up are scratch: each takes whichever buffer puts the two
+	 * outputs in the weights' order, as one cuBLASLt launch wants them. */
+	if (((const char *)w_up > (const char *)w_gate) != ((char *)up > (char *)gate)) {
+		void *t = gate;
+
+		gate = up, up = t;
+	}
+	r = c->fused_off ? -ENOTSUP
+			 : kc_gemm_pair(be, gate, up, in, w_gate, w_up, NULL, NULL, n, k, m);
+	if (r == -ENOTSUP && (r = kc_gemm(be, gate, 0, in, w_gate, NULL, n, k, m)) >= 0)
+		r = kc_gemm(be, up, 0, in, w_up, NULL, n, k, m);
+	if (r < 0)
 		return r;
 	return kc_swiglu(out, gate, up, (size_t)n * m, c->hf_round, c->stream);
 }

@@ -300,40 +300,56 @@ static void *mat3_swiglu_ref(const struct mat3 *t, void *xc, uint32_t n, uint32_
 	return sc;
 }
 
-/* The fused ops against the cpu backend's plain matmul (+ swiglu). */
-static void test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int with_bias)
+/*
+ * The fused ops against the cpu backend's plain matmul (+ swiglu), each
+ * twice: as given, and with matrices 1 and 2 exchanged for matmul_qkv (k and
+ * v, their biases and outputs) and the scratch buffers exchanged for
+ * matmul_swiglu, so that the weights and the outputs are in both relative
+ * orders that kc_gemm_pair sorts out. Returns how many pair launches ran.
+ */
+static uint64_t test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int with_bias)
 {
+	struct kern_cuda *c = gt_gpu->priv;
+	const uint64_t pairs0 = c->n_pairs;
 	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc, *rg;
 	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
 	struct mat3 t;
 	char what[96];
 
 	mat3_new(&t, xc, n, k, mq, mkv, with_bias);
-	KT_CHECK_EQ_INT(gt_gpu->ops->matmul_qkv(gt_gpu, t.og[0], t.og[1], t.og[2], xg, t.wg[0],
-						t.wg[1], t.wg[2], with_bias ? t.bg[0] : NULL,
-						with_bias ? t.bg[1] : NULL,
-						with_bias ? t.bg[2] : NULL, n, k, mq, mkv), 0);
-	for (int i = 0; i < 3; i++) {
-		rc = gt_get(gt_cpu, t.oc[i], (size_t)n * t.m[i]);
-		rg = gt_get(gt_gpu, t.og[i], (size_t)n * t.m[i]);
-		snprintf(what, sizeof(what), "matmul_qkv[%d] n=%u k=%u m=%u%s", i, n, k, t.m[i],
-			 with_bias ? " +bias" : "");
-		gt_close(what, rg, rc, (size_t)n * t.m[i], GT_ATOL, GT_RTOL);
-		free(rc);
-		free(rg);
+	for (int sw = 0; sw < 2; sw++) {
+		const int a = sw ? 2 : 1, b = sw ? 1 : 2; /* k, v */
+
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_qkv(gt_gpu, t.og[0], t.og[a], t.og[b], xg,
+							t.wg[0], t.wg[a], t.wg[b],
+							with_bias ? t.bg[0] : NULL,
+							with_bias ? t.bg[a] : NULL,
+							with_bias ? t.bg[b] : NULL, n, k, mq, mkv),
+				0);
+		for (int i = 0; i < 3; i++) {
+			rc = gt_get(gt_cpu, t.oc[i], (size_t)n * t.m[i]);
+			rg = gt_get(gt_gpu, t.og[i], (size_t)n * t.m[i]);
+			snprintf(what, sizeof(what), "matmul_qkv[%d] n=%u k=%u m=%u%s%s", i, n, k,
+				 t.m[i], with_bias ? " +bias" : "", sw ? " (k, v exchanged)" : "");
+			gt_close(what, rg, rc, (size_t)n * t.m[i], GT_ATOL, GT_RTOL);
+			free(rc);
+			free(rg);
+		}
 	}
 	/* SwiGLU of matrices 1 and 2 (same m): silu(x W1^T) * (x W2^T). */
-	{
+	for (int sw = 0; sw < 2; sw++) {
 		void *sc = mat3_swiglu_ref(&t, xc, n, k);
 		void *sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 		void *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 		void *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 
-		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2], n,
-							   k, mkv), 0);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, sw ? t2 : t1, sw ? t1 : t2, xg,
+							   t.wg[1], t.wg[2], n, k, mkv),
+				0);
 		rc = gt_get(gt_cpu, sc, (size_t)n * mkv);
 		rg = gt_get(gt_gpu, sg, (size_t)n * mkv);
-		snprintf(what, sizeof(what), "matmul_swiglu n=%u k=%u m=%u", n, k, mkv);
+		snprintf(what, sizeof(what), "matmul_swiglu n=%u k=%u m=%u%s", n, k, mkv,
+			 sw ? " (scratch exchanged)" : "");
 		gt_close(what, rg, rc, (size_t)n * mkv, GT_ATOL, GT_RTOL);
 		free(rc);
 		free(rg);
@@ -346,6 +362,7 @@ static void test_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int wi
 	gt_cpu->ops->free(gt_cpu, xc);
 	gt_gpu->ops->free(gt_gpu, xg);
 	free(x);
+	return c->n_pairs - pairs0;
 }
 
 /*
@@ -599,6 +616,16 @@ int main(void)
 	test_fused(4, 4096, 4096, 1024, 0);
 	test_fused(2, 64, 8, 24, 1);
 	test_fused(9, 512, 512, 128, 1);
+	/* Past the skinny kernel: k/v and gate/up as cuBLASLt pairs, in both
+	 * orders (4 pairs a call: k/v and gate/up, twice each). */
+	KT_CHECK_EQ_INT((int)test_fused(64, 2048, 2048, 512, 0), 4);
+	KT_CHECK_EQ_INT((int)test_fused(33, 1536, 1536, 256, 1), 4);
+	KT_CHECK_EQ_INT((int)test_fused(200, 512, 256, 1000, 1), 4);
+	KT_CHECK_EQ_INT((int)test_fused(48, 64, 8, 24, 0), 4);
+	/* Off: the same results from separate launches. */
+	((struct kern_cuda *)gt_gpu->priv)->lt_pair = 0;
+	KT_CHECK_EQ_INT((int)test_fused(64, 2048, 2048, 512, 1), 0);
+	((struct kern_cuda *)gt_gpu->priv)->lt_pair = 1;
 	/* The decode shapes (k x m): 1B q/k/v, o, gate/up, down; 8B gate/up and down. */
 	for (uint32_t n = 1; n <= KC_GEMV_MAX_N; n++) {
 		test_gemv_cfgs(n, 2048, 2048, 512);
