@@ -233,8 +233,9 @@ static int run_client(const struct opts *o, uint32_t idx, uint32_t n_sess, struc
 /* ---- the daemon's batch sizes ----------------------------------------------------- */
 
 /* The daemon's step counters: steps by sequences (ret), then [0] step tokens,
- * [1] step time, [2] steps scored from the label rows of the LM head. */
-static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[3])
+ * [1] step time, [2] steps scored from the label rows of the LM head, [3]
+ * graph captures (each stalls its step), [4] microseconds spent capturing. */
+static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[5])
 {
 	static uint8_t buf[HR_CTL_MAX_MSG];
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
@@ -265,6 +266,8 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[3])
 	cnt[0] = rep->stats->step_tokens;
 	cnt[1] = rep->stats->step_ns;
 	cnt[2] = rep->stats->score_steps;
+	cnt[3] = rep->stats->graph_captures;
+	cnt[4] = rep->stats->graph_capture_us;
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -275,7 +278,8 @@ struct load_res {
 	uint32_t sessions, procs;
 	double throughput, offered;
 	struct bench_stats lat;
-	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps;
+	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps, captures;
+	double capture_ms;
 	double mean_batch, mean_step_ms; /* the daemon's steps during the load */
 };
 
@@ -286,7 +290,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	size_t stride = sizeof(struct proc_res) + cap * sizeof(uint64_t);
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	uint8_t *area = mmap(NULL, stride * procs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[3], c1[3], *all;
+	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[5], c1[5], *all;
 	uint64_t n_all = 0, nb = 0;
 	uint64_t in_window = 0;
 	pid_t pids[256];
@@ -359,6 +363,8 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	lr->step_tokens = c1[0] - c0[0];
 	lr->mean_step_ms = nb ? (double)(c1[1] - c0[1]) / (double)nb / 1e6 : 0;
 	lr->score_steps = c1[2] - c0[2];
+	lr->captures = c1[3] - c0[3];
+	lr->capture_ms = (double)(c1[4] - c0[4]) / 1e3;
 	free(all);
 	munmap(sh, sizeof(*sh));
 	munmap(area, stride * procs);
@@ -487,17 +493,19 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s %7s  %s\n", "sessions", "procs",
+	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s %7s %8s %8s  %s\n", "sessions", "procs",
 	       "offered/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "step ms", "scored",
-	       "batch sizes (steps)");
+	       "captures", "capt ms", "batch sizes (steps)");
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		static const char *const lab[BATCH_BUCKETS] = { "1", "2", "3-4", "5-8", "9-16", "17-32",
 							       "33-64", "65-128", "129-256", ">256" };
 		run_load(&o, o.loads[i], &lr[i]);
-		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f %7llu ", lr[i].sessions,
-		       lr[i].procs, lr[i].offered, lr[i].throughput, lr[i].lat.median / 1e6,
-		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
-		       lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps);
+		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f %7llu %8llu %8.1f ",
+		       lr[i].sessions, lr[i].procs, lr[i].offered, lr[i].throughput,
+		       lr[i].lat.median / 1e6, lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6,
+		       (unsigned long long)lr[i].errors, lr[i].mean_step_ms,
+		       (unsigned long long)lr[i].score_steps, (unsigned long long)lr[i].captures,
+		       lr[i].capture_ms);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			if (lr[i].batches[b])
 				printf(" %s:%llu", lab[b], (unsigned long long)lr[i].batches[b]);
@@ -520,10 +528,12 @@ int main(int argc, char **argv)
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		printf("%s{\"sessions\":%u,\"throughput\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
 		       "\"p999_ms\":%.3f,\"errors\":%llu,\"mean_batch\":%.1f,\"mean_step_ms\":%.3f,"
-		       "\"score_steps\":%llu,\"batches\":[",
+		       "\"score_steps\":%llu,\"graph_captures\":%llu,\"graph_capture_ms\":%.1f,"
+		       "\"batches\":[",
 		       i ? "," : "", lr[i].sessions, lr[i].throughput, lr[i].lat.median / 1e6,
 		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
-		       lr[i].mean_batch, lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps);
+		       lr[i].mean_batch, lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps,
+		       (unsigned long long)lr[i].captures, lr[i].capture_ms);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].batches[b]);
 		printf("]}");

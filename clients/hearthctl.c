@@ -108,6 +108,9 @@ static void print_status(const char *path, const Hearth__Control__StatsReply *st
 	printf("  tokens processed   %llu\n", (unsigned long long)st->tokens_processed);
 	printf("  steps              %llu (%llu scored from the label rows alone)\n",
 	       (unsigned long long)st->steps, (unsigned long long)st->score_steps);
+	printf("  graphs captured    %llu (%llu after a workspace moved), %.1f ms capturing\n",
+	       (unsigned long long)st->graph_captures, (unsigned long long)st->graph_recaptures,
+	       st->graph_capture_us / 1e3);
 	printf("  disconnects        %llu\n", (unsigned long long)st->disconnects);
 	printf("  bad descriptors    %llu\n", (unsigned long long)st->bad_descriptors);
 	if (st->pager && st->pager[0])

@@ -369,6 +369,7 @@ struct hd_metrics {
 	struct hd_op_stats ops[SHM_OP__MAX];
 	struct hd_sched_stats sched;
 	uint64_t tokens, steps, score_steps, disconnects, bad_descriptors;
+	struct model_graph_counts graphs;
 	uint32_t clients, sessions, kv_total, kv_free, sessions_l2;
 	uint64_t kv_bytes, dev_free, dev_total; /* dev_*: 0 when the backend cannot tell */
 	struct hd_tier_stats tier;

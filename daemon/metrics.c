@@ -171,6 +171,16 @@ static void render(struct expo *e, const char *mn, const struct hd_metrics *m,
 	counter(e, mn, "hearth_score_steps_total",
 		"Of those, steps whose outputs were all scores, computed from the label ids' rows "
 		"of the LM head alone.", m->score_steps);
+	counter(e, mn, "hearth_graph_captures_total",
+		"CUDA graphs captured for step buckets, recaptures included (each stalls its step).",
+		m->graphs.captures);
+	counter(e, mn, "hearth_graph_recaptures_total",
+		"Of those, graphs captured again because a backend workspace moved.",
+		m->graphs.recaptures);
+	put(fam(e, "hearth_graph_capture_seconds_total", "counter",
+		"Host time spent capturing CUDA graphs."),
+	    "hearth_graph_capture_seconds_total{model=\"%s\"} %.6f\n", mn,
+	    m->graphs.capture_ns / 1e9);
 	render_sched(e, mn, &m->sched);
 	counter(e, mn, "hearth_disconnects_total", "Client connections ended.", m->disconnects);
 	counter(e, mn, "hearth_bad_descriptors_total", "Malformed descriptors answered with an error.",

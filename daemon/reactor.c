@@ -116,6 +116,7 @@ static void snapshot(struct hd_model *hm, struct hd_metrics *m)
 	m->tokens = atomic_load(&hm->stats.tokens);
 	m->steps = engine_n_steps(hm->engine);
 	m->score_steps = engine_n_score_steps(hm->engine);
+	engine_graph_counts(hm->engine, &m->graphs);
 	m->disconnects = atomic_load(&hm->stats.disconnects);
 	m->bad_descriptors = atomic_load(&hm->stats.bad_descriptors);
 	m->clients = hm->n_clients;
@@ -144,6 +145,9 @@ static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 	rep->tokens_processed = m.tokens;
 	rep->steps = m.steps;
 	rep->score_steps = m.score_steps;
+	rep->graph_captures = m.graphs.captures;
+	rep->graph_recaptures = m.graphs.recaptures;
+	rep->graph_capture_us = m.graphs.capture_ns / 1000;
 	rep->disconnects = m.disconnects;
 	rep->bad_descriptors = m.bad_descriptors;
 	rep->pages_out = m.tier.pages_out;

@@ -165,6 +165,11 @@ uint64_t engine_n_score_steps(const struct engine *e)
 	return e->n_score_steps;
 }
 
+void engine_graph_counts(const struct engine *e, struct model_graph_counts *ret)
+{
+	model_scratch_graph_counts(e->scratch, ret);
+}
+
 uint32_t engine_max_batch(const struct engine *e)
 {
 	return e->max_batch;

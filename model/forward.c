@@ -93,6 +93,8 @@ struct model_scratch {
 	struct step_graph graphs[GRAPH_CACHE];
 	int32_t *ghost;          /* host metadata of a graph step */
 	size_t ghost_cap;
+	struct model_graph_counts counts;
+	bool stale;              /* the graph being captured replaces a stale one */
 };
 
 static void *act_alloc(struct kern_backend *be, uint32_t rows, uint32_t cols)
@@ -632,7 +634,15 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	}
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (!g->graph) {
+			uint64_t t0 = hr_now_ns();
+
 			r = graph_capture(m, s, kv, g, &b, dev + o[0], dev + o[5]);
+			if (r >= 0) {
+				s->counts.captures++;
+				s->counts.recaptures += s->stale;
+				s->counts.capture_ns += hr_now_ns() - t0;
+			}
+			s->stale = false;
 			if (r < 0) {
 				/* -EBUSY: a workspace had to grow; the eager run grows
 				 * it and the next step captures. Else give up on it. */
@@ -651,8 +661,14 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 		}
 		op->graph_destroy(m->be, g->graph);
 		g->graph = NULL;
+		s->stale = true;
 	}
 	return r;
+}
+
+void model_scratch_graph_counts(const struct model_scratch *s, struct model_graph_counts *ret)
+{
+	*ret = s->counts;
 }
 
 int model_forward(struct model *m, struct kv_pool *pool, struct model_scratch *s,

@@ -46,6 +46,8 @@ uint64_t engine_n_steps(const struct engine *e);
 /* Of those, the steps whose outputs were all probabilities of ids, scored
  * from the ids' rows of the LM head alone (not its whole vocabulary). */
 uint64_t engine_n_score_steps(const struct engine *e);
+/* The step graphs' captures (model_scratch_graph_counts). */
+void engine_graph_counts(const struct engine *e, struct model_graph_counts *ret);
 
 struct engine_seq *engine_seq_new(struct engine *e);
 /* Release the sequence's pages and memory. Accepts NULL. */

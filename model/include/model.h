@@ -271,4 +271,13 @@ void model_scratch_set_graph_tokens(struct model_scratch *s, uint32_t max);
  */
 int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scratch *s);
 
+/* Graph captures since model_scratch_new: each costs the step that makes it
+ * milliseconds (a stall under load), so they are counted. */
+struct model_graph_counts {
+	uint64_t captures;   /* graphs captured, recaptures included */
+	uint64_t recaptures; /* of those, after a backend workspace moved (stale graphs) */
+	uint64_t capture_ns; /* host time spent capturing */
+};
+void model_scratch_graph_counts(const struct model_scratch *s, struct model_graph_counts *ret);
+
 #endif

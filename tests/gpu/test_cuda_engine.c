@@ -125,10 +125,12 @@ static void compare_probs(struct pair *p, const char *what, double max_logit_dif
 	int32_t ids[20];
 	float pr[2][20];
 	char w[160];
+	struct model_graph_counts g0, g1;
 
 	for (int j = 0; j < 20; j++)
 		ids[j] = (int32_t)kt_below(&rng, p->vocab);
 	KT_CHECK_EQ_INT(engine_probs(p->e[0], p->s[0], ids, 20, pr[0]), 0);
+	engine_graph_counts(p->e[1], &g0);
 	/* A score recomputes the last position without the LM head over the
 	 * vocabulary (its ids' rows alone): three times, so that its graph
 	 * bucket runs eagerly, is captured and replays. */
@@ -138,6 +140,11 @@ static void compare_probs(struct pair *p, const char *what, double max_logit_dif
 			 rep == 0 ? "eager" : rep == 1 ? "capture" : "replay");
 		gt_close(w, pr[1], pr[0], 20, 1e-6, expm1(2 * max_logit_diff));
 	}
+	/* The same step three times: captured once at most, and by now the
+	 * engine has captured graphs (counted for /metrics). */
+	engine_graph_counts(p->e[1], &g1);
+	KT_CHECK(g1.captures - g0.captures <= 1 && g1.captures >= 1);
+	KT_CHECK(g1.capture_ns > 0 && g1.recaptures <= g1.captures);
 }
 
 static int test_model(const char *dir)

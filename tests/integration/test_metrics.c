@@ -195,6 +195,8 @@ int main(int argc, char **argv)
 		"hearth_request_duration_seconds_count{op=\"nop\"}",
 		"hearth_request_errors_total{op=\"append\"}",
 		"hearth_tokens_total", "hearth_steps_total", "hearth_score_steps_total",
+		"hearth_graph_captures_total", "hearth_graph_recaptures_total",
+		"hearth_graph_capture_seconds_total",
 		"hearth_clients", "hearth_sessions",
 		"hearth_kv_pages{tier=\"L1\",state=\"free\"}", "hearth_l2_bytes_total{direction=\"out\"}",
 		"hearth_model_load_seconds", "hearth_uptime_seconds", "hearth_disconnects_total",
