@@ -234,8 +234,10 @@ static int run_client(const struct opts *o, uint32_t idx, uint32_t n_sess, struc
 
 /* The daemon's step counters: steps by sequences (ret), then [0] step tokens,
  * [1] step time, [2] steps scored from the label rows of the LM head, [3]
- * graph captures (each stalls its step), [4] microseconds spent capturing. */
-static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[5])
+ * graph captures (each stalls its step), [4] microseconds spent capturing,
+ * [5 + i] steps by duration (STEP_BUCKETS: up to 0.25 ms x 2^i). */
+#define STEP_BUCKETS 10
+static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[5 + STEP_BUCKETS])
 {
 	static uint8_t buf[HR_CTL_MAX_MSG];
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
@@ -268,6 +270,8 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[5])
 	cnt[2] = rep->stats->score_steps;
 	cnt[3] = rep->stats->graph_captures;
 	cnt[4] = rep->stats->graph_capture_us;
+	for (size_t i = 0; i < STEP_BUCKETS; i++)
+		cnt[5 + i] = i < rep->stats->n_step_times ? rep->stats->step_times[i] : 0;
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -280,6 +284,8 @@ struct load_res {
 	struct bench_stats lat;
 	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps, captures;
 	double capture_ms;
+	uint64_t step_times[STEP_BUCKETS];
+	double step_max_ms; /* upper bound of the longest steps' range (0: more than 64 ms) */
 	double mean_batch, mean_step_ms; /* the daemon's steps during the load */
 };
 
@@ -290,7 +296,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	size_t stride = sizeof(struct proc_res) + cap * sizeof(uint64_t);
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	uint8_t *area = mmap(NULL, stride * procs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[5], c1[5], *all;
+	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[5 + STEP_BUCKETS], c1[5 + STEP_BUCKETS], *all;
 	uint64_t n_all = 0, nb = 0;
 	uint64_t in_window = 0;
 	pid_t pids[256];
@@ -365,6 +371,11 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	lr->score_steps = c1[2] - c0[2];
 	lr->captures = c1[3] - c0[3];
 	lr->capture_ms = (double)(c1[4] - c0[4]) / 1e3;
+	for (int i = 0; i < STEP_BUCKETS; i++) {
+		lr->step_times[i] = c1[5 + i] - c0[5 + i];
+		if (lr->step_times[i])
+			lr->step_max_ms = i + 1 < STEP_BUCKETS ? 0.25 * (1u << i) : 0;
+	}
 	free(all);
 	munmap(sh, sizeof(*sh));
 	munmap(area, stride * procs);
@@ -493,17 +504,17 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
-	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s %7s %8s %8s  %s\n", "sessions", "procs",
-	       "offered/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "step ms", "scored",
-	       "captures", "capt ms", "batch sizes (steps)");
+	printf("%8s %6s %10s %10s %10s %10s %10s %8s %8s %8s %7s %8s %8s  %s\n", "sessions",
+	       "procs", "offered/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "step ms",
+	       "max <=", "scored", "captures", "capt ms", "batch sizes (steps)");
 	for (uint32_t i = 0; i < o.n_loads; i++) {
 		static const char *const lab[BATCH_BUCKETS] = { "1", "2", "3-4", "5-8", "9-16", "17-32",
 							       "33-64", "65-128", "129-256", ">256" };
 		run_load(&o, o.loads[i], &lr[i]);
-		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f %7llu %8llu %8.1f ",
-		       lr[i].sessions, lr[i].procs, lr[i].offered, lr[i].throughput,
+		printf("%8u %6u %10.0f %10.1f %10.3f %10.3f %10.3f %8llu %8.3f %8.2f %7llu %8llu "
+		       "%8.1f ", lr[i].sessions, lr[i].procs, lr[i].offered, lr[i].throughput,
 		       lr[i].lat.median / 1e6, lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6,
-		       (unsigned long long)lr[i].errors, lr[i].mean_step_ms,
+		       (unsigned long long)lr[i].errors, lr[i].mean_step_ms, lr[i].step_max_ms,
 		       (unsigned long long)lr[i].score_steps, (unsigned long long)lr[i].captures,
 		       lr[i].capture_ms);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
@@ -536,6 +547,9 @@ int main(int argc, char **argv)
 		       (unsigned long long)lr[i].captures, lr[i].capture_ms);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].batches[b]);
+		printf("],\"step_times\":[");
+		for (int b = 0; b < STEP_BUCKETS; b++)
+			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].step_times[b]);
 		printf("]}");
 	}
 	printf("],\"throughput_ratio_64_vs_1\":%.2f}\n", t1 > 0 && t64 > 0 ? t64 / t1 : 0.0);

@@ -244,6 +244,23 @@ static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
 				printf(" %s:%llu", label[i], (unsigned long long)v);
 		}
 		printf("%s\n", n_steps ? "" : " none");
+		{
+			static const char *const tl[] = { "0.25", "0.5", "1", "2", "4", "8", "16",
+							  "32", "64", ">64" };
+			bool any = false;
+
+			printf("  step times (ms) ");
+			for (size_t i = 0; i < st->n_step_times && i < HR_ARRAY_SIZE(tl); i++) {
+				uint64_t v = st->step_times[i] -
+					     (prev && i < prev->n_step_times ? prev->step_times[i] : 0);
+
+				if (v)
+					printf(" %s%s:%llu", i + 1 < HR_ARRAY_SIZE(tl) ? "<=" : "", tl[i],
+					       (unsigned long long)v);
+				any |= v != 0;
+			}
+			printf("%s\n", any ? "" : " none");
+		}
 		printf("  steps            %llu batched (%.1f tokens, %.3f ms each); %llu timed out, "
 		       "%llu cancelled, %llu waited for KV\n", (unsigned long long)n_steps,
 		       n_steps ? (double)tok / n_steps : 0.0, n_steps ? ns / 1e6 / n_steps : 0.0,

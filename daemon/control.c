@@ -563,6 +563,7 @@ static void handle_request(struct hd_daemon *d, struct hd_client *c, const uint8
 	}
 	free(stats.ops);
 	free(stats.batch_sizes);
+	free(stats.step_times);
 	if (stats.pager != protobuf_c_empty_string)
 		free(stats.pager);
 	hearth__control__request__free_unpacked(req, NULL);

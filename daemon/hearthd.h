@@ -168,9 +168,11 @@ struct hd_cmd {
 
 /* Scheduler statistics (reactor-owned). */
 #define HD_BATCH_BUCKETS 10 /* sequences per step: 1, 2, 4, ... 256, more */
+#define HD_STEP_BUCKETS 10  /* step durations: up to 0.25, 0.5, 1, ... 64 ms, more */
 struct hd_sched_stats {
 	uint64_t steps, step_tokens, step_ns;
 	uint64_t batch[HD_BATCH_BUCKETS];
+	uint64_t step_time[HD_STEP_BUCKETS];
 	uint64_t timeouts, cancels, kv_waits;
 	/* Steps formed while a runnable interactive request (the head of its
 	 * session) was left out, and the most steps one request was left out

@@ -122,6 +122,18 @@ static void render_sched(struct expo *e, const char *mn, const struct hd_sched_s
 	cum += s->batch[HD_BATCH_BUCKETS - 1];
 	put(t, "%s_bucket{model=\"%s\",le=\"+Inf\"} %llu\n%s_count{model=\"%s\"} %llu\n", h, mn,
 	    (unsigned long long)cum, h, mn, (unsigned long long)cum);
+	h = "hearth_sched_step_duration_seconds";
+	t = fam(e, h, "histogram", "Duration of each forward step.");
+	cum = 0;
+	for (unsigned b = 0; b < HD_STEP_BUCKETS - 1; b++) {
+		cum += s->step_time[b];
+		put(t, "%s_bucket{model=\"%s\",le=\"%g\"} %llu\n", h, mn, 0.00025 * (1u << b),
+		    (unsigned long long)cum);
+	}
+	cum += s->step_time[HD_STEP_BUCKETS - 1];
+	put(t, "%s_bucket{model=\"%s\",le=\"+Inf\"} %llu\n%s_sum{model=\"%s\"} %.9f\n"
+	       "%s_count{model=\"%s\"} %llu\n", h, mn, (unsigned long long)cum, h, mn,
+	    s->step_ns / 1e9, h, mn, (unsigned long long)cum);
 	counter(e, mn, "hearth_sched_timeouts_total",
 		"Requests whose deadline passed before they started (-ETIMEDOUT).", s->timeouts);
 	counter(e, mn, "hearth_sched_cancels_total", "Requests cancelled (-ECANCELED).", s->cancels);

@@ -198,6 +198,11 @@ static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 		memcpy(rep->batch_sizes, m.sched.batch, sizeof(m.sched.batch));
 		rep->n_batch_sizes = HD_BATCH_BUCKETS;
 	}
+	rep->step_times = calloc(HD_STEP_BUCKETS, sizeof(uint64_t));
+	if (rep->step_times) {
+		memcpy(rep->step_times, m.sched.step_time, sizeof(m.sched.step_time));
+		rep->n_step_times = HD_STEP_BUCKETS;
+	}
 	rep->step_tokens = m.sched.step_tokens;
 	rep->step_ns = m.sched.step_ns;
 	rep->timeouts = m.sched.timeouts;

@@ -385,6 +385,10 @@ static void record_step(struct hd_sched *q, uint32_t n, uint32_t tokens, uint64_
 	while (b < HD_BATCH_BUCKETS - 1 && n > (1u << b))
 		b++;
 	q->st.batch[b]++;
+	/* Durations: bucket b holds steps of at most 0.25 ms x 2^b. */
+	for (b = 0; b < HD_STEP_BUCKETS - 1 && ns > (250000ull << b); b++)
+		;
+	q->st.step_time[b]++;
 	q->st.steps++;
 	q->st.step_tokens += tokens;
 	q->st.step_ns += ns;

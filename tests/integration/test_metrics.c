@@ -174,6 +174,11 @@ static void batched_appends(struct hearth *h, int port)
 	      moved(a, b, BATCH "_count"), steps);
 	CHECK(moved(a, b, "hearth_steps_total") == steps, "engine steps moved by %g, scheduler's by %g",
 	      moved(a, b, "hearth_steps_total"), steps);
+	/* Every step in the duration histogram, and all within its +Inf bucket. */
+	CHECK(moved(a, b, "hearth_sched_step_duration_seconds_count") == steps &&
+		      moved(a, b, "hearth_sched_step_duration_seconds_bucket{le=\"+Inf\"}") == steps,
+	      "step durations moved by %g, steps by %g",
+	      moved(a, b, "hearth_sched_step_duration_seconds_count"), steps);
 	CHECK(ones + 2 * twos == 4 && ones + twos == steps,
 	      "%g steps of one sequence and %g of two: not the 4 appends", ones, twos);
 	CHECK(moved(a, b, "hearth_sched_step_tokens_total") == 8, "step tokens moved by %g, want 8",
