@@ -26,10 +26,14 @@
 #include "cuda_internal.h"
 #include "cuda_upload.h"
 
-/* Preallocated attention workspace: the decode counters and the split
- * partials of a 64-token decode batch of 32 heads x 128 dims x 8 splits fit
- * without growing (growth makes captured graphs stale). */
-#define KC_ATTN_WS_INIT ((size_t)16 << 20)
+/* Preallocated attention workspace. Growth makes every captured graph stale
+ * (each is captured again at its next step, a stall of milliseconds under
+ * load), so it starts at what the split rules can ask for at any size: a
+ * step is split only while its blocks are short of the machine, so splits x
+ * rows stay near mma_blocks x SMs x 64 / group, about 2 x 528 tokens of 32
+ * heads x 130 floats at the 8B shape (17.6 MB; 16 MB was too little for it),
+ * and decode's splits x sequences stay near a few hundred. */
+#define KC_ATTN_WS_INIT ((size_t)64 << 20)
 
 int kc_err(cudaError_t e)
 {
