@@ -437,29 +437,21 @@ template <bool NORM>
 static int gemv_launch_t(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n,
 			 uint32_t k, const struct kc_gemv_cfg *cfg, cudaStream_t st)
 {
-	/* NORM: the backend's row choices only (gemv_cfg), not the four-row
-	 * variants a measurement can ask for (fewer instances to build). */
 	uint32_t rows = cfg->rows, blocks = cfg->blocks ? cfg->blocks : 1;
 	int pdl = cfg->pdl && kc_pdl_enabled();
 
 	if (swiglu) {
 		uint32_t m = sg->m[0];
 
-		if constexpr (!NORM) {
-			if (rows >= 4)
-				return gemv_launch_rr<4, true, false>(sg, in, n, k, m, blocks, pdl, st);
-		}
-		return gemv_launch_rr<2, true, NORM>(sg, in, n, k, m, blocks, pdl, st);
+		return rows >= 4 ? gemv_launch_rr<4, true, NORM>(sg, in, n, k, m, blocks, pdl, st)
+				 : gemv_launch_rr<2, true, NORM>(sg, in, n, k, m, blocks, pdl, st);
 	}
 	{
 		uint32_t m = sg->m[0] + sg->m[1] + sg->m[2];
 
-		if constexpr (!NORM) {
-			if (rows >= 4)
-				return gemv_launch_rr<4, false, false>(sg, in, n, k, m, blocks, pdl,
-								       st);
-		}
-		if (rows == 2 || (NORM && rows > 2))
+		if (rows >= 4)
+			return gemv_launch_rr<4, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
+		if (rows == 2)
 			return gemv_launch_rr<2, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
 		return gemv_launch_rr<1, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
 	}
