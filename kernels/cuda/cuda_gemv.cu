@@ -36,7 +36,6 @@ typedef __nv_bfloat16 bf16;
 #define GEMV_DEPTH 2 /* batches in flight per warp (4 of 4 loads: 1-3% slower) */
 #define GEMV_BPS 2   /* blocks per SM of the persistent grid (16 warps; 1: slower) */
 #define GEMV_LT_MIN_M 65536u /* matrices this tall go to cuBLASLt (the LM head) */
-#define GEMV_NORM_SMEM ((size_t)96 << 10) /* NORM: input rows of n x k bf16 at most */
 
 /* Output rows of one launch: up to three matrices stacked (segments), or the
  * gate and up matrices of a SwiGLU read together (one output row each). */
@@ -45,12 +44,7 @@ struct gemv_segs {
 	const bf16 *w[3], *bias[3];
 	uint32_t m[3];   /* rows of each segment; m[0] + m[1] + m[2] in total */
 	int out_f32;
-	int hf;          /* silu(g) (SWIGLU) and the normalised value (NORM) rounded to bf16 first */
-	/* NORM: the input is rmsnorm(resid_in + add) * norm_w, made by every
-	 * block in shared memory; block 0 stores resid_in + add to resid. */
-	const bf16 *resid_in, *add, *norm_w;
-	bf16 *resid;
-	float eps;
+	int hf;          /* SWIGLU: silu(g) rounded to bf16 first */
 };
 
 /* Weights are read once per step: not kept in L1, and the 256-byte L2
@@ -106,7 +100,7 @@ static __device__ __forceinline__ void gemv_load(uint4 (&t)[RR][U], const gemv_s
 	}
 }
 
-template <int NR, int RR, int U, bool SMEM>
+template <int NR, int RR, int U>
 static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint4 (&t)[RR][U],
 						const uint4 *x, uint32_t b, size_t k8, int lane)
 {
@@ -124,8 +118,7 @@ static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint
 			break;
 #pragma unroll
 		for (int q = 0; q < NR; q++)
-			unpack8(in ? (SMEM ? x[q * k8 + c + u * 32] : __ldg(x + q * k8 + c + u * 32))
-				   : make_uint4(0, 0, 0, 0),
+			unpack8(in ? __ldg(x + q * k8 + c + u * 32) : make_uint4(0, 0, 0, 0),
 				xf[q]);
 #pragma unroll
 		for (int rr = 0; rr < RR; rr++) {
@@ -204,85 +197,16 @@ static __device__ __forceinline__ void gemv_store(float (&acc)[RR][NR], const ge
 }
 
 /*
- * NORM's prologue, after pdl_wait(): the NR input rows as the unfused
- * add_rmsnorm kernel makes them (the sum rounded to bf16 and stored, the
- * sum of squares over the rounded values, the normalised value rounded
- * first where hf), into xs (NR x k bf16). Each thread rereads only the
- * pieces it wrote, so one barrier (the reduction's) separates the passes.
- */
-template <int NR>
-static __device__ __forceinline__ void gemv_norm_rows(const gemv_segs &sg, uint4 *xs, size_t k8,
-						      uint32_t k)
-{
-	__shared__ float red[NR][GEMV_WARPS];
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const bool store = blockIdx.x == 0;
-	float ss[NR], inv[NR];
-
-#pragma unroll
-	for (int q = 0; q < NR; q++) {
-		const uint4 *ri = (const uint4 *)sg.resid_in + q * k8;
-		const uint4 *a = sg.add ? (const uint4 *)sg.add + q * k8 : nullptr;
-
-		ss[q] = 0.0f;
-		for (size_t j = threadIdx.x; j < k8; j += GEMV_THREADS) {
-			float x[8], y[8];
-
-			unpack8(ri[j], x);
-			if (a) {
-				unpack8(a[j], y);
-#pragma unroll
-				for (int e = 0; e < 8; e++)
-					x[e] = bf_round(x[e] + y[e]);
-			}
-#pragma unroll
-			for (int e = 0; e < 8; e++)
-				ss[q] = fmaf(x[e], x[e], ss[q]);
-			xs[q * k8 + j] = pack8(x);
-			if (store)
-				((uint4 *)sg.resid)[q * k8 + j] = pack8(x);
-		}
-		ss[q] = warp_sum(ss[q]);
-		if (!lane)
-			red[q][warp] = ss[q];
-	}
-	__syncthreads();
-#pragma unroll
-	for (int q = 0; q < NR; q++) {
-		float t = 0.0f;
-
-#pragma unroll
-		for (int w = 0; w < GEMV_WARPS; w++)
-			t += red[q][w];
-		inv[q] = rsqrtf(t / (float)k + sg.eps);
-	}
-#pragma unroll
-	for (int q = 0; q < NR; q++)
-		for (size_t j = threadIdx.x; j < k8; j += GEMV_THREADS) {
-			float x[8], w[8];
-
-			unpack8(xs[q * k8 + j], x);
-			unpack8(((const uint4 *)sg.norm_w)[j], w);
-#pragma unroll
-			for (int e = 0; e < 8; e++)
-				x[e] = sg.hf ? bf_round(x[e] * inv[q]) * w[e] : x[e] * inv[q] * w[e];
-			xs[q * k8 + j] = pack8(x);
-		}
-	__syncthreads();
-}
-
-/*
  * Warp w of the grid takes row groups w, w + warps, ... (R output rows each:
  * RR matrix rows), each in batches of U pieces per row, and walks the
  * sequence of (group, batch) steps with NBUF batches in flight: a batch's
  * registers load the step NBUF ahead as soon as it is summed. The first
  * NBUF are issued before pdl_wait(): weights depend on no earlier kernel.
  */
-template <int NR, int RR, int U, bool SWIGLU, bool NORM>
+template <int NR, int RR, int U, bool SWIGLU>
 static __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BPS)
 gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, uint32_t n_groups)
 {
-	extern __shared__ uint4 gemv_xs[]; /* NORM: the normalised input rows */
 	const int lane = threadIdx.x & 31;
 	const uint32_t w0 = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
 	const uint32_t nw = gridDim.x * GEMV_WARPS;
@@ -290,7 +214,7 @@ gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, ui
 	const uint32_t nb = (uint32_t)((k8 + 32 * U - 1) / (32 * U));
 	const uint32_t m_all = SWIGLU ? sg.m[0] : sg.m[0] + sg.m[1] + sg.m[2];
 	const uint32_t steps = w0 < n_groups ? (n_groups - w0 + nw - 1) / nw * nb : 0;
-	const uint4 *x = NORM ? gemv_xs : (const uint4 *)in;
+	const uint4 *x = (const uint4 *)in;
 	constexpr int NBUF = GEMV_DEPTH;
 	uint32_t lg = w0, lb = 0, cg = w0, cb = 0; /* next step to load, to sum */
 	uint4 t[NBUF][RR][U];
@@ -317,14 +241,12 @@ gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, ui
 		}
 	pdl_trigger();
 	pdl_wait();
-	if (NORM)
-		gemv_norm_rows<NR>(sg, gemv_xs, k8, k);
 	for (uint32_t s = 0; s < steps; s += NBUF) {
 #pragma unroll
 		for (int i = 0; i < NBUF; i++) {
 			if (s + i >= steps)
 				break;
-			gemv_fma<NR, RR, U, NORM>(acc, t[i], x, cb, k8, lane);
+			gemv_fma<NR, RR, U>(acc, t[i], x, cb, k8, lane);
 			if (cb == nb - 1)
 				gemv_store<NR, RR, SWIGLU>(acc, sg, cg, m_all, lane);
 			GEMV_NEXT(cg, cb);
@@ -379,44 +301,35 @@ static int env_knob(int *cache, const char *name, int dflt)
 	return v;
 }
 
-template <int NR, int RR, bool SWIGLU, bool NORM>
+template <int NR, int RR, bool SWIGLU>
 static int gemv_launch_nr(const gemv_segs *sg, const bf16 *in, uint32_t k, uint32_t m_all,
 			  uint32_t blocks, int pdl, cudaStream_t st)
 {
 	constexpr int R = SWIGLU ? RR / 2 : RR, U = GEMV_LOADS / RR;
-	auto kern = gemv_kernel<NR, RR, U, SWIGLU, NORM>;
-	/* Blocks that fit on the device at once, per instance (and, NORM, per
-	 * size of its shared input rows). */
-	static int fit = 0, sms = 0;
-	static size_t fit_smem = 0;
-	const size_t smem = NORM ? (size_t)NR * k * sizeof(bf16) : 0;
+	auto kern = gemv_kernel<NR, RR, U, SWIGLU>;
+	static int fit = 0; /* blocks that fit on the device at once (per instance) */
 	uint32_t n_groups = (m_all + R - 1) / R, grid;
 
-	if (!fit || smem != fit_smem) {
-		int o = 0, dev = 0;
+	if (!fit) {
+		int o = 0, dev = 0, sms = 0;
 
-		if ((NORM && cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-						  (int)GEMV_NORM_SMEM) != cudaSuccess) ||
-		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, GEMV_THREADS, smem) !=
+		if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, GEMV_THREADS, 0) !=
 			    cudaSuccess ||
 		    cudaGetDevice(&dev) != cudaSuccess ||
 		    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
-			    cudaSuccess) {
-			(void)cudaGetLastError();
+			    cudaSuccess)
 			return -EIO;
-		}
 		fit = o > 0 ? o * sms : 1;
-		fit_smem = smem;
 	}
 	/* A grid that stays resident: at most what fits at once. */
 	grid = (n_groups + GEMV_WARPS - 1) / GEMV_WARPS;
 	grid = grid < blocks ? grid : blocks;
 	grid = grid < (uint32_t)fit ? grid : (uint32_t)fit;
-	return kc_launch_pdl(pdl, kern, dim3(grid), dim3(GEMV_THREADS), smem, st, *sg, in, k,
+	return kc_launch_pdl(pdl, kern, dim3(grid), dim3(GEMV_THREADS), 0, st, *sg, in, k,
 			     n_groups) == cudaSuccess ? 0 : -EIO;
 }
 
-template <int RR, bool SWIGLU, bool NORM>
+template <int RR, bool SWIGLU>
 static int gemv_launch_rr(const gemv_segs *sg, const void *in, uint32_t n, uint32_t k,
 			  uint32_t m_all, uint32_t blocks, int pdl, cudaStream_t st)
 {
@@ -426,16 +339,15 @@ static int gemv_launch_rr(const gemv_segs *sg, const void *in, uint32_t n, uint3
 
 	static_assert(KC_GEMV_MAX_N == 4, "one instance per row count");
 	switch (n) {
-	case 1: return gemv_launch_nr<1, RR, SWIGLU, NORM>(sg, x, k, m_all, blocks, pdl, st);
-	case 2: return gemv_launch_nr<2, RR, SWIGLU, NORM>(sg, x, k, m_all, blocks, pdl, st);
-	case 3: return gemv_launch_nr<3, RR34, SWIGLU, NORM>(sg, x, k, m_all, blocks, pdl, st);
-	default: return gemv_launch_nr<4, RR34, SWIGLU, NORM>(sg, x, k, m_all, blocks, pdl, st);
+	case 1: return gemv_launch_nr<1, RR, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	case 2: return gemv_launch_nr<2, RR, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	case 3: return gemv_launch_nr<3, RR34, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	default: return gemv_launch_nr<4, RR34, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
 	}
 }
 
-template <bool NORM>
-static int gemv_launch_t(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n,
-			 uint32_t k, const struct kc_gemv_cfg *cfg, cudaStream_t st)
+static int gemv_launch(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n, uint32_t k,
+		       const struct kc_gemv_cfg *cfg, cudaStream_t st)
 {
 	uint32_t rows = cfg->rows, blocks = cfg->blocks ? cfg->blocks : 1;
 	int pdl = cfg->pdl && kc_pdl_enabled();
@@ -443,26 +355,18 @@ static int gemv_launch_t(const gemv_segs *sg, bool swiglu, const void *in, uint3
 	if (swiglu) {
 		uint32_t m = sg->m[0];
 
-		return rows >= 4 ? gemv_launch_rr<4, true, NORM>(sg, in, n, k, m, blocks, pdl, st)
-				 : gemv_launch_rr<2, true, NORM>(sg, in, n, k, m, blocks, pdl, st);
+		return rows >= 4 ? gemv_launch_rr<4, true>(sg, in, n, k, m, blocks, pdl, st)
+				 : gemv_launch_rr<2, true>(sg, in, n, k, m, blocks, pdl, st);
 	}
 	{
 		uint32_t m = sg->m[0] + sg->m[1] + sg->m[2];
 
 		if (rows >= 4)
-			return gemv_launch_rr<4, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
+			return gemv_launch_rr<4, false>(sg, in, n, k, m, blocks, pdl, st);
 		if (rows == 2)
-			return gemv_launch_rr<2, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
-		return gemv_launch_rr<1, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
+			return gemv_launch_rr<2, false>(sg, in, n, k, m, blocks, pdl, st);
+		return gemv_launch_rr<1, false>(sg, in, n, k, m, blocks, pdl, st);
 	}
-}
-
-/* sg->resid_in set: the NORM prologue makes the input rows (in unused). */
-static int gemv_launch(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n, uint32_t k,
-		       const struct kc_gemv_cfg *cfg, cudaStream_t st)
-{
-	return sg->resid_in ? gemv_launch_t<true>(sg, swiglu, in, n, k, cfg, st)
-			    : gemv_launch_t<false>(sg, swiglu, in, n, k, cfg, st);
 }
 
 static int gemv_args_ok(uint32_t n, uint32_t k, const void *in)
@@ -505,35 +409,14 @@ extern "C" int kc_gemv_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gem
 	return n <= 2 || op != KC_GEMV_PLAIN || m_all * k * 2 <= ((uint64_t)16 << 20);
 }
 
-/* NORM's arguments into sg: -EINVAL where they do not suit the prologue. */
-static int gemv_norm_args(gemv_segs *sg, const struct kern_norm *nm, int hf, uint32_t n,
-			  uint32_t k)
-{
-	const size_t bytes = (size_t)n * k * sizeof(bf16);
-	const char *ri = (const char *)nm->resid_in, *r = (const char *)nm->resid;
-
-	if (!nm->resid || !nm->resid_in || !nm->weight || bytes > GEMV_NORM_SMEM ||
-	    ((uintptr_t)nm->resid | (uintptr_t)nm->resid_in | (uintptr_t)nm->weight |
-	     (uintptr_t)nm->add) & 15 ||
-	    !(r >= ri + bytes || ri >= r + bytes))
-		return -EINVAL;
-	sg->resid_in = (const bf16 *)nm->resid_in;
-	sg->add = (const bf16 *)nm->add;
-	sg->norm_w = (const bf16 *)nm->weight;
-	sg->resid = (bf16 *)nm->resid;
-	sg->eps = nm->eps;
-	sg->hf = hf;
-	return 0;
-}
-
-static int gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
-		      int out_f32, const struct kc_gemv_cfg *cfg, const struct kern_norm *nm,
-		      int hf, cudaStream_t st)
+extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
+				 uint32_t k, int out_f32, const struct kc_gemv_cfg *cfg,
+				 cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 	uint64_t m_all = 0;
 
-	if (!gemv_args_ok(n, k, in) || (nm && gemv_norm_args(&sg, nm, hf, n, k) < 0))
+	if (!gemv_args_ok(n, k, in))
 		return -EINVAL;
 	for (int i = 0; i < 3; i++) {
 		if (seg[i].m && (!seg[i].w || !seg[i].out || ((uintptr_t)seg[i].w & 15)))
@@ -550,15 +433,14 @@ static int gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t 
 	return gemv_launch(&sg, false, in, n, k, cfg, st);
 }
 
-static int gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
-		       uint32_t n, uint32_t k, uint32_t m, int hf, const struct kc_gemv_cfg *cfg,
-		       const struct kern_norm *nm, cudaStream_t st)
+extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
+				  const void *w_up, uint32_t n, uint32_t k, uint32_t m, int hf,
+				  const struct kc_gemv_cfg *cfg, cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 
 	if (!gemv_args_ok(n, k, in) || !m || m > 0x7fffffffu ||
-	    ((uintptr_t)w_gate | (uintptr_t)w_up) & 15 ||
-	    (nm && gemv_norm_args(&sg, nm, hf, n, k) < 0))
+	    ((uintptr_t)w_gate | (uintptr_t)w_up) & 15)
 		return -EINVAL;
 	sg.out[0] = out;
 	sg.w[0] = (const bf16 *)w_gate;
@@ -566,38 +448,6 @@ static int gemv_swiglu(void *out, const void *in, const void *w_gate, const void
 	sg.m[0] = m;
 	sg.hf = hf;
 	return gemv_launch(&sg, true, in, n, k, cfg, st);
-}
-
-extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
-				 uint32_t k, int out_f32, const struct kc_gemv_cfg *cfg,
-				 cudaStream_t st)
-{
-	return gemv_multi(seg, in, n, k, out_f32, cfg, NULL, 0, st);
-}
-
-extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
-				  const void *w_up, uint32_t n, uint32_t k, uint32_t m, int hf,
-				  const struct kc_gemv_cfg *cfg, cudaStream_t st)
-{
-	return gemv_swiglu(out, in, w_gate, w_up, n, k, m, hf, cfg, NULL, st);
-}
-
-extern "C" int kc_gemv_norm_multi(const struct kern_norm *nm, int hf,
-				  const struct kc_gemv_seg seg[3], uint32_t n, uint32_t k, int n_sms,
-				  cudaStream_t st)
-{
-	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, false);
-
-	return gemv_multi(seg, nm->resid_in, n, k, 0, &cfg, nm, hf, st);
-}
-
-extern "C" int kc_gemv_norm_swiglu(const struct kern_norm *nm, int hf, void *out,
-				   const void *w_gate, const void *w_up, uint32_t n, uint32_t k,
-				   uint32_t m, int n_sms, cudaStream_t st)
-{
-	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, true);
-
-	return gemv_swiglu(out, nm->resid_in, w_gate, w_up, n, k, m, hf, &cfg, nm, st);
 }
 
 extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,

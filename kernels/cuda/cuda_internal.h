@@ -86,8 +86,6 @@ struct kern_cuda {
 	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */
 	int lt_pair;                 /* k/v and gate/up in one cuBLASLt launch (HEARTH_CUDA_LT_PAIR=0: off) */
 	uint64_t n_pairs;            /* kc_gemm_pair launches (tests) */
-	int norm_fuse;               /* the RMSNorm in the decode GEMV (HEARTH_CUDA_NORM_FUSE=0: off) */
-	uint64_t n_norm_fused;       /* GEMV launches with the norm in front (tests) */
 
 	/*
 	 * Round where transformers' bf16 Llama/Qwen2 modules round (environment
@@ -181,13 +179,6 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
 			const void *in, const void *w_gate, const void *w_up, uint32_t n,
 			uint32_t k, uint32_t m);
-int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm, void *q, void *k,
-			  void *v, const void *wq, const void *wk, const void *wv, const void *bq,
-			  const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
-			  uint32_t mkv);
-int kc_norm_matmul_swiglu_op(struct kern_backend *be, const struct kern_norm *nm, void *out,
-			     void *gate, void *up, const void *w_gate, const void *w_up, uint32_t n,
-			     uint32_t k, uint32_t m);
 
 /* ------------------------------------------------------------ launchers */
 
@@ -196,12 +187,9 @@ int kc_probe(cudaStream_t st);
 int kc_convert_bf16(void *dst, const void *src, enum kern_dtype dt, size_t n, cudaStream_t st);
 int kc_embed(void *out, const void *table, const int32_t *ids, uint32_t n, uint32_t dim,
 	     uint32_t vocab, uint32_t *err, cudaStream_t st);
-/* resid = resid_in + add (add may be NULL; resid may be resid_in), then
- * out = rmsnorm(resid) * weight. hf: round where transformers' bf16 modules
- * do (see kern_cuda.hf_round). */
-int kc_add_rmsnorm(void *out, void *resid, const void *resid_in, const void *add,
-		   const void *weight, uint32_t n, uint32_t dim, float eps, int hf,
-		   cudaStream_t st);
+/* hf: round where transformers' bf16 modules do (see kern_cuda.hf_round). */
+int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight, uint32_t n,
+		   uint32_t dim, float eps, int hf, cudaStream_t st);
 int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
 	      cudaStream_t st);
 /* x[i] = bf16(x[i]) in place, fp32 storage (logits as transformers returns them). */
@@ -232,16 +220,6 @@ int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, u
 /* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) in one launch. */
 int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
 		   uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st);
-/* The same with the RMSNorm of struct kern_norm in front (nm->h unused):
- * every block normalises the n input rows into its shared memory, block 0
- * stores the residual. -EINVAL where the shape does not suit (n x k bf16
- * over 96 KB, unaligned or overlapping buffers): the caller runs
- * kc_add_rmsnorm and the plain GEMV. */
-int kc_gemv_norm_multi(const struct kern_norm *nm, int hf, const struct kc_gemv_seg seg[3],
-		       uint32_t n, uint32_t k, int n_sms, cudaStream_t st);
-int kc_gemv_norm_swiglu(const struct kern_norm *nm, int hf, void *out, const void *w_gate,
-			const void *w_up, uint32_t n, uint32_t k, uint32_t m, int n_sms,
-			cudaStream_t st);
 /* The GEMV with its shape given (measurements, tests): rows, matrix rows one
  * warp reads at a time (1, 2 or 4; SwiGLU 2 or 4, gate and up in pairs);
  * blocks, at most that many blocks of 256 threads (fewer when the matrix

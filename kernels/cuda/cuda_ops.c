@@ -39,7 +39,7 @@ int kc_add_rmsnorm_op(struct kern_backend *be, void *out, void *resid, const voi
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	return kc_add_rmsnorm(out, resid, resid, add, weight, n, dim, eps, c->hf_round, c->stream);
+	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->hf_round, c->stream);
 }
 
 int kc_matmul_op(struct kern_backend *be, void *out, const void *in, const void *w,
@@ -139,82 +139,6 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 	if (r < 0)
 		return r;
 	return kc_swiglu(out, gate, up, (size_t)n * m, c->hf_round, c->stream);
-}
-
-/* The norm of nm checked as add_rmsnorm's arguments, and its fallback:
- * resid = resid_in + add and h = rmsnorm(resid) in one launch. */
-static int norm_check(const struct kern_norm *nm, uint32_t n)
-{
-	if (!nm || !nm->resid || !nm->resid_in || !nm->weight || !nm->h || !n ||
-	    n > KC_MAX_ROWS || nm->h == nm->resid || nm->h == nm->resid_in ||
-	    nm->resid == nm->resid_in)
-		return -EINVAL;
-	return 0;
-}
-
-static int norm_unfused(struct kern_cuda *c, const struct kern_norm *nm, uint32_t n,
-			uint32_t dim)
-{
-	return kc_add_rmsnorm(nm->h, nm->resid, nm->resid_in, nm->add, nm->weight, n, dim, nm->eps,
-			      c->hf_round, c->stream);
-}
-
-/* At few rows the norm runs in the q/k/v GEMV's prologue (one launch less
- * per layer); else add_rmsnorm then matmul_qkv. */
-int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm, void *q, void *k,
-			  void *v, const void *wq, const void *wk, const void *wv, const void *bq,
-			  const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
-			  uint32_t mkv)
-{
-	struct kern_cuda *c = kc_priv(be);
-	int r;
-
-	if ((r = norm_check(nm, n)) < 0 || !q || !k || !v || !wq || !wk || !wv || !kdim || !mq ||
-	    !mkv)
-		return r < 0 ? r : -EINVAL;
-	if ((r = kc_enter(be)) < 0)
-		return r;
-	if (c->norm_fuse && !c->gemv_off && !c->fused_off &&
-	    kc_gemv_suits(n, kdim, (uint64_t)mq + 2ull * mkv, KC_GEMV_QKV)) {
-		const struct kc_gemv_seg seg[3] = {
-			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
-		};
-
-		r = kc_gemv_norm_multi(nm, c->hf_round, seg, n, kdim, c->n_sms * c->gemv_occ,
-				       c->stream);
-		if (r != -EINVAL) {
-			c->n_norm_fused += r == 0;
-			return r;
-		}
-	}
-	if ((r = norm_unfused(c, nm, n, kdim)) < 0)
-		return r;
-	return kc_matmul_qkv_op(be, q, k, v, nm->h, wq, wk, wv, bq, bk, bv, n, kdim, mq, mkv);
-}
-
-int kc_norm_matmul_swiglu_op(struct kern_backend *be, const struct kern_norm *nm, void *out,
-			     void *gate, void *up, const void *w_gate, const void *w_up, uint32_t n,
-			     uint32_t k, uint32_t m)
-{
-	struct kern_cuda *c = kc_priv(be);
-	int r;
-
-	if ((r = norm_check(nm, n)) < 0 || !out || !gate || !up || !w_gate || !w_up || !k || !m)
-		return r < 0 ? r : -EINVAL;
-	if ((r = kc_enter(be)) < 0)
-		return r;
-	if (c->norm_fuse && !c->gemv_off && !c->fused_off &&
-	    kc_gemv_suits(n, k, m, KC_GEMV_SWIGLU)) {
-		r = kc_gemv_norm_swiglu(nm, c->hf_round, out, w_gate, w_up, n, k, m,
-					c->n_sms * c->gemv_occ, c->stream);
-		if (r != -EINVAL) {
-			c->n_norm_fused += r == 0;
-			return r;
-		}
-	}
-	if ((r = norm_unfused(c, nm, n, k)) < 0)
-		return r;
-	return kc_matmul_swiglu_op(be, out, gate, up, nm->h, w_gate, w_up, n, k, m);
 }
 
 int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,
