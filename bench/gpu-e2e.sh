@@ -1,7 +1,10 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # End-to-end figures on a GPU machine, from binaries packed here:
-#   bench/gpu-e2e.sh --pack build          # here: fills build-e2e/ (carry it)
+#   bench/gpu-e2e.sh --pack build          # here: fills build-e2e/ (carry it), with the
+#                                          # gpu tests, and build-pack/e2e.tar.xz (carry that
+#                                          # instead when build-e2e passes the carry limit,
+#                                          # and run `tar xJf build-pack/e2e.tar.xz` first there)
 #   OUT=/dir bench/gpu-e2e.sh [1b]         # there: logs and BENCH lines under $OUT
 # Makes a random-weight model of a real shape with transformers, then runs
 # hearth-bench-engine (the forward pass against its roofline, random weights
@@ -16,17 +19,26 @@ if [ "${1:-}" = "--pack" ]; then
 	cp "$B/daemon/hearthd" "$B/tools/hearth-run" "$B/bench/hearth-bench-ipc" \
 		"$B/bench/hearth-bench-kv" "$B/bench/hearth-bench-engine" "$B/bench/hearth-bench-load" \
 		"$B/bench/hearth-bench-load-model" "$B/clients/hearthctl" "$R/" || exit 1
+	# The gpu tests where the build has them (a cuda build).
+	for t in test_cuda_ops test_cuda_engine test_cuda_attention test_cuda_skinny; do
+		[ -x "$B/tests/gpu/$t" ] && cp "$B/tests/gpu/$t" "$R/"
+	done
+	strip "$R"/hearth* "$R"/test_* 2>/dev/null
 	cp -L "$B"/clients/libhearth.so.0 "$R/lib/"
 	# Every shared library but the C runtime and CUDA's (the GPU machine has
 	# those): openblas, protobuf-c, liburing, libmicrohttpd and its TLS chain...
 	for b in "$R"/hearthd "$R"/hearth-bench-* "$R"/hearthctl; do
 		ldd "$b"
 	done |
-		awk '/=>/ {print $3}' | sort -u |
+		awk '/=> \// {print $3}' | sort -u |
 		grep -vE '/(libc|libm|libdl|librt|libpthread|ld-linux[^/]*|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas[^/]*)\.so' |
 		grep -v '/usr/local/cuda' |
 		while read -r f; do cp -L "$f" "$R/lib/"; done
 	du -sh "$R"
+	# The run tool's carry limit (64 MiB with the tracked tree) is below an
+	# uncompressed pack with the tests; the archive is about 10 MB.
+	mkdir -p build-pack && tar -cf - "$R" | xz -T0 -6 >build-pack/e2e.tar.xz || exit 1
+	du -sh build-pack/e2e.tar.xz
 	exit 0
 fi
 SHAPE=${1:-1b}
