@@ -235,9 +235,11 @@ static int run_client(const struct opts *o, uint32_t idx, uint32_t n_sess, struc
 /* The daemon's step counters: steps by sequences (ret), then [0] step tokens,
  * [1] step time, [2] steps scored from the label rows of the LM head, [3]
  * graph captures (each stalls its step), [4] microseconds spent capturing,
- * [5 + i] steps by duration (STEP_BUCKETS: up to 0.25 ms x 2^i). */
+ * [5] recaptures after a backend workspace moved, [6 + i] steps by duration
+ * (STEP_BUCKETS: up to 0.25 ms x 2^i). */
 #define STEP_BUCKETS 10
-static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[5 + STEP_BUCKETS])
+#define N_CNT (6 + STEP_BUCKETS)
+static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[N_CNT])
 {
 	static uint8_t buf[HR_CTL_MAX_MSG];
 	Hearth__Control__Request req = HEARTH__CONTROL__REQUEST__INIT;
@@ -270,8 +272,9 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[5 + STEP_BU
 	cnt[2] = rep->stats->score_steps;
 	cnt[3] = rep->stats->graph_captures;
 	cnt[4] = rep->stats->graph_capture_us;
+	cnt[5] = rep->stats->graph_recaptures;
 	for (size_t i = 0; i < STEP_BUCKETS; i++)
-		cnt[5 + i] = i < rep->stats->n_step_times ? rep->stats->step_times[i] : 0;
+		cnt[6 + i] = i < rep->stats->n_step_times ? rep->stats->step_times[i] : 0;
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -282,7 +285,7 @@ struct load_res {
 	uint32_t sessions, procs;
 	double throughput, offered;
 	struct bench_stats lat;
-	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps, captures;
+	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps, captures, recaptures;
 	double capture_ms;
 	uint64_t step_times[STEP_BUCKETS];
 	double step_max_ms; /* upper bound of the longest steps' range (0: more than 64 ms) */
@@ -296,7 +299,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	size_t stride = sizeof(struct proc_res) + cap * sizeof(uint64_t);
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	uint8_t *area = mmap(NULL, stride * procs, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[5 + STEP_BUCKETS], c1[5 + STEP_BUCKETS], *all;
+	uint64_t b0[BATCH_BUCKETS], b1[BATCH_BUCKETS], c0[N_CNT], c1[N_CNT], *all;
 	uint64_t n_all = 0, nb = 0;
 	uint64_t in_window = 0;
 	pid_t pids[256];
@@ -371,8 +374,9 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	lr->score_steps = c1[2] - c0[2];
 	lr->captures = c1[3] - c0[3];
 	lr->capture_ms = (double)(c1[4] - c0[4]) / 1e3;
+	lr->recaptures = c1[5] - c0[5];
 	for (int i = 0; i < STEP_BUCKETS; i++) {
-		lr->step_times[i] = c1[5 + i] - c0[5 + i];
+		lr->step_times[i] = c1[6 + i] - c0[6 + i];
 		if (lr->step_times[i])
 			lr->step_max_ms = i + 1 < STEP_BUCKETS ? 0.25 * (1u << i) : 0;
 	}
@@ -540,11 +544,12 @@ int main(int argc, char **argv)
 		printf("%s{\"sessions\":%u,\"throughput\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
 		       "\"p999_ms\":%.3f,\"errors\":%llu,\"mean_batch\":%.1f,\"mean_step_ms\":%.3f,"
 		       "\"score_steps\":%llu,\"graph_captures\":%llu,\"graph_capture_ms\":%.1f,"
-		       "\"batches\":[",
+		       "\"graph_recaptures\":%llu,\"batches\":[",
 		       i ? "," : "", lr[i].sessions, lr[i].throughput, lr[i].lat.median / 1e6,
 		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
 		       lr[i].mean_batch, lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps,
-		       (unsigned long long)lr[i].captures, lr[i].capture_ms);
+		       (unsigned long long)lr[i].captures, lr[i].capture_ms,
+		       (unsigned long long)lr[i].recaptures);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].batches[b]);
 		printf("],\"step_times\":[");
