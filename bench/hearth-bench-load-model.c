@@ -501,11 +501,10 @@ int main(int argc, char **argv)
 	}
 	if (posix_memalign((void **)&buf, 4096, RAW_BS))
 		return 1;
-	/* The loader's read shape (model.h: model_load_opts). */
-	chunk = o.chunk_kib ? (size_t)o.chunk_kib << 10 : (size_t)32 << 20;
-	depth = o.depth ? HR_MIN(o.depth, 32u) : 6u;
+	/* The loader's read shape. */
+	model_load_read_shape(&o, &chunk, &depth);
 	for (unsigned i = 0; i < depth; i++)
-		if (posix_memalign((void **)&deep_buf[i], 4096, HR_ALIGN_UP(chunk, (size_t)4096)))
+		if (posix_memalign((void **)&deep_buf[i], 4096, chunk))
 			return 1;
 	printf("model %s: %u files, %.2f GB; backend %s (%s)\n", dir, f.n, f.total / 1e9, be->name,
 	       be->device_name);

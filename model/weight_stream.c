@@ -638,21 +638,30 @@ static int ws_alloc_bufs(struct ws_ctx *c, unsigned depth)
 	return 0;
 }
 
+void model_load_read_shape(const struct model_load_opts *o, size_t *chunk, unsigned *depth)
+{
+	static const struct model_load_opts defaults;
+
+	o = o ? o : &defaults;
+	*depth = o->depth ? HR_MIN(o->depth, WS_DEPTH_MAX) : WS_DEPTH_DEFAULT;
+	*chunk = o->chunk_kib ? HR_ALIGN_UP((size_t)HR_MIN(o->chunk_kib, 1u << 20) << 10,
+					    (size_t)WS_ALIGN)
+			      : (size_t)WS_CHUNK_DEFAULT << 20;
+}
+
 int ws_run(struct ws_plan *plan, struct kern_backend *be, const struct model_load_opts *o,
 	   struct ws_result *ret, char *err, size_t errlen)
 {
 	static const struct model_load_opts defaults;
 	struct ws_ctx c = { .plan = plan, .be = be, .o = o ? o : &defaults, .err = err,
 			    .errlen = errlen };
-	unsigned depth = c.o->depth ? HR_MIN(c.o->depth, WS_DEPTH_MAX) : WS_DEPTH_DEFAULT;
+	unsigned depth;
 	struct ws_io io;
 	bool io_up = false;
 	uint64_t t0 = hr_now_ns(), bytes = 0;
 	int r;
 
-	c.chunk = c.o->chunk_kib ? HR_ALIGN_UP((size_t)HR_MIN(c.o->chunk_kib, 1u << 20) << 10,
-					       (size_t)WS_ALIGN)
-				 : (size_t)WS_CHUNK_DEFAULT << 20;
+	model_load_read_shape(c.o, &c.chunk, &depth);
 	c.fds = malloc(HR_MAX(plan->n_files, 1u) * sizeof(*c.fds));
 	c.direct = calloc(HR_MAX(plan->n_files, 1u), sizeof(*c.direct));
 	if (!c.fds || !c.direct) {

@@ -191,6 +191,10 @@ struct model_load_opts {
 	void *arg;
 };
 
+/* The STREAM loader's read shape for opts (NULL: the defaults): bytes per
+ * read (*chunk) and reads in flight (*depth), as it clamps and rounds them. */
+void model_load_read_shape(const struct model_load_opts *opts, size_t *chunk, unsigned *depth);
+
 /* model_load with options (NULL: defaults, as model_load). */
 struct model *model_load_ex(const char *dir, struct kern_backend *be,
 			    const struct model_load_opts *opts, char *err, size_t errlen);
