@@ -94,7 +94,6 @@ struct model_scratch {
 	int32_t *ghost;          /* host metadata of a graph step */
 	size_t ghost_cap;
 	struct model_graph_counts counts;
-	bool stale;              /* the graph being captured replaces a stale one */
 };
 
 static void *act_alloc(struct kern_backend *be, uint32_t rows, uint32_t cols)
@@ -185,8 +184,7 @@ int model_score_ids(struct model *m, struct model_scratch *s, const int32_t *ids
 	if (!ids || !n_ids || n_ids > MODEL_SCORE_MAX_IDS)
 		return -EINVAL;
 	s->n_ids = 0;
-	r = m->be->ops->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids,
-					    m->cfg.hidden_size);
+	r = m->be->ops->gather_rows(m->be, s->w_ids, m->lm_head, ids, n_ids, m->cfg.hidden_size);
 	if (r < 0)
 		return r;
 	s->n_ids = n_ids;
@@ -202,8 +200,7 @@ int model_step_score(struct model *m, struct model_scratch *s, float **ret)
 	/* Every row against every id: a few rows by a few ids, the cross terms
 	 * cost less than a launch per row. */
 	r = m->be->ops->matmul_f32out(m->be, s->scores, s->last, s->w_ids, s->last_rows,
-				      m->cfg.hidden_size,
-				      s->n_ids);
+				      m->cfg.hidden_size, s->n_ids);
 	if (r < 0)
 		return r;
 	*ret = s->scores;
@@ -632,17 +629,12 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 	case GRAPH_READY:
 		break;
 	}
+	/* A second attempt captures again a graph that went stale. */
 	for (int attempt = 0; attempt < 2; attempt++) {
 		if (!g->graph) {
 			uint64_t t0 = hr_now_ns();
 
 			r = graph_capture(m, s, kv, g, &b, dev + o[0], dev + o[5]);
-			if (r >= 0) {
-				s->counts.captures++;
-				s->counts.recaptures += s->stale;
-				s->counts.capture_ns += hr_now_ns() - t0;
-			}
-			s->stale = false;
 			if (r < 0) {
 				/* -EBUSY: a workspace had to grow; the eager run grows
 				 * it and the next step captures. Else give up on it. */
@@ -650,6 +642,9 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 				return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb,
 						    g->out, g->ident);
 			}
+			s->counts.captures++;
+			s->counts.recaptures += attempt;
+			s->counts.capture_ns += hr_now_ns() - t0;
 			g->state = GRAPH_READY;
 		}
 		r = op->graph_launch(m->be, g->graph);
@@ -661,7 +656,6 @@ static int forward_graph(struct model *m, struct model_scratch *s, const struct 
 		}
 		op->graph_destroy(m->be, g->graph);
 		g->graph = NULL;
-		s->stale = true;
 	}
 	return r;
 }

@@ -170,9 +170,10 @@ static uint32_t cpu_seq_of(const struct kern_batch *b, uint32_t i)
 
 /* One (token, head) pair: two passes over the context, scores kept in
  * `scores` (pos + 1 floats). */
-KERN_CPU_HOT static void cpu_attend_one(float *restrict o, const float *restrict qh, float *restrict scores,
-			   const struct kern_batch *b, const struct kern_kv *kv, uint32_t s,
-			   uint32_t layer, uint32_t kvh, uint32_t n_pos, float scale)
+KERN_CPU_HOT static void cpu_attend_one(float *restrict o, const float *restrict qh,
+					float *restrict scores, const struct kern_batch *b,
+					const struct kern_kv *kv, uint32_t s, uint32_t layer,
+					uint32_t kvh, uint32_t n_pos, float scale)
 {
 	const int32_t *bt = b->block_table + (size_t)s * b->max_blocks;
 	const float *base = kv->base;
