@@ -288,7 +288,7 @@ struct load_res {
 	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps, captures, recaptures;
 	double capture_ms;
 	uint64_t step_times[STEP_BUCKETS];
-	double step_max_ms; /* upper bound of the longest steps' range (0: more than 64 ms) */
+	double step_max_ms; /* upper bound of the longest steps' range (inf: more than 64 ms) */
 	double mean_batch, mean_step_ms; /* the daemon's steps during the load */
 };
 
@@ -378,7 +378,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	for (int i = 0; i < STEP_BUCKETS; i++) {
 		lr->step_times[i] = c1[6 + i] - c0[6 + i];
 		if (lr->step_times[i])
-			lr->step_max_ms = i + 1 < STEP_BUCKETS ? 0.25 * (1u << i) : 0;
+			lr->step_max_ms = i + 1 < STEP_BUCKETS ? 0.25 * (1u << i) : INFINITY;
 	}
 	free(all);
 	munmap(sh, sizeof(*sh));
