@@ -236,9 +236,10 @@ static int run_client(const struct opts *o, uint32_t idx, uint32_t n_sess, struc
  * [1] step time, [2] steps scored from the label rows of the LM head, [3]
  * graph captures (each stalls its step), [4] microseconds spent capturing,
  * [5] recaptures after a backend workspace moved, [6 + i] steps by duration
- * (STEP_BUCKETS: up to 0.25 ms x 2^i). */
+ * (STEP_BUCKETS: up to 0.25 ms x 2^i), [6 + STEP_BUCKETS] steps held for a
+ * burst (batch_wait_us). */
 #define STEP_BUCKETS 10
-#define N_CNT (6 + STEP_BUCKETS)
+#define N_CNT (7 + STEP_BUCKETS)
 static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[N_CNT])
 {
 	static uint8_t buf[HR_CTL_MAX_MSG];
@@ -275,6 +276,7 @@ static int get_batches(const char *path, uint64_t *ret, uint64_t cnt[N_CNT])
 	cnt[5] = rep->stats->graph_recaptures;
 	for (size_t i = 0; i < STEP_BUCKETS; i++)
 		cnt[6 + i] = i < rep->stats->n_step_times ? rep->stats->step_times[i] : 0;
+	cnt[6 + STEP_BUCKETS] = rep->stats->burst_holds;
 	hearth__control__response__free_unpacked(rep, NULL);
 	return 0;
 }
@@ -286,6 +288,7 @@ struct load_res {
 	double throughput, offered;
 	struct bench_stats lat;
 	uint64_t events, errors, batches[BATCH_BUCKETS], step_tokens, score_steps, captures, recaptures;
+	uint64_t burst_holds;
 	double capture_ms;
 	uint64_t step_times[STEP_BUCKETS];
 	double step_max_ms; /* upper bound of the longest steps' range (inf: more than 64 ms) */
@@ -375,6 +378,7 @@ static void run_load(const struct opts *o, uint32_t total, struct load_res *lr)
 	lr->captures = c1[3] - c0[3];
 	lr->capture_ms = (double)(c1[4] - c0[4]) / 1e3;
 	lr->recaptures = c1[5] - c0[5];
+	lr->burst_holds = c1[6 + STEP_BUCKETS] - c0[6 + STEP_BUCKETS];
 	for (int i = 0; i < STEP_BUCKETS; i++) {
 		lr->step_times[i] = c1[6 + i] - c0[6 + i];
 		if (lr->step_times[i])
@@ -544,12 +548,12 @@ int main(int argc, char **argv)
 		printf("%s{\"sessions\":%u,\"throughput\":%.1f,\"p50_ms\":%.3f,\"p99_ms\":%.3f,"
 		       "\"p999_ms\":%.3f,\"errors\":%llu,\"mean_batch\":%.1f,\"mean_step_ms\":%.3f,"
 		       "\"score_steps\":%llu,\"graph_captures\":%llu,\"graph_capture_ms\":%.1f,"
-		       "\"graph_recaptures\":%llu,\"batches\":[",
+		       "\"graph_recaptures\":%llu,\"burst_holds\":%llu,\"batches\":[",
 		       i ? "," : "", lr[i].sessions, lr[i].throughput, lr[i].lat.median / 1e6,
 		       lr[i].lat.p99 / 1e6, lr[i].lat.p999 / 1e6, (unsigned long long)lr[i].errors,
 		       lr[i].mean_batch, lr[i].mean_step_ms, (unsigned long long)lr[i].score_steps,
 		       (unsigned long long)lr[i].captures, lr[i].capture_ms,
-		       (unsigned long long)lr[i].recaptures);
+		       (unsigned long long)lr[i].recaptures, (unsigned long long)lr[i].burst_holds);
 		for (int b = 0; b < BATCH_BUCKETS; b++)
 			printf("%s%llu", b ? "," : "", (unsigned long long)lr[i].batches[b]);
 		printf("],\"step_times\":[");

@@ -270,6 +270,13 @@ static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
 		printf("  interactive      left out of %llu steps (at most %u in a row for one request)\n",
 		       (unsigned long long)(st->interactive_skips - (prev ? prev->interactive_skips : 0)),
 		       st->interactive_skip_max);
+		if (st->burst_holds) {
+			uint64_t holds = st->burst_holds - (prev ? prev->burst_holds : 0);
+			uint64_t us = st->burst_hold_us - (prev ? prev->burst_hold_us : 0);
+
+			printf("  burst holds      %llu steps held for a burst (%.1f us each)\n",
+			       (unsigned long long)holds, holds ? (double)us / holds : 0.0);
+		}
 	}
 	printf("  tokens           %llu (%.1f tokens/s); %llu steps (%.1f tokens per step)\n",
 	       (unsigned long long)tokens, secs > 0 ? tokens / secs : 0.0, (unsigned long long)steps,

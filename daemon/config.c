@@ -56,6 +56,8 @@ static const struct key keys[] = {
 	    "steps of at most this many tokens replay captured CUDA graphs (0: none)"),
 	U32("scheduler", max_batch, 1, 1024, "most sessions in one forward step"),
 	U32("scheduler", bulk_share_pct, 0, 100, "share of a step's tokens kept for bulk requests while they wait"),
+	U32("scheduler", batch_wait_us, 0, 100000,
+	    "hold a step while a burst of requests keeps arriving, at most this long (us; 0: never)"),
 	{ "models", "preload", K_PRELOAD, offsetof(struct hd_config, preload), 0, 0, 0,
 	  "NAME=PATH: load this model too at start (repeatable; in the file, NAME = PATH lines "
 	  "in [models])" },

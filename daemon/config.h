@@ -48,6 +48,7 @@ struct hd_config {
 	uint32_t graph_max_tokens;
 	uint32_t max_batch;
 	uint32_t bulk_share_pct;
+	uint32_t batch_wait_us;
 	/* [models] */
 	struct hd_preload preload[HD_MAX_PRELOAD];
 	uint32_t n_preload;

@@ -180,6 +180,8 @@ struct hd_sched_stats {
 	 * waits (only more runnable sessions than seats can raise them). */
 	uint64_t interactive_skips;
 	uint32_t interactive_skip_max;
+	/* Steps held for a burst (batch_wait_us) and the time held. */
+	uint64_t burst_holds, burst_hold_ns;
 	uint32_t queued;       /* jobs queued now */
 	uint32_t active;       /* sessions with jobs now */
 };
@@ -192,6 +194,7 @@ struct hd_sched {
 	struct hd_job **step_jobs;    /* [max_batch] */
 	struct hd_job **cand;         /* [cap_active] */
 	uint32_t n_deadlines;         /* queued jobs with a deadline */
+	uint64_t hold_since;          /* batch_wait_us: when the step being held was first due, or 0 */
 	struct hd_sched_stats st;
 };
 

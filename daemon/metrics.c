@@ -145,6 +145,13 @@ static void render_sched(struct expo *e, const char *mn, const struct hd_sched_s
 	gauge(e, mn, "hearth_sched_interactive_skip_max",
 	      "The most steps one interactive request was left out of (0: none waited).",
 	      s->interactive_skip_max);
+	counter(e, mn, "hearth_sched_burst_holds_total",
+		"Steps held back while a burst of requests kept arriving (batch_wait_us).",
+		s->burst_holds);
+	put(fam(e, "hearth_sched_burst_hold_seconds_total", "counter",
+		"Time steps were held back for bursts."),
+	    "hearth_sched_burst_hold_seconds_total{model=\"%s\"} %.6f\n", mn,
+	    s->burst_hold_ns / 1e9);
 	gauge(e, mn, "hearth_sched_queued_requests",
 	      "Requests queued on sessions (running or waiting), not yet completed.", s->queued);
 	gauge(e, mn, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);

@@ -9,6 +9,13 @@
  * step's token budget; bulk jobs fill what is left and always get a share
  * (bulk_share_pct) when they wait, so neither class starves. A long prefill is
  * cut into chunks, so interactive work waits behind it for one step at most.
+ *
+ * A burst (a market tick fanned out to many sessions, several clients' events
+ * due at one instant) reaches the rings over tens of microseconds. Without
+ * batch_wait_us the first requests start a step and the stragglers wait that
+ * whole step before their own; with it, a step made only of requests that
+ * arrived in the last batch_wait_us waits while more keep coming: until none
+ * has come for half of it, or the oldest has waited all of it.
  */
 #include <errno.h>
 #include <math.h>
@@ -344,6 +351,33 @@ static int cmp_cand(const void *a, const void *b)
 
 /* Can j use a step now? A GENERATE posts a token: it needs a CQ slot beyond
  * the ones kept for every outstanding descriptor of its client. */
+/* batch_wait_us: whether the step of these candidates waits for more of a
+ * burst. Only while every candidate is fresh, so a loaded engine (whose
+ * queued requests have waited a step already) never holds. */
+static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
+{
+	struct hd_sched *q = &hm->sched;
+	const uint64_t wait = (uint64_t)hm->cfg.batch_wait_us * 1000;
+	uint64_t oldest = UINT64_MAX, newest = 0;
+
+	for (uint32_t i = 0; i < n_cand; i++) {
+		oldest = HR_MIN(oldest, q->cand[i]->t_submit);
+		newest = HR_MAX(newest, q->cand[i]->t_submit);
+	}
+	if (now - oldest < wait && now - newest < wait / 2) {
+		if (!q->hold_since) {
+			q->hold_since = now;
+			q->st.burst_holds++;
+		}
+		return true;
+	}
+	if (q->hold_since) {
+		q->st.burst_hold_ns += now - q->hold_since;
+		q->hold_since = 0;
+	}
+	return false;
+}
+
 static bool job_can_run(struct hd_model *hm, struct hd_job *j)
 {
 	if (j->c->dead)
@@ -492,6 +526,8 @@ uint32_t hd_sched_turn(struct hd_model *hm)
 		}
 	}
 	if (!n_cand)
+		return progress;
+	if (hm->cfg.batch_wait_us && hold_for_burst(hm, n_cand, now))
 		return progress;
 	qsort(q->cand, n_cand, sizeof(*q->cand), cmp_cand);
 	/* Bulk work always gets a share of the tokens (and a seat) when it waits,

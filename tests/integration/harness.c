@@ -628,6 +628,10 @@ int th_stats(const char *path, struct th_stats *ret)
 	ret->bad_descriptors = rep->stats->bad_descriptors;
 	ret->interactive_skips = rep->stats->interactive_skips;
 	ret->interactive_skip_max = rep->stats->interactive_skip_max;
+	ret->burst_holds = rep->stats->burst_holds;
+	ret->burst_hold_us = rep->stats->burst_hold_us;
+	for (size_t i = 0; i < rep->stats->n_batch_sizes && i < sizeof(ret->batch) / sizeof(ret->batch[0]); i++)
+		ret->batch[i] = rep->stats->batch_sizes[i];
 	for (size_t i = 0; i < rep->stats->n_ops; i++) {
 		const Hearth__Control__OpCounter *oc = rep->stats->ops[i];
 		for (unsigned op = 0; op < SHM_OP__MAX; op++)

@@ -122,6 +122,8 @@ struct th_stats {
 	uint64_t op_count[SHM_OP__MAX], op_errors[SHM_OP__MAX];
 	uint64_t interactive_skips;
 	uint32_t interactive_skip_max;
+	uint64_t burst_holds, burst_hold_us;
+	uint64_t batch[10];   /* steps by sessions: 1, 2, 3-4, ..., 257+ */
 };
 /* GetStats on a fresh connection (no Hello, like hearthctl). 0 or -errno. */
 int th_stats(const char *path, struct th_stats *ret);

@@ -145,6 +145,7 @@ static struct kv values[] = {
 	{ "model", "graph_max_tokens", "64", NULL },
 	{ "scheduler", "max_batch", "32", NULL },
 	{ "scheduler", "bulk_share_pct", "10", NULL },
+	{ "scheduler", "batch_wait_us", "250", NULL },
 	{ "reactor", "spin_us", "7", NULL },
 	{ "client", "sq_entries", "128", NULL },
 	{ "client", "arena_bytes", "2097152", NULL },
