@@ -364,7 +364,7 @@ static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 		oldest = HR_MIN(oldest, q->cand[i]->t_submit);
 		newest = HR_MAX(newest, q->cand[i]->t_submit);
 	}
-	if (now - oldest < wait && now - newest < wait / 2) {
+	if (n_cand && now - oldest < wait && now - newest < wait / 2) {
 		if (!q->hold_since) {
 			q->hold_since = now;
 			q->st.burst_holds++;
@@ -525,9 +525,8 @@ uint32_t hd_sched_turn(struct hd_model *hm)
 			n_bulk += j->bulk;
 		}
 	}
-	if (!n_cand)
-		return progress;
-	if (hm->cfg.batch_wait_us && hold_for_burst(hm, n_cand, now))
+	/* (With no candidate left, a hold in progress ends here.) */
+	if ((hm->cfg.batch_wait_us && hold_for_burst(hm, n_cand, now)) || !n_cand)
 		return progress;
 	qsort(q->cand, n_cand, sizeof(*q->cand), cmp_cand);
 	/* Bulk work always gets a share of the tokens (and a seat) when it waits,
