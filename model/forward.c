@@ -78,6 +78,10 @@ struct model_scratch {
 	/* Activations, [max_tokens, *] in the backend's activation type. */
 	void *x, *h, *q, *k, *v, *att, *o, *gate, *up, *act, *last;
 	void *x_rows;            /* [max_seqs, hidden]: the wanted rows' residual in the last layer */
+	/* With the backend's fused norms (norm_matmul_*), the residual moves
+	 * between x and x2 (x_rows and x_rows2) at each norm instead of being
+	 * updated in place; NULL without them. */
+	void *x2, *x_rows2;
 	float *logits;           /* [max_seqs, vocab] fp32 */
 	void *w_ids;             /* [MODEL_SCORE_MAX_IDS, hidden]: LM head rows of a score */
 	float *scores;           /* [max_seqs, MODEL_SCORE_MAX_IDS] fp32 */
@@ -115,7 +119,8 @@ void model_scratch_free(struct model_scratch *s)
 	}
 	free(s->ghost);
 	void *bufs[] = { s->x, s->h, s->q, s->k, s->v, s->att, s->o, s->gate, s->up, s->act,
-			 s->last, s->x_rows, s->logits, s->w_ids, s->scores, s->meta_dev };
+			 s->last, s->x_rows, s->logits, s->w_ids, s->scores, s->meta_dev,
+			 s->x2, s->x_rows2 };
 	for (size_t i = 0; i < HR_ARRAY_SIZE(bufs); i++)
 		be->ops->free(be, bufs[i]);
 	free(s->meta_host);
@@ -158,8 +163,13 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->logits = be->ops->alloc(be, (size_t)max_seqs * c->vocab_size * sizeof(float));
 	s->w_ids = act_alloc(be, MODEL_SCORE_MAX_IDS, c->hidden_size);
 	s->scores = be->ops->alloc(be, (size_t)max_seqs * MODEL_SCORE_MAX_IDS * sizeof(float));
+	if (be->ops->norm_matmul_qkv && be->ops->norm_matmul_swiglu) {
+		s->x2 = act_alloc(be, max_tokens, c->hidden_size);
+		s->x_rows2 = act_alloc(be, max_seqs, c->hidden_size);
+	}
 	if (!s->x || !s->h || !s->o || !s->q || !s->att || !s->k || !s->v || !s->gate ||
-	    !s->up || !s->act || !s->last || !s->x_rows || !s->logits || !s->w_ids || !s->scores) {
+	    !s->up || !s->act || !s->last || !s->x_rows || !s->logits || !s->w_ids || !s->scores ||
+	    (be->ops->norm_matmul_qkv && be->ops->norm_matmul_swiglu && (!s->x2 || !s->x_rows2))) {
 		model_scratch_free(s);
 		errno = ENOMEM;
 		return NULL;
@@ -371,9 +381,10 @@ static int step_prepare(struct model_scratch *s, uint32_t pt, const struct model
 	return 0;
 }
 
-/* The MLP half of a layer over n rows: h = norm(x += o), then o = down(SwiGLU(h)). */
+/* The MLP half of a layer over n rows: x_out = x_in + o, h = norm(x_out),
+ * then o = down(SwiGLU(h)). x_out is x_in but with the fused norms. */
 static int mlp_forward(struct model *m, const struct model_layer *L, struct model_scratch *s,
-		       void *x, uint32_t n)
+		       const void *x_in, void *x_out, uint32_t n)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
@@ -381,9 +392,17 @@ static int mlp_forward(struct model *m, const struct model_layer *L, struct mode
 	uint32_t D = c->hidden_size, F = c->intermediate_size;
 	int r;
 
-	if ((r = op->add_rmsnorm(be, s->h, x, s->o, L->mlp_norm, n, D, c->rms_norm_eps)) < 0)
+	if (s->x2) {
+		const struct kern_norm nm = { .resid = x_out, .resid_in = x_in, .add = s->o,
+					      .weight = L->mlp_norm, .h = s->h,
+					      .eps = c->rms_norm_eps };
+
+		r = op->norm_matmul_swiglu(be, &nm, s->act, s->gate, s->up, L->w_gate, L->w_up, n,
+					   D, F);
+	} else if ((r = op->add_rmsnorm(be, s->h, x_out, s->o, L->mlp_norm, n, D,
+					c->rms_norm_eps)) < 0) {
 		return r;
-	if (op->matmul_swiglu)
+	} else if (op->matmul_swiglu)
 		r = op->matmul_swiglu(be, s->act, s->gate, s->up, s->h, L->w_gate, L->w_up, n, D, F);
 	else if ((r = op->matmul(be, s->gate, s->h, L->w_gate, NULL, n, D, F)) >= 0 &&
 		 (r = op->matmul(be, s->up, s->h, L->w_up, NULL, n, D, F)) >= 0)
@@ -411,21 +430,38 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 	uint32_t T = b->n_tokens, D = c->hidden_size;
 	uint32_t qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
 	float scale = 1.0f / sqrtf((float)c->head_dim);
-	void *x = s->x, *att = s->att;
+	/* The residual after this layer's attention half: in place in x, or in
+	 * x2 with the fused norms (whose MLP half moves it back to x). */
+	void *x = s->x2 ? s->x2 : s->x, *x_out = s->x, *att = s->att;
 	int r;
 
-	/* x += previous layer's MLP output (none before layer 0); h = norm(x). */
-	if ((r = op->add_rmsnorm(be, s->h, s->x, l ? s->o : NULL, L->attn_norm, T, D,
-				 c->rms_norm_eps)) < 0)
+	/* x = residual + previous layer's MLP output (none before layer 0);
+	 * h = norm(x); q, k, v from h; q and k rotated, k and v into the pages
+	 * (with the fused norms, all in one op). */
+	if (s->x2) {
+		const struct kern_norm nm = { .resid = s->x2, .resid_in = s->x,
+					      .add = l ? s->o : NULL, .weight = L->attn_norm,
+					      .h = s->h, .eps = c->rms_norm_eps };
+		const struct kern_rope rope = { .batch = b, .kv = kv, .layer = l,
+						.n_heads = c->n_heads, .inv_freq = m->inv_freq };
+
+		r = op->norm_matmul_qkv(be, &nm, &rope, s->q, s->k, s->v, L->wq, L->wk, L->wv, L->bq,
+					L->bk, L->bv, T, D, qdim, kvdim);
+	} else if ((r = op->add_rmsnorm(be, s->h, s->x, l ? s->o : NULL, L->attn_norm, T, D,
+					c->rms_norm_eps)) < 0) {
 		return r;
-	if (op->matmul_qkv)
-		r = op->matmul_qkv(be, s->q, s->k, s->v, s->h, L->wq, L->wk, L->wv, L->bq, L->bk,
-				   L->bv, T, D, qdim, kvdim);
-	else if ((r = op->matmul(be, s->q, s->h, L->wq, L->bq, T, D, qdim)) >= 0 &&
-		 (r = op->matmul(be, s->k, s->h, L->wk, L->bk, T, D, kvdim)) >= 0)
-		r = op->matmul(be, s->v, s->h, L->wv, L->bv, T, D, kvdim);
-	if (r < 0 ||
-	    (r = op->rope_kv_write(be, s->q, s->k, s->v, b, kv, l, c->n_heads, m->inv_freq)) < 0)
+	} else {
+		if (op->matmul_qkv)
+			r = op->matmul_qkv(be, s->q, s->k, s->v, s->h, L->wq, L->wk, L->wv, L->bq,
+					   L->bk, L->bv, T, D, qdim, kvdim);
+		else if ((r = op->matmul(be, s->q, s->h, L->wq, L->bq, T, D, qdim)) >= 0 &&
+			 (r = op->matmul(be, s->k, s->h, L->wk, L->bk, T, D, kvdim)) >= 0)
+			r = op->matmul(be, s->v, s->h, L->wv, L->bv, T, D, kvdim);
+		if (r >= 0)
+			r = op->rope_kv_write(be, s->q, s->k, s->v, b, kv, l, c->n_heads,
+					      m->inv_freq);
+	}
+	if (r < 0)
 		return r;
 	if (last && !n_rows)
 		return 0;
@@ -434,15 +470,18 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 	if (last && !ident) {
 		/* q is spent: it takes the wanted rows of attention's output. */
 		if ((r = op->gather_rows(be, s->q, s->att, rows, n_rows, qdim)) < 0 ||
-		    (r = op->gather_rows(be, s->x_rows, s->x, rows, n_rows, D)) < 0)
+		    (r = op->gather_rows(be, s->x_rows, x, rows, n_rows, D)) < 0)
 			return r;
 		x = s->x_rows;
+		x_out = s->x_rows2 ? s->x_rows2 : s->x_rows;
 		att = s->q;
 		T = n_rows;
 	}
+	if (!s->x2)
+		x_out = x;
 	if ((r = op->matmul(be, s->o, att, L->wo, NULL, T, qdim, D)) < 0)
 		return r;
-	return mlp_forward(m, L, s, x, T);
+	return mlp_forward(m, L, s, x, x_out, T);
 }
 
 /* The step's launches, given its metadata in backend memory. */
@@ -473,7 +512,8 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 		return 0;
 	/* Final residual add and norm of the wanted rows, then the LM head over
 	 * them (none for a score: model_step_score). */
-	if ((r = op->add_rmsnorm(be, s->last, ident ? s->x : s->x_rows, s->o, m->final_norm,
+	if ((r = op->add_rmsnorm(be, s->last, ident ? s->x : s->x_rows2 ? s->x_rows2 : s->x_rows,
+				 s->o, m->final_norm,
 				 n_rows, c->hidden_size, c->rms_norm_eps)) < 0 ||
 	    (out == OUT_LOGITS &&
 	     (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,

@@ -422,6 +422,8 @@ static const struct kern_ops cuda_ops = {
 	.softmax_ids = kc_softmax_ids_op,
 	.matmul_qkv = kc_matmul_qkv_op,
 	.matmul_swiglu = kc_matmul_swiglu_op,
+	.norm_matmul_qkv = kc_norm_matmul_qkv_op,
+	.norm_matmul_swiglu = kc_norm_matmul_swiglu_op,
 	.graph_begin = cuda_graph_begin,
 	.graph_end = cuda_graph_end,
 	.graph_launch = cuda_graph_launch,
@@ -511,6 +513,8 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *pe = getenv("HEARTH_CUDA_PDL_EARLY");
 		const char *sm = getenv("HEARTH_CUDA_DEC_SPLIT_MIN");
 		const char *lp = getenv("HEARTH_CUDA_LT_PAIR");
+		const char *nf = getenv("HEARTH_CUDA_NORM_FUSE");
+		const char *rf = getenv("HEARTH_CUDA_ROPE_FUSE");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -520,6 +524,8 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));
+		c->norm_fuse = !(nf && !strcmp(nf, "0"));
+		c->rope_fuse = !(rf && !strcmp(rf, "0"));
 		c->pdl_early = pe ? atoi(pe) & 3 : 1;
 		c->dec_split_min = sm && atoi(sm) >= 16 && atoi(sm) <= 4096 ? (uint32_t)atoi(sm) : 128;
 	}

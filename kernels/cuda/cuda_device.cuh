@@ -50,6 +50,18 @@ static __device__ __forceinline__ void unpack8(uint4 v, float f[8])
 	}
 }
 
+/* Eight fp32 to bf16 (round to nearest even), one 16-byte store. */
+static __device__ __forceinline__ uint4 pack8(const float f[8])
+{
+	uint4 v;
+	__nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
+
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+	return v;
+}
+
 /* Round to bf16 and back: the value an activation holds once stored. */
 static __device__ __forceinline__ float bf_round(float x)
 {

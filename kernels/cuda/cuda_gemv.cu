@@ -14,6 +14,11 @@
  * each) 50-94%. cuBLASLt takes larger n and the shapes kc_gemv_suits()
  * leaves it.
  *
+ * Fused forms (a decode layer's q/k/v and gate/up): NORM makes the input
+ * rows in every block's prologue (residual add and RMSNorm, one launch less);
+ * ROPE (q/k/v) rotates q and k in the epilogue and writes k and v to the KV
+ * pages, rows d and d + hd/2 of a head summed by one warp (one launch less).
+ *
  * Measurement knobs, read once: HEARTH_CUDA_PDL=0 launches every kernel the
  * ordinary way; HEARTH_CUDA_GEMV_ROWS=1|2|4 sets the matrix rows one warp
  * reads at a time (SwiGLU reads gate and up rows in pairs).
@@ -36,6 +41,7 @@ typedef __nv_bfloat16 bf16;
 #define GEMV_DEPTH 2 /* batches in flight per warp (4 of 4 loads: 1-3% slower) */
 #define GEMV_BPS 2   /* blocks per SM of the persistent grid (16 warps; 1: slower) */
 #define GEMV_LT_MIN_M 65536u /* matrices this tall go to cuBLASLt (the LM head) */
+#define GEMV_NORM_SMEM ((size_t)96 << 10) /* NORM: input rows of n x k bf16 at most */
 
 /* Output rows of one launch: up to three matrices stacked (segments), or the
  * gate and up matrices of a SwiGLU read together (one output row each). */
@@ -44,7 +50,24 @@ struct gemv_segs {
 	const bf16 *w[3], *bias[3];
 	uint32_t m[3];   /* rows of each segment; m[0] + m[1] + m[2] in total */
 	int out_f32;
-	int hf;          /* SWIGLU: silu(g) rounded to bf16 first */
+	int hf;          /* silu(g) (SWIGLU) and the normalised value (NORM) rounded to bf16 first */
+	/* NORM: the input is rmsnorm(resid_in + add) * norm_w, made by every
+	 * block in shared memory; block 0 stores resid_in + add to resid. */
+	const bf16 *resid_in, *add, *norm_w;
+	bf16 *resid;
+	float eps;
+	/* ROPE: q/k/v stacked (m[0] = nq * hd, m[1] = m[2] = nkv * hd); the
+	 * epilogue rotates q and k as rope_kv_write does and writes the new k
+	 * and v to the KV pages. Row groups: first the (head, d) pairs of q then
+	 * k (rows d and d + hd/2 of a head, one warp), then v two rows a group. */
+	struct {
+		const int32_t *pos, *slot; /* [n]: step metadata */
+		bf16 *kv;                  /* the pool */
+		const float *inv_freq;     /* [hd / 2] */
+		uint32_t *err;
+		uint64_t n_slots, page_elems, layer_off;
+		uint32_t pt, hd, n_pairs;  /* page tokens, head_dim, (nq + nkv) * hd / 2 */
+	} rope;
 };
 
 /* Weights are read once per step: not kept in L1, and the 256-byte L2
@@ -62,12 +85,27 @@ static __device__ __forceinline__ uint4 ld_weight(const uint4 *p)
 /* Row rr of row group g: where it starts in its matrix. Rows past the last
  * read the last one (the result is dropped). SWIGLU: rows 0..R-1 are gate,
  * R..2R-1 the same rows of up. */
-template <int RR, bool SWIGLU>
+template <int RR, bool SWIGLU, bool ROPE>
+static __device__ __forceinline__ uint32_t gemv_row_index(const gemv_segs &sg, uint32_t g, int rr)
+{
+	constexpr int R = SWIGLU ? RR / 2 : RR;
+
+	if (ROPE) {
+		const uint32_t half = sg.rope.hd / 2;
+
+		/* a pair of rows rotated together, or two rows of v */
+		return g < sg.rope.n_pairs ? g / half * sg.rope.hd + g % half + rr * half
+					   : sg.m[0] + sg.m[1] + (g - sg.rope.n_pairs) * 2 + rr;
+	}
+	return g * R + rr % R;
+}
+
+template <int RR, bool SWIGLU, bool ROPE>
 static __device__ __forceinline__ const uint4 *gemv_row(const gemv_segs &sg, uint32_t g, int rr,
 							 size_t k8, uint32_t m_all)
 {
 	constexpr int R = SWIGLU ? RR / 2 : RR;
-	uint32_t j = g * R + rr % R;
+	uint32_t j = gemv_row_index<RR, SWIGLU, ROPE>(sg, g, rr);
 
 	j = j < m_all ? j : m_all - 1;
 	if (SWIGLU)
@@ -82,7 +120,7 @@ static __device__ __forceinline__ const uint4 *gemv_row(const gemv_segs &sg, uin
 
 /* Batch b of group g: lane's pieces u at 16-byte index b*32*U + u*32 + lane
  * of each row (zero past the row's end). */
-template <int RR, int U, bool SWIGLU>
+template <int RR, int U, bool SWIGLU, bool ROPE>
 static __device__ __forceinline__ void gemv_load(uint4 (&t)[RR][U], const gemv_segs &sg,
 						 uint32_t g, uint32_t b, size_t k8, uint32_t m_all,
 						 int lane)
@@ -91,7 +129,7 @@ static __device__ __forceinline__ void gemv_load(uint4 (&t)[RR][U], const gemv_s
 
 #pragma unroll
 	for (int rr = 0; rr < RR; rr++) {
-		const uint4 *p = gemv_row<RR, SWIGLU>(sg, g, rr, k8, m_all);
+		const uint4 *p = gemv_row<RR, SWIGLU, ROPE>(sg, g, rr, k8, m_all);
 
 #pragma unroll
 		for (int u = 0; u < U; u++)
@@ -100,7 +138,7 @@ static __device__ __forceinline__ void gemv_load(uint4 (&t)[RR][U], const gemv_s
 	}
 }
 
-template <int NR, int RR, int U>
+template <int NR, int RR, int U, bool SMEM>
 static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint4 (&t)[RR][U],
 						const uint4 *x, uint32_t b, size_t k8, int lane)
 {
@@ -118,7 +156,8 @@ static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint
 			break;
 #pragma unroll
 		for (int q = 0; q < NR; q++)
-			unpack8(in ? __ldg(x + q * k8 + c + u * 32) : make_uint4(0, 0, 0, 0),
+			unpack8(in ? (SMEM ? x[q * k8 + c + u * 32] : __ldg(x + q * k8 + c + u * 32))
+				   : make_uint4(0, 0, 0, 0),
 				xf[q]);
 #pragma unroll
 		for (int rr = 0; rr < RR; rr++) {
@@ -134,9 +173,83 @@ static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint
 	}
 }
 
+/*
+ * ROPE's epilogue of group g: lane r * NR + q holds row r of the group for
+ * input row q, v its sum. As the unfused path: the bias added, the value
+ * rounded to bf16 (q, k and v are stored so), then q and k rotated as
+ * rope_kv_write rotates them (its expressions, hf rounding included), and the
+ * token's k and v written to its KV slot (a padding token's to none; a bad
+ * slot or position sets KC_ERR_SLOT and writes no page).
+ */
+template <int NR, int RR>
+static __device__ __forceinline__ void gemv_store_rope(float v, const gemv_segs &sg, uint32_t g,
+						       int lane)
+{
+	const int r = lane / NR, q = lane % NR;
+	const uint32_t hd = sg.rope.hd, half = hd / 2, mq = sg.m[0], mkv = sg.m[1];
+	const bool pair = g < sg.rope.n_pairs; /* warp-uniform */
+	uint32_t j = gemv_row_index<RR, false, true>(sg, g, r), seg = 0;
+	float x = 0.0f, o;
+
+	static_assert(RR == 2, "rope pairs are two rows");
+	if (lane < 2 * NR) {
+		const bf16 *bias = sg.bias[0];
+
+		if (j >= mq) {
+			j -= mq;
+			seg = 1;
+			bias = sg.bias[1];
+			if (j >= mkv) {
+				j -= mkv;
+				seg = 2;
+				bias = sg.bias[2];
+			}
+		}
+		x = bf_round(bias ? v + __bfloat162float(bias[j]) : v);
+	}
+	/* the other row of the pair: lanes q and NR + q swap values */
+	o = __shfl_sync(0xffffffffu, x, lane < NR ? lane + NR : lane - NR);
+	if (lane >= 2 * NR)
+		return;
+	if (pair) {
+		const float ang = (float)sg.rope.pos[q] * sg.rope.inv_freq[g % half];
+		const float x1 = r ? o : x, x2 = r ? x : o;
+		float sn, c;
+
+		sincosf(ang, &sn, &c);
+		if (sg.hf) {
+			c = bf_round(c);
+			sn = bf_round(sn);
+			x = r ? bf_round(x2 * c) + bf_round(x1 * sn) : bf_round(x1 * c) + bf_round(-x2 * sn);
+		} else {
+			x = r ? x2 * c + x1 * sn : x1 * c - x2 * sn;
+		}
+	}
+	{
+		const bf16 y = __float2bfloat16_rn(x);
+		const uint32_t m = seg == 0 ? mq : mkv;
+
+		((bf16 *)(seg == 0 ? sg.out[0] : seg == 1 ? sg.out[1] : sg.out[2]))[(size_t)q * m + j] = y;
+		if (seg) {
+			const int32_t p = sg.rope.pos[q], sl = sg.rope.slot[q];
+
+			if (sl == KERN_SLOT_PAD)
+				return;
+			if (p < 0 || sl < 0 || (uint64_t)sl >= sg.rope.n_slots) {
+				set_err(sg.rope.err, KC_ERR_SLOT);
+				return;
+			}
+			/* head j / hd of k (seg 1) or v (seg 2), as rope_kv_write lays them out */
+			sg.rope.kv[(uint64_t)(sl / sg.rope.pt) * sg.rope.page_elems + sg.rope.layer_off +
+				   (uint64_t)(sl % sg.rope.pt) * hd +
+				   ((seg - 1) * (mkv / hd) + j / hd) * (uint64_t)sg.rope.pt * hd + j % hd] = y;
+		}
+	}
+}
+
 /* Group g done: sum acc over the warp; lane r * NR + q writes output row
- * g * R + r of input row q. Clears acc. */
-template <int NR, int RR, bool SWIGLU>
+ * g * R + r of input row q (ROPE: gemv_store_rope). Clears acc. */
+template <int NR, int RR, bool SWIGLU, bool ROPE>
 static __device__ __forceinline__ void gemv_store(float (&acc)[RR][NR], const gemv_segs &sg,
 						  uint32_t g, uint32_t m_all, int lane)
 {
@@ -155,6 +268,10 @@ static __device__ __forceinline__ void gemv_store(float (&acc)[RR][NR], const ge
 				v2 = s;
 			acc[rr][q] = 0.0f;
 		}
+	if constexpr (ROPE) {
+		gemv_store_rope<NR, RR>(v, sg, g, lane);
+		return;
+	}
 	if (lane < R * NR && g * R + lane / NR < m_all) {
 		uint32_t j = g * R + lane / NR, q = lane % NR, seg = 0, m;
 
@@ -197,16 +314,85 @@ static __device__ __forceinline__ void gemv_store(float (&acc)[RR][NR], const ge
 }
 
 /*
+ * NORM's prologue, after pdl_wait(): the NR input rows as the unfused
+ * add_rmsnorm kernel makes them (the sum rounded to bf16 and stored, the
+ * sum of squares over the rounded values, the normalised value rounded
+ * first where hf), into xs (NR x k bf16). Each thread rereads only the
+ * pieces it wrote, so one barrier (the reduction's) separates the passes.
+ */
+template <int NR>
+static __device__ __forceinline__ void gemv_norm_rows(const gemv_segs &sg, uint4 *xs, size_t k8,
+						      uint32_t k)
+{
+	__shared__ float red[NR][GEMV_WARPS];
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const bool store = blockIdx.x == 0;
+	float ss[NR], inv[NR];
+
+#pragma unroll
+	for (int q = 0; q < NR; q++) {
+		const uint4 *ri = (const uint4 *)sg.resid_in + q * k8;
+		const uint4 *a = sg.add ? (const uint4 *)sg.add + q * k8 : nullptr;
+
+		ss[q] = 0.0f;
+		for (size_t j = threadIdx.x; j < k8; j += GEMV_THREADS) {
+			float x[8], y[8];
+
+			unpack8(ri[j], x);
+			if (a) {
+				unpack8(a[j], y);
+#pragma unroll
+				for (int e = 0; e < 8; e++)
+					x[e] = bf_round(x[e] + y[e]);
+			}
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				ss[q] = fmaf(x[e], x[e], ss[q]);
+			xs[q * k8 + j] = pack8(x);
+			if (store)
+				((uint4 *)sg.resid)[q * k8 + j] = pack8(x);
+		}
+		ss[q] = warp_sum(ss[q]);
+		if (!lane)
+			red[q][warp] = ss[q];
+	}
+	__syncthreads();
+#pragma unroll
+	for (int q = 0; q < NR; q++) {
+		float t = 0.0f;
+
+#pragma unroll
+		for (int w = 0; w < GEMV_WARPS; w++)
+			t += red[q][w];
+		inv[q] = rsqrtf(t / (float)k + sg.eps);
+	}
+#pragma unroll
+	for (int q = 0; q < NR; q++)
+		for (size_t j = threadIdx.x; j < k8; j += GEMV_THREADS) {
+			float x[8], w[8];
+
+			unpack8(xs[q * k8 + j], x);
+			unpack8(((const uint4 *)sg.norm_w)[j], w);
+#pragma unroll
+			for (int e = 0; e < 8; e++)
+				x[e] = sg.hf ? bf_round(x[e] * inv[q]) * w[e] : x[e] * inv[q] * w[e];
+			xs[q * k8 + j] = pack8(x);
+		}
+	__syncthreads();
+}
+
+/*
  * Warp w of the grid takes row groups w, w + warps, ... (R output rows each:
  * RR matrix rows), each in batches of U pieces per row, and walks the
  * sequence of (group, batch) steps with NBUF batches in flight: a batch's
  * registers load the step NBUF ahead as soon as it is summed. The first
  * NBUF are issued before pdl_wait(): weights depend on no earlier kernel.
  */
-template <int NR, int RR, int U, bool SWIGLU>
+template <int NR, int RR, int U, bool SWIGLU, bool NORM, bool ROPE>
 static __global__ void __launch_bounds__(GEMV_THREADS, GEMV_BPS)
 gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, uint32_t n_groups)
 {
+	extern __shared__ uint4 gemv_xs[]; /* NORM: the normalised input rows */
 	const int lane = threadIdx.x & 31;
 	const uint32_t w0 = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
 	const uint32_t nw = gridDim.x * GEMV_WARPS;
@@ -214,7 +400,7 @@ gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, ui
 	const uint32_t nb = (uint32_t)((k8 + 32 * U - 1) / (32 * U));
 	const uint32_t m_all = SWIGLU ? sg.m[0] : sg.m[0] + sg.m[1] + sg.m[2];
 	const uint32_t steps = w0 < n_groups ? (n_groups - w0 + nw - 1) / nw * nb : 0;
-	const uint4 *x = (const uint4 *)in;
+	const uint4 *x = NORM ? gemv_xs : (const uint4 *)in;
 	constexpr int NBUF = GEMV_DEPTH;
 	uint32_t lg = w0, lb = 0, cg = w0, cb = 0; /* next step to load, to sum */
 	uint4 t[NBUF][RR][U];
@@ -236,22 +422,27 @@ gemv_kernel(const __grid_constant__ gemv_segs sg, const bf16 *in, uint32_t k, ui
 #pragma unroll
 	for (int i = 0; i < NBUF; i++)
 		if (i < steps) {
-			gemv_load<RR, U, SWIGLU>(t[i], sg, lg, lb, k8, m_all, lane);
+			gemv_load<RR, U, SWIGLU, ROPE>(t[i], sg, lg, lb, k8, m_all, lane);
 			GEMV_NEXT(lg, lb);
 		}
-	pdl_trigger();
+	/* The next kernel may launch now, but not after ROPE's: attention,
+	 * whose blocks would crowd onto the first SMs this grid frees. */
+	if (!ROPE)
+		pdl_trigger();
 	pdl_wait();
+	if (NORM)
+		gemv_norm_rows<NR>(sg, gemv_xs, k8, k);
 	for (uint32_t s = 0; s < steps; s += NBUF) {
 #pragma unroll
 		for (int i = 0; i < NBUF; i++) {
 			if (s + i >= steps)
 				break;
-			gemv_fma<NR, RR, U>(acc, t[i], x, cb, k8, lane);
+			gemv_fma<NR, RR, U, NORM>(acc, t[i], x, cb, k8, lane);
 			if (cb == nb - 1)
-				gemv_store<NR, RR, SWIGLU>(acc, sg, cg, m_all, lane);
+				gemv_store<NR, RR, SWIGLU, ROPE>(acc, sg, cg, m_all, lane);
 			GEMV_NEXT(cg, cb);
 			if (s + i + NBUF < steps) {
-				gemv_load<RR, U, SWIGLU>(t[i], sg, lg, lb, k8, m_all, lane);
+				gemv_load<RR, U, SWIGLU, ROPE>(t[i], sg, lg, lb, k8, m_all, lane);
 				GEMV_NEXT(lg, lb);
 			}
 		}
@@ -301,35 +492,44 @@ static int env_knob(int *cache, const char *name, int dflt)
 	return v;
 }
 
-template <int NR, int RR, bool SWIGLU>
+template <int NR, int RR, bool SWIGLU, bool NORM, bool ROPE>
 static int gemv_launch_nr(const gemv_segs *sg, const bf16 *in, uint32_t k, uint32_t m_all,
 			  uint32_t blocks, int pdl, cudaStream_t st)
 {
 	constexpr int R = SWIGLU ? RR / 2 : RR, U = GEMV_LOADS / RR;
-	auto kern = gemv_kernel<NR, RR, U, SWIGLU>;
-	static int fit = 0; /* blocks that fit on the device at once (per instance) */
+	auto kern = gemv_kernel<NR, RR, U, SWIGLU, NORM, ROPE>;
+	/* Blocks that fit on the device at once, per instance (and, NORM, per
+	 * size of its shared input rows). */
+	static int fit = 0, sms = 0;
+	static size_t fit_smem = 0;
+	const size_t smem = NORM ? (size_t)NR * k * sizeof(bf16) : 0;
 	uint32_t n_groups = (m_all + R - 1) / R, grid;
 
-	if (!fit) {
-		int o = 0, dev = 0, sms = 0;
+	if (!fit || smem != fit_smem) {
+		int o = 0, dev = 0;
 
-		if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, GEMV_THREADS, 0) !=
+		if ((NORM && cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						  (int)GEMV_NORM_SMEM) != cudaSuccess) ||
+		    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&o, kern, GEMV_THREADS, smem) !=
 			    cudaSuccess ||
 		    cudaGetDevice(&dev) != cudaSuccess ||
 		    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
-			    cudaSuccess)
+			    cudaSuccess) {
+			(void)cudaGetLastError();
 			return -EIO;
+		}
 		fit = o > 0 ? o * sms : 1;
+		fit_smem = smem;
 	}
 	/* A grid that stays resident: at most what fits at once. */
 	grid = (n_groups + GEMV_WARPS - 1) / GEMV_WARPS;
 	grid = grid < blocks ? grid : blocks;
 	grid = grid < (uint32_t)fit ? grid : (uint32_t)fit;
-	return kc_launch_pdl(pdl, kern, dim3(grid), dim3(GEMV_THREADS), 0, st, *sg, in, k,
+	return kc_launch_pdl(pdl, kern, dim3(grid), dim3(GEMV_THREADS), smem, st, *sg, in, k,
 			     n_groups) == cudaSuccess ? 0 : -EIO;
 }
 
-template <int RR, bool SWIGLU>
+template <int RR, bool SWIGLU, bool NORM, bool ROPE = false>
 static int gemv_launch_rr(const gemv_segs *sg, const void *in, uint32_t n, uint32_t k,
 			  uint32_t m_all, uint32_t blocks, int pdl, cudaStream_t st)
 {
@@ -339,34 +539,54 @@ static int gemv_launch_rr(const gemv_segs *sg, const void *in, uint32_t n, uint3
 
 	static_assert(KC_GEMV_MAX_N == 4, "one instance per row count");
 	switch (n) {
-	case 1: return gemv_launch_nr<1, RR, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
-	case 2: return gemv_launch_nr<2, RR, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
-	case 3: return gemv_launch_nr<3, RR34, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
-	default: return gemv_launch_nr<4, RR34, SWIGLU>(sg, x, k, m_all, blocks, pdl, st);
+	case 1: return gemv_launch_nr<1, RR, SWIGLU, NORM, ROPE>(sg, x, k, m_all, blocks, pdl, st);
+	case 2: return gemv_launch_nr<2, RR, SWIGLU, NORM, ROPE>(sg, x, k, m_all, blocks, pdl, st);
+	case 3: return gemv_launch_nr<3, RR34, SWIGLU, NORM, ROPE>(sg, x, k, m_all, blocks, pdl, st);
+	default: return gemv_launch_nr<4, RR34, SWIGLU, NORM, ROPE>(sg, x, k, m_all, blocks, pdl, st);
 	}
 }
 
-static int gemv_launch(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n, uint32_t k,
-		       const struct kc_gemv_cfg *cfg, cudaStream_t st)
+template <bool NORM>
+static int gemv_launch_t(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n,
+			 uint32_t k, const struct kc_gemv_cfg *cfg, cudaStream_t st)
 {
+	/* NORM: the backend's row choices only (gemv_cfg), not the four-row
+	 * variants a measurement can ask for (fewer instances to build). */
 	uint32_t rows = cfg->rows, blocks = cfg->blocks ? cfg->blocks : 1;
 	int pdl = cfg->pdl && kc_pdl_enabled();
 
 	if (swiglu) {
 		uint32_t m = sg->m[0];
 
-		return rows >= 4 ? gemv_launch_rr<4, true>(sg, in, n, k, m, blocks, pdl, st)
-				 : gemv_launch_rr<2, true>(sg, in, n, k, m, blocks, pdl, st);
+		if constexpr (!NORM) {
+			if (rows >= 4)
+				return gemv_launch_rr<4, true, false>(sg, in, n, k, m, blocks, pdl, st);
+		}
+		return gemv_launch_rr<2, true, NORM>(sg, in, n, k, m, blocks, pdl, st);
 	}
 	{
 		uint32_t m = sg->m[0] + sg->m[1] + sg->m[2];
 
-		if (rows >= 4)
-			return gemv_launch_rr<4, false>(sg, in, n, k, m, blocks, pdl, st);
-		if (rows == 2)
-			return gemv_launch_rr<2, false>(sg, in, n, k, m, blocks, pdl, st);
-		return gemv_launch_rr<1, false>(sg, in, n, k, m, blocks, pdl, st);
+		/* ROPE: the rows of a rotated pair in one warp */
+		if (sg->rope.hd)
+			return gemv_launch_rr<2, false, NORM, true>(sg, in, n, k, m, blocks, pdl, st);
+		if constexpr (!NORM) {
+			if (rows >= 4)
+				return gemv_launch_rr<4, false, false>(sg, in, n, k, m, blocks, pdl,
+								       st);
+		}
+		if (rows == 2 || (NORM && rows > 2))
+			return gemv_launch_rr<2, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
+		return gemv_launch_rr<1, false, NORM>(sg, in, n, k, m, blocks, pdl, st);
 	}
+}
+
+/* sg->resid_in set: the NORM prologue makes the input rows (in unused). */
+static int gemv_launch(const gemv_segs *sg, bool swiglu, const void *in, uint32_t n, uint32_t k,
+		       const struct kc_gemv_cfg *cfg, cudaStream_t st)
+{
+	return sg->resid_in ? gemv_launch_t<true>(sg, swiglu, in, n, k, cfg, st)
+			    : gemv_launch_t<false>(sg, swiglu, in, n, k, cfg, st);
 }
 
 static int gemv_args_ok(uint32_t n, uint32_t k, const void *in)
@@ -409,14 +629,72 @@ extern "C" int kc_gemv_suits(uint32_t n, uint32_t k, uint64_t m_all, enum kc_gem
 	return n <= 2 || op != KC_GEMV_PLAIN || m_all * k * 2 <= ((uint64_t)16 << 20);
 }
 
-extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
-				 uint32_t k, int out_f32, const struct kc_gemv_cfg *cfg,
-				 cudaStream_t st)
+/* NORM's arguments into sg: -EINVAL where they do not suit the prologue. */
+static int gemv_norm_args(gemv_segs *sg, const struct kern_norm *nm, int hf, uint32_t n,
+			  uint32_t k)
+{
+	const size_t bytes = (size_t)n * k * sizeof(bf16);
+	const char *ri = (const char *)nm->resid_in, *r = (const char *)nm->resid;
+
+	if (!nm->resid || !nm->resid_in || !nm->weight || bytes > GEMV_NORM_SMEM ||
+	    ((uintptr_t)nm->resid | (uintptr_t)nm->resid_in | (uintptr_t)nm->weight |
+	     (uintptr_t)nm->add) & 15 ||
+	    !(r >= ri + bytes || ri >= r + bytes))
+		return -EINVAL;
+	sg->resid_in = (const bf16 *)nm->resid_in;
+	sg->add = (const bf16 *)nm->add;
+	sg->norm_w = (const bf16 *)nm->weight;
+	sg->resid = (bf16 *)nm->resid;
+	sg->eps = nm->eps;
+	sg->hf = hf;
+	return 0;
+}
+
+/* ROPE's arguments into sg: -EINVAL where the q/k/v segments are not
+ * whole heads of the pool's geometry. */
+static int gemv_rope_args(gemv_segs *sg, const struct kc_rope *ro, int hf,
+			  const struct kc_gemv_seg seg[3])
+{
+	const struct kern_kv *kv = ro->kv;
+	const uint32_t hd = kv->head_dim;
+
+	if (!ro->pos || !ro->slot || !ro->inv_freq || !ro->err || !kv->base || !hd || hd % 2 ||
+	    !kv->page_tokens || !kv->n_pages || ro->layer >= kv->n_layers || !ro->n_heads ||
+	    seg[0].m != ro->n_heads * hd || seg[1].m != kv->n_kv_heads * hd ||
+	    seg[2].m != seg[1].m)
+		return -EINVAL;
+	sg->rope.pos = ro->pos;
+	sg->rope.slot = ro->slot;
+	sg->rope.kv = (bf16 *)kv->base;
+	sg->rope.inv_freq = ro->inv_freq;
+	sg->rope.err = ro->err;
+	sg->rope.n_slots = (uint64_t)kv->n_pages * kv->page_tokens;
+	sg->rope.page_elems = kern_kv_page_elems(kv);
+	sg->rope.layer_off = (uint64_t)ro->layer * 2 * kv->n_kv_heads * kv->page_tokens * hd;
+	sg->rope.pt = kv->page_tokens;
+	sg->rope.hd = hd;
+	sg->rope.n_pairs = (ro->n_heads + kv->n_kv_heads) * (hd / 2);
+	sg->hf = hf;
+	return 0;
+}
+
+/* Whether nm suits the NORM prologue (gemv_norm_args) at n rows of k. */
+extern "C" int kc_gemv_norm_fits(const struct kern_norm *nm, uint32_t n, uint32_t k)
+{
+	gemv_segs sg = {};
+
+	return gemv_norm_args(&sg, nm, 0, n, k) == 0;
+}
+
+static int gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
+		      int out_f32, const struct kc_gemv_cfg *cfg, const struct kern_norm *nm,
+		      const struct kc_rope *ro, int hf, cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 	uint64_t m_all = 0;
 
-	if (!gemv_args_ok(n, k, in))
+	if (!gemv_args_ok(n, k, in) || (nm && gemv_norm_args(&sg, nm, hf, n, k) < 0) ||
+	    (ro && (out_f32 || gemv_rope_args(&sg, ro, hf, seg) < 0)))
 		return -EINVAL;
 	for (int i = 0; i < 3; i++) {
 		if (seg[i].m && (!seg[i].w || !seg[i].out || ((uintptr_t)seg[i].w & 15)))
@@ -433,14 +711,15 @@ extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in
 	return gemv_launch(&sg, false, in, n, k, cfg, st);
 }
 
-extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
-				  const void *w_up, uint32_t n, uint32_t k, uint32_t m, int hf,
-				  const struct kc_gemv_cfg *cfg, cudaStream_t st)
+static int gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
+		       uint32_t n, uint32_t k, uint32_t m, int hf, const struct kc_gemv_cfg *cfg,
+		       const struct kern_norm *nm, cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 
 	if (!gemv_args_ok(n, k, in) || !m || m > 0x7fffffffu ||
-	    ((uintptr_t)w_gate | (uintptr_t)w_up) & 15)
+	    ((uintptr_t)w_gate | (uintptr_t)w_up) & 15 ||
+	    (nm && gemv_norm_args(&sg, nm, hf, n, k) < 0))
 		return -EINVAL;
 	sg.out[0] = out;
 	sg.w[0] = (const bf16 *)w_gate;
@@ -448,6 +727,38 @@ extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
 	sg.m[0] = m;
 	sg.hf = hf;
 	return gemv_launch(&sg, true, in, n, k, cfg, st);
+}
+
+extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
+				 uint32_t k, int out_f32, const struct kc_gemv_cfg *cfg,
+				 cudaStream_t st)
+{
+	return gemv_multi(seg, in, n, k, out_f32, cfg, NULL, NULL, 0, st);
+}
+
+extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
+				  const void *w_up, uint32_t n, uint32_t k, uint32_t m, int hf,
+				  const struct kc_gemv_cfg *cfg, cudaStream_t st)
+{
+	return gemv_swiglu(out, in, w_gate, w_up, n, k, m, hf, cfg, NULL, st);
+}
+
+extern "C" int kc_gemv_qkv(const struct kern_norm *nm, const void *in, const struct kc_rope *ro,
+			   int hf, const struct kc_gemv_seg seg[3], uint32_t n, uint32_t k,
+			   int n_sms, cudaStream_t st)
+{
+	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, false);
+
+	return gemv_multi(seg, nm ? nm->resid_in : in, n, k, 0, &cfg, nm, ro, hf, st);
+}
+
+extern "C" int kc_gemv_norm_swiglu(const struct kern_norm *nm, int hf, void *out,
+				   const void *w_gate, const void *w_up, uint32_t n, uint32_t k,
+				   uint32_t m, int n_sms, cudaStream_t st)
+{
+	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, true);
+
+	return gemv_swiglu(out, nm->resid_in, w_gate, w_up, n, k, m, hf, &cfg, nm, st);
 }
 
 extern "C" int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,

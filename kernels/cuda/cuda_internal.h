@@ -86,6 +86,10 @@ struct kern_cuda {
 	int fused_off;               /* tests: matmul_qkv / matmul_swiglu unfused */
 	int lt_pair;                 /* k/v and gate/up in one cuBLASLt launch (HEARTH_CUDA_LT_PAIR=0: off) */
 	uint64_t n_pairs;            /* kc_gemm_pair launches (tests) */
+	int norm_fuse;               /* the RMSNorm in the decode GEMV (HEARTH_CUDA_NORM_FUSE=0: off) */
+	uint64_t n_norm_fused;       /* GEMV launches with the norm in front (tests) */
+	int rope_fuse;               /* rope_kv_write in the q/k/v GEMV (HEARTH_CUDA_ROPE_FUSE=0: off) */
+	uint64_t n_rope_fused;       /* GEMV launches with rope_kv_write after (tests) */
 
 	/*
 	 * Round where transformers' bf16 Llama/Qwen2 modules round (environment
@@ -179,6 +183,13 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
 			const void *in, const void *w_gate, const void *w_up, uint32_t n,
 			uint32_t k, uint32_t m);
+int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm,
+			  const struct kern_rope *rope, void *q, void *k, void *v, const void *wq,
+			  const void *wk, const void *wv, const void *bq, const void *bk,
+			  const void *bv, uint32_t n, uint32_t kdim, uint32_t mq, uint32_t mkv);
+int kc_norm_matmul_swiglu_op(struct kern_backend *be, const struct kern_norm *nm, void *out,
+			     void *gate, void *up, const void *w_gate, const void *w_up, uint32_t n,
+			     uint32_t k, uint32_t m);
 
 /* ------------------------------------------------------------ launchers */
 
@@ -187,9 +198,12 @@ int kc_probe(cudaStream_t st);
 int kc_convert_bf16(void *dst, const void *src, enum kern_dtype dt, size_t n, cudaStream_t st);
 int kc_embed(void *out, const void *table, const int32_t *ids, uint32_t n, uint32_t dim,
 	     uint32_t vocab, uint32_t *err, cudaStream_t st);
-/* hf: round where transformers' bf16 modules do (see kern_cuda.hf_round). */
-int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight, uint32_t n,
-		   uint32_t dim, float eps, int hf, cudaStream_t st);
+/* resid = resid_in + add (add may be NULL; resid may be resid_in), then
+ * out = rmsnorm(resid) * weight. hf: round where transformers' bf16 modules
+ * do (see kern_cuda.hf_round). */
+int kc_add_rmsnorm(void *out, void *resid, const void *resid_in, const void *add,
+		   const void *weight, uint32_t n, uint32_t dim, float eps, int hf,
+		   cudaStream_t st);
 int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
 	      cudaStream_t st);
 /* x[i] = bf16(x[i]) in place, fp32 storage (logits as transformers returns them). */
@@ -220,6 +234,31 @@ int kc_gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, u
 /* out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) in one launch. */
 int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
 		   uint32_t k, uint32_t m, int n_sms, int hf, cudaStream_t st);
+/* Whether the GEMV's NORM prologue takes nm at n rows of k: every block
+ * normalises the n input rows (struct kern_norm, nm->h unused) into its
+ * shared memory and block 0 stores the residual, so n x k bf16 must fit 96
+ * KB and the buffers be aligned and apart. Where not, the caller runs
+ * kc_add_rmsnorm and the plain GEMV. */
+int kc_gemv_norm_fits(const struct kern_norm *nm, uint32_t n, uint32_t k);
+/* rope_kv_write's work (kc_rope_kv_write) in the q/k/v GEMV's epilogue. */
+struct kc_rope {
+	const int32_t *pos, *slot;     /* [n] */
+	const struct kern_kv *kv;
+	uint32_t layer, n_heads;
+	const float *inv_freq;
+	uint32_t *err;
+};
+/* q/k/v stacked (seg: q, k, v) from in, or with nm from the rows nm
+ * normalises (in unused); with ro, q and k rotated and k, v written to the
+ * KV pages as rope_kv_write does. -EINVAL where nm or ro do not suit (the
+ * segments not whole heads of ro->kv): the caller runs the unfused ops. */
+int kc_gemv_qkv(const struct kern_norm *nm, const void *in, const struct kc_rope *ro, int hf,
+		const struct kc_gemv_seg seg[3], uint32_t n, uint32_t k, int n_sms,
+		cudaStream_t st);
+/* kc_gemv_swiglu of the rows nm normalises. */
+int kc_gemv_norm_swiglu(const struct kern_norm *nm, int hf, void *out, const void *w_gate,
+			const void *w_up, uint32_t n, uint32_t k, uint32_t m, int n_sms,
+			cudaStream_t st);
 /* The GEMV with its shape given (measurements, tests): rows, matrix rows one
  * warp reads at a time (1, 2 or 4; SwiGLU 2 or 4, gate and up in pairs);
  * blocks, at most that many blocks of 256 threads (fewer when the matrix

@@ -39,7 +39,7 @@ int kc_add_rmsnorm_op(struct kern_backend *be, void *out, void *resid, const voi
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
-	return kc_add_rmsnorm(out, resid, add, weight, n, dim, eps, c->hf_round, c->stream);
+	return kc_add_rmsnorm(out, resid, resid, add, weight, n, dim, eps, c->hf_round, c->stream);
 }
 
 int kc_matmul_op(struct kern_backend *be, void *out, const void *in, const void *w,
@@ -139,6 +139,116 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 	if (r < 0)
 		return r;
 	return kc_swiglu(out, gate, up, (size_t)n * m, c->hf_round, c->stream);
+}
+
+/* The norm of nm checked as add_rmsnorm's arguments, and its fallback:
+ * resid = resid_in + add and h = rmsnorm(resid) in one launch. */
+static int norm_check(const struct kern_norm *nm, uint32_t n)
+{
+	if (!nm || !nm->resid || !nm->resid_in || !nm->weight || !nm->h || !n ||
+	    n > KC_MAX_ROWS || nm->h == nm->resid || nm->h == nm->resid_in ||
+	    nm->resid == nm->resid_in)
+		return -EINVAL;
+	return 0;
+}
+
+static int norm_unfused(struct kern_cuda *c, const struct kern_norm *nm, uint32_t n,
+			uint32_t dim)
+{
+	return kc_add_rmsnorm(nm->h, nm->resid, nm->resid_in, nm->add, nm->weight, n, dim, nm->eps,
+			      c->hf_round, c->stream);
+}
+
+static int kv_check(const struct kern_kv *kv, uint32_t layer, uint32_t n_heads);
+
+/* rope's arguments against the step and the q/k/v shape: q and k whole
+ * heads of the pool's geometry, one position and slot per row. */
+static int rope_check(const struct kern_rope *rope, uint32_t n, uint32_t mq, uint32_t mkv)
+{
+	const struct kern_batch *b = rope->batch;
+
+	if (!b || !rope->kv || !rope->inv_freq || b->n_tokens != n || !b->pos || !b->slot ||
+	    kv_check(rope->kv, rope->layer, rope->n_heads) < 0 ||
+	    mq != rope->n_heads * rope->kv->head_dim || mkv != rope->kv->n_kv_heads * rope->kv->head_dim)
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * At few rows (the GEMV's) the norm runs in the q/k/v GEMV's prologue and
+ * rope_kv_write in its epilogue: one launch where there were three
+ * (HEARTH_CUDA_NORM_FUSE=0 and HEARTH_CUDA_ROPE_FUSE=0 keep each apart);
+ * else add_rmsnorm, matmul_qkv, then rope_kv_write.
+ */
+int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm,
+			  const struct kern_rope *rope, void *q, void *k, void *v, const void *wq,
+			  const void *wk, const void *wv, const void *bq, const void *bk,
+			  const void *bv, uint32_t n, uint32_t kdim, uint32_t mq, uint32_t mkv)
+{
+	struct kern_cuda *c = kc_priv(be);
+	bool gemv, fn, fr;
+	int r;
+
+	if ((r = norm_check(nm, n)) < 0 || !q || !k || !v || !wq || !wk || !wv || !kdim || !mq ||
+	    !mkv || (rope && (r = rope_check(rope, n, mq, mkv)) < 0))
+		return r < 0 ? r : -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	gemv = !c->gemv_off && !c->fused_off &&
+	       kc_gemv_suits(n, kdim, (uint64_t)mq + 2ull * mkv, KC_GEMV_QKV);
+	fn = gemv && c->norm_fuse && kc_gemv_norm_fits(nm, n, kdim);
+	fr = gemv && c->rope_fuse && rope;
+	if (fn || fr) {
+		const struct kc_gemv_seg seg[3] = {
+			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
+		};
+		const struct kc_rope ro = {
+			.pos = fr ? rope->batch->pos : NULL, .slot = fr ? rope->batch->slot : NULL,
+			.kv = fr ? rope->kv : NULL, .layer = fr ? rope->layer : 0,
+			.n_heads = fr ? rope->n_heads : 0, .inv_freq = fr ? rope->inv_freq : NULL,
+			.err = c->err_dev,
+		};
+
+		if (!fn && (r = norm_unfused(c, nm, n, kdim)) < 0)
+			return r;
+		r = kc_gemv_qkv(fn ? nm : NULL, nm->h, fr ? &ro : NULL, c->hf_round, seg, n, kdim,
+				c->n_sms * c->gemv_occ, c->stream);
+		if (r < 0)
+			return r;
+		c->n_norm_fused += fn;
+		c->n_rope_fused += fr;
+	} else if ((r = norm_unfused(c, nm, n, kdim)) < 0 ||
+		   (r = kc_matmul_qkv_op(be, q, k, v, nm->h, wq, wk, wv, bq, bk, bv, n, kdim, mq,
+					 mkv)) < 0) {
+		return r;
+	}
+	if (rope && !fr)
+		return kc_rope_kv_write_op(be, q, k, v, rope->batch, rope->kv, rope->layer,
+					   rope->n_heads, rope->inv_freq);
+	return 0;
+}
+
+int kc_norm_matmul_swiglu_op(struct kern_backend *be, const struct kern_norm *nm, void *out,
+			     void *gate, void *up, const void *w_gate, const void *w_up, uint32_t n,
+			     uint32_t k, uint32_t m)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if ((r = norm_check(nm, n)) < 0 || !out || !gate || !up || !w_gate || !w_up || !k || !m)
+		return r < 0 ? r : -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	if (c->norm_fuse && !c->gemv_off && !c->fused_off &&
+	    kc_gemv_suits(n, k, m, KC_GEMV_SWIGLU) && kc_gemv_norm_fits(nm, n, k)) {
+		r = kc_gemv_norm_swiglu(nm, c->hf_round, out, w_gate, w_up, n, k, m,
+					c->n_sms * c->gemv_occ, c->stream);
+		c->n_norm_fused += r == 0;
+		return r;
+	}
+	if ((r = norm_unfused(c, nm, n, k)) < 0)
+		return r;
+	return kc_matmul_swiglu_op(be, out, gate, up, nm->h, w_gate, w_up, n, k, m);
 }
 
 int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,

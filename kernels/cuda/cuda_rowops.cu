@@ -32,17 +32,6 @@ static __device__ __forceinline__ bf16 f2bf(float x)
 	return __float2bfloat16_rn(x);
 }
 
-static __device__ __forceinline__ uint4 pack8(const float f[8])
-{
-	uint4 v;
-	__nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
-
-#pragma unroll
-	for (int i = 0; i < 4; i++)
-		h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
-	return v;
-}
-
 /* Bitwise the same as the host's kern_f32_to_bf16(): round to nearest even,
  * NaN kept quiet with its sign, so device and host conversions agree. */
 static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f)
@@ -125,16 +114,20 @@ static __global__ void embed_kernel(bf16 *out, const bf16 *table, const int32_t 
 }
 
 /*
- * One block per row: resid += add (rounded to bf16, as stored), then
- * out = resid * rsqrt(mean(resid^2) + eps) * weight. The sum of squares is
- * taken over the rounded residual, the value the next layer reads too.
+ * One block per row: resid = resid_in + add (rounded to bf16, as stored),
+ * then out = resid * rsqrt(mean(resid^2) + eps) * weight. The sum of squares
+ * is taken over the rounded residual, the value the next layer reads too.
+ * resid may be resid_in (in place).
  */
 template <bool VEC>
-static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *add,
-					  const bf16 *w, uint32_t dim, float eps, int hf)
+static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *resid_in,
+					  const bf16 *add, const bf16 *w, uint32_t dim, float eps,
+					  int hf)
 {
 	__shared__ float red[32];
 	bf16 *r = resid + (size_t)blockIdx.x * dim;
+	const bf16 *ri = resid_in + (size_t)blockIdx.x * dim;
+	const bool copy = add || resid != resid_in;
 	const bf16 *a = add ? add + (size_t)blockIdx.x * dim : nullptr;
 	bf16 *o = out + (size_t)blockIdx.x * dim;
 	float ss = 0.0f, inv;
@@ -146,26 +139,27 @@ static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *ad
 		for (uint32_t j = threadIdx.x; j < dim / 8; j += blockDim.x) {
 			float x[8], y[8];
 
-			unpack8(((const uint4 *)r)[j], x);
+			unpack8(((const uint4 *)ri)[j], x);
 			if (a) {
 				unpack8(((const uint4 *)a)[j], y);
 #pragma unroll
 				for (int e = 0; e < 8; e++)
 					x[e] = bf_round(x[e] + y[e]);
-				((uint4 *)r)[j] = pack8(x);
 			}
+			if (copy)
+				((uint4 *)r)[j] = pack8(x);
 #pragma unroll
 			for (int e = 0; e < 8; e++)
 				ss = fmaf(x[e], x[e], ss);
 		}
 	} else {
 		for (uint32_t j = threadIdx.x; j < dim; j += blockDim.x) {
-			float x = bf2f(r[j]);
+			float x = bf2f(ri[j]);
 
-			if (a) {
+			if (a)
 				x = bf_round(x + bf2f(a[j]));
+			if (copy)
 				r[j] = f2bf(x);
-			}
 			ss = fmaf(x, x, ss);
 		}
 	}
@@ -440,18 +434,19 @@ extern "C" int kc_round_bf16_f32(float *x, size_t n, cudaStream_t st)
 	return launched();
 }
 
-extern "C" int kc_add_rmsnorm(void *out, void *resid, const void *add, const void *weight,
-			      uint32_t n, uint32_t dim, float eps, int hf, cudaStream_t st)
+extern "C" int kc_add_rmsnorm(void *out, void *resid, const void *resid_in, const void *add,
+			      const void *weight, uint32_t n, uint32_t dim, float eps, int hf,
+			      cudaStream_t st)
 {
-	int vec = dim % 8 == 0 && aligned16(out) && aligned16(resid) && aligned16(weight) &&
-		  (!add || aligned16(add));
+	int vec = dim % 8 == 0 && aligned16(out) && aligned16(resid) && aligned16(resid_in) &&
+		  aligned16(weight) && (!add || aligned16(add));
 	unsigned t = row_threads(vec ? dim / 8 : dim);
 	cudaError_t e;
 
 	e = kc_launch_pdl(kc_pdl_enabled(),
 			  vec ? add_rmsnorm_kernel<true> : add_rmsnorm_kernel<false>, dim3(n),
-			  dim3(t), 0, st, (bf16 *)out, (bf16 *)resid, (const bf16 *)add,
-			  (const bf16 *)weight, dim, eps, hf);
+			  dim3(t), 0, st, (bf16 *)out, (bf16 *)resid, (const bf16 *)resid_in,
+			  (const bf16 *)add, (const bf16 *)weight, dim, eps, hf);
 	return e == cudaSuccess ? 0 : -EIO;
 }
 

@@ -95,6 +95,28 @@ static inline uint32_t kern_step_bucket(uint32_t n)
  * (from positions 0 .. pos[i] of its own sequence), which the caller ignores.
  */
 #define KERN_SLOT_PAD INT32_MIN /* any other negative slot is an error */
+
+/*
+ * The RMSNorm in front of a fused matmul (norm_matmul_qkv, norm_matmul_swiglu):
+ * resid = resid_in + add (add NULL: a copy of resid_in), then the matmul's
+ * input is rmsnorm(resid) * weight with eps. resid must not overlap
+ * resid_in: the fused kernel's blocks all read resid_in while one writes
+ * resid. h ([n, dim]) is scratch the backend may use (undefined after).
+ */
+struct kern_norm {
+	void *resid;
+	const void *resid_in, *add, *weight;
+	void *h;
+	float eps;
+};
+/* rope_kv_write's arguments, for a q/k/v matmul that ends with it
+ * (norm_matmul_qkv). */
+struct kern_rope {
+	const struct kern_batch *batch;
+	const struct kern_kv *kv;
+	uint32_t layer, n_heads;
+	const float *inv_freq;
+};
 struct kern_batch {
 	uint32_t n_tokens;
 	uint32_t n_seqs;
@@ -235,6 +257,21 @@ struct kern_ops {
 	int (*matmul_swiglu)(struct kern_backend *be, void *out, void *gate, void *up,
 			     const void *in, const void *w_gate, const void *w_up, uint32_t n,
 			     uint32_t k, uint32_t m);
+	/*
+	 * matmul_qkv and matmul_swiglu of the rows that nm normalises (struct
+	 * kern_norm), the residual add and norm included: at few rows one
+	 * launch instead of two. Present only where matmul_qkv and
+	 * matmul_swiglu are. norm_matmul_qkv with rope (may be NULL) also does
+	 * rope_kv_write(q, k, v, rope->...) (at few rows in the same launch).
+	 */
+	int (*norm_matmul_qkv)(struct kern_backend *be, const struct kern_norm *nm,
+			       const struct kern_rope *rope, void *q, void *k, void *v,
+			       const void *wq, const void *wk, const void *wv, const void *bq,
+			       const void *bk, const void *bv, uint32_t n, uint32_t kdim,
+			       uint32_t mq, uint32_t mkv);
+	int (*norm_matmul_swiglu)(struct kern_backend *be, const struct kern_norm *nm, void *out,
+				  void *gate, void *up, const void *w_gate, const void *w_up,
+				  uint32_t n, uint32_t k, uint32_t m);
 
 	/*
 	 * Optional graph capture (NULL on cpu). Between graph_begin and graph_end

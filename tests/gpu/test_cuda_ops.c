@@ -479,6 +479,237 @@ static void test_gemv_cfgs(uint32_t n, uint32_t k, uint32_t m, uint32_t mkv)
 	free(x);
 }
 
+/*
+ * norm_matmul_qkv and norm_matmul_swiglu with the norm in the GEMV's
+ * prologue (HEARTH_CUDA_NORM_FUSE's default) against the same ops with it
+ * off (add_rmsnorm, then the GEMV on its output: the path test_add_rmsnorm
+ * and test_fused check against the cpu). The residual must come out the
+ * same bit for bit and resid_in untouched; the products within the GEMV's
+ * tolerance (the sum of squares is reduced in another order). Past
+ * KC_GEMV_MAX_N rows both runs take the unfused path.
+ */
+static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, int with_bias,
+			    int with_add)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	const size_t ne = (size_t)n * k;
+	float *x = gt_rand(&rng, ne, 2.0f), *a = gt_rand(&rng, ne, 1.0f), *w = gt_rand(&rng, k, 1.5f);
+	void *xc = gt_put(gt_cpu, x, ne), *xi = gt_put(gt_gpu, x, ne), *ag = gt_put(gt_gpu, a, ne);
+	void *wg = gt_put_weight(gt_gpu, w, k), *h = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+	void *xo[2][2], *out[2][4], *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2),
+			       *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
+	struct mat3 t;
+	char what[128];
+
+	mat3_new(&t, xc, n, k, mq, mkv, with_bias);
+	for (int f = 0; f < 2; f++) {
+		const uint64_t fused0 = c->n_norm_fused;
+		struct kern_norm nm = { .resid_in = xi, .add = with_add ? ag : NULL, .weight = wg,
+					.h = h, .eps = 1e-5f };
+
+		c->norm_fuse = f;
+		for (int i = 0; i < 2; i++)
+			xo[f][i] = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+		for (int i = 0; i < 3; i++)
+			out[f][i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * t.m[i] * 2);
+		out[f][3] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
+		nm.resid = xo[f][0];
+		KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, NULL, out[f][0], out[f][1],
+							     out[f][2], t.wg[0], t.wg[1], t.wg[2],
+							     with_bias ? t.bg[0] : NULL,
+							     with_bias ? t.bg[1] : NULL,
+							     with_bias ? t.bg[2] : NULL, n, k, mq, mkv),
+				0);
+		nm.resid = xo[f][1];
+		KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_swiglu(gt_gpu, &nm, out[f][3], t1, t2,
+								t.wg[1], t.wg[2], n, k, mkv),
+				0);
+		/* The GEMV's rows fuse the norm (two launches here); more rows do not. */
+		KT_CHECK_EQ_INT((int)(c->n_norm_fused - fused0), f && n <= KC_GEMV_MAX_N ? 2 : 0);
+		nm.resid = xi;
+		KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, NULL, out[f][0], out[f][1],
+							     out[f][2], t.wg[0], t.wg[1], t.wg[2],
+							     NULL, NULL, NULL, n, k, mq, mkv),
+				-EINVAL);
+	}
+	c->norm_fuse = 1;
+	for (int i = 0; i < 4; i++) {
+		const uint32_t m = i < 3 ? t.m[i] : mkv;
+		float *r0 = gt_get(gt_gpu, out[0][i], (size_t)n * m);
+		float *r1 = gt_get(gt_gpu, out[1][i], (size_t)n * m);
+
+		snprintf(what, sizeof(what), "norm_matmul_%s n=%u k=%u m=%u%s%s: fused vs not",
+			 i < 3 ? "qkv" : "swiglu", n, k, m, with_bias ? " +bias" : "",
+			 with_add ? " +add" : "");
+		gt_close(what, r1, r0, (size_t)n * m, GT_ATOL, GT_RTOL);
+		free(r0);
+		free(r1);
+	}
+	for (int i = 0; i < 3; i++) {
+		float *r0 = gt_get(gt_gpu, i < 2 ? xo[0][i] : xi, ne);
+		float *r1 = i < 2 ? gt_get(gt_gpu, xo[1][i], ne) : x;
+
+		snprintf(what, sizeof(what), "norm_matmul n=%u k=%u%s: %s", n, k,
+			 with_add ? " +add" : "", i < 2 ? "resid, fused vs not" : "resid_in kept");
+		gt_close(what, r1, r0, ne, 0, 0);
+		free(r0);
+		if (i < 2)
+			free(r1);
+	}
+	for (int f = 0; f < 2; f++)
+		for (int i = 0; i < 4; i++) {
+			if (i < 2)
+				gt_gpu->ops->free(gt_gpu, xo[f][i]);
+			gt_gpu->ops->free(gt_gpu, out[f][i]);
+		}
+	void *bg[] = { xi, ag, wg, h, t1, t2 };
+	for (size_t i = 0; i < KT_ARRAY_SIZE(bg); i++)
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	mat3_free(&t);
+	gt_cpu->ops->free(gt_cpu, xc);
+	free(x);
+	free(a);
+	free(w);
+}
+
+/*
+ * norm_matmul_qkv with rope: rope_kv_write in the q/k/v GEMV's epilogue.
+ * (a) the rope alone fused (HEARTH_CUDA_NORM_FUSE=0) against add_rmsnorm,
+ * the GEMV of the same shape (two matrix rows a warp: the same sums in the
+ * same order) and rope_kv_write (checked against the cpu in
+ * test_cuda_attention): q, k, v and the whole pool within one bf16 step
+ * (the rotation's fp32 expression may contract differently in the two
+ * kernels); (b) norm, GEMV and rope in one launch (both knobs' defaults)
+ * against (a) within the GEMV's tolerance (the norm's sum of squares is
+ * reduced in another order). The last of several tokens is a padding one
+ * (it writes no page); a slot past the pool and a negative position are
+ * reported by the next sync; heads that do not match q are refused.
+ */
+static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uint32_t hd,
+			  int with_bias)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	const uint32_t mq = nh * hd, mkv = nkv * hd, m3[3] = { mq, mkv, mkv };
+	struct kern_kv kv = { .n_pages = 6, .page_tokens = 16, .n_layers = 2, .n_kv_heads = nkv,
+			      .head_dim = hd };
+	const size_t ne = (size_t)n * k, pe = kv.n_pages * kern_kv_page_elems(&kv);
+	float *x = gt_rand(&rng, ne, 2.0f), *a = gt_rand(&rng, ne, 1.0f);
+	float *w = gt_rand(&rng, k, 1.5f), *pool = gt_rand(&rng, pe, 1.0f);
+	float *inv = kt_xmalloc(hd / 2 * sizeof(float)), *got[3][4];
+	int32_t pos[KC_GEMV_MAX_N], slot[KC_GEMV_MAX_N], bad;
+	void *xc = gt_put(gt_cpu, x, ne), *xi = gt_put(gt_gpu, x, ne), *ag = gt_put(gt_gpu, a, ne);
+	void *wg = gt_put_weight(gt_gpu, w, k), *h = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+	void *resid = gt_gpu->ops->alloc(gt_gpu, ne * 2), *out[3], *posd, *slotd, *invd;
+	struct kern_batch b = { .n_tokens = n, .n_seqs = n };
+	struct kern_rope rope = { .batch = &b, .kv = &kv, .layer = 1, .n_heads = nh };
+	struct kern_norm nm = { .resid = resid, .resid_in = xi, .add = ag, .weight = wg, .h = h,
+				.eps = 1e-5f };
+	struct mat3 t;
+	char what[128];
+
+	for (uint32_t d = 0; d < hd / 2; d++)
+		inv[d] = powf(500000.0f, -2.0f * (float)d / (float)hd);
+	for (uint32_t i = 0; i < n; i++) {
+		pos[i] = (int32_t)(37 + 301 * i);
+		slot[i] = (int32_t)((i * 37 + 5) % (kv.n_pages * kv.page_tokens));
+	}
+	if (n > 1)
+		slot[n - 1] = KERN_SLOT_PAD;
+	posd = kt_upload(gt_gpu, pos, n * sizeof(int32_t));
+	slotd = kt_upload(gt_gpu, slot, n * sizeof(int32_t));
+	invd = kt_upload(gt_gpu, inv, hd / 2 * sizeof(float));
+	b.pos = posd;
+	b.slot = slotd;
+	rope.inv_freq = invd;
+	mat3_new(&t, xc, n, k, mq, mkv, with_bias);
+	for (int i = 0; i < 3; i++)
+		out[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m3[i] * 2);
+	/* f = 0: the ops apart; 1: the rope fused; 2: norm and rope fused */
+	for (int f = 0; f < 3; f++) {
+		const uint64_t rf0 = c->n_rope_fused, nf0 = c->n_norm_fused;
+
+		kv.base = gt_put(gt_gpu, pool, pe);
+		c->norm_fuse = f == 2;
+		c->rope_fuse = f > 0;
+		if (f == 0) {
+			const struct kc_gemv_cfg cfg = { 2, (uint32_t)c->n_sms * 2, 1 };
+			struct kc_gemv_seg seg[3];
+
+			for (int i = 0; i < 3; i++)
+				seg[i] = (struct kc_gemv_seg){ out[i], t.wg[i],
+							       with_bias ? t.bg[i] : NULL, m3[i] };
+			KT_CHECK_EQ_INT(gt_gpu->ops->copy(gt_gpu, resid, xi, ne * 2), 0);
+			KT_CHECK_EQ_INT(gt_gpu->ops->add_rmsnorm(gt_gpu, h, resid, ag, wg, n, k, 1e-5f),
+					0);
+			KT_CHECK_EQ_INT(kc_gemv_multi_cfg(seg, h, n, k, 0, &cfg, c->stream), 0);
+			KT_CHECK_EQ_INT(gt_gpu->ops->rope_kv_write(gt_gpu, out[0], out[1], out[2], &b,
+								   &kv, 1, nh, invd), 0);
+		} else {
+			KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(
+						gt_gpu, &nm, &rope, out[0], out[1], out[2], t.wg[0],
+						t.wg[1], t.wg[2], with_bias ? t.bg[0] : NULL,
+						with_bias ? t.bg[1] : NULL, with_bias ? t.bg[2] : NULL,
+						n, k, mq, mkv),
+					0);
+			KT_CHECK_EQ_INT((int)(c->n_rope_fused - rf0), 1);
+			KT_CHECK_EQ_INT((int)(c->n_norm_fused - nf0), f == 2);
+		}
+		KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+		for (int i = 0; i < 3; i++)
+			got[f][i] = gt_get(gt_gpu, out[i], (size_t)n * m3[i]);
+		got[f][3] = gt_get(gt_gpu, kv.base, pe);
+		if (f < 2)
+			gt_gpu->ops->free(gt_gpu, kv.base);
+	}
+	for (int f = 1; f < 3; f++)
+		for (int i = 0; i < 4; i++) {
+			static const char *const nmz[] = { "q", "k", "v", "pool" };
+			const size_t cnt = i < 3 ? (size_t)n * m3[i] : pe;
+
+			snprintf(what, sizeof(what), "qkv_rope%s n=%u k=%u heads %u/%u hd %u%s: %s",
+				 f == 2 ? " +norm" : "", n, k, nh, nkv, hd, with_bias ? " +bias" : "",
+				 nmz[i]);
+			gt_close(what, got[f][i], got[f - 1][i], cnt, f == 1 ? 1e-3 : GT_ATOL,
+				 f == 1 ? 1.0 / 128 : GT_RTOL);
+		}
+	/* Bad metadata in device memory: reported by the next sync, once. */
+	bad = (int32_t)(kv.n_pages * kv.page_tokens);
+	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, slotd, &bad, sizeof(bad)), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, &rope, out[0], out[1], out[2],
+						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
+						     n, k, mq, mkv),
+			0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
+	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, slotd, &slot[0], sizeof(bad)), 0);
+	bad = -3;
+	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, posd, &bad, sizeof(bad)), 0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, &rope, out[0], out[1], out[2],
+						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
+						     n, k, mq, mkv),
+			0);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+	rope.n_heads = nh + nkv;
+	KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, &rope, out[0], out[1], out[2],
+						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
+						     n, k, mq, mkv),
+			-EINVAL);
+	c->norm_fuse = c->rope_fuse = 1;
+	for (int f = 0; f < 3; f++)
+		for (int i = 0; i < 4; i++)
+			free(got[f][i]);
+	void *bg[] = { xi, ag, wg, h, resid, out[0], out[1], out[2], posd, slotd, invd, kv.base };
+	for (size_t i = 0; i < KT_ARRAY_SIZE(bg); i++)
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	mat3_free(&t);
+	gt_cpu->ops->free(gt_cpu, xc);
+	free(x);
+	free(a);
+	free(w);
+	free(pool);
+	free(inv);
+}
+
 static void test_swiglu(uint32_t n, uint32_t dim)
 {
 	size_t ne = (size_t)n * dim;
@@ -683,6 +914,23 @@ int main(void)
 	test_gemv_cfgs(1, 14336, 4096, 1024);
 	test_gemv_cfgs(2, 14336, 4096, 1024);
 	test_gemv_cfgs(4, 136, 1000, 33);
+	/* The norm in the GEMV's prologue: 1B and 8B shapes, each row count,
+	 * without the add (layer 0), an odd small shape, and past 4 rows. */
+	for (uint32_t n = 1; n <= KC_GEMV_MAX_N; n++)
+		test_norm_fused(n, 2048, 2048, 512, 0, 1);
+	test_norm_fused(1, 2048, 2048, 512, 0, 0);
+	test_norm_fused(4, 4096, 4096, 1024, 0, 1);
+	test_norm_fused(2, 1536, 1536, 256, 1, 1);
+	test_norm_fused(3, 64, 8, 24, 1, 1);
+	test_norm_fused(9, 512, 512, 128, 1, 1);
+	/* The rope in the q/k/v GEMV: the 1B's heads (64 wide, 32/8) and the
+	 * 8B's (128, 32/8) at each row count, Qwen2's biases, a small odd shape. */
+	for (uint32_t n = 1; n <= KC_GEMV_MAX_N; n++)
+		test_qkv_rope(n, 2048, 32, 8, 64, 0);
+	test_qkv_rope(1, 4096, 32, 8, 128, 0);
+	test_qkv_rope(3, 4096, 32, 8, 128, 0);
+	test_qkv_rope(2, 1536, 12, 2, 128, 1);
+	test_qkv_rope(4, 64, 3, 1, 16, 1);
 	test_swiglu(13, 1024);
 	test_swiglu(3, 1003);
 	test_gather(256);

@@ -383,17 +383,17 @@ static int step_run(struct step *s, const struct variant *v)
 	for (uint32_t l = 0; l < s->layers && !r; l++) {
 		struct wset *w = &s->lw[l * 4];
 
-		if ((r = kc_add_rmsnorm(s->h, s->x, l ? s->o : NULL, s->norm, 1, s->D, 1e-5f, 0,
+		if ((r = kc_add_rmsnorm(s->h, s->x, s->x, l ? s->o : NULL, s->norm, 1, s->D, 1e-5f, 0,
 					st)) ||
 		    (r = mat_run(&s->mt[0], &w[0], qkv, s->h, 1, v)) ||
 		    (r = mat_run(&s->mt[1], &w[1], o, s->q, 1, v)) ||
-		    (r = kc_add_rmsnorm(s->h, s->x, s->o, s->norm, 1, s->D, 1e-5f, 0, st)) ||
+		    (r = kc_add_rmsnorm(s->h, s->x, s->x, s->o, s->norm, 1, s->D, 1e-5f, 0, st)) ||
 		    (r = mat_run(&s->mt[2], &w[2], act, s->h, 1, v)))
 			break;
 		r = mat_run(&s->mt[3], &w[3], o, s->act, 1, v);
 	}
 	if (!r)
-		r = kc_add_rmsnorm(s->h, s->x, s->o, s->norm, 1, s->D, 1e-5f, 0, st);
+		r = kc_add_rmsnorm(s->h, s->x, s->x, s->o, s->norm, 1, s->D, 1e-5f, 0, st);
 	if (!r)
 		r = mat_run(&s->mt[4], &s->lm, lg, s->h, 1, v);
 	return r;
