@@ -52,9 +52,8 @@ static __device__ __forceinline__ uint32_t pack2(float a, float b)
 
 
 /*
- * One block per token. Angles as transformers computes them: float(pos) *
- * inv_freq[d] in fp32, then cos/sin (full-range accurate sincosf); dimension d
- * pairs with d + hd/2. A token with a bad slot or position writes nothing.
+ * One block per token (rope_pair; dimension d pairs with d + hd/2). A token
+ * with a bad slot or position writes nothing.
  */
 static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int32_t *pos,
 				      const int32_t *slot, uint32_t n_heads, uint32_t nkv,
@@ -66,7 +65,6 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 	const int32_t p = pos[i], sl = slot[i]; /* step metadata: no kernel writes it */
 	const uint64_t head_stride = (uint64_t)pt * hd;
 	bf16 *kdst, *vdst;
-	float fpos;
 
 	/* q, k and v come from the kernel before. Only then may decode
 	 * attention start (it loads older K/V first): launched while that
@@ -82,26 +80,14 @@ static __global__ void rope_kv_kernel(bf16 *q, bf16 *k, const bf16 *v, const int
 	}
 	kdst = kv + (uint64_t)(sl / pt) * page_elems + layer_off + (uint64_t)(sl % pt) * hd;
 	vdst = kdst + nkv * head_stride;
-	fpos = (float)p;
 	for (uint32_t idx = threadIdx.x; idx < (n_heads + nkv) * half; idx += blockDim.x) {
 		uint32_t h = idx / half, d = idx % half;
 		bf16 *x = h < n_heads ? q + ((size_t)i * n_heads + h) * hd
 				      : k + ((size_t)i * nkv + (h - n_heads)) * hd;
-		float ang = fpos * inv_freq[d], sn, c;
-		float x1 = __bfloat162float(x[d]), x2 = __bfloat162float(x[d + half]);
-		bf16 y1, y2;
+		const float2 y = rope_pair(__bfloat162float(x[d]), __bfloat162float(x[d + half]), p,
+					   inv_freq[d], hf);
+		const bf16 y1 = __float2bfloat16_rn(y.x), y2 = __float2bfloat16_rn(y.y);
 
-		sincosf(ang, &sn, &c);
-		if (hf) {
-			/* transformers: bf16 cos/sin, each product and the sum rounded */
-			c = bf_round(c);
-			sn = bf_round(sn);
-			y1 = __float2bfloat16_rn(bf_round(x1 * c) + bf_round(-x2 * sn));
-			y2 = __float2bfloat16_rn(bf_round(x2 * c) + bf_round(x1 * sn));
-		} else {
-			y1 = __float2bfloat16_rn(x1 * c - x2 * sn);
-			y2 = __float2bfloat16_rn(x2 * c + x1 * sn);
-		}
 		x[d] = y1;
 		x[d + half] = y2;
 		if (h >= n_heads) {

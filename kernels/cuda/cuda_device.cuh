@@ -69,6 +69,28 @@ static __device__ __forceinline__ float bf_round(float x)
 }
 
 /*
+ * The rotary embedding of one pair (x1, x2) = (x[d], x[d + hd/2]) at
+ * position pos: angles as transformers computes them, float(pos) *
+ * inv_freq[d] in fp32, then cos/sin (full-range accurate sincosf). hf:
+ * transformers' bf16 cos/sin, each product and the sum rounded. Shared by
+ * rope_kv_write and the q/k/v GEMV's epilogue, so both round alike.
+ */
+static __device__ __forceinline__ float2 rope_pair(float x1, float x2, int32_t pos, float inv_freq,
+						   int hf)
+{
+	float sn, c;
+
+	sincosf((float)pos * inv_freq, &sn, &c);
+	if (hf) {
+		c = bf_round(c);
+		sn = bf_round(sn);
+		return make_float2(bf_round(x1 * c) + bf_round(-x2 * sn),
+				   bf_round(x2 * c) + bf_round(x1 * sn));
+	}
+	return make_float2(x1 * c - x2 * sn, x2 * c + x1 * sn);
+}
+
+/*
  * Programmatic dependent launch (sm_90): a kernel launched with
  * kc_launch_pdl() may start while the kernel before it in the stream is
  * still running, once every block of that one has called pdl_trigger() (or

@@ -177,7 +177,7 @@ static __device__ __forceinline__ void gemv_fma(float (&acc)[RR][NR], const uint
  * ROPE's epilogue of group g: lane r * NR + q holds row r of the group for
  * input row q, v its sum. As the unfused path: the bias added, the value
  * rounded to bf16 (q, k and v are stored so), then q and k rotated as
- * rope_kv_write rotates them (its expressions, hf rounding included), and the
+ * rope_kv_write rotates them (rope_pair, hf rounding included), and the
  * token's k and v written to its KV slot (a padding token's to none; a bad
  * slot or position sets KC_ERR_SLOT and writes no page).
  */
@@ -212,18 +212,10 @@ static __device__ __forceinline__ void gemv_store_rope(float v, const gemv_segs 
 	if (lane >= 2 * NR)
 		return;
 	if (pair) {
-		const float ang = (float)sg.rope.pos[q] * sg.rope.inv_freq[g % half];
-		const float x1 = r ? o : x, x2 = r ? x : o;
-		float sn, c;
+		const float2 y = rope_pair(r ? o : x, r ? x : o, sg.rope.pos[q],
+					   sg.rope.inv_freq[g % half], sg.hf);
 
-		sincosf(ang, &sn, &c);
-		if (sg.hf) {
-			c = bf_round(c);
-			sn = bf_round(sn);
-			x = r ? bf_round(x2 * c) + bf_round(x1 * sn) : bf_round(x1 * c) + bf_round(-x2 * sn);
-		} else {
-			x = r ? x2 * c + x1 * sn : x1 * c - x2 * sn;
-		}
+		x = r ? y.y : y.x;
 	}
 	{
 		const bf16 y = __float2bfloat16_rn(x);
