@@ -492,6 +492,7 @@ static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, i
 			    int with_add)
 {
 	struct kern_cuda *c = gt_gpu->priv;
+	const int norm_fuse0 = c->norm_fuse;
 	const size_t ne = (size_t)n * k;
 	float *x = gt_rand(&rng, ne, 2.0f), *a = gt_rand(&rng, ne, 1.0f), *w = gt_rand(&rng, k, 1.5f);
 	void *xc = gt_put(gt_cpu, x, ne), *xi = gt_put(gt_gpu, x, ne), *ag = gt_put(gt_gpu, a, ne);
@@ -532,7 +533,7 @@ static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, i
 							     NULL, NULL, NULL, n, k, mq, mkv),
 				-EINVAL);
 	}
-	c->norm_fuse = 1;
+	c->norm_fuse = norm_fuse0;
 	for (int i = 0; i < 4; i++) {
 		const uint32_t m = i < 3 ? t.m[i] : mkv;
 		float *r0 = gt_get(gt_gpu, out[0][i], (size_t)n * m);
@@ -589,6 +590,7 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 			  int with_bias)
 {
 	struct kern_cuda *c = gt_gpu->priv;
+	const int norm_fuse0 = c->norm_fuse, rope_fuse0 = c->rope_fuse;
 	const uint32_t mq = nh * hd, mkv = nkv * hd, m3[3] = { mq, mkv, mkv };
 	struct kern_kv kv = { .n_pages = 6, .page_tokens = 16, .n_layers = 2, .n_kv_heads = nkv,
 			      .head_dim = hd };
@@ -694,7 +696,8 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
 						     n, k, mq, mkv),
 			-EINVAL);
-	c->norm_fuse = c->rope_fuse = 1;
+	c->norm_fuse = norm_fuse0;
+	c->rope_fuse = rope_fuse0;
 	for (int f = 0; f < 3; f++)
 		for (int i = 0; i < 4; i++)
 			free(got[f][i]);
