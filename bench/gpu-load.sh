@@ -8,7 +8,7 @@
 # at the rate (1B: 100 events/s per session, 8B: 10), and
 # hearth-bench-engine's batch-64 against batch-1 decode step at context 512.
 # The model is written to /var/tmp/hearth-model-SHAPE (reused when there,
-# kept with KEEP_MODEL=1).
+# kept with KEEP_MODEL=1). BATCH_WAIT_US=N gives the daemon --batch-wait-us=N.
 set -u
 R=${R:-build-e2e}
 OUT=${OUT:-/tmp/hearth-load}
@@ -32,7 +32,7 @@ for SHAPE in "$@"; do
 	"$R/hearth-bench-load" --hearthd "$R/hearthd" --model "$M" --backend cuda \
 		--rate $RATE --loads $LOADS --duration 5 --context 1024 --window 256 --procs 8 \
 		--daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
-		>"$OUT/load-$SHAPE.log" 2>&1
+		--daemon-arg=--batch-wait-us="${BATCH_WAIT_US:-0}" >"$OUT/load-$SHAPE.log" 2>&1
 	echo "== hearth-bench-load $SHAPE rc=$?"; cat "$OUT/load-$SHAPE.log"
 	"$R/hearth-bench-engine" --backend cuda --shape "$SHAPE" --ctx 512 --batches 1,64 --iters 50 \
 		>"$OUT/engine512-$SHAPE.log" 2>&1
