@@ -481,7 +481,8 @@ static void test_gemv_cfgs(uint32_t n, uint32_t k, uint32_t m, uint32_t mkv)
 
 /*
  * norm_matmul_qkv and norm_matmul_swiglu with the norm in the GEMV's
- * prologue (HEARTH_CUDA_NORM_FUSE's default) against the same ops with it
+ * prologue (HEARTH_CUDA_NORM_FUSE=1; the ops are called directly, as the
+ * backend offers them only with a fusion knob on) against the same ops with it
  * off (add_rmsnorm, then the GEMV on its output: the path test_add_rmsnorm
  * and test_fused check against the cpu). The residual must come out the
  * same bit for bit and resid_in untouched; the products within the GEMV's
@@ -515,20 +516,20 @@ static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, i
 			out[f][i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * t.m[i] * 2);
 		out[f][3] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
 		nm.resid = xo[f][0];
-		KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, NULL, out[f][0], out[f][1],
+		KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, NULL, out[f][0], out[f][1],
 							     out[f][2], t.wg[0], t.wg[1], t.wg[2],
 							     with_bias ? t.bg[0] : NULL,
 							     with_bias ? t.bg[1] : NULL,
 							     with_bias ? t.bg[2] : NULL, n, k, mq, mkv),
 				0);
 		nm.resid = xo[f][1];
-		KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_swiglu(gt_gpu, &nm, out[f][3], t1, t2,
+		KT_CHECK_EQ_INT(kc_norm_matmul_swiglu_op(gt_gpu, &nm, out[f][3], t1, t2,
 								t.wg[1], t.wg[2], n, k, mkv),
 				0);
 		/* The GEMV's rows fuse the norm (two launches here); more rows do not. */
 		KT_CHECK_EQ_INT((int)(c->n_norm_fused - fused0), f && n <= KC_GEMV_MAX_N ? 2 : 0);
 		nm.resid = xi;
-		KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, NULL, out[f][0], out[f][1],
+		KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, NULL, out[f][0], out[f][1],
 							     out[f][2], t.wg[0], t.wg[1], t.wg[2],
 							     NULL, NULL, NULL, n, k, mq, mkv),
 				-EINVAL);
@@ -575,12 +576,12 @@ static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, i
 
 /*
  * norm_matmul_qkv with rope: rope_kv_write in the q/k/v GEMV's epilogue.
- * (a) the rope alone fused (HEARTH_CUDA_NORM_FUSE=0) against add_rmsnorm,
+ * (a) the rope alone fused (the backend's rope_fuse on, norm_fuse off) against add_rmsnorm,
  * the GEMV of the same shape (two matrix rows a warp: the same sums in the
  * same order) and rope_kv_write (checked against the cpu in
  * test_cuda_attention): q, k, v and the whole pool within one bf16 step
- * (the rotation's fp32 expression may contract differently in the two
- * kernels); (b) norm, GEMV and rope in one launch (both knobs' defaults)
+ * (rope_pair may contract differently in the two kernels); (b) norm, GEMV
+ * and rope in one launch (both on)
  * against (a) within the GEMV's tolerance (the norm's sum of squares is
  * reduced in another order). The last of several tokens is a padding one
  * (it writes no page); a slot past the pool and a negative position are
@@ -647,7 +648,7 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 			KT_CHECK_EQ_INT(gt_gpu->ops->rope_kv_write(gt_gpu, out[0], out[1], out[2], &b,
 								   &kv, 1, nh, invd), 0);
 		} else {
-			KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(
+			KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(
 						gt_gpu, &nm, &rope, out[0], out[1], out[2], t.wg[0],
 						t.wg[1], t.wg[2], with_bias ? t.bg[0] : NULL,
 						with_bias ? t.bg[1] : NULL, with_bias ? t.bg[2] : NULL,
@@ -677,7 +678,7 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 	/* Bad metadata in device memory: reported by the next sync, once. */
 	bad = (int32_t)(kv.n_pages * kv.page_tokens);
 	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, slotd, &bad, sizeof(bad)), 0);
-	KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, &rope, out[0], out[1], out[2],
+	KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2],
 						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
 						     n, k, mq, mkv),
 			0);
@@ -685,14 +686,14 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, slotd, &slot[0], sizeof(bad)), 0);
 	bad = -3;
 	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, posd, &bad, sizeof(bad)), 0);
-	KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, &rope, out[0], out[1], out[2],
+	KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2],
 						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
 						     n, k, mq, mkv),
 			0);
 	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
 	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
 	rope.n_heads = nh + nkv;
-	KT_CHECK_EQ_INT(gt_gpu->ops->norm_matmul_qkv(gt_gpu, &nm, &rope, out[0], out[1], out[2],
+	KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2],
 						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
 						     n, k, mq, mkv),
 			-EINVAL);
