@@ -195,6 +195,7 @@ struct hd_sched {
 	struct hd_job **cand;         /* [cap_active] */
 	uint32_t n_deadlines;         /* queued jobs with a deadline */
 	uint64_t hold_since;          /* batch_wait_us: when the step being held was first due, or 0 */
+	uint64_t hold_until;          /* ... and when it is due unless more arrive */
 	struct hd_sched_stats st;
 };
 

@@ -26,6 +26,7 @@
 #include "hr_common.h"
 #include "hr_log.h"
 
+#define HOLD_SPIN_NS 500000ull /* the last of a burst hold is spun, not slept (hold_for_burst) */
 #define HD_JOB_INLINE 40u /* token + label ids kept in the job itself */
 #define HD_MAX_LABELS 1024u
 
@@ -324,10 +325,11 @@ static uint32_t expire(struct hd_model *hm, uint64_t now)
 uint64_t hd_sched_next_deadline(const struct hd_model *hm)
 {
 	const struct hd_sched *q = &hm->sched;
-	uint64_t t = 0;
+	/* a long hold: wake when HOLD_SPIN_NS is left of it */
+	uint64_t t = q->hold_since && q->hold_until > HOLD_SPIN_NS ? q->hold_until - HOLD_SPIN_NS : 0;
 
 	if (!q->n_deadlines)
-		return 0;
+		return t;
 	for (uint32_t i = 0; i < q->n_active; i++)
 		for (const struct hd_job *j = q->active[i]->jobs; j; j = j->next)
 			if (!j->started && j->q.deadline_ns && (!t || j->q.deadline_ns < t))
@@ -353,7 +355,11 @@ static int cmp_cand(const void *a, const void *b)
  * the ones kept for every outstanding descriptor of its client. */
 /* batch_wait_us: whether the step of these candidates waits for more of a
  * burst. Only while every candidate is fresh, so a loaded engine (whose
- * queued requests have waited a step already) never holds. */
+ * queued requests have waited a step already) never holds. A hold with
+ * more than HOLD_SPIN_NS to go lets the reactor sleep until that much is left
+ * or a submission comes (hd_sched_ready, hd_sched_next_deadline), so it does
+ * not spin on a core the clients may need; the rest it spins, since a wake-up
+ * from a timed sleep can come hundreds of microseconds late. */
 static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 {
 	struct hd_sched *q = &hm->sched;
@@ -365,6 +371,7 @@ static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 		newest = HR_MAX(newest, q->cand[i]->t_submit);
 	}
 	if (n_cand && now - oldest < wait && now - newest < wait / 2) {
+		q->hold_until = HR_MIN(oldest + wait, newest + wait / 2);
 		if (!q->hold_since) {
 			q->hold_since = now;
 			q->st.burst_holds++;
@@ -589,6 +596,10 @@ bool hd_sched_ready(struct hd_model *hm)
 {
 	struct hd_sched *q = &hm->sched;
 
+	/* A held step with more than HOLD_SPIN_NS to go waits for a new
+	 * submission (which wakes the reactor anyway) or its wake-up time. */
+	if (q->hold_since && hr_now_ns() + HOLD_SPIN_NS < q->hold_until)
+		return false;
 	for (uint32_t i = 0; i < q->n_active; i++)
 		if (job_can_run(hm, q->active[i]->jobs))
 			return true;
