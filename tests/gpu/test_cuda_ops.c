@@ -480,6 +480,49 @@ static void test_gemv_cfgs(uint32_t n, uint32_t k, uint32_t m, uint32_t mkv)
 }
 
 /*
+ * The inputs of the fused-norm tests: n rows of k (x, the residual, on both
+ * backends; a, what is added to it; w, the norm's weight), scratch h, and
+ * q/k/v matrices of mq and mkv rows (t).
+ */
+struct norm_in {
+	size_t ne;
+	float *x, *a, *w;
+	void *xc, *xi, *ag, *wg, *h;
+	struct mat3 t;
+};
+
+static void norm_in_new(struct norm_in *in, uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv,
+			int with_bias)
+{
+	in->ne = (size_t)n * k;
+	in->x = gt_rand(&rng, in->ne, 2.0f);
+	in->a = gt_rand(&rng, in->ne, 1.0f);
+	in->w = gt_rand(&rng, k, 1.5f);
+	in->xc = gt_put(gt_cpu, in->x, in->ne);
+	in->xi = gt_put(gt_gpu, in->x, in->ne);
+	in->ag = gt_put(gt_gpu, in->a, in->ne);
+	in->wg = gt_put_weight(gt_gpu, in->w, k);
+	in->h = gt_gpu->ops->alloc(gt_gpu, in->ne * 2);
+	mat3_new(&in->t, in->xc, n, k, mq, mkv, with_bias);
+}
+
+/* Frees in and the n more backend buffers of p. */
+static void norm_in_free(struct norm_in *in, void *const *p, size_t n)
+{
+	void *bg[] = { in->xi, in->ag, in->wg, in->h };
+
+	for (size_t i = 0; i < KT_ARRAY_SIZE(bg); i++)
+		gt_gpu->ops->free(gt_gpu, bg[i]);
+	for (size_t i = 0; i < n; i++)
+		gt_gpu->ops->free(gt_gpu, p[i]);
+	mat3_free(&in->t);
+	gt_cpu->ops->free(gt_cpu, in->xc);
+	free(in->x);
+	free(in->a);
+	free(in->w);
+}
+
+/*
  * norm_matmul_qkv and norm_matmul_swiglu with the norm in the GEMV's
  * prologue (HEARTH_CUDA_NORM_FUSE=1; the ops are called directly, as the
  * backend offers them only with a fusion knob on) against the same ops with it
@@ -494,16 +537,17 @@ static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, i
 {
 	struct kern_cuda *c = gt_gpu->priv;
 	const int norm_fuse0 = c->norm_fuse;
-	const size_t ne = (size_t)n * k;
-	float *x = gt_rand(&rng, ne, 2.0f), *a = gt_rand(&rng, ne, 1.0f), *w = gt_rand(&rng, k, 1.5f);
-	void *xc = gt_put(gt_cpu, x, ne), *xi = gt_put(gt_gpu, x, ne), *ag = gt_put(gt_gpu, a, ne);
-	void *wg = gt_put_weight(gt_gpu, w, k), *h = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+	struct norm_in in;
 	void *xo[2][2], *out[2][4], *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2),
 			       *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * mkv * 2);
-	struct mat3 t;
 	char what[128];
 
-	mat3_new(&t, xc, n, k, mq, mkv, with_bias);
+	norm_in_new(&in, n, k, mq, mkv, with_bias);
+	const size_t ne = in.ne;
+	const struct mat3 t = in.t;
+	float *x = in.x;
+	void *xi = in.xi, *ag = in.ag, *wg = in.wg, *h = in.h;
+
 	for (int f = 0; f < 2; f++) {
 		const uint64_t fused0 = c->n_norm_fused;
 		struct kern_norm nm = { .resid_in = xi, .add = with_add ? ag : NULL, .weight = wg,
@@ -564,14 +608,7 @@ static void test_norm_fused(uint32_t n, uint32_t k, uint32_t mq, uint32_t mkv, i
 				gt_gpu->ops->free(gt_gpu, xo[f][i]);
 			gt_gpu->ops->free(gt_gpu, out[f][i]);
 		}
-	void *bg[] = { xi, ag, wg, h, t1, t2 };
-	for (size_t i = 0; i < KT_ARRAY_SIZE(bg); i++)
-		gt_gpu->ops->free(gt_gpu, bg[i]);
-	mat3_free(&t);
-	gt_cpu->ops->free(gt_cpu, xc);
-	free(x);
-	free(a);
-	free(w);
+	norm_in_free(&in, (void *[]){ t1, t2 }, 2);
 }
 
 /*
@@ -595,20 +632,24 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 	const uint32_t mq = nh * hd, mkv = nkv * hd, m3[3] = { mq, mkv, mkv };
 	struct kern_kv kv = { .n_pages = 6, .page_tokens = 16, .n_layers = 2, .n_kv_heads = nkv,
 			      .head_dim = hd };
-	const size_t ne = (size_t)n * k, pe = kv.n_pages * kern_kv_page_elems(&kv);
-	float *x = gt_rand(&rng, ne, 2.0f), *a = gt_rand(&rng, ne, 1.0f);
-	float *w = gt_rand(&rng, k, 1.5f), *pool = gt_rand(&rng, pe, 1.0f);
-	float *inv = kt_xmalloc(hd / 2 * sizeof(float)), *got[3][4];
+	const size_t pe = kv.n_pages * kern_kv_page_elems(&kv);
+	float *pool = gt_rand(&rng, pe, 1.0f), *inv = kt_xmalloc(hd / 2 * sizeof(float)), *got[3][4];
 	int32_t pos[KC_GEMV_MAX_N], slot[KC_GEMV_MAX_N], bad;
-	void *xc = gt_put(gt_cpu, x, ne), *xi = gt_put(gt_gpu, x, ne), *ag = gt_put(gt_gpu, a, ne);
-	void *wg = gt_put_weight(gt_gpu, w, k), *h = gt_gpu->ops->alloc(gt_gpu, ne * 2);
-	void *resid = gt_gpu->ops->alloc(gt_gpu, ne * 2), *out[3], *posd, *slotd, *invd;
+	struct norm_in in;
+	void *resid, *out[3], *posd, *slotd, *invd;
 	struct kern_batch b = { .n_tokens = n, .n_seqs = n };
 	struct kern_rope rope = { .batch = &b, .kv = &kv, .layer = 1, .n_heads = nh };
-	struct kern_norm nm = { .resid = resid, .resid_in = xi, .add = ag, .weight = wg, .h = h,
-				.eps = 1e-5f };
-	struct mat3 t;
 	char what[128];
+
+	norm_in_new(&in, n, k, mq, mkv, with_bias);
+	const size_t ne = in.ne;
+	const struct mat3 t = in.t;
+	void *xi = in.xi, *ag = in.ag, *wg = in.wg, *h = in.h;
+	struct kern_norm nm = { .resid = NULL, .resid_in = xi, .add = ag, .weight = wg, .h = h,
+				.eps = 1e-5f };
+
+	resid = gt_gpu->ops->alloc(gt_gpu, ne * 2);
+	nm.resid = resid;
 
 	for (uint32_t d = 0; d < hd / 2; d++)
 		inv[d] = powf(500000.0f, -2.0f * (float)d / (float)hd);
@@ -624,7 +665,6 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 	b.pos = posd;
 	b.slot = slotd;
 	rope.inv_freq = invd;
-	mat3_new(&t, xc, n, k, mq, mkv, with_bias);
 	for (int i = 0; i < 3; i++)
 		out[i] = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m3[i] * 2);
 	/* f = 0: the ops apart; 1: the rope fused; 2: norm and rope fused */
@@ -702,14 +742,7 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 	for (int f = 0; f < 3; f++)
 		for (int i = 0; i < 4; i++)
 			free(got[f][i]);
-	void *bg[] = { xi, ag, wg, h, resid, out[0], out[1], out[2], posd, slotd, invd, kv.base };
-	for (size_t i = 0; i < KT_ARRAY_SIZE(bg); i++)
-		gt_gpu->ops->free(gt_gpu, bg[i]);
-	mat3_free(&t);
-	gt_cpu->ops->free(gt_cpu, xc);
-	free(x);
-	free(a);
-	free(w);
+	norm_in_free(&in, (void *[]){ resid, out[0], out[1], out[2], posd, slotd, invd, kv.base }, 8);
 	free(pool);
 	free(inv);
 }
