@@ -716,27 +716,22 @@ static void test_qkv_rope(uint32_t n, uint32_t k, uint32_t nh, uint32_t nkv, uin
 				 f == 1 ? 1.0 / 128 : GT_RTOL);
 		}
 	/* Bad metadata in device memory: reported by the next sync, once. */
+#define QKV_ROPE()                                                                             \
+	kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2], t.wg[0], t.wg[1],     \
+			      t.wg[2], NULL, NULL, NULL, n, k, mq, mkv)
 	bad = (int32_t)(kv.n_pages * kv.page_tokens);
 	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, slotd, &bad, sizeof(bad)), 0);
-	KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2],
-						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
-						     n, k, mq, mkv),
-			0);
+	KT_CHECK_EQ_INT(QKV_ROPE(), 0);
 	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
 	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, slotd, &slot[0], sizeof(bad)), 0);
 	bad = -3;
 	KT_CHECK_EQ_INT(gt_gpu->ops->upload(gt_gpu, posd, &bad, sizeof(bad)), 0);
-	KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2],
-						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
-						     n, k, mq, mkv),
-			0);
+	KT_CHECK_EQ_INT(QKV_ROPE(), 0);
 	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), -EINVAL);
 	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
 	rope.n_heads = nh + nkv;
-	KT_CHECK_EQ_INT(kc_norm_matmul_qkv_op(gt_gpu, &nm, &rope, out[0], out[1], out[2],
-						     t.wg[0], t.wg[1], t.wg[2], NULL, NULL, NULL,
-						     n, k, mq, mkv),
-			-EINVAL);
+	KT_CHECK_EQ_INT(QKV_ROPE(), -EINVAL);
+#undef QKV_ROPE
 	c->norm_fuse = norm_fuse0;
 	c->rope_fuse = rope_fuse0;
 	for (int f = 0; f < 3; f++)
