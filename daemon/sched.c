@@ -360,6 +360,14 @@ static int cmp_cand(const void *a, const void *b)
  * or a submission comes (hd_sched_ready, hd_sched_next_deadline), so it does
  * not spin on a core the clients may need; the rest it spins, since a wake-up
  * from a timed sleep can come hundreds of microseconds late. */
+static void hold_end(struct hd_sched *q, uint64_t now)
+{
+	if (q->hold_since) {
+		q->st.burst_hold_ns += now - q->hold_since;
+		q->hold_since = 0;
+	}
+}
+
 static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 {
 	struct hd_sched *q = &hm->sched;
@@ -378,10 +386,7 @@ static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 		}
 		return true;
 	}
-	if (q->hold_since) {
-		q->st.burst_hold_ns += now - q->hold_since;
-		q->hold_since = 0;
-	}
+	hold_end(q, now);
 	return false;
 }
 
@@ -515,8 +520,12 @@ uint32_t hd_sched_turn(struct hd_model *hm)
 	uint64_t now, t0;
 	int r;
 
-	if (!q->n_active)
+	if (!q->n_active) {
+		/* Every held request went (cancelled, its client gone): no hold. */
+		if (q->hold_since)
+			hold_end(q, hr_now_ns());
 		return 0;
+	}
 	now = hr_now_ns();
 	if (q->n_deadlines)
 		progress += expire(hm, now);

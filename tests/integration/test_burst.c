@@ -5,7 +5,8 @@
  * half the wait of the one before, and the first of them waits no more than
  * batch_wait_us for it; the daemon counts the hold. A request arriving alone
  * is held at most half the wait (nothing follows it), and every score comes
- * back whole. Times are generous (a 60 ms wait, arrivals 4 ms apart) so a
+ * back whole. A held request cancelled ends the hold: the reactor goes back
+ * to sleep instead of waking for a step that will not come. Times are generous (a 60 ms wait, arrivals 4 ms apart) so a
  * loaded 2-core machine passes it; what the step held is read from the
  * daemon's own counters, not from timing here.
  */
@@ -128,6 +129,43 @@ int main(int argc, char **argv)
 	CHECK(s1.burst_hold_us - s0.burst_hold_us >= WAIT_US / 2 - 1000 &&
 	      s1.burst_hold_us - s0.burst_hold_us <= WAIT_US + 5000,
 	      "held %llu us", (unsigned long long)(s1.burst_hold_us - s0.burst_hold_us));
+
+	/* 3. A held SCORE cancelled: -ECANCELED, and the daemon idles after. */
+	s0 = s1;
+	{
+		struct hearth_sqe *q = hearth_get_sqe(h);
+		struct hearth_cqe *c;
+		uint64_t cpu0;
+		int seen = 0;
+
+		REQUIRE(q, "sqe");
+		hearth_prep_score(h, q, (uint32_t)sess[1], toks, 4, labels, 2, probs);
+		q->user_data = 7;
+		REQUIRE(hearth_submit(h) == 1, "submit score");
+		th_sleep_ms(5); /* held: nothing came after it for less than half the wait */
+		q = hearth_get_sqe(h);
+		REQUIRE(q, "sqe");
+		hearth_prep_cancel(h, q, 7);
+		q->user_data = 8;
+		REQUIRE(hearth_submit(h) == 1, "submit cancel");
+		while (seen < 2 && CHECK(hearth_wait_cqe(h, &c, 10000000000ll) == 0, "no completion")) {
+			if (c->user_data == 7)
+				CHECK(c->res == -ECANCELED, "cancelled score: %d", c->res);
+			else
+				CHECK(c->res == 0, "cancel: %d", c->res);
+			seen++;
+			hearth_cqe_seen(h, c);
+		}
+		th_sleep_ms(100);
+		cpu0 = th_daemon_cpu_ns(&d);
+		th_sleep_ms(400);
+		th_log("after a cancelled hold: daemon cpu %.1f ms in 400 ms",
+		       (th_daemon_cpu_ns(&d) - cpu0) / 1e6);
+		CHECK(th_daemon_cpu_ns(&d) - cpu0 < 200000000ull,
+		      "the daemon kept busy after the held request was cancelled");
+	}
+	REQUIRE(th_stats(d.sock, &s1) == 0, "stats");
+	CHECK(s1.steps == s0.steps, "a step ran for a cancelled request");
 	hearth_close(h);
 	th_daemon_stop(&d, 10000);
 	return th_result();
