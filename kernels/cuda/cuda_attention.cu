@@ -470,7 +470,7 @@ extern "C" int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *
 				uint32_t *err, int hf, int pdl, cudaStream_t st)
 {
 	uint64_t page_elems = kern_kv_page_elems(kv);
-	uint64_t layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim;
+	uint64_t layer_off = kern_kv_offset(kv, 0, layer, 0, 0, 0);
 	uint32_t work = (n_heads + kv->n_kv_heads) * (kv->head_dim / 2);
 	unsigned t = work >= 256 ? 256 : work >= 128 ? 128 : 64;
 

@@ -644,25 +644,25 @@ static int gemv_norm_args(gemv_segs *sg, const struct kern_norm *nm, int hf, uin
 
 /* ROPE's arguments into sg: -EINVAL where the q/k/v segments are not
  * whole heads of the pool's geometry. */
-static int gemv_rope_args(gemv_segs *sg, const struct kc_rope *ro, int hf,
+static int gemv_rope_args(gemv_segs *sg, const struct kern_rope *ro, uint32_t *err, int hf,
 			  const struct kc_gemv_seg seg[3])
 {
 	const struct kern_kv *kv = ro->kv;
 	const uint32_t hd = kv->head_dim;
 
-	if (!ro->pos || !ro->slot || !ro->inv_freq || !ro->err || !kv->base || !hd || hd % 2 ||
-	    !kv->page_tokens || !kv->n_pages || ro->layer >= kv->n_layers || !ro->n_heads ||
-	    seg[0].m != ro->n_heads * hd || seg[1].m != kv->n_kv_heads * hd ||
+	if (!ro->batch->pos || !ro->batch->slot || !ro->inv_freq || !err || !kv->base || !hd ||
+	    hd % 2 || !kv->page_tokens || !kv->n_pages || ro->layer >= kv->n_layers ||
+	    !ro->n_heads || seg[0].m != ro->n_heads * hd || seg[1].m != kv->n_kv_heads * hd ||
 	    seg[2].m != seg[1].m)
 		return -EINVAL;
-	sg->rope.pos = ro->pos;
-	sg->rope.slot = ro->slot;
+	sg->rope.pos = ro->batch->pos;
+	sg->rope.slot = ro->batch->slot;
 	sg->rope.kv = (bf16 *)kv->base;
 	sg->rope.inv_freq = ro->inv_freq;
-	sg->rope.err = ro->err;
+	sg->rope.err = err;
 	sg->rope.n_slots = (uint64_t)kv->n_pages * kv->page_tokens;
 	sg->rope.page_elems = kern_kv_page_elems(kv);
-	sg->rope.layer_off = (uint64_t)ro->layer * 2 * kv->n_kv_heads * kv->page_tokens * hd;
+	sg->rope.layer_off = kern_kv_offset(kv, 0, ro->layer, 0, 0, 0);
 	sg->rope.pt = kv->page_tokens;
 	sg->rope.hd = hd;
 	sg->rope.n_pairs = (ro->n_heads + kv->n_kv_heads) * (hd / 2);
@@ -680,13 +680,13 @@ extern "C" int kc_gemv_norm_fits(const struct kern_norm *nm, uint32_t n, uint32_
 
 static int gemv_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n, uint32_t k,
 		      int out_f32, const struct kc_gemv_cfg *cfg, const struct kern_norm *nm,
-		      const struct kc_rope *ro, int hf, cudaStream_t st)
+		      const struct kern_rope *ro, uint32_t *err, int hf, cudaStream_t st)
 {
 	struct gemv_segs sg = {};
 	uint64_t m_all = 0;
 
 	if (!gemv_args_ok(n, k, in) || (nm && gemv_norm_args(&sg, nm, hf, n, k) < 0) ||
-	    (ro && (out_f32 || gemv_rope_args(&sg, ro, hf, seg) < 0)))
+	    (ro && (out_f32 || gemv_rope_args(&sg, ro, err, hf, seg) < 0)))
 		return -EINVAL;
 	for (int i = 0; i < 3; i++) {
 		if (seg[i].m && (!seg[i].w || !seg[i].out || ((uintptr_t)seg[i].w & 15)))
@@ -725,7 +725,7 @@ extern "C" int kc_gemv_multi_cfg(const struct kc_gemv_seg seg[3], const void *in
 				 uint32_t k, int out_f32, const struct kc_gemv_cfg *cfg,
 				 cudaStream_t st)
 {
-	return gemv_multi(seg, in, n, k, out_f32, cfg, NULL, NULL, 0, st);
+	return gemv_multi(seg, in, n, k, out_f32, cfg, NULL, NULL, NULL, 0, st);
 }
 
 extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
@@ -735,13 +735,13 @@ extern "C" int kc_gemv_swiglu_cfg(void *out, const void *in, const void *w_gate,
 	return gemv_swiglu(out, in, w_gate, w_up, n, k, m, hf, cfg, NULL, st);
 }
 
-extern "C" int kc_gemv_qkv(const struct kern_norm *nm, const void *in, const struct kc_rope *ro,
-			   int hf, const struct kc_gemv_seg seg[3], uint32_t n, uint32_t k,
-			   int n_sms, cudaStream_t st)
+extern "C" int kc_gemv_qkv(const struct kern_norm *nm, const void *in, const struct kern_rope *ro,
+			   uint32_t *err, int hf, const struct kc_gemv_seg seg[3], uint32_t n,
+			   uint32_t k, int n_sms, cudaStream_t st)
 {
 	struct kc_gemv_cfg cfg = gemv_cfg(n, n_sms, false);
 
-	return gemv_multi(seg, nm ? nm->resid_in : in, n, k, 0, &cfg, nm, ro, hf, st);
+	return gemv_multi(seg, nm ? nm->resid_in : in, n, k, 0, &cfg, nm, ro, err, hf, st);
 }
 
 extern "C" int kc_gemv_norm_swiglu(const struct kern_norm *nm, int hf, void *out,

@@ -241,21 +241,14 @@ int kc_gemv_swiglu(void *out, const void *in, const void *w_gate, const void *w_
  * KB and the buffers be aligned and apart. Where not, the caller runs
  * kc_add_rmsnorm and the plain GEMV. */
 int kc_gemv_norm_fits(const struct kern_norm *nm, uint32_t n, uint32_t k);
-/* rope_kv_write's work (kc_rope_kv_write) in the q/k/v GEMV's epilogue. */
-struct kc_rope {
-	const int32_t *pos, *slot;     /* [n] */
-	const struct kern_kv *kv;
-	uint32_t layer, n_heads;
-	const float *inv_freq;
-	uint32_t *err;
-};
 /* q/k/v stacked (seg: q, k, v) from in, or with nm from the rows nm
  * normalises (in unused); with ro, q and k rotated and k, v written to the
- * KV pages as rope_kv_write does. -EINVAL where nm or ro do not suit (the
- * segments not whole heads of ro->kv): the caller runs the unfused ops. */
-int kc_gemv_qkv(const struct kern_norm *nm, const void *in, const struct kc_rope *ro, int hf,
-		const struct kc_gemv_seg seg[3], uint32_t n, uint32_t k, int n_sms,
-		cudaStream_t st);
+ * KV pages as rope_kv_write does (bad slots reported in err). -EINVAL where
+ * nm or ro do not suit (the segments not whole heads of ro->kv): the caller
+ * runs the unfused ops. */
+int kc_gemv_qkv(const struct kern_norm *nm, const void *in, const struct kern_rope *ro,
+		uint32_t *err, int hf, const struct kc_gemv_seg seg[3], uint32_t n, uint32_t k,
+		int n_sms, cudaStream_t st);
 /* kc_gemv_swiglu of the rows nm normalises. */
 int kc_gemv_norm_swiglu(const struct kern_norm *nm, int hf, void *out, const void *w_gate,
 			const void *w_up, uint32_t n, uint32_t k, uint32_t m, int n_sms,

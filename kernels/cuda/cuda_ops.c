@@ -141,6 +141,18 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 	return kc_swiglu(out, gate, up, (size_t)n * m, c->hf_round, c->stream);
 }
 
+/* KV geometry, layer and head counts shared by rope and attention (as the
+ * cpu backend checks them), plus the even head_dim the bf16 pairs need. */
+static int kv_check(const struct kern_kv *kv, uint32_t layer, uint32_t n_heads)
+{
+	if (!kv->base || !kv->n_pages || !kv->page_tokens || !kv->n_layers || !kv->n_kv_heads ||
+	    !kv->head_dim || kv->head_dim % 2)
+		return -EINVAL;
+	if (layer >= kv->n_layers || !n_heads || n_heads % kv->n_kv_heads)
+		return -EINVAL;
+	return 0;
+}
+
 /* The norm of nm checked as add_rmsnorm's arguments, and its fallback:
  * resid = resid_in + add and h = rmsnorm(resid) in one launch. */
 static int norm_check(const struct kern_norm *nm, uint32_t n)
@@ -159,8 +171,6 @@ static int norm_unfused(struct kern_cuda *c, const struct kern_norm *nm, uint32_
 			      c->hf_round, c->stream);
 }
 
-static int kv_check(const struct kern_kv *kv, uint32_t layer, uint32_t n_heads);
-
 /* rope's arguments against the step and the q/k/v shape: q and k whole
  * heads of the pool's geometry, one position and slot per row. */
 static int rope_check(const struct kern_rope *rope, uint32_t n, uint32_t mq, uint32_t mkv)
@@ -169,16 +179,17 @@ static int rope_check(const struct kern_rope *rope, uint32_t n, uint32_t mq, uin
 
 	if (!b || !rope->kv || !rope->inv_freq || b->n_tokens != n || !b->pos || !b->slot ||
 	    kv_check(rope->kv, rope->layer, rope->n_heads) < 0 ||
-	    mq != rope->n_heads * rope->kv->head_dim || mkv != rope->kv->n_kv_heads * rope->kv->head_dim)
+	    mq != rope->n_heads * rope->kv->head_dim ||
+	    mkv != rope->kv->n_kv_heads * rope->kv->head_dim)
 		return -EINVAL;
 	return 0;
 }
 
 /*
  * At few rows (the GEMV's) the norm runs in the q/k/v GEMV's prologue and
- * rope_kv_write in its epilogue: one launch where there were three
- * (HEARTH_CUDA_NORM_FUSE=0 and HEARTH_CUDA_ROPE_FUSE=0 keep each apart);
- * else add_rmsnorm, matmul_qkv, then rope_kv_write.
+ * rope_kv_write in its epilogue, each where its knob is on
+ * (HEARTH_CUDA_NORM_FUSE=1, HEARTH_CUDA_ROPE_FUSE=1): one launch where there
+ * were three; else add_rmsnorm, matmul_qkv, then rope_kv_write.
  */
 int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm,
 			  const struct kern_rope *rope, void *q, void *k, void *v, const void *wq,
@@ -202,17 +213,11 @@ int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm,
 		const struct kc_gemv_seg seg[3] = {
 			{ q, wq, bq, mq }, { k, wk, bk, mkv }, { v, wv, bv, mkv },
 		};
-		const struct kc_rope ro = {
-			.pos = fr ? rope->batch->pos : NULL, .slot = fr ? rope->batch->slot : NULL,
-			.kv = fr ? rope->kv : NULL, .layer = fr ? rope->layer : 0,
-			.n_heads = fr ? rope->n_heads : 0, .inv_freq = fr ? rope->inv_freq : NULL,
-			.err = c->err_dev,
-		};
 
 		if (!fn && (r = norm_unfused(c, nm, n, kdim)) < 0)
 			return r;
-		r = kc_gemv_qkv(fn ? nm : NULL, nm->h, fr ? &ro : NULL, c->hf_round, seg, n, kdim,
-				c->n_sms * c->gemv_occ, c->stream);
+		r = kc_gemv_qkv(fn ? nm : NULL, nm->h, fr ? rope : NULL, c->err_dev, c->hf_round, seg,
+				n, kdim, c->n_sms * c->gemv_occ, c->stream);
 		if (r < 0)
 			return r;
 		c->n_norm_fused += fn;
@@ -304,18 +309,6 @@ int kc_softmax_ids_op(struct kern_backend *be, float *out, const float *logits,
 	return kc_softmax_ids(out, logits, ids, n, n_ids, vocab, c->err_dev, c->stream);
 }
 
-/* KV geometry, layer and head counts shared by rope and attention (as the
- * cpu backend checks them), plus the even head_dim the bf16 pairs need. */
-static int kv_check(const struct kern_kv *kv, uint32_t layer, uint32_t n_heads)
-{
-	if (!kv->base || !kv->n_pages || !kv->page_tokens || !kv->n_layers || !kv->n_kv_heads ||
-	    !kv->head_dim || kv->head_dim % 2)
-		return -EINVAL;
-	if (layer >= kv->n_layers || !n_heads || n_heads % kv->n_kv_heads)
-		return -EINVAL;
-	return 0;
-}
-
 int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v,
 			const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
 			uint32_t n_heads, const float *inv_freq)
@@ -388,7 +381,7 @@ static void attn_args_fill(struct kc_attn_args *a, struct kern_cuda *c, void *ou
 		.head_dim = kv->head_dim,
 		.n_heads = n_heads,
 		.page_elems = kern_kv_page_elems(kv),
-		.layer_off = (uint64_t)layer * 2 * kv->n_kv_heads * kv->page_tokens * kv->head_dim,
+		.layer_off = kern_kv_offset(kv, 0, layer, 0, 0, 0),
 		.scale = scale,
 		.early = c->pdl_early >> 1 & 1,
 		.split_min = c->dec_split_min,
