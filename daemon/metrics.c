@@ -91,6 +91,13 @@ static void counter(struct expo *e, const char *mn, const char *name, const char
 	    (unsigned long long)v);
 }
 
+/* A counter of seconds kept in nanoseconds. */
+static void counter_s(struct expo *e, const char *mn, const char *name, const char *help,
+		      uint64_t ns)
+{
+	put(fam(e, name, "counter", help), "%s{model=\"%s\"} %.9f\n", name, mn, ns / 1e9);
+}
+
 static void gauge(struct expo *e, const char *mn, const char *name, const char *help, double v)
 {
 	put(fam(e, name, "gauge", help), "%s{model=\"%s\"} %.17g\n", name, mn, v);
@@ -111,8 +118,7 @@ static void render_sched(struct expo *e, const char *mn, const struct hd_sched_s
 	counter(e, mn, "hearth_sched_steps_total", "Forward steps formed by the scheduler.", s->steps);
 	counter(e, mn, "hearth_sched_step_tokens_total", "Token positions computed in those steps.",
 		s->step_tokens);
-	put(fam(e, "hearth_sched_step_seconds_total", "counter", "Time spent in those steps."),
-	    "hearth_sched_step_seconds_total{model=\"%s\"} %.9f\n", mn, s->step_ns / 1e9);
+	counter_s(e, mn, "hearth_sched_step_seconds_total", "Time spent in those steps.", s->step_ns);
 	t = fam(e, h, "histogram", "Sequences (sessions) in each forward step.");
 	for (unsigned b = 0; b < HD_BATCH_BUCKETS - 1; b++) {
 		cum += s->batch[b];
@@ -148,10 +154,8 @@ static void render_sched(struct expo *e, const char *mn, const struct hd_sched_s
 	counter(e, mn, "hearth_sched_burst_holds_total",
 		"Steps held back while a burst of requests kept arriving (batch_wait_us).",
 		s->burst_holds);
-	put(fam(e, "hearth_sched_burst_hold_seconds_total", "counter",
-		"Time steps were held back for bursts."),
-	    "hearth_sched_burst_hold_seconds_total{model=\"%s\"} %.6f\n", mn,
-	    s->burst_hold_ns / 1e9);
+	counter_s(e, mn, "hearth_sched_burst_hold_seconds_total",
+		  "Time steps were held back for bursts.", s->burst_hold_ns);
 	gauge(e, mn, "hearth_sched_queued_requests",
 	      "Requests queued on sessions (running or waiting), not yet completed.", s->queued);
 	gauge(e, mn, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);
@@ -196,10 +200,8 @@ static void render(struct expo *e, const char *mn, const struct hd_metrics *m,
 	counter(e, mn, "hearth_graph_recaptures_total",
 		"Of those, graphs captured again because a backend workspace moved.",
 		m->graphs.recaptures);
-	put(fam(e, "hearth_graph_capture_seconds_total", "counter",
-		"Host time spent capturing CUDA graphs."),
-	    "hearth_graph_capture_seconds_total{model=\"%s\"} %.6f\n", mn,
-	    m->graphs.capture_ns / 1e9);
+	counter_s(e, mn, "hearth_graph_capture_seconds_total",
+		  "Host time spent capturing CUDA graphs.", m->graphs.capture_ns);
 	render_sched(e, mn, &m->sched);
 	counter(e, mn, "hearth_disconnects_total", "Client connections ended.", m->disconnects);
 	counter(e, mn, "hearth_bad_descriptors_total", "Malformed descriptors answered with an error.",

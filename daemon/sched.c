@@ -351,15 +351,7 @@ static int cmp_cand(const void *a, const void *b)
 	return x->t_submit < y->t_submit ? -1 : x->t_submit > y->t_submit;
 }
 
-/* Can j use a step now? A GENERATE posts a token: it needs a CQ slot beyond
- * the ones kept for every outstanding descriptor of its client. */
-/* batch_wait_us: whether the step of these candidates waits for more of a
- * burst. Only while every candidate is fresh, so a loaded engine (whose
- * queued requests have waited a step already) never holds. A hold with
- * more than HOLD_SPIN_NS to go lets the reactor sleep until that much is left
- * or a submission comes (hd_sched_ready, hd_sched_next_deadline), so it does
- * not spin on a core the clients may need; the rest it spins, since a wake-up
- * from a timed sleep can come hundreds of microseconds late. */
+/* A burst hold is over: its time counted. */
 static void hold_end(struct hd_sched *q, uint64_t now)
 {
 	if (q->hold_since) {
@@ -368,6 +360,13 @@ static void hold_end(struct hd_sched *q, uint64_t now)
 	}
 }
 
+/* batch_wait_us: whether the step of these candidates waits for more of a
+ * burst. Only while every candidate is fresh, so a loaded engine (whose
+ * queued requests have waited a step already) never holds. A hold with
+ * more than HOLD_SPIN_NS to go lets the reactor sleep until that much is left
+ * or a submission comes (hd_sched_ready, hd_sched_next_deadline), so it does
+ * not spin on a core the clients may need; the rest it spins, since a wake-up
+ * from a timed sleep can come hundreds of microseconds late. */
 static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 {
 	struct hd_sched *q = &hm->sched;
@@ -390,6 +389,8 @@ static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 	return false;
 }
 
+/* Can j use a step now? A GENERATE posts a token: it needs a CQ slot beyond
+ * the ones kept for every outstanding descriptor of its client. */
 static bool job_can_run(struct hd_model *hm, struct hd_job *j)
 {
 	if (j->c->dead)

@@ -134,6 +134,7 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	struct kern_backend *be = m->be;
 	struct model_scratch *s;
 	uint32_t qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
+	const bool fused_norms = be->ops->norm_matmul_qkv && be->ops->norm_matmul_swiglu;
 
 	(void)pool;
 	if (!max_tokens || !max_seqs || max_seqs > max_tokens || max_tokens > (1u << 20)) {
@@ -163,13 +164,13 @@ struct model_scratch *model_scratch_new(const struct model *m, const struct kv_p
 	s->logits = be->ops->alloc(be, (size_t)max_seqs * c->vocab_size * sizeof(float));
 	s->w_ids = act_alloc(be, MODEL_SCORE_MAX_IDS, c->hidden_size);
 	s->scores = be->ops->alloc(be, (size_t)max_seqs * MODEL_SCORE_MAX_IDS * sizeof(float));
-	if (be->ops->norm_matmul_qkv && be->ops->norm_matmul_swiglu) {
+	if (fused_norms) {
 		s->x2 = act_alloc(be, max_tokens, c->hidden_size);
 		s->x_rows2 = act_alloc(be, max_seqs, c->hidden_size);
 	}
 	if (!s->x || !s->h || !s->o || !s->q || !s->att || !s->k || !s->v || !s->gate ||
 	    !s->up || !s->act || !s->last || !s->x_rows || !s->logits || !s->w_ids || !s->scores ||
-	    (be->ops->norm_matmul_qkv && be->ops->norm_matmul_swiglu && (!s->x2 || !s->x_rows2))) {
+	    (fused_norms && (!s->x2 || !s->x_rows2))) {
 		model_scratch_free(s);
 		errno = ENOMEM;
 		return NULL;
