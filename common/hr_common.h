@@ -49,19 +49,26 @@ static inline void hr_closep(int *fd)
 #define TAKE_PTR(p) ({ __typeof__(p) _p = (p); (p) = NULL; _p; })
 #define TAKE_FD(fd) ({ int _fd = (fd); (fd) = -1; _fd; })
 
-/* Name the calling thread prefix + name (ps -L, top -H, gdb, perf); the
- * first 15 characters are kept. */
+/* A thread name (ps -L, top -H, gdb, perf): prefix + name, cut to the 15
+ * characters the kernel keeps. */
+static inline void hr_thread_name_fmt(char buf[16], const char *prefix, const char *name)
+{
+	size_t n = 0;
+
+	for (const char *p = prefix; *p && n < 15; p++)
+		buf[n++] = *p;
+	for (const char *p = name ? name : ""; *p && n < 15; p++)
+		buf[n++] = *p;
+	buf[n] = 0;
+}
+
+/* Name the calling thread prefix + name. */
 #include <sys/prctl.h>
 static inline void hr_thread_name(const char *prefix, const char *name)
 {
 	char buf[16];
-	size_t n = 0;
 
-	for (const char *p = prefix; *p && n < sizeof(buf) - 1; p++)
-		buf[n++] = *p;
-	for (const char *p = name ? name : ""; *p && n < sizeof(buf) - 1; p++)
-		buf[n++] = *p;
-	buf[n] = 0;
+	hr_thread_name_fmt(buf, prefix, name);
 	(void)prctl(PR_SET_NAME, buf, 0, 0, 0);
 }
 

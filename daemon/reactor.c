@@ -6,6 +6,7 @@
  * need-wakeup in every client's region and sleeps on all their futex words
  * and its private command doorbell at once (futex_waitv).
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #include <errno.h>
 #include <linux/futex.h>
 #include <stdlib.h>
@@ -508,7 +509,6 @@ static void *reactor_main(void *arg)
 	uint64_t spin_ns = (uint64_t)hm->cfg.spin_us * 1000, last_work = hr_now_ns(), stop_at = 0;
 	struct hd_cmd *stop = NULL;
 
-	hr_thread_name("hd-r:", hm->name);
 	for (;;) {
 		uint32_t work = run_cmds(hm, &stop) + reactor_turn(hm) + hd_tier_turn(hm);
 
@@ -544,9 +544,17 @@ static void *reactor_main(void *arg)
 	return NULL;
 }
 
+/* The reactor is named here, not by itself, so that it has its name by the
+ * time the model is marked ready (and READY sent). */
 int hd_reactor_start(struct hd_model *hm)
 {
+	char name[16];
 	int r = pthread_create(&hm->reactor, NULL, reactor_main, hm);
+
+	if (r == 0) {
+		hr_thread_name_fmt(name, "hd-r:", hm->name);
+		(void)pthread_setname_np(hm->reactor, name);
+	}
 	return -r;
 }
 
