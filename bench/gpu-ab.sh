@@ -10,7 +10,8 @@
 #    HEARTH_CUDA_ROPE_FUSE=1 (the fused decode path against the cpu);
 # 2. hearth-bench-engine decode at ctx 2048, 1B and 8B, fusion off and on;
 # 3. hearth-bench-load on the 8B at 64 sessions with batch_wait_us 0 and 200,
-#    two daemons each (the model made in the background meanwhile).
+#    two daemons each (the model made in the background meanwhile);
+# 4. hearth-bench-load-model on the 8B, page cache and disk (issue 7).
 set -u
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0)) s]"; }
@@ -51,3 +52,5 @@ for w in 0 200 0 200; do
 	echo "-- load 8b batch_wait_us=$w rc=$? $(el)"; grep -E "^ +[0-9]+ " "$OUT/load.tmp" | cut -c1-200
 	grep ^BENCH "$OUT/load.tmp" >>"$OUT/load-bench.log"
 done
+timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches "$M" >"$OUT/load-model.log" 2>&1
+echo "-- load-model rc=$? $(el)"; grep -iE "median|raw|disk|cache|BENCH" "$OUT/load-model.log" | tail -12 | cut -c1-400
