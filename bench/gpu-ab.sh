@@ -9,9 +9,10 @@
 #    test_cuda_engine on the four fixtures with HEARTH_CUDA_NORM_FUSE=1 and
 #    HEARTH_CUDA_ROPE_FUSE=1 (the fused decode path against the cpu);
 # 2. hearth-bench-engine decode at ctx 2048, 1B and 8B, fusion off and on;
-# 3. hearth-bench-load on the 8B at 64 sessions with batch_wait_us 0 and 200,
-#    two daemons each (the model made in the background meanwhile);
-# 4. hearth-bench-load-model on the 8B, page cache and disk (issue 7).
+# 3. hearth-bench-load on the 8B at 64 sessions with batch_wait_us 0, 300 and 1000
+#    (the model made in the background meanwhile), then
+# 4. hearth-bench-load-model on the 8B, page cache and disk (issue 7), then the
+#    three loads again.
 set -u
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0)) s]"; }
@@ -44,13 +45,18 @@ for s in 1b 8b; do
 done
 while [ ! -f "$OUT/make.rc" ]; do sleep 2; done
 echo "== model 8b rc=$(cat "$OUT/make.rc") $(el)"
-for w in 0 200 0 200; do
-	timeout 150 $R/hearth-bench-load --hearthd $R/hearthd --model "$M" --backend cuda --rate 10 \
-		--loads 64 --duration 5 --context 1024 --window 256 --procs 8 \
-		--daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
-		--daemon-arg=--batch-wait-us=$w >"$OUT/load.tmp" 2>&1
-	echo "-- load 8b batch_wait_us=$w rc=$? $(el)"; grep -E "^ +[0-9]+ " "$OUT/load.tmp" | cut -c1-200
-	grep ^BENCH "$OUT/load.tmp" >>"$OUT/load-bench.log"
-done
+load8b() {
+	for w in "$@"; do
+		timeout 150 $R/hearth-bench-load --hearthd $R/hearthd --model "$M" --backend cuda --rate 10 \
+			--loads 64 --duration 5 --context 1024 --window 256 --procs 8 \
+			--daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
+			--daemon-arg=--batch-wait-us=$w >"$OUT/load.tmp" 2>&1
+		echo "-- load 8b batch_wait_us=$w rc=$? $(el)"; grep -E "^ +[0-9]+ " "$OUT/load.tmp" | cut -c1-200
+		grep -o "\"burst_holds\":[0-9]*" "$OUT/load.tmp"
+		grep ^BENCH "$OUT/load.tmp" >>"$OUT/load-bench.log"
+	done
+}
+load8b 0 300 1000
 timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches "$M" >"$OUT/load-model.log" 2>&1
 echo "-- load-model rc=$? $(el)"; grep -iE "median|raw|disk|cache|BENCH" "$OUT/load-model.log" | tail -12 | cut -c1-400
+load8b 0 300 1000
