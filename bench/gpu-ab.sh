@@ -3,7 +3,7 @@
 # The A/B runs of changes built on 2026-12-07 and not yet run on a GPU, in one
 # call on a GPU machine, from binaries packed by `bench/gpu-e2e.sh --pack build`
 # (carry build-pack; this unpacks it):
-#   OUT=/dir bench/gpu-ab.sh
+#   OUT=/dir [AB_STAGES="tests engine load model"] bench/gpu-ab.sh
 # By priority (a call that runs out of time keeps what it printed):
 # 1. test_cuda_ops (its fused-norm/rope tests call the ops directly), then
 #    test_cuda_engine on the four fixtures with HEARTH_CUDA_NORM_FUSE=1 and
@@ -14,6 +14,8 @@
 # 4. hearth-bench-load-model on the 8B, page cache and disk (issue 7), then the
 #    three loads again.
 set -u
+AB_STAGES=${AB_STAGES:-tests engine load model}
+on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0)) s]"; }
 OUT=${OUT:-/tmp/hearth-ab}
@@ -25,18 +27,19 @@ F=tests/fixtures/models
 M=/var/tmp/hearth-model-8b
 nvidia-smi --query-gpu=name --format=csv,noheader
 rm -f "$OUT/make.rc"
-[ -f "$M/config.json" ] && echo 0 >"$OUT/make.rc" ||
+! on load && ! on model && echo 0 >"$OUT/make.rc"
+[ -f "$OUT/make.rc" ] || [ -f "$M/config.json" ] && echo 0 >"$OUT/make.rc" ||
 	(python3 bench/make_random_model.py --shape 8b --out "$M" >"$OUT/make-8b.log" 2>&1; echo $? >"$OUT/make.rc") &
 t() {
 	name=$1; shift
 	timeout 150 "$@" >"$OUT/$name.log" 2>&1
 	echo "== $name rc=$? $(el)"; grep -iE "out of tolerance|fail|mismatch" "$OUT/$name.log" | head -5
 }
-t ops $R/test_cuda_ops
-for m in llama-tiny qwen2-tiny llama3-scaled mistral-tiny; do
+on tests && t ops $R/test_cuda_ops
+on tests && for m in llama-tiny qwen2-tiny llama3-scaled mistral-tiny; do
 	t "engine-$m" env HEARTH_CUDA_NORM_FUSE=1 HEARTH_CUDA_ROPE_FUSE=1 $R/test_cuda_engine "$F/$m"
 done
-for s in 1b 8b; do
+on engine && for s in 1b 8b; do
 	for f in 0 1; do
 		timeout 120 env HEARTH_CUDA_NORM_FUSE=$f HEARTH_CUDA_ROPE_FUSE=$f $R/hearth-bench-engine \
 			--backend cuda --shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$f.log" 2>&1
@@ -56,7 +59,9 @@ load8b() {
 		grep ^BENCH "$OUT/load.tmp" >>"$OUT/load-bench.log"
 	done
 }
-load8b 0 300 1000
-timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches "$M" >"$OUT/load-model.log" 2>&1
-echo "-- load-model rc=$? $(el)"; grep -iE "median|raw|disk|cache|BENCH" "$OUT/load-model.log" | tail -12 | cut -c1-400
-load8b 0 300 1000
+on load && load8b 0 300 1000
+if on model; then
+	timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches "$M" >"$OUT/load-model.log" 2>&1
+	echo "-- load-model rc=$? $(el)"; grep -iE "median|raw|disk|cache|BENCH" "$OUT/load-model.log" | tail -12 | cut -c1-400
+fi
+on load && load8b 0 300 1000
