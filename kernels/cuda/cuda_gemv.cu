@@ -211,7 +211,8 @@ static __device__ __forceinline__ void gemv_store_rope(float v, const gemv_segs 
 	o = __shfl_sync(0xffffffffu, x, lane < NR ? lane + NR : lane - NR);
 	if (lane >= 2 * NR)
 		return;
-	if (pair) {
+	/* a padding token's q and k stay as they are, as rope_kv_write leaves them */
+	if (pair && sg.rope.slot[q] != KERN_SLOT_PAD) {
 		const float2 y = rope_pair(r ? o : x, r ? x : o, sg.rope.pos[q],
 					   sg.rope.inv_freq[g % half], sg.hf);
 
