@@ -1,6 +1,7 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# The A/B runs of changes built on 2026-12-07 and not yet run on a GPU, in one
+# The A/B runs of the changes of 2026-12-07 (the fused decode norm and rope, on by
+# default since their first GPU run; batch_wait_us; the 8B cold start), in one
 # call on a GPU machine, from binaries packed by `bench/gpu-e2e.sh --pack build`
 # (carry build-pack; this unpacks it):
 #   OUT=/dir [AB_STAGES="tests engine load model"] bench/gpu-ab.sh

@@ -524,15 +524,15 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));
-		c->norm_fuse = nf && !strcmp(nf, "1");
-		c->rope_fuse = rf && !strcmp(rf, "1");
+		c->norm_fuse = !(nf && !strcmp(nf, "0"));
+		c->rope_fuse = !(rf && !strcmp(rf, "0"));
 		c->pdl_early = pe ? atoi(pe) & 3 : 1;
 		c->dec_split_min = sm && atoi(sm) >= 16 && atoi(sm) <= 4096 ? (uint32_t)atoi(sm) : 128;
 	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
 	/* The fused forms change the forward pass (the residual moves between two
-	 * buffers): offered only when asked for. */
+	 * buffers): offered unless both knobs turn them off. */
 	c->ops = cuda_ops;
 	if (c->norm_fuse || c->rope_fuse) {
 		c->ops.norm_matmul_qkv = kc_norm_matmul_qkv_op;

@@ -87,9 +87,9 @@ struct kern_cuda {
 	int lt_pair;                 /* k/v and gate/up in one cuBLASLt launch (HEARTH_CUDA_LT_PAIR=0: off) */
 	uint64_t n_pairs;            /* kc_gemm_pair launches (tests) */
 	struct kern_ops ops;          /* the backend's table (be->ops): cuda_ops, plus the fused ops when on */
-	int norm_fuse;               /* the RMSNorm in the decode GEMV (HEARTH_CUDA_NORM_FUSE=1: on) */
+	int norm_fuse;               /* the RMSNorm in the decode GEMV (HEARTH_CUDA_NORM_FUSE=0: off) */
 	uint64_t n_norm_fused;       /* GEMV launches with the norm in front (tests) */
-	int rope_fuse;               /* rope_kv_write in the q/k/v GEMV (HEARTH_CUDA_ROPE_FUSE=1: on) */
+	int rope_fuse;               /* rope_kv_write in the q/k/v GEMV (HEARTH_CUDA_ROPE_FUSE=0: off) */
 	uint64_t n_rope_fused;       /* GEMV launches with rope_kv_write after (tests) */
 
 	/*

@@ -187,8 +187,8 @@ static int rope_check(const struct kern_rope *rope, uint32_t n, uint32_t mq, uin
 
 /*
  * At few rows (the GEMV's) the norm runs in the q/k/v GEMV's prologue and
- * rope_kv_write in its epilogue, each where its knob is on
- * (HEARTH_CUDA_NORM_FUSE=1, HEARTH_CUDA_ROPE_FUSE=1): one launch where there
+ * rope_kv_write in its epilogue, each unless its knob turns it off
+ * (HEARTH_CUDA_NORM_FUSE=0, HEARTH_CUDA_ROPE_FUSE=0): one launch where there
  * were three; else add_rmsnorm, matmul_qkv, then rope_kv_write.
  */
 int kc_norm_matmul_qkv_op(struct kern_backend *be, const struct kern_norm *nm,
