@@ -4,12 +4,13 @@
 # default since their first GPU run; batch_wait_us; the 8B cold start), in one
 # call on a GPU machine, from binaries packed by `bench/gpu-e2e.sh --pack build`
 # (carry build-pack; this unpacks it):
-#   OUT=/dir [AB_STAGES="tests engine load model"] bench/gpu-ab.sh
+#   OUT=/dir [AB_STAGES="tests engine load model profile"] bench/gpu-ab.sh
 # By priority (a call that runs out of time keeps what it printed):
 # 1. test_cuda_ops (its fused-norm/rope tests call the ops directly), then
 #    test_cuda_engine on the four fixtures with HEARTH_CUDA_NORM_FUSE=1 and
 #    HEARTH_CUDA_ROPE_FUSE=1 (the fused decode path against the cpu);
-# 2. hearth-bench-engine decode at ctx 2048, 1B and 8B, fusion off and on;
+# 2. (profile, asked for by name) hearth-bench-engine --profile, 1B and 8B at ctx 2048;
+#    hearth-bench-engine decode at ctx 2048, 1B and 8B, fusion off and on;
 # 3. hearth-bench-load on the 8B at 64 sessions with batch_wait_us 0, 300 and 1000
 #    (the model made in the background meanwhile), then
 # 4. hearth-bench-load-model on the 8B, page cache and disk (issue 7), then the
@@ -39,6 +40,11 @@ t() {
 on tests && t ops $R/test_cuda_ops
 on tests && for m in llama-tiny qwen2-tiny llama3-scaled mistral-tiny; do
 	t "engine-$m" env HEARTH_CUDA_NORM_FUSE=1 HEARTH_CUDA_ROPE_FUSE=1 $R/test_cuda_engine "$F/$m"
+done
+on profile && for s in 1b 8b; do
+	timeout 120 $R/hearth-bench-engine --backend cuda --shape $s --ctx 2048 --batches 64 --iters 5 \
+		--profile >"$OUT/profile-$s.log" 2>&1
+	echo "-- profile $s rc=$? $(el)"; sed -n '/^profile/,$p' "$OUT/profile-$s.log" | grep -v ^BENCH | cut -c1-120
 done
 on engine && for s in 1b 8b; do
 	for f in 0 1; do

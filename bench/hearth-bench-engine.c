@@ -495,8 +495,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "--batches and --mixed take up to %d counts of 1..64\n", MAX_BATCHES);
 		return 2;
 	}
-	if (ctx_len < 64 || iters < 5)
+	if (ctx_len < 64 || iters < 5) {
+		fprintf(stderr, "--ctx takes at least 64 and --iters at least 5\n");
 		return 2;
+	}
 
 	x->be = kern_backend_new(backend, 0, 0);
 	if (!x->be)
