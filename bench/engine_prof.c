@@ -4,7 +4,9 @@
  * table is swapped for one whose compute operations each synchronise, run
  * the real operation PROF_REPS times back to back, synchronise again and add
  * the time to a table keyed by operation and shape. Graphs are hidden
- * meanwhile (graph_launch NULL), since a capture cannot synchronise.
+ * meanwhile (graph_launch NULL), since a capture cannot synchronise. Every
+ * compute operation of struct kern_ops must be wrapped here, or its time is
+ * missing from the sum.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -134,6 +136,26 @@ static int p_mswiglu(struct kern_backend *be, void *out, void *gate, void *up, c
 	PROF_RUN(prof_name, prof_real->matmul_swiglu(be, out, gate, up, in, w_gate, w_up, n, k, m));
 }
 
+static int p_nqkv(struct kern_backend *be, const struct kern_norm *nm, const struct kern_rope *rope,
+		  void *q, void *k, void *v, const void *wq, const void *wk, const void *wv,
+		  const void *bq, const void *bk, const void *bv, uint32_t n, uint32_t kdim,
+		  uint32_t mq, uint32_t mkv)
+{
+	snprintf(prof_name, sizeof(prof_name), "norm_matmul_qkv%s %ux(%u+2x%u)", rope ? "_rope" : "",
+		 kdim, mq, mkv);
+	PROF_RUN(prof_name, prof_real->norm_matmul_qkv(be, nm, rope, q, k, v, wq, wk, wv, bq, bk,
+						       bv, n, kdim, mq, mkv));
+}
+
+static int p_nswiglu(struct kern_backend *be, const struct kern_norm *nm, void *out, void *gate,
+		     void *up, const void *w_gate, const void *w_up, uint32_t n, uint32_t k,
+		     uint32_t m)
+{
+	snprintf(prof_name, sizeof(prof_name), "norm_matmul_swiglu %ux2x%u", k, m);
+	PROF_RUN(prof_name,
+		 prof_real->norm_matmul_swiglu(be, nm, out, gate, up, w_gate, w_up, n, k, m));
+}
+
 static struct kern_ops prof_ops;
 
 void prof_on(struct kern_backend *be)
@@ -151,6 +173,8 @@ void prof_on(struct kern_backend *be)
 	prof_ops.gather_rows = p_gather;
 	prof_ops.matmul_qkv = be->ops->matmul_qkv ? p_qkv : NULL;
 	prof_ops.matmul_swiglu = be->ops->matmul_swiglu ? p_mswiglu : NULL;
+	prof_ops.norm_matmul_qkv = be->ops->norm_matmul_qkv ? p_nqkv : NULL;
+	prof_ops.norm_matmul_swiglu = be->ops->norm_matmul_swiglu ? p_nswiglu : NULL;
 	prof_ops.graph_launch = NULL; /* no capture while timing op by op */
 	be->ops = &prof_ops;
 	prof_n = 0;
