@@ -1,22 +1,23 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# The A/B runs of the changes of 2026-12-07 (the fused decode norm and rope, on by
-# default since their first GPU run; batch_wait_us; the 8B cold start), in one
-# call on a GPU machine, from binaries packed by `bench/gpu-e2e.sh --pack build`
-# (carry build-pack; this unpacks it):
-#   OUT=/dir [AB_STAGES="tests engine load model profile"] bench/gpu-ab.sh
-# By priority (a call that runs out of time keeps what it printed):
-# 1. test_cuda_ops (its fused-norm/rope tests call the ops directly), then
-#    test_cuda_engine on the four fixtures with HEARTH_CUDA_NORM_FUSE=1 and
-#    HEARTH_CUDA_ROPE_FUSE=1 (the fused decode path against the cpu);
-# 2. (profile, asked for by name) hearth-bench-engine --profile, 1B and 8B at ctx 2048;
-#    hearth-bench-engine decode at ctx 2048, 1B and 8B, fusion off and on;
-# 3. hearth-bench-load on the 8B at 64 sessions with batch_wait_us 0, 300 and 1000
-#    (the model made in the background meanwhile), then
-# 4. hearth-bench-load-model on the 8B, page cache and disk (issue 7), then the
-#    three loads again.
+# A/B runs on a GPU machine in one call, from binaries packed by
+# `bench/gpu-e2e.sh --pack build` (carry build-pack; this unpacks it):
+#   OUT=/dir [AB_STAGES="tests profile engine ratio load model"] bench/gpu-ab.sh
+# Stages, in this order (a call that runs out of time keeps what it printed):
+#   tests   test_cuda_ops, then test_cuda_engine on the four fixtures;
+#   profile hearth-bench-engine --profile (every op timed alone), 1B and 8B at
+#           ctx 2048 (decode, APPEND 32, batch 64, 9 x APPEND 16);
+#   engine  hearth-bench-engine batch-1 decode at ctx 2048, 1B and 8B, the
+#           fused decode norm and rope off and on;
+#   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
+#   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
+#           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice;
+#   model   hearth-bench-load-model on the 8B, page cache and disk (issue 7).
+# The random-weight models are made in the background meanwhile (under
+# /var/tmp, kept between calls on a machine that stays warm).
 set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
+AB_WAITS=${AB_WAITS:-0 300}
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0)) s]"; }
@@ -26,12 +27,20 @@ rm -rf build-e2e && tar xJf build-pack/e2e.tar.xz || exit 1
 export LD_LIBRARY_PATH="$PWD/build-e2e/lib:/usr/local/cuda/lib64"
 R=build-e2e
 F=tests/fixtures/models
-M=/var/tmp/hearth-model-8b
 nvidia-smi --query-gpu=name --format=csv,noheader
-rm -f "$OUT/make.rc"
-! on load && ! on model && echo 0 >"$OUT/make.rc"
-[ -f "$OUT/make.rc" ] || [ -f "$M/config.json" ] && echo 0 >"$OUT/make.rc" ||
-	(python3 bench/make_random_model.py --shape 8b --out "$M" >"$OUT/make-8b.log" 2>&1; echo $? >"$OUT/make.rc") &
+# Models, in the background: shape -> $OUT/make-<shape>.rc when done.
+need() {
+	m=/var/tmp/hearth-model-$1
+	if [ -f "$m/config.json" ]; then echo 0 >"$OUT/make-$1.rc"; return; fi
+	python3 bench/make_random_model.py --shape "$1" --out "$m" >"$OUT/make-$1.log" 2>&1
+	echo $? >"$OUT/make-$1.rc"
+}
+rm -f "$OUT"/make-*.rc
+if on load || on model; then (need 1b; need 8b) & fi
+wait_model() {
+	while [ ! -f "$OUT/make-$1.rc" ]; do sleep 2; done
+	echo "== model $1 rc=$(cat "$OUT/make-$1.rc") $(el)"
+}
 t() {
 	name=$1; shift
 	timeout 150 "$@" >"$OUT/$name.log" 2>&1
@@ -39,12 +48,13 @@ t() {
 }
 on tests && t ops $R/test_cuda_ops
 on tests && for m in llama-tiny qwen2-tiny llama3-scaled mistral-tiny; do
-	t "engine-$m" env HEARTH_CUDA_NORM_FUSE=1 HEARTH_CUDA_ROPE_FUSE=1 $R/test_cuda_engine "$F/$m"
+	t "engine-$m" $R/test_cuda_engine "$F/$m"
 done
 on profile && for s in 1b 8b; do
-	timeout 120 $R/hearth-bench-engine --backend cuda --shape $s --ctx 2048 --batches 64 --iters 5 \
-		--profile >"$OUT/profile-$s.log" 2>&1
-	echo "-- profile $s rc=$? $(el)"; sed -n '/^profile/,$p' "$OUT/profile-$s.log" | grep -v ^BENCH | cut -c1-120
+	timeout 120 $R/hearth-bench-engine --backend cuda --shape $s --ctx 2048 --batches 64 \
+		--mixed 9 --iters 5 --profile >"$OUT/profile-$s.log" 2>&1
+	echo "-- profile $s rc=$? $(el)"
+	sed -n '/^profile/,$p' "$OUT/profile-$s.log" | grep -v ^BENCH | cut -c1-100
 done
 on engine && for s in 1b 8b; do
 	for f in 0 1; do
@@ -53,22 +63,34 @@ on engine && for s in 1b 8b; do
 		echo "-- engine $s fused=$f rc=$? $(el)"; grep ^BENCH "$OUT/engine-$s-$f.log" | cut -c1-400
 	done
 done
-while [ ! -f "$OUT/make.rc" ]; do sleep 2; done
-echo "== model 8b rc=$(cat "$OUT/make.rc") $(el)"
-load8b() {
+on ratio && for s in 1b 8b; do
+	timeout 100 $R/hearth-bench-engine --backend cuda --shape $s --ctx 512 --batches 64 \
+		--iters 50 >"$OUT/ratio-$s.log" 2>&1
+	echo "-- ratio $s rc=$? $(el)"
+	grep ^BENCH "$OUT/ratio-$s.log" | grep -oE '"(copy_gbs|decode_ms|batch64_step_ms)":[0-9.]+' | tr '\n' ' '
+	echo
+done
+# load SHAPE RATE WAIT...: 64 sessions, 8 processes, the open-loop load of issue 6.
+load() {
+	s=$1 rate=$2; shift 2
+	wait_model $s
 	for w in "$@"; do
-		timeout 150 $R/hearth-bench-load --hearthd $R/hearthd --model "$M" --backend cuda --rate 10 \
-			--loads 64 --duration 5 --context 1024 --window 256 --procs 8 \
-			--daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
+		timeout 60 $R/hearth-bench-load --hearthd $R/hearthd --model /var/tmp/hearth-model-$s \
+			--backend cuda --rate $rate --loads 64 --duration 5 --context 1024 --window 256 \
+			--procs 8 --daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
 			--daemon-arg=--batch-wait-us=$w >"$OUT/load.tmp" 2>&1
-		echo "-- load 8b batch_wait_us=$w rc=$? $(el)"; grep -E "^ +[0-9]+ " "$OUT/load.tmp" | cut -c1-200
+		echo "-- load $s batch_wait_us=$w rc=$? $(el)"; grep -E "^ +[0-9]+ " "$OUT/load.tmp" | cut -c1-200
 		grep -o "\"burst_holds\":[0-9]*" "$OUT/load.tmp"
-		grep ^BENCH "$OUT/load.tmp" >>"$OUT/load-bench.log"
+		grep ^BENCH "$OUT/load.tmp" >>"$OUT/load-$s.log"
 	done
 }
-on load && load8b 0 300 1000
+# shellcheck disable=SC2086
+on load && for rep in 1 2; do load 1b 100 $AB_WAITS; load 8b 10 $AB_WAITS; done
 if on model; then
-	timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches "$M" >"$OUT/load-model.log" 2>&1
-	echo "-- load-model rc=$? $(el)"; grep -iE "median|raw|disk|cache|BENCH" "$OUT/load-model.log" | tail -12 | cut -c1-400
+	wait_model 8b
+	timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches \
+		/var/tmp/hearth-model-8b >"$OUT/load-model.log" 2>&1
+	echo "-- load-model rc=$? $(el)"
+	grep -iE "median|raw|disk|cache|BENCH" "$OUT/load-model.log" | tail -12 | cut -c1-400
 fi
-on load && load8b 0 300 1000
+exit 0
