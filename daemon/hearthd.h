@@ -184,6 +184,7 @@ struct hd_sched_stats {
 	uint64_t burst_holds, burst_hold_ns;
 	uint32_t queued;       /* jobs queued now */
 	uint32_t active;       /* sessions with jobs now */
+	uint32_t busy_ppm;     /* hd_sched.busy_ppm now */
 };
 
 struct hd_sched {

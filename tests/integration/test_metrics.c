@@ -183,6 +183,8 @@ static void batched_appends(struct hearth *h, int port)
 	      "%g steps of one sequence and %g of two: not the 4 appends", ones, twos);
 	CHECK(moved(a, b, "hearth_sched_step_tokens_total") == 8, "step tokens moved by %g, want 8",
 	      moved(a, b, "hearth_sched_step_tokens_total"));
+	CHECK(metric(b, "hearth_sched_busy_ratio") > 0 && metric(b, "hearth_sched_busy_ratio") <= 1,
+	      "busy ratio %g after steps", metric(b, "hearth_sched_busy_ratio"));
 	CHECK(metric(b, "hearth_sched_queued_requests") == 0 &&
 	      metric(b, "hearth_sched_active_sessions") == 0, "queued %g on %g sessions after all",
 	      metric(b, "hearth_sched_queued_requests"), metric(b, "hearth_sched_active_sessions"));
