@@ -440,12 +440,14 @@ static void record_step(struct hd_sched *q, uint32_t n, uint32_t tokens, uint64_
 
 	/* The engine's busy share: this step's time over the time since the last
 	 * step ended, less the time held for bursts (what the share would be
-	 * without holds), averaged over about eight steps. */
+	 * without holds), averaged over about 32 steps (over 8, the 8B's share
+	 * crossed the bound at every pair of back-to-back steps and half its
+	 * useful holds were lost). */
 	if (q->last_step_end && end > q->last_step_end + q->gap_hold_ns) {
 		uint64_t span = end - q->last_step_end - q->gap_hold_ns;
 		uint64_t share = HR_MIN(ns * 1000000ull / span, 1000000ull);
 
-		q->busy_ppm = (uint32_t)(((uint64_t)q->busy_ppm * 7 + share) / 8);
+		q->busy_ppm = (uint32_t)(((uint64_t)q->busy_ppm * 31 + share) / 32);
 	}
 	q->last_step_end = end;
 	q->gap_hold_ns = 0;
