@@ -2,11 +2,12 @@
 # SPDX-License-Identifier: MIT
 # A/B runs on a GPU machine in one call, from binaries packed by
 # `bench/gpu-e2e.sh --pack build` (carry build-pack; this unpacks it):
-#   OUT=/dir [AB_STAGES="tests profile engine ratio load model"] bench/gpu-ab.sh
+#   OUT=/dir [AB_STAGES="tests profile full engine ratio load model"] bench/gpu-ab.sh
 # Stages, in this order (a call that runs out of time keeps what it printed):
 #   tests   test_cuda_ops, then test_cuda_engine on the four fixtures;
 #   profile hearth-bench-engine --profile (every op timed alone), 1B and 8B at
 #           ctx 2048 (decode, APPEND 32, batch 64, 9 x APPEND 16);
+#   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
 #   engine  hearth-bench-engine batch-1 decode at ctx 2048, 1B and 8B, the
 #           fused decode norm and rope off and on;
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
@@ -55,6 +56,10 @@ on profile && for s in 1b 8b; do
 		--mixed 9 --iters 5 --profile >"$OUT/profile-$s.log" 2>&1
 	echo "-- profile $s rc=$? $(el)"
 	sed -n '/^profile/,$p' "$OUT/profile-$s.log" | grep -v ^BENCH | cut -c1-100
+done
+on full && for s in 1b 8b; do
+	timeout 150 $R/hearth-bench-engine --backend cuda --shape $s >"$OUT/full-$s.log" 2>&1
+	echo "-- full $s rc=$? $(el)"; sed -n '/figure (median)/,$p' "$OUT/full-$s.log" | grep -v ^BENCH
 done
 on engine && for s in 1b 8b; do
 	for f in 0 1; do
