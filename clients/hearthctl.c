@@ -267,6 +267,8 @@ static void print_stats(const char *path, const Hearth__Control__StatsReply *st,
 		       (unsigned long long)(st->timeouts - (prev ? prev->timeouts : 0)),
 		       (unsigned long long)(st->cancels - (prev ? prev->cancels : 0)),
 		       (unsigned long long)(st->kv_waits - (prev ? prev->kv_waits : 0)));
+		printf("  busy             %.1f%% of recent time in steps (holds left out)\n",
+		       st->busy_ppm / 1e4);
 		printf("  interactive      left out of %llu steps (at most %u in a row for one request)\n",
 		       (unsigned long long)(st->interactive_skips - (prev ? prev->interactive_skips : 0)),
 		       st->interactive_skip_max);

@@ -214,6 +214,7 @@ static void fill_stats(struct hd_model *hm, Hearth__Control__StatsReply *rep)
 	rep->interactive_skip_max = m.sched.interactive_skip_max;
 	rep->burst_holds = m.sched.burst_holds;
 	rep->burst_hold_us = m.sched.burst_hold_ns / 1000;
+	rep->busy_ppm = m.sched.busy_ppm;
 	for (uint32_t i = 0; i < hm->sessions.cap; i++)
 		if (hm->sessions.slots[i])
 			rep->deferred += hm->sessions.slots[i]->n_deferred;

@@ -116,6 +116,8 @@ int main(int argc, char **argv)
 	t1 = field("  tokens           ");
 	CHECK(t1 - t0 == 16, "tokens moved by %g, want 16:\n%s", t1 - t0, out);
 	CHECK(field("  clients          ") == 1, "one client:\n%s", out);
+	CHECK(field("  busy             ") > 0 && field("  busy             ") <= 100,
+	      "busy share after steps:\n%s", out);
 	CHECK(op_row("score", &n_score, q) == 0 && n_score == 3, "3 scores:\n%s", out);
 	CHECK(q[1] > 0 && q[1] <= q[2] && q[2] <= q[3] + 1e-9 && q[0] > 0,
 	      "score: p50 %g <= p99 %g <= max %g us\n%s", q[1], q[2], q[3], out);
