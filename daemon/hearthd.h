@@ -197,6 +197,9 @@ struct hd_sched {
 	uint32_t n_deadlines;         /* queued jobs with a deadline */
 	uint64_t hold_since;          /* batch_wait_us: when the step being held was first due, or 0 */
 	uint64_t hold_until;          /* ... and when it is due unless more arrive */
+	uint8_t held_n[4];            /* sessions in the last 4 steps that began with a hold */
+	uint32_t held_i;
+	bool step_held;               /* the step being formed began with a hold */
 	uint64_t last_step_end;       /* when the last step ended (hr_now_ns), or 0 */
 	uint64_t gap_hold_ns;         /* time held since then */
 	uint32_t busy_ppm;            /* share of recent time in steps, holds left out, ppm (EWMA) */

@@ -4,9 +4,12 @@
  * rings spread over milliseconds share one step when each arrives within
  * half the wait of the one before, and the first of them waits no more than
  * batch_wait_us for it; the daemon counts the hold. A request arriving alone
- * is held at most half the wait (nothing follows it), and every score comes
- * back whole. A held request cancelled ends the hold: the reactor goes back
- * to sleep instead of waking for a step that will not come. Times are generous (a 60 ms wait, arrivals 4 ms apart) so a
+ * is held at least half the wait and at most the wait (the whole wait once a
+ * burst's size is known), and every score comes back whole. A held request
+ * cancelled ends the hold: the reactor goes back to sleep instead of waking
+ * for a step that will not come. Once held steps have shown the bursts' size,
+ * a hold waits for that many or the whole wait, whatever the gaps between
+ * arrivals. Times are generous (a 60 ms wait, arrivals 4 ms apart) so a
  * loaded 2-core machine passes it; what the step held is read from the
  * daemon's own counters, not from timing here.
  */
@@ -166,6 +169,32 @@ int main(int argc, char **argv)
 	}
 	REQUIRE(th_stats(d.sock, &s1) == 0, "stats");
 	CHECK(s1.steps == s0.steps, "a step ran for a cancelled request");
+
+	/* 4. Bursts of a known size: the held steps so far had 4 and 1 sessions,
+	 * so a hold now waits for 4 requests or the whole wait. Two SCOREs 40 ms
+	 * apart (more than half the wait) share one step, where a hold that ends
+	 * at a gap of half the wait would have split them. */
+	s0 = s1;
+	t0 = th_now_ns();
+	for (uint32_t i = 0; i < 2; i++) {
+		struct hearth_sqe *q = hearth_get_sqe(h);
+
+		REQUIRE(q, "sqe");
+		hearth_prep_score(h, q, (uint32_t)sess[i], toks + 4 * i, 4, labels, 2, probs + 2 * i);
+		q->user_data = i;
+		REQUIRE(hearth_submit(h) == 1, "submit %u", i);
+		if (!i)
+			th_sleep_ms(WAIT_US / 1000 * 2 / 3);
+	}
+	wait_scores(h, 2, probs, t0, &first_ns);
+	REQUIRE(th_stats(d.sock, &s1) == 0, "stats");
+	th_log("two SCOREs %u ms apart after a burst of %u: steps by sessions 1:%llu 2:%llu; held "
+	       "%llu us", WAIT_US / 1000 * 2 / 3, N_SESS,
+	       (unsigned long long)(s1.batch[0] - s0.batch[0]),
+	       (unsigned long long)(s1.batch[1] - s0.batch[1]),
+	       (unsigned long long)(s1.burst_hold_us - s0.burst_hold_us));
+	CHECK(s1.batch[1] - s0.batch[1] == 1 && s1.batch[0] == s0.batch[0],
+	      "two requests of a burst of known size did not share one step");
 	hearth_close(h);
 	th_daemon_stop(&d, 10000);
 	return th_result();
