@@ -12,13 +12,14 @@
 #           fused decode norm and rope off and on;
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
 #   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
-#           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice;
+#           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS);
 #   model   hearth-bench-load-model on the 8B, page cache and disk (issue 7).
 # The random-weight models are made in the background meanwhile (under
 # /var/tmp, kept between calls on a machine that stays warm).
 set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
 AB_WAITS=${AB_WAITS:-0 300}
+AB_REPS=${AB_REPS:-2}
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0)) s]"; }
@@ -37,7 +38,7 @@ need() {
 	echo $? >"$OUT/make-$1.rc"
 }
 rm -f "$OUT"/make-*.rc
-if on load || on model; then (need 1b; need 8b) & fi
+if on load || on model; then (need 8b; need 1b) & fi
 wait_model() {
 	while [ ! -f "$OUT/make-$1.rc" ]; do sleep 2; done
 	echo "== model $1 rc=$(cat "$OUT/make-$1.rc") $(el)"
@@ -90,7 +91,7 @@ load() {
 	done
 }
 # shellcheck disable=SC2086
-on load && for rep in 1 2; do load 1b 100 $AB_WAITS; load 8b 10 $AB_WAITS; done
+on load && for rep in $(seq "$AB_REPS"); do load 8b 10 $AB_WAITS; load 1b 100 $AB_WAITS; done
 if on model; then
 	wait_model 8b
 	timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches \
