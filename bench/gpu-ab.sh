@@ -12,7 +12,8 @@
 #           fused decode norm and rope off and on;
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
 #   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
-#           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS);
+#           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS),
+#           AB_DURATION seconds each (a few split bursts set a short load's p99);
 #   model   hearth-bench-load-model on the 8B, page cache and disk (issue 7).
 # The random-weight models are made in the background meanwhile (under
 # /var/tmp, kept between calls on a machine that stays warm).
@@ -20,6 +21,7 @@ set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
 AB_WAITS=${AB_WAITS:-0 300}
 AB_REPS=${AB_REPS:-2}
+AB_DURATION=${AB_DURATION:-5} # seconds a load: a 5 s 8B load has ~2900 samples, so its p99 is ~29 of them
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 T0=$(date +%s)
 el() { echo "[$(($(date +%s) - T0)) s]"; }
@@ -81,8 +83,8 @@ load() {
 	s=$1 rate=$2; shift 2
 	wait_model $s
 	for w in "$@"; do
-		timeout 60 $R/hearth-bench-load --hearthd $R/hearthd --model /var/tmp/hearth-model-$s \
-			--backend cuda --rate $rate --loads 64 --duration 5 --context 1024 --window 256 \
+		timeout $((AB_DURATION * 3 + 45)) $R/hearth-bench-load --hearthd $R/hearthd --model /var/tmp/hearth-model-$s \
+			--backend cuda --rate $rate --loads 64 --duration "$AB_DURATION" --context 1024 --window 256 \
 			--procs 8 --daemon-arg=--max-step-tokens=2048 --daemon-arg=--max-batch=256 \
 			--daemon-arg=--batch-wait-us=$w >"$OUT/load.tmp" 2>&1
 		echo "-- load $s batch_wait_us=$w rc=$? $(el)"; grep -E "^ +[0-9]+ " "$OUT/load.tmp" | cut -c1-200
