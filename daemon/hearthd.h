@@ -184,7 +184,9 @@ struct hd_sched_stats {
 	uint64_t burst_holds, burst_hold_ns;
 	uint32_t queued;       /* jobs queued now */
 	uint32_t active;       /* sessions with jobs now */
-	uint32_t busy_ppm;     /* hd_sched.busy_ppm now */
+	/* Share of recent time in steps, time held for bursts left out, in
+	 * parts per million (an average over about 32 steps; hold_for_burst). */
+	uint32_t busy_ppm;
 };
 
 struct hd_sched {
@@ -202,7 +204,6 @@ struct hd_sched {
 	bool step_held;               /* the step being formed began with a hold */
 	uint64_t last_step_end;       /* when the last step ended (hr_now_ns), or 0 */
 	uint64_t gap_hold_ns;         /* time held since then */
-	uint32_t busy_ppm;            /* share of recent time in steps, holds left out, ppm (EWMA) */
 	struct hd_sched_stats st;
 };
 

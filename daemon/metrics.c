@@ -161,7 +161,7 @@ static void render_sched(struct expo *e, const char *mn, const struct hd_sched_s
 	gauge(e, mn, "hearth_sched_active_sessions", "Sessions with queued requests.", s->active);
 	gauge(e, mn, "hearth_sched_busy_ratio",
 	      "Share of recent time spent in steps, time held for bursts left out (an average "
-	      "over about eight steps; batch_wait_us holds nothing above 0.9).",
+	      "over about 32 steps; batch_wait_us holds nothing above 0.9).",
 	      s->busy_ppm / 1e6);
 }
 

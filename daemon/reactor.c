@@ -114,7 +114,6 @@ static void snapshot(struct hd_model *hm, struct hd_metrics *m)
 	memcpy(m->ops, hm->stats.ops, sizeof(m->ops));
 	m->sched = hm->sched.st;
 	m->sched.active = hm->sched.n_active;
-	m->sched.busy_ppm = hm->sched.busy_ppm;
 	m->tokens = atomic_load(&hm->stats.tokens);
 	m->steps = engine_n_steps(hm->engine);
 	m->score_steps = engine_n_score_steps(hm->engine);

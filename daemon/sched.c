@@ -387,6 +387,7 @@ static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 	const uint64_t wait = (uint64_t)hm->cfg.batch_wait_us * 1000;
 	uint64_t oldest = UINT64_MAX, newest = 0;
 	uint32_t expect = 0;
+	bool known;
 
 	for (uint32_t i = 0; i < n_cand; i++) {
 		oldest = HR_MIN(oldest, q->cand[i]->t_submit);
@@ -394,14 +395,15 @@ static bool hold_for_burst(struct hd_model *hm, uint32_t n_cand, uint64_t now)
 	}
 	for (unsigned i = 0; i < HR_ARRAY_SIZE(q->held_n); i++)
 		expect = HR_MAX(expect, q->held_n[i]);
+	known = expect >= 2;
 	/* Bursts of a known size (the largest of the last held steps) are
 	 * waited for whole, however far apart their requests come, up to the
 	 * wait; otherwise the hold ends when none has come for half of it. */
-	if (expect >= 2 ? n_cand && n_cand < expect && now - oldest < wait
-			: n_cand && now - oldest < wait && now - newest < wait / 2) {
-		if (!q->hold_since && q->busy_ppm >= HOLD_MAX_BUSY_PPM)
+	if (n_cand && now - oldest < wait &&
+	    (known ? n_cand < expect : now - newest < wait / 2)) {
+		if (!q->hold_since && q->st.busy_ppm >= HOLD_MAX_BUSY_PPM)
 			return false;
-		q->hold_until = expect >= 2 ? oldest + wait : HR_MIN(oldest + wait, newest + wait / 2);
+		q->hold_until = known ? oldest + wait : HR_MIN(oldest + wait, newest + wait / 2);
 		if (!q->hold_since) {
 			q->hold_since = now;
 			q->st.burst_holds++;
@@ -462,7 +464,7 @@ static void record_step(struct hd_sched *q, uint32_t n, uint32_t tokens, uint64_
 		uint64_t span = end - q->last_step_end - q->gap_hold_ns;
 		uint64_t share = HR_MIN(ns * 1000000ull / span, 1000000ull);
 
-		q->busy_ppm = (uint32_t)(((uint64_t)q->busy_ppm * 31 + share) / 32);
+		q->st.busy_ppm = (uint32_t)(((uint64_t)q->st.busy_ppm * 31 + share) / 32);
 	}
 	q->last_step_end = end;
 	q->gap_hold_ns = 0;
