@@ -4,12 +4,15 @@
 # `bench/gpu-e2e.sh --pack build` (carry build-pack; this unpacks it):
 #   OUT=/dir [AB_STAGES="tests profile full engine ratio load model"] bench/gpu-ab.sh
 # Stages, in this order (a call that runs out of time keeps what it printed):
-#   tests   test_cuda_ops, then test_cuda_engine on the four fixtures;
+#   tests   the gpu tests of AB_TESTS (default "ops attention skinny":
+#           test_cuda_ops, ...), then test_cuda_engine on the four fixtures;
 #   profile hearth-bench-engine --profile (every op timed alone), 1B and 8B at
 #           ctx 2048 (decode, APPEND 32, batch 64, 9 x APPEND 16);
 #   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
-#   engine  hearth-bench-engine batch-1 decode at ctx 2048, 1B and 8B, the
-#           fused decode norm and rope off and on;
+#   engine  hearth-bench-engine at ctx 2048, batch 1 (decode, APPEND 32 +
+#           SCORE, prefill), 1B and 8B, once for each HEARTH_CUDA_L2_PREFETCH
+#           value of AB_PF (MB of weights fetched into L2 during attention;
+#           default "0 25 0 25", off and on in turn);
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
 #   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
 #           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS),
@@ -20,6 +23,8 @@
 set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
 AB_WAITS=${AB_WAITS:-0 300}
+AB_TESTS=${AB_TESTS:-ops attention skinny}
+AB_PF=${AB_PF:-0 25 0 25}
 AB_REPS=${AB_REPS:-2}
 AB_DURATION=${AB_DURATION:-5} # seconds a load: a 5 s 8B load has ~2900 samples, so its p99 is ~29 of them
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -50,7 +55,8 @@ t() {
 	timeout 150 "$@" >"$OUT/$name.log" 2>&1
 	echo "== $name rc=$? $(el)"; grep -iE "out of tolerance|fail|mismatch" "$OUT/$name.log" | head -5
 }
-on tests && t ops $R/test_cuda_ops
+# shellcheck disable=SC2086
+on tests && for n in $AB_TESTS; do t "$n" $R/test_cuda_$n; done
 on tests && for m in llama-tiny qwen2-tiny llama3-scaled mistral-tiny; do
 	t "engine-$m" $R/test_cuda_engine "$F/$m"
 done
@@ -65,10 +71,16 @@ on full && for s in 1b 8b; do
 	echo "-- full $s rc=$? $(el)"; sed -n '/figure (median)/,$p' "$OUT/full-$s.log" | grep -v ^BENCH
 done
 on engine && for s in 1b 8b; do
-	for f in 0 1; do
-		timeout 120 env HEARTH_CUDA_NORM_FUSE=$f HEARTH_CUDA_ROPE_FUSE=$f $R/hearth-bench-engine \
-			--backend cuda --shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$f.log" 2>&1
-		echo "-- engine $s fused=$f rc=$? $(el)"; grep ^BENCH "$OUT/engine-$s-$f.log" | cut -c1-400
+	i=0
+	for v in $AB_PF; do
+		i=$((i + 1))
+		timeout 120 env HEARTH_CUDA_L2_PREFETCH="$v" $R/hearth-bench-engine --backend cuda \
+			--shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$i-pf$v.log" 2>&1
+		echo "-- engine $s L2 prefetch $v MB rc=$? $(el)"
+		grep ^BENCH "$OUT/engine-$s-$i-pf$v.log" |
+			grep -oE '"(copy_gbs|roofline_ms|decode_ms|append32_score_ms|prefill_ms|mixed[0-9]+_ms|valid)":[a-z0-9.]+' |
+			tr '\n' ' '
+		echo
 	done
 done
 on ratio && for s in 1b 8b; do

@@ -829,7 +829,7 @@ int main(int argc, char **argv)
 	}
 	printf("decode p99 %.3f ms, APPEND+SCORE p99 %.3f ms\n", ms(st_dec.p99), ms(st_app.p99));
 
-	/* ---- op-by-op profile of one decode step, APPEND-32 and the largest batch ---- */
+	/* ---- op-by-op profile of one decode step, APPEND-32, the largest batch and the prefill ---- */
 	if (profile) {
 		struct model_seq_step st = { .bt = &bts[0], .n_past = ctx_len, .n_new = 32,
 					     .tokens = prompt, .want_logits = true };
@@ -850,6 +850,10 @@ int main(int argc, char **argv)
 		prof_on(x->be);
 		decode_step(x, bts, lens, toks, B, amax);
 		prof_off("decode, largest batch");
+		kv_bt_truncate(x->pool, &bts[0], 0);
+		prof_on(x->be);
+		prefill(x, &bts[0], prompt, ctx_len, chunk);
+		prof_off("prefill");
 	}
 
 	jl = snprintf(json, sizeof(json),

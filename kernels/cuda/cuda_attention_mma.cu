@@ -76,6 +76,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 	const int32_t *bt;
 	bool ctx_ok;
 
+	if (!warp)
+		l2_prefetch(a.pf, blockIdx.x + gridDim.x * blockIdx.y, gridDim.x * gridDim.y, lane);
 	if (blockIdx.x / a.n_kv_heads >= n_tiles)
 		return; /* the grid is an upper bound on the tiles */
 	tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;

@@ -416,6 +416,7 @@ static const struct kern_ops cuda_ops = {
 	.matmul_f32out = kc_matmul_f32out_op,
 	.rope_kv_write = kc_rope_kv_write_op,
 	.attention = kc_attention_op,
+	.prefetch_hint = kc_prefetch_hint_op,
 	.swiglu = kc_swiglu_op,
 	.gather_rows = kc_gather_rows_op,
 	.argmax = kc_argmax_op,
@@ -531,6 +532,16 @@ struct kern_backend *kern_cuda_new(int device_index)
 	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
+	/* L2 prefetch during attention (prefetch_hint): at most half the L2
+	 * (50 MB on H100 and H200) unless HEARTH_CUDA_L2_PREFETCH gives MB (0:
+	 * off). */
+	{
+		const char *pf = getenv("HEARTH_CUDA_L2_PREFETCH");
+
+		c->pf_budget = pf && atoi(pf) >= 0 && atoi(pf) <= 1024
+				       ? (uint64_t)atoi(pf) << 20
+				       : (uint64_t)prop.l2CacheSize / 2;
+	}
 	/* The fused forms change the forward pass (the residual moves between two
 	 * buffers): offered unless both knobs turn them off. */
 	c->ops = cuda_ops;
