@@ -11,8 +11,9 @@
 #   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
 #   engine  hearth-bench-engine at ctx 2048, batch 1 (decode, APPEND 32 +
 #           SCORE, prefill), 1B and 8B, once for each HEARTH_CUDA_L2_PREFETCH
-#           value of AB_PF (MB of weights fetched into L2 during attention;
-#           default "0 25 0 25", off and on in turn);
+#           value of AB_PF (MB of weights fetched into L2 during attention,
+#           "eMB" issued at each attention block's end instead of its start;
+#           default "0 25 e25 0 25 e25");
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
 #   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
 #           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS),
@@ -24,7 +25,7 @@ set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
 AB_WAITS=${AB_WAITS:-0 300}
 AB_TESTS=${AB_TESTS:-ops attention skinny}
-AB_PF=${AB_PF:-0 25 0 25}
+AB_PF=${AB_PF:-0 25 e25 0 25 e25}
 AB_REPS=${AB_REPS:-2}
 AB_DURATION=${AB_DURATION:-5} # seconds a load: a 5 s 8B load has ~2900 samples, so its p99 is ~29 of them
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }

@@ -524,7 +524,7 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 		}
 		if (!waited)
 			pdl_wait();
-		if (!r0 && !warp)
+		if (!r0 && !warp && !a.pf.at_end)
 			l2_prefetch(a.pf, bi, nb, lane);
 		int32_t pg_next = page_of(DM_STAGES - 1);
 
@@ -638,6 +638,8 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 		}
 		__syncthreads(); /* shared memory reused by the next pass */
 	}
+	if (!warp && a.pf.at_end)
+		l2_prefetch(a.pf, bi, nb, lane);
 	if (nsp > 1)
 		dec_merge_splits<DM_NT>(a, &counters[(size_t)s * a.n_kv_heads + kvh], kvh, t0, t1,
 					nsp);

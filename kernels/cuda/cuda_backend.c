@@ -532,15 +532,15 @@ struct kern_backend *kern_cuda_new(int device_index)
 	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
-	/* L2 prefetch during attention (prefetch_hint): at most half the L2
-	 * (50 MB on H100 and H200) unless HEARTH_CUDA_L2_PREFETCH gives MB (0:
-	 * off). */
+	/* L2 prefetch during attention (prefetch_hint), a measurement knob:
+	 * HEARTH_CUDA_L2_PREFETCH=MB issues that much at attention's start,
+	 * eMB at each block's end (docs/BENCHMARKS.md); off by default. */
 	{
 		const char *pf = getenv("HEARTH_CUDA_L2_PREFETCH");
+		int end = pf && *pf == 'e', mb = pf ? atoi(pf + end) : 0;
 
-		c->pf_budget = pf && atoi(pf) >= 0 && atoi(pf) <= 1024
-				       ? (uint64_t)atoi(pf) << 20
-				       : (uint64_t)prop.l2CacheSize / 2;
+		c->pf_budget = mb > 0 && mb <= 1024 ? (uint64_t)mb << 20 : 0;
+		c->pf.at_end = (uint32_t)end;
 	}
 	/* The fused forms change the forward pass (the residual moves between two
 	 * buffers): offered unless both knobs turn them off. */

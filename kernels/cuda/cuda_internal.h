@@ -55,11 +55,12 @@ enum kc_attn_path {
 struct kc_gemm_cache;
 
 /* L2 prefetch ranges an attention launch carries (prefetch_hint): bytes
- * multiples of 16 from 16-byte aligned p; n = 0 for none. */
+ * multiples of 16 from 16-byte aligned p; n = 0 for none. at_end: each
+ * block issues its share once its own K/V reads are done, not at its start. */
 struct kc_l2_pf {
 	const void *p[KERN_PREFETCH_MAX];
 	uint32_t bytes[KERN_PREFETCH_MAX];
-	uint32_t n;
+	uint32_t n, at_end;
 };
 
 struct kern_cuda {
@@ -131,8 +132,8 @@ struct kern_cuda {
 	uint32_t dec_split_min;      /* HEARTH_CUDA_DEC_SPLIT_MIN (default 128) */
 	/* prefetch_hint: the ranges the next attention launch prefetches into
 	 * L2 (already cut to pf_budget), when it has at most KC_PF_MAX_SEQS
-	 * sequences. pf_budget: bytes at most (HEARTH_CUDA_L2_PREFETCH in MB;
-	 * 0: off). */
+	 * sequences. pf_budget: bytes at most (HEARTH_CUDA_L2_PREFETCH in MB,
+	 * with an "e" in front to issue at the blocks' end; 0: off). */
 	struct kc_l2_pf pf;
 	uint64_t pf_budget;
 	int capturing;              /* a graph capture is under way on stream */

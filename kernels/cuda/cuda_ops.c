@@ -502,7 +502,7 @@ int kc_prefetch_hint_op(struct kern_backend *be, const struct kern_prefetch *pf)
 		return -EINVAL;
 	c = kc_priv(be);
 	c->pf.n = 0;
-	if (!pf->n)
+	if (!pf->n || !c->pf_budget)
 		return 0;
 	first = HR_MIN(pf->elems[0] * sizeof(uint16_t), c->pf_budget);
 	each = pf->n > 1 ? (c->pf_budget - first) / (pf->n - 1) : 0;
