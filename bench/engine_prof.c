@@ -176,7 +176,6 @@ void prof_on(struct kern_backend *be)
 	prof_ops.norm_matmul_qkv = be->ops->norm_matmul_qkv ? p_nqkv : NULL;
 	prof_ops.norm_matmul_swiglu = be->ops->norm_matmul_swiglu ? p_nswiglu : NULL;
 	prof_ops.graph_launch = NULL; /* no capture while timing op by op */
-	prof_ops.prefetch_hint = NULL; /* each op alone: no cache warmed by the one before */
 	be->ops = &prof_ops;
 	prof_n = 0;
 	memset(prof, 0, sizeof(prof));

@@ -10,10 +10,9 @@
 #           ctx 2048 (decode, APPEND 32, batch 64, 9 x APPEND 16);
 #   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
 #   engine  hearth-bench-engine at ctx 2048, batch 1 (decode, APPEND 32 +
-#           SCORE, prefill), 1B and 8B, once for each HEARTH_CUDA_L2_PREFETCH
-#           value of AB_PF (MB of weights fetched into L2 during attention,
-#           "eMB" issued at each attention block's end instead of its start;
-#           default "0 25 e25 0 25 e25");
+#           SCORE, prefill), 1B and 8B, once for each word of AB_ENVS: an
+#           environment assignment (a cuda backend knob, docs/gpu.md) or "-"
+#           for none; default "- HEARTH_CUDA_PDL=0 -";
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
 #   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
 #           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS),
@@ -25,7 +24,7 @@ set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
 AB_WAITS=${AB_WAITS:-0 300}
 AB_TESTS=${AB_TESTS:-ops attention skinny}
-AB_PF=${AB_PF:-0 25 e25 0 25 e25}
+AB_ENVS=${AB_ENVS:-- HEARTH_CUDA_PDL=0 -}
 AB_REPS=${AB_REPS:-2}
 AB_DURATION=${AB_DURATION:-5} # seconds a load: a 5 s 8B load has ~2900 samples, so its p99 is ~29 of them
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -73,12 +72,13 @@ on full && for s in 1b 8b; do
 done
 on engine && for s in 1b 8b; do
 	i=0
-	for v in $AB_PF; do
+	for v in $AB_ENVS; do
 		i=$((i + 1))
-		timeout 120 env HEARTH_CUDA_L2_PREFETCH="$v" $R/hearth-bench-engine --backend cuda \
-			--shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$i-pf$v.log" 2>&1
-		echo "-- engine $s L2 prefetch $v MB rc=$? $(el)"
-		grep ^BENCH "$OUT/engine-$s-$i-pf$v.log" |
+		[ "$v" = - ] && v=HEARTH_AB=none
+		timeout 120 env "$v" $R/hearth-bench-engine --backend cuda \
+			--shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$i.log" 2>&1
+		echo "-- engine $s $v rc=$? $(el)"
+		grep ^BENCH "$OUT/engine-$s-$i.log" |
 			grep -oE '"(copy_gbs|roofline_ms|decode_ms|append32_score_ms|prefill_ms|mixed[0-9]+_ms|valid)":[a-z0-9.]+' |
 			tr '\n' ' '
 		echo

@@ -466,19 +466,6 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 		return r;
 	if (last && !n_rows)
 		return 0;
-	if (op->prefetch_hint) {
-		/* What the memory can fetch while attention computes: the o
-		 * projection's weights, then gate and up side by side. */
-		const uint64_t F = c->intermediate_size;
-		const struct kern_prefetch pf = {
-			.w = { L->wo, L->w_gate, L->w_up },
-			.elems = { (uint64_t)qdim * D, F * D, F * D },
-			.n = 3,
-		};
-
-		if ((r = op->prefetch_hint(be, &pf)) < 0)
-			return r;
-	}
 	if ((r = op->attention(be, s->att, s->q, b, kv, l, c->n_heads, scale)) < 0)
 		return r;
 	if (last && !ident) {

@@ -418,13 +418,8 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 	const uint32_t nsp =
 		max(1u, min(gridDim.x, (uint32_t)(seq_end + a.split_min - 1) / a.split_min));
 
-	const uint32_t bi = split + gridDim.x * (kvh + gridDim.y * s);
-	const uint32_t nb = gridDim.x * gridDim.y * gridDim.z;
-
 	if (!n_rows || split >= nsp) {
 		pdl_wait();
-		if (!warp)
-			l2_prefetch(a.pf, bi, nb, lane);
 		return;
 	}
 	for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
@@ -524,8 +519,6 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 		}
 		if (!waited)
 			pdl_wait();
-		if (!r0 && !warp && !a.pf.at_end)
-			l2_prefetch(a.pf, bi, nb, lane);
 		int32_t pg_next = page_of(DM_STAGES - 1);
 
 		/* Q fragments straight from memory: a0 (row g, k 2t4), a1 (row
@@ -638,8 +631,6 @@ attn_dec_mma_kernel(const struct kc_attn_args a, uint32_t *counters)
 		}
 		__syncthreads(); /* shared memory reused by the next pass */
 	}
-	if (!warp && a.pf.at_end)
-		l2_prefetch(a.pf, bi, nb, lane);
 	if (nsp > 1)
 		dec_merge_splits<DM_NT>(a, &counters[(size_t)s * a.n_kv_heads + kvh], kvh, t0, t1,
 					nsp);

@@ -76,8 +76,6 @@ attn_mma_kernel(const struct kc_attn_args a)
 	const int32_t *bt;
 	bool ctx_ok;
 
-	if (!warp && (!a.pf.at_end || blockIdx.x / a.n_kv_heads >= n_tiles))
-		l2_prefetch(a.pf, blockIdx.x + gridDim.x * blockIdx.y, gridDim.x * gridDim.y, lane);
 	if (blockIdx.x / a.n_kv_heads >= n_tiles)
 		return; /* the grid is an upper bound on the tiles */
 	tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;
@@ -240,8 +238,6 @@ attn_mma_kernel(const struct kc_attn_args a)
 		fa_pv<NTL, DT, LD>(sc, vt, o);
 	}
 
-	if (!warp && a.pf.at_end)
-		l2_prefetch(a.pf, blockIdx.x + gridDim.x * blockIdx.y, gridDim.x * gridDim.y, lane);
 	l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
 	l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
 	l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);

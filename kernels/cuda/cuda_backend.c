@@ -416,7 +416,6 @@ static const struct kern_ops cuda_ops = {
 	.matmul_f32out = kc_matmul_f32out_op,
 	.rope_kv_write = kc_rope_kv_write_op,
 	.attention = kc_attention_op,
-	.prefetch_hint = kc_prefetch_hint_op,
 	.swiglu = kc_swiglu_op,
 	.gather_rows = kc_gather_rows_op,
 	.argmax = kc_argmax_op,
@@ -532,16 +531,6 @@ struct kern_backend *kern_cuda_new(int device_index)
 	}
 	c->n_sms = prop.multiProcessorCount;
 	c->smem_optin = prop.sharedMemPerBlockOptin;
-	/* L2 prefetch during attention (prefetch_hint), a measurement knob:
-	 * HEARTH_CUDA_L2_PREFETCH=MB issues that much at attention's start,
-	 * eMB at each block's end (docs/BENCHMARKS.md); off by default. */
-	{
-		const char *pf = getenv("HEARTH_CUDA_L2_PREFETCH");
-		int end = pf && *pf == 'e', mb = pf ? atoi(pf + end) : 0;
-
-		c->pf_budget = mb > 0 && mb <= 1024 ? (uint64_t)mb << 20 : 0;
-		c->pf.at_end = (uint32_t)end;
-	}
 	/* The fused forms change the forward pass (the residual moves between two
 	 * buffers): offered unless both knobs turn them off. */
 	c->ops = cuda_ops;

@@ -12,8 +12,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "cuda_internal.h"
-
 #define KC_LOG2E 1.4426950408889634f /* softmax in base 2: scores times log2 e */
 
 /* Errors from device data: any non-zero value will do, so a plain store. */
@@ -114,38 +112,6 @@ static __device__ __forceinline__ void pdl_trigger(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-/*
- * L2 prefetch of the weights an attention kernel's successors read
- * (struct kc_l2_pf, from prefetch_hint): one warp of every block calls it,
- * after pdl_wait(), and the block issues its share (a 1/nb slice of each
- * range) as bulk prefetches of at most KC_PF_PIECE bytes a lane. They are
- * hints to the memory system: the kernel neither waits for them nor reads
- * what they fetch.
- */
-#define KC_PF_PIECE (16u << 10)
-static __device__ __forceinline__ void l2_prefetch(const struct kc_l2_pf &pf, uint32_t bi,
-						   uint32_t nb, int lane)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-	for (uint32_t r = 0; r < pf.n; r++) {
-		const uint64_t share = ((uint64_t)pf.bytes[r] + nb - 1) / nb + 15 & ~(uint64_t)15;
-		const uint64_t b0 = (uint64_t)bi * share;
-		const uint64_t b1 = min(b0 + share, (uint64_t)pf.bytes[r]);
-
-		for (uint64_t o = b0 + (uint64_t)lane * KC_PF_PIECE; o < b1;
-		     o += 32ull * KC_PF_PIECE) {
-			const uint32_t len = (uint32_t)min((uint64_t)KC_PF_PIECE, b1 - o);
-
-			asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
-				     :: "l"((const char *)pf.p[r] + o), "r"(len)
-				     : "memory");
-		}
-	}
-#else
-	(void)pf, (void)bi, (void)nb, (void)lane;
 #endif
 }
 

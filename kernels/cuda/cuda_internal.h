@@ -54,15 +54,6 @@ enum kc_attn_path {
 
 struct kc_gemm_cache;
 
-/* L2 prefetch ranges an attention launch carries (prefetch_hint): bytes
- * multiples of 16 from 16-byte aligned p; n = 0 for none. at_end: each
- * block issues its share once its own K/V reads are done, not at its start. */
-struct kc_l2_pf {
-	const void *p[KERN_PREFETCH_MAX];
-	uint32_t bytes[KERN_PREFETCH_MAX];
-	uint32_t n, at_end;
-};
-
 struct kern_cuda {
 	int device;
 	int n_sms;
@@ -130,12 +121,6 @@ struct kern_cuda {
 	 * split merge instead: 8B 12% slower). */
 	int pdl_early;
 	uint32_t dec_split_min;      /* HEARTH_CUDA_DEC_SPLIT_MIN (default 128) */
-	/* prefetch_hint: the ranges the next attention launch prefetches into
-	 * L2 (already cut to pf_budget), when it has at most KC_PF_MAX_SEQS
-	 * sequences. pf_budget: bytes at most (HEARTH_CUDA_L2_PREFETCH in MB,
-	 * with an "e" in front to issue at the blocks' end; 0: off). */
-	struct kc_l2_pf pf;
-	uint64_t pf_budget;
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
 };
@@ -184,9 +169,6 @@ int kc_rope_kv_write_op(struct kern_backend *be, void *q, void *k, const void *v
 int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		    const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
 		    uint32_t n_heads, float scale);
-int kc_prefetch_hint_op(struct kern_backend *be, const struct kern_prefetch *pf);
-/* Sequences an attention launch may have and still carry the hint. */
-#define KC_PF_MAX_SEQS 4u
 int kc_swiglu_op(struct kern_backend *be, void *out, const void *gate, const void *up,
 		 uint32_t n, uint32_t dim);
 int kc_gather_rows_op(struct kern_backend *be, void *out, const void *in, const int32_t *rows,
@@ -341,7 +323,6 @@ struct kc_attn_args {
 	float *part;               /* workspace: split partials, see kc_attn_part_floats() */
 	int early;                 /* decode: the next kernel may launch at the start */
 	uint32_t split_min;        /* decode: positions per KV split at least */
-	struct kc_l2_pf pf;        /* decode and tensor-core kernels: issued once q/k/v are done */
 };
 
 int kc_rope_kv_write(void *q, void *k, const void *v, const int32_t *pos, const int32_t *slot,

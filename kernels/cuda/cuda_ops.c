@@ -387,8 +387,6 @@ static void attn_args_fill(struct kc_attn_args *a, struct kern_cuda *c, void *ou
 		.split_min = c->dec_split_min,
 		.err = c->err_dev,
 	};
-	if (b->n_seqs <= KC_PF_MAX_SEQS)
-		a->pf = c->pf;
 }
 
 /* The tiled kernels' workspace: split counters, then the tile starts
@@ -486,42 +484,12 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	return kc_attention_mma(&a, n_splits, c->stream);
 }
 
-/*
- * The hint is kept until the next attention call, whose launch carries it
- * (cut to pf_budget: w[0] first, the rest of the budget shared evenly by
- * the others) when that call has at most KC_PF_MAX_SEQS sequences: at more,
- * attention reads enough KV to keep the memory busy and to evict what was
- * fetched. Ranges not 16-byte aligned are left out.
- */
-int kc_prefetch_hint_op(struct kern_backend *be, const struct kern_prefetch *pf)
+int kc_attention_op(struct kern_backend *be, void *out, const void *q,
+		    const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
+		    uint32_t n_heads, float scale)
 {
+	const struct kern_batch *b = batch;
 	struct kern_cuda *c;
-	uint64_t first, each;
-
-	if (!be || !pf || pf->n > KERN_PREFETCH_MAX)
-		return -EINVAL;
-	c = kc_priv(be);
-	c->pf.n = 0;
-	if (!pf->n || !c->pf_budget)
-		return 0;
-	first = HR_MIN(pf->elems[0] * sizeof(uint16_t), c->pf_budget);
-	each = pf->n > 1 ? (c->pf_budget - first) / (pf->n - 1) : 0;
-	for (uint32_t i = 0; i < pf->n; i++) {
-		uint64_t want = HR_MIN(pf->elems[i] * sizeof(uint16_t), i ? each : first);
-
-		want = HR_MIN(want, (uint64_t)UINT32_MAX) & ~(uint64_t)15;
-		if (!pf->w[i] || (uintptr_t)pf->w[i] % 16 || !want)
-			continue;
-		c->pf.p[c->pf.n] = pf->w[i];
-		c->pf.bytes[c->pf.n++] = (uint32_t)want;
-	}
-	return 0;
-}
-
-static int attention_op(struct kern_backend *be, struct kern_cuda *c, void *out, const void *q,
-			const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
-			uint32_t n_heads, float scale)
-{
 	struct kc_attn_args a;
 	enum kc_attn_path path;
 	uint32_t group, rows, gc, bq, blocks, n_splits = 1, split_len = 0;
@@ -529,6 +497,8 @@ static int attention_op(struct kern_backend *be, struct kern_cuda *c, void *out,
 	int q16;
 	int r;
 
+	if (!be || !out || !q || !b || !kv)
+		return -EINVAL;
 	if ((r = kv_check(kv, layer, n_heads)) < 0)
 		return r;
 	if (!b->n_tokens || !b->n_seqs || !b->max_blocks || !b->pos || !b->seq_start ||
@@ -537,6 +507,7 @@ static int attention_op(struct kern_backend *be, struct kern_cuda *c, void *out,
 		return -EINVAL;
 	if ((r = kc_enter(be)) < 0)
 		return r;
+	c = kc_priv(be);
 	group = n_heads / kv->n_kv_heads;
 	q16 = !((uintptr_t)q % 16) && !((uintptr_t)kv->base % 16);
 
@@ -589,20 +560,4 @@ static int attention_op(struct kern_backend *be, struct kern_cuda *c, void *out,
 		return r;
 	(void)split_len; /* the kernel splits each tile's own length (graphs replay any) */
 	return kc_attention(&a, path, n_splits, 0, c->stream);
-}
-
-/* The hint of prefetch_hint lives for one attention call, whatever it does. */
-int kc_attention_op(struct kern_backend *be, void *out, const void *q,
-		    const struct kern_batch *batch, const struct kern_kv *kv, uint32_t layer,
-		    uint32_t n_heads, float scale)
-{
-	struct kern_cuda *c;
-	int r;
-
-	if (!be || !out || !q || !batch || !kv)
-		return -EINVAL;
-	c = kc_priv(be);
-	r = attention_op(be, c, out, q, batch, kv, layer, n_heads, scale);
-	c->pf.n = 0;
-	return r;
 }

@@ -117,17 +117,6 @@ struct kern_rope {
 	uint32_t layer, n_heads;
 	const float *inv_freq;
 };
-/*
- * Weights read right after an attention call (prefetch_hint): w[0] first
- * (the o projection), then w[1] .. w[n - 1] side by side (gate and up).
- * Sizes in elements of the backend's weight type.
- */
-#define KERN_PREFETCH_MAX 3
-struct kern_prefetch {
-	const void *w[KERN_PREFETCH_MAX];
-	uint64_t elems[KERN_PREFETCH_MAX];
-	uint32_t n;
-};
 struct kern_batch {
 	uint32_t n_tokens;
 	uint32_t n_seqs;
@@ -283,14 +272,6 @@ struct kern_ops {
 	int (*norm_matmul_swiglu)(struct kern_backend *be, const struct kern_norm *nm, void *out,
 				  void *gate, void *up, const void *w_gate, const void *w_up,
 				  uint32_t n, uint32_t k, uint32_t m);
-
-	/*
-	 * Optional hint (NULL: none), changing no result: the next attention
-	 * call is followed by reads of pf's weights. A backend whose attention
-	 * leaves the memory idle at few sequences may pull part of them into
-	 * its cache meanwhile (cuda: the L2). That attention call drops it.
-	 */
-	int (*prefetch_hint)(struct kern_backend *be, const struct kern_prefetch *pf);
 
 	/*
 	 * Optional graph capture (NULL on cpu). Between graph_begin and graph_end

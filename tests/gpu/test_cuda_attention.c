@@ -436,60 +436,10 @@ static void run_both(struct scen *sc, struct step *st)
 		KT_CHECK_EQ_INT(be->ops->rope_kv_write(be, d->q, d->k, d->v, &d->b, &sc->s[i].kv,
 						       sc->g.layer, sc->g.n_heads,
 						       sc->s[i].inv_freq), 0);
-		/* On the gpu every step carries an L2 prefetch hint (of the KV
-		 * pool, 16-byte aligned), issued at the blocks' start and end in
-		 * turn: it must change no result, and the call drops it. */
-		if (be->ops->prefetch_hint) {
-			struct kern_cuda *c = be->priv;
-			const struct kern_prefetch pf = {
-				.w = { sc->s[i].kv.base, sc->s[i].kv.base },
-				.elems = { pool_elems(sc) / 2, pool_elems(sc) },
-				.n = 2,
-			};
-
-			c->pf.at_end = !c->pf.at_end;
-			KT_CHECK_EQ_INT(be->ops->prefetch_hint(be, &pf), 0);
-			KT_CHECK(c->pf.n >= 1);
-		}
 		KT_CHECK_EQ_INT(be->ops->attention(be, d->out, d->q, &d->b, &sc->s[i].kv,
 						   sc->g.layer, sc->g.n_heads, sc->scale), 0);
-		if (be->ops->prefetch_hint)
-			KT_CHECK(((struct kern_cuda *)be->priv)->pf.n == 0);
 		KT_CHECK_EQ_INT(be->ops->sync(be), 0);
 	}
-}
-
-/* prefetch_hint's cut to the budget: w[0] first, the rest shared evenly;
- * unaligned ranges left out; too many ranges refused. */
-static void test_prefetch_budget(void)
-{
-	struct kern_cuda *c = gt_gpu->priv;
-	const uint64_t keep = c->pf_budget;
-	char *base = gt_gpu->ops->alloc(gt_gpu, 4096);
-	struct kern_prefetch pf = { .w = { base, base + 1024, base + 2048 },
-				    .elems = { 256 << 10, 1 << 20, 1 << 20 }, .n = 3 };
-
-	KT_CHECK(base != NULL);
-	c->pf_budget = 1 << 20;
-	KT_CHECK_EQ_INT(gt_gpu->ops->prefetch_hint(gt_gpu, &pf), 0);
-	KT_CHECK(c->pf.n == 3 && c->pf.bytes[0] == 512u << 10 && c->pf.bytes[1] == 256u << 10 &&
-		 c->pf.bytes[2] == 256u << 10 && c->pf.p[1] == base + 1024);
-	pf.elems[0] = 1 << 20; /* w[0] takes the whole budget */
-	KT_CHECK_EQ_INT(gt_gpu->ops->prefetch_hint(gt_gpu, &pf), 0);
-	KT_CHECK(c->pf.n == 1 && c->pf.bytes[0] == 1u << 20);
-	pf.w[0] = base + 8; /* not 16-byte aligned: left out */
-	pf.elems[0] = 100;
-	KT_CHECK_EQ_INT(gt_gpu->ops->prefetch_hint(gt_gpu, &pf), 0);
-	KT_CHECK(c->pf.n == 2 && c->pf.p[0] == base + 1024 && c->pf.p[1] == base + 2048);
-	c->pf_budget = 0; /* off */
-	KT_CHECK_EQ_INT(gt_gpu->ops->prefetch_hint(gt_gpu, &pf), 0);
-	KT_CHECK(c->pf.n == 0);
-	pf.n = KERN_PREFETCH_MAX + 1;
-	KT_CHECK_EQ_INT(gt_gpu->ops->prefetch_hint(gt_gpu, &pf), -EINVAL);
-	/* The scenarios below carry hints whatever the environment says. */
-	c->pf_budget = keep ? keep : 16u << 20;
-	c->pf.n = 0;
-	gt_gpu->ops->free(gt_gpu, base);
 }
 
 static const char *path_name(enum kc_attn_path p)
@@ -943,7 +893,6 @@ int main(int argc, char **argv)
 		gt_fini();
 		return kt_finish("test_cuda_attention");
 	}
-	test_prefetch_budget();
 	for (uint32_t s = 0; s < random.n_seqs; s++) {
 		random.seq[s].n_past = kt_below(&rng, 50);
 		random.seq[s].n_new = 1 + kt_below(&rng, 24);
