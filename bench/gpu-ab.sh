@@ -14,8 +14,9 @@
 #           environment assignment (a cuda backend knob, docs/gpu.md) or "-"
 #           for none; default "- HEARTH_CUDA_PDL=0 -";
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
-#   load    hearth-bench-load at 64 sessions, 1B at 100 events/s and 8B at
-#           10 events/s each, batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS),
+#   load    hearth-bench-load at 64 sessions, 8B at 10 events/s and 1B at
+#           100 events/s each (AB_LOAD_SHAPES, default "8b 1b"),
+#           batch_wait_us 0 and 300 (AB_WAITS), twice (AB_REPS),
 #           AB_DURATION seconds each (a few split bursts set a short load's p99);
 #   model   hearth-bench-load-model on the 8B, page cache and disk (issue 7).
 # The random-weight models are made in the background meanwhile (under
@@ -24,6 +25,7 @@ set -u
 AB_STAGES=${AB_STAGES:-tests engine load model}
 AB_WAITS=${AB_WAITS:-0 300}
 AB_TESTS=${AB_TESTS:-ops attention skinny}
+AB_LOAD_SHAPES=${AB_LOAD_SHAPES:-8b 1b}
 AB_ENVS=${AB_ENVS:-- HEARTH_CUDA_PDL=0 -}
 AB_REPS=${AB_REPS:-2}
 AB_DURATION=${AB_DURATION:-5} # seconds a load: a 5 s 8B load has ~2900 samples, so its p99 is ~29 of them
@@ -45,7 +47,8 @@ need() {
 	echo $? >"$OUT/make-$1.rc"
 }
 rm -f "$OUT"/make-*.rc
-if on load || on model; then (need 8b; need 1b) & fi
+if on model; then (need 8b; need 1b) &
+elif on load; then (for s in $AB_LOAD_SHAPES; do need "$s"; done) & fi
 wait_model() {
 	while [ ! -f "$OUT/make-$1.rc" ]; do sleep 2; done
 	echo "== model $1 rc=$(cat "$OUT/make-$1.rc") $(el)"
@@ -106,7 +109,11 @@ load() {
 	done
 }
 # shellcheck disable=SC2086
-on load && for rep in $(seq "$AB_REPS"); do load 8b 10 $AB_WAITS; load 1b 100 $AB_WAITS; done
+on load && for rep in $(seq "$AB_REPS"); do
+	for s in $AB_LOAD_SHAPES; do
+		case $s in 8b) load 8b 10 $AB_WAITS ;; 1b) load 1b 100 $AB_WAITS ;; esac
+	done
+done
 if on model; then
 	wait_model 8b
 	timeout 200 $R/hearth-bench-load-model --backend cuda --reps 2 --drop-caches \
