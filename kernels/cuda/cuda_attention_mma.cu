@@ -38,28 +38,41 @@ typedef __nv_bfloat16 bf16;
  * m16k16 A layout), O += P V with V through ldmatrix.trans.
  */
 #define MMA_NT 128
-#define MMA_BM 64 /* query rows per block: 4 warps x 16 */
-#define MMA_BN 64 /* KV positions per tile */
+/* KV positions per tile: 64, or 32 at head_dim 128 with two row tiles a
+ * warp (64 spilled: 128 fp32 of O and 64 of scores a lane). */
+static constexpr __host__ __device__ int mma_bn(int hd, int mt)
+{
+	return hd == 128 && mt == 2 ? 32 : 64;
+}
 /*
- * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, 64
- * rows of group x tokens each) and run last first, the kv heads of a tile
+ * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, 64 x
+ * MT rows of group x tokens each) and run last first, the kv heads of a tile
  * side by side: in a long prefill the last tiles see the most positions, so
  * they start in the first wave and the short ones fill the tail. With
  * n_splits > 1 each block takes its share of its own KV length (the rows'
  * largest position + 1, in whole tiles) and writes fp32 partials (O, m, l)
  * that attn_combine_kernel merges.
+ *
+ * MT: m16 tiles of rows per warp. At MT = 1 a warp keeps its Q fragments in
+ * registers; at MT = 2 (32 rows a warp, 128 a block) every K and V fragment
+ * read from shared memory feeds two MMAs, and Q fragments are read from
+ * shared memory at each use instead (the registers go to the second tile's O
+ * and scores).
  */
-template <int HD>
+template <int HD, int MT>
 static __global__ void __launch_bounds__(MMA_NT)
 attn_mma_kernel(const struct kc_attn_args a)
 {
+	constexpr int BM = 64 * MT;        /* query rows per block */
+	constexpr int BN = mma_bn(HD, MT); /* KV positions per tile */
 	constexpr int LD = HD + 8;         /* shared row stride, bf16 */
 	constexpr int CPR = HD / 8;        /* 16-byte chunks per row */
-	constexpr int NTL = MMA_BN / 8;    /* n8 tiles of S */
+	constexpr int NTL = BN / 8;    /* n8 tiles of S */
 	constexpr int DT = HD / 8;         /* n8 tiles of O */
+	constexpr int QR = MT == 1 ? HD / 16 : 1; /* Q fragments kept in registers */
 	extern __shared__ __align__(16) bf16 mma_smem[];
-	__shared__ int sm_tok[MMA_BM], sm_head[MMA_BM], sm_lim[MMA_BM];
-	bf16 *sq = mma_smem, *sk = sq + MMA_BM * LD, *sv = sk + 2 * MMA_BN * LD;
+	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
+	bf16 *sq = mma_smem, *sk = sq + BM * LD, *sv = sk + 2 * BN * LD;
 	const uint32_t group = a.n_heads / a.n_kv_heads, pt = a.page_tokens;
 	const uint32_t kvh = blockIdx.x % a.n_kv_heads, split = blockIdx.y, n_splits = gridDim.y;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -71,7 +84,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
 	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
 	uint32_t s, tile;
-	int32_t t0, ctx, begin, end, kv_end, wlim, wmin, lim_a, lim_b;
+	int32_t t0, ctx, begin, end, kv_end, wlim, wmin;
+	int32_t lim_a[MT], lim_b[MT];
 	int64_t r0, n_rows;
 	const int32_t *bt;
 	bool ctx_ok;
@@ -82,13 +96,13 @@ attn_mma_kernel(const struct kc_attn_args a)
 	s = tile_seq(ts, a.n_seqs, tile);
 	t0 = a.seq_start[s];
 	n_rows = (int64_t)(a.seq_start[s + 1] - t0) * group;
-	r0 = (int64_t)(tile - (uint32_t)ts[s]) * MMA_BM;
+	r0 = (int64_t)(tile - (uint32_t)ts[s]) * BM;
 	ctx = a.ctx_len[s];
 	ctx_ok = ctx >= 0 && (uint64_t)ctx <= (uint64_t)a.max_blocks * pt;
 	bt = a.block_table + (size_t)s * a.max_blocks;
 
-	if (tid < MMA_BM) {
-		const int64_t R = r0 + tid;
+	for (int i = tid; i < BM; i += MMA_NT) {
+		const int64_t R = r0 + i;
 		int tok = -1, head = -1, lim = -1;
 
 		if (R < n_rows) {
@@ -102,19 +116,30 @@ attn_mma_kernel(const struct kc_attn_args a)
 			else
 				set_err(a.err, KC_ERR_BATCH);
 		}
-		sm_tok[tid] = tok;
-		sm_head[tid] = head;
-		sm_lim[tid] = lim;
+		sm_tok[i] = tok;
+		sm_head[i] = head;
+		sm_lim[i] = lim;
 	}
 	__syncthreads();
-	kv_end = warp_max_int(max(sm_lim[lane], sm_lim[lane + 32])) + 1;
-	lim_a = sm_lim[warp * 16 + g];
-	lim_b = sm_lim[warp * 16 + g + 8];
-	wlim = warp_max_int(lim_a > lim_b ? lim_a : lim_b);
-	wmin = -warp_max_int(-(lim_a < lim_b ? lim_a : lim_b));
+	{
+		int mx = -1, wl = -1, wm = INT32_MAX;
+
+		for (int i = lane; i < BM; i += 32)
+			mx = max(mx, sm_lim[i]);
+		kv_end = warp_max_int(mx) + 1;
+#pragma unroll
+		for (int t = 0; t < MT; t++) {
+			lim_a[t] = sm_lim[warp * 16 * MT + t * 16 + g];
+			lim_b[t] = sm_lim[warp * 16 * MT + t * 16 + g + 8];
+			wl = max(wl, max(lim_a[t], lim_b[t]));
+			wm = min(wm, min(lim_a[t], lim_b[t]));
+		}
+		wlim = warp_max_int(wl);
+		wmin = -warp_max_int(-wm);
+	}
 	if (n_splits > 1) {
 		const int32_t len = (int32_t)((((uint32_t)kv_end + n_splits - 1) / n_splits +
-					       MMA_BN - 1) & ~(uint32_t)(MMA_BN - 1));
+					       BN - 1) & ~(uint32_t)(BN - 1));
 
 		begin = (int32_t)split * len;
 		end = split + 1 == n_splits ? kv_end : min(kv_end, begin + len);
@@ -127,10 +152,10 @@ attn_mma_kernel(const struct kc_attn_args a)
 	 * at or past end are zeros (their scores are masked; zero V keeps
 	 * 0 * NaN out of the P V product). */
 	auto load_kv = [&](int32_t p0, int b) {
-		const uint32_t kd = smem_addr(sk + b * MMA_BN * LD), vd = smem_addr(sv + b * MMA_BN * LD);
+		const uint32_t kd = smem_addr(sk + b * BN * LD), vd = smem_addr(sv + b * BN * LD);
 
 #pragma unroll
-		for (int i = 0; i < MMA_BN * CPR / MMA_NT; i++) {
+		for (int i = 0; i < BN * CPR / MMA_NT; i++) {
 			const int c = tid + i * MMA_NT, r = c / CPR, ch = c % CPR;
 			const int32_t p = p0 + r;
 			const bf16 *ks = kvb, *vs = kvb;
@@ -157,18 +182,26 @@ attn_mma_kernel(const struct kc_attn_args a)
 		}
 	};
 
-	float o[DT][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-	uint32_t qf[HD / 16][4];
+	float o[MT][DT][4], m_a[MT], m_b[MT], l_a[MT], l_b[MT];
+	uint32_t qf[QR][4];
 	const float sl2 = a.scale * KC_LOG2E;
+	/* Q fragments of tile t at k step kk: lanes 0-15 rows 0-15 at column k,
+	 * 16-31 at k + 8. */
+	const uint32_t qa = smem_addr(sq + (warp * 16 * MT + (lane & 15)) * LD + (lane >> 4) * 8);
 
 #pragma unroll
-	for (int j = 0; j < DT; j++)
-		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+	for (int t = 0; t < MT; t++) {
+		m_a[t] = m_b[t] = -INFINITY;
+		l_a[t] = l_b[t] = 0.0f;
+#pragma unroll
+		for (int j = 0; j < DT; j++)
+			o[t][j][0] = o[t][j][1] = o[t][j][2] = o[t][j][3] = 0.0f;
+	}
 	if (begin < end) {
 		const uint32_t qd = smem_addr(sq);
 
 #pragma unroll
-		for (int i = 0; i < MMA_BM * CPR / MMA_NT; i++) {
+		for (int i = 0; i < BM * CPR / MMA_NT; i++) {
 			const int c = tid + i * MMA_NT, r = c / CPR, ch = c % CPR, tok = sm_tok[r];
 			const bf16 *src = tok >= 0 ? qb + ((size_t)tok * a.n_heads + sm_head[r]) * HD +
 							     ch * 8
@@ -182,29 +215,28 @@ attn_mma_kernel(const struct kc_attn_args a)
 
 	int buf = 0;
 
-	for (int32_t p0 = begin; p0 < end; p0 += MMA_BN, buf ^= 1) {
+	for (int32_t p0 = begin; p0 < end; p0 += BN, buf ^= 1) {
 		cp_async_wait_all();
 		__syncthreads(); /* tile p0 (and Q) landed; buffer buf ^ 1 is free */
-		if (p0 + MMA_BN < end)
-			load_kv(p0 + MMA_BN, buf ^ 1);
+		if (p0 + BN < end)
+			load_kv(p0 + BN, buf ^ 1);
 		cp_async_commit();
-		if (p0 == begin) {
-			/* Q fragments: lanes 0-15 rows 0-15 at column k, 16-31 at k + 8. */
-			const uint32_t qa = smem_addr(sq + (warp * 16 + (lane & 15)) * LD + (lane >> 4) * 8);
-
+		if (MT == 1 && p0 == begin) {
 #pragma unroll
-			for (int kk = 0; kk < HD / 16; kk++)
+			for (int kk = 0; kk < QR; kk++)
 				ldsm_x4(qa + kk * 32, qf[kk]);
 		}
 		if (p0 > wlim)
 			continue; /* no row of this warp sees the tile (warp-uniform) */
 
-		const bf16 *kt = sk + buf * MMA_BN * LD, *vt = sv + buf * MMA_BN * LD;
-		float sc[NTL][4];
+		const bf16 *kt = sk + buf * BN * LD, *vt = sv + buf * BN * LD;
+		float sc[MT][NTL][4];
 
 #pragma unroll
-		for (int j = 0; j < NTL; j++)
-			sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+		for (int t = 0; t < MT; t++)
+#pragma unroll
+			for (int j = 0; j < NTL; j++)
+				sc[t][j][0] = sc[t][j][1] = sc[t][j][2] = sc[t][j][3] = 0.0f;
 		/* S = Q K^T. x4 of K: lanes 0-7 positions 0-7 at d, 8-15 the same
 		 * at d + 8, 16-31 positions 8-15: b0 b1 of two n8 tiles. */
 		{
@@ -212,81 +244,106 @@ attn_mma_kernel(const struct kc_attn_args a)
 						      ((lane >> 3) & 1) * 8);
 
 #pragma unroll
-			for (int kk = 0; kk < HD / 16; kk++)
+			for (int kk = 0; kk < HD / 16; kk++) {
+				uint32_t qm[MT][4];
+
+#pragma unroll
+				for (int t = 0; t < MT; t++) {
+					if (MT == 1)
+#pragma unroll
+						for (int e = 0; e < 4; e++)
+							qm[t][e] = qf[MT == 1 ? kk : 0][e];
+					else
+						ldsm_x4(qa + (t * 16 * LD + kk * 16) * 2, qm[t]);
+				}
 #pragma unroll
 				for (int np = 0; np < NTL / 2; np++) {
 					uint32_t b[4];
 
 					ldsm_x4(ka + (np * 16 * LD + kk * 16) * 2, b);
-					mma_bf16(sc[2 * np], qf[kk], b[0], b[1]);
-					mma_bf16(sc[2 * np + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+					for (int t = 0; t < MT; t++) {
+						mma_bf16(sc[t][2 * np], qm[t], b[0], b[1]);
+						mma_bf16(sc[t][2 * np + 1], qm[t], b[2], b[3]);
+					}
 				}
+			}
 		}
 		/* Scale, mask (not where every row of the warp sees the whole
 		 * tile: all but the last tiles of a long context), then the online
 		 * softmax and O += P V (cuda_mma.cuh). */
-		if (p0 + MMA_BN <= end && p0 + MMA_BN - 1 <= wmin) {
 #pragma unroll
-			for (int j = 0; j < NTL; j++)
+		for (int t = 0; t < MT; t++) {
+			if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
 #pragma unroll
-				for (int e = 0; e < 4; e++)
-					sc[j][e] *= sl2;
-		} else {
-			fa_mask<NTL>(sc, p0, t4, lim_a, lim_b, end, sl2);
+				for (int j = 0; j < NTL; j++)
+#pragma unroll
+					for (int e = 0; e < 4; e++)
+						sc[t][j][e] *= sl2;
+			} else {
+				fa_mask<NTL>(sc[t], p0, t4, lim_a[t], lim_b[t], end, sl2);
+			}
+			fa_softmax<NTL, DT>(sc[t], o[t], m_a[t], m_b[t], l_a[t], l_b[t]);
 		}
-		fa_softmax<NTL, DT>(sc, o, m_a, m_b, l_a, l_b);
-		fa_pv<NTL, DT, LD>(sc, vt, o);
+		fa_pv_mt<MT, NTL, DT, LD>(sc, vt, o);
 	}
 
-	l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-	l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-	l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-	l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+#pragma unroll
+	for (int t = 0; t < MT; t++) {
+		float la = l_a[t], lb = l_b[t];
 
-	const int ra = warp * 16 + g, rb = ra + 8;
-	const int tok_a = sm_tok[ra], tok_b = sm_tok[rb];
+		la += __shfl_xor_sync(0xffffffffu, la, 1);
+		la += __shfl_xor_sync(0xffffffffu, la, 2);
+		lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+		lb += __shfl_xor_sync(0xffffffffu, lb, 2);
 
-	if (n_splits == 1) {
-		const float inv_a = l_a > 0.0f ? 1.0f / l_a : 0.0f;
-		const float inv_b = l_b > 0.0f ? 1.0f / l_b : 0.0f;
-		uint32_t *oa = tok_a < 0 ? NULL
-					 : (uint32_t *)a.out +
-						   (((size_t)tok_a * a.n_heads + sm_head[ra]) * HD) / 2 + t4;
-		uint32_t *ob = tok_b < 0 ? NULL
-					 : (uint32_t *)a.out +
-						   (((size_t)tok_b * a.n_heads + sm_head[rb]) * HD) / 2 + t4;
+		const int ra = warp * 16 * MT + t * 16 + g, rb = ra + 8;
+		const int tok_a = sm_tok[ra], tok_b = sm_tok[rb];
+
+		if (n_splits == 1) {
+			const float inv_a = la > 0.0f ? 1.0f / la : 0.0f;
+			const float inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
+			uint32_t *oa = tok_a < 0 ? NULL
+						 : (uint32_t *)a.out + (((size_t)tok_a * a.n_heads +
+									 sm_head[ra]) * HD) / 2 + t4;
+			uint32_t *ob = tok_b < 0 ? NULL
+						 : (uint32_t *)a.out + (((size_t)tok_b * a.n_heads +
+									 sm_head[rb]) * HD) / 2 + t4;
 
 #pragma unroll
-		for (int j = 0; j < DT; j++) {
-			if (oa)
-				oa[j * 4] = pack_bf16(o[j][0] * inv_a, o[j][1] * inv_a);
-			if (ob)
-				ob[j * 4] = pack_bf16(o[j][2] * inv_b, o[j][3] * inv_b);
-		}
-	} else {
-		const size_t row_f = HD + 2;
-		float *pa = tok_a < 0 ? NULL
-				      : a.part + (((size_t)split * a.n_tokens + tok_a) * a.n_heads +
-						  sm_head[ra]) * row_f;
-		float *pb = tok_b < 0 ? NULL
-				      : a.part + (((size_t)split * a.n_tokens + tok_b) * a.n_heads +
-						  sm_head[rb]) * row_f;
-
-#pragma unroll
-		for (int j = 0; j < DT; j++) {
-			if (pa)
-				*(float2 *)(pa + j * 8 + 2 * t4) = make_float2(o[j][0], o[j][1]);
-			if (pb)
-				*(float2 *)(pb + j * 8 + 2 * t4) = make_float2(o[j][2], o[j][3]);
-		}
-		if (!t4) {
-			if (pa) {
-				pa[HD] = m_a;
-				pa[HD + 1] = l_a;
+			for (int j = 0; j < DT; j++) {
+				if (oa)
+					oa[j * 4] = pack_bf16(o[t][j][0] * inv_a, o[t][j][1] * inv_a);
+				if (ob)
+					ob[j * 4] = pack_bf16(o[t][j][2] * inv_b, o[t][j][3] * inv_b);
 			}
-			if (pb) {
-				pb[HD] = m_b;
-				pb[HD + 1] = l_b;
+		} else {
+			const size_t row_f = HD + 2;
+			float *pa = tok_a < 0 ? NULL
+					      : a.part + (((size_t)split * a.n_tokens + tok_a) *
+								  a.n_heads + sm_head[ra]) * row_f;
+			float *pb = tok_b < 0 ? NULL
+					      : a.part + (((size_t)split * a.n_tokens + tok_b) *
+								  a.n_heads + sm_head[rb]) * row_f;
+
+#pragma unroll
+			for (int j = 0; j < DT; j++) {
+				if (pa)
+					*(float2 *)(pa + j * 8 + 2 * t4) =
+						make_float2(o[t][j][0], o[t][j][1]);
+				if (pb)
+					*(float2 *)(pb + j * 8 + 2 * t4) =
+						make_float2(o[t][j][2], o[t][j][3]);
+			}
+			if (!t4) {
+				if (pa) {
+					pa[HD] = m_a[t];
+					pa[HD + 1] = la;
+				}
+				if (pb) {
+					pb[HD] = m_b[t];
+					pb[HD + 1] = lb;
+				}
 			}
 		}
 	}
@@ -294,58 +351,70 @@ attn_mma_kernel(const struct kc_attn_args a)
 
 /* ------------------------------------------------------------ launchers */
 
-static size_t mma_smem_bytes(uint32_t hd)
+static size_t mma_smem_bytes(uint32_t hd, uint32_t mt)
 {
-	return (size_t)(MMA_BM + 4 * MMA_BN) * (hd + 8) * sizeof(bf16);
+	return (size_t)(64 * mt + 4 * mma_bn((int)hd, (int)mt)) * (hd + 8) * sizeof(bf16);
 }
 
-extern "C" int kc_attn_mma_ok(uint32_t head_dim, size_t smem_optin)
+extern "C" int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin)
 {
-	return (head_dim == 64 || head_dim == 128) && mma_smem_bytes(head_dim) <= smem_optin;
+	return (head_dim == 64 || head_dim == 128) && (mt == 1 || mt == 2) &&
+	       mma_smem_bytes(head_dim, mt) <= smem_optin;
 }
 
-extern "C" uint32_t kc_attn_mma_rows(void)
+extern "C" uint32_t kc_attn_mma_rows(uint32_t mt)
 {
-	return MMA_BM;
+	return 64 * mt;
+}
+
+template <int HD, int MT>
+static int mma_attr(size_t smem_optin)
+{
+	const size_t b = mma_smem_bytes(HD, MT);
+
+	return b <= smem_optin && cudaFuncSetAttribute(attn_mma_kernel<HD, MT>,
+						       cudaFuncAttributeMaxDynamicSharedMemorySize,
+						       (int)b) != cudaSuccess;
 }
 
 extern "C" int kc_attn_mma_init(size_t smem_optin)
 {
-	if ((mma_smem_bytes(64) <= smem_optin &&
-	     cudaFuncSetAttribute(attn_mma_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				  (int)mma_smem_bytes(64))) ||
-	    (mma_smem_bytes(128) <= smem_optin &&
-	     cudaFuncSetAttribute(attn_mma_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				  (int)mma_smem_bytes(128)))) {
+	if (mma_attr<64, 1>(smem_optin) || mma_attr<128, 1>(smem_optin) ||
+	    mma_attr<64, 2>(smem_optin) || mma_attr<128, 2>(smem_optin)) {
 		(void)cudaGetLastError();
 		return -EIO;
 	}
 	return 0;
 }
 
-extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st)
+extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint32_t n_splits,
+				cudaStream_t st)
 {
-	const uint32_t group = a->n_heads / a->n_kv_heads;
+	const uint32_t group = a->n_heads / a->n_kv_heads, bm = 64 * mt;
 	const uint64_t rows = (uint64_t)a->n_tokens * group;
-	const uint64_t tiles = (rows + MMA_BM - 1) / MMA_BM +
+	const uint64_t tiles = (rows + bm - 1) / bm +
 			       (a->n_seqs < a->n_tokens ? a->n_seqs : a->n_tokens);
 	const uint64_t blocks = tiles * a->n_kv_heads;
-	const size_t smem = mma_smem_bytes(a->head_dim);
+	const size_t smem = mma_smem_bytes(a->head_dim, mt);
 	dim3 grid;
 	int r;
 
-	if ((a->head_dim != 64 && a->head_dim != 128) || !n_splits ||
+	if ((a->head_dim != 64 && a->head_dim != 128) || (mt != 1 && mt != 2) || !n_splits ||
 	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) ||
 	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
 	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
 		return -EINVAL;
-	if ((r = kc_attn_plan(a, group, MMA_BM, st)) < 0)
+	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (a->head_dim == 64)
-		attn_mma_kernel<64><<<grid, MMA_NT, smem, st>>>(*a);
+	if (a->head_dim == 64 && mt == 1)
+		attn_mma_kernel<64, 1><<<grid, MMA_NT, smem, st>>>(*a);
+	else if (a->head_dim == 64)
+		attn_mma_kernel<64, 2><<<grid, MMA_NT, smem, st>>>(*a);
+	else if (mt == 1)
+		attn_mma_kernel<128, 1><<<grid, MMA_NT, smem, st>>>(*a);
 	else
-		attn_mma_kernel<128><<<grid, MMA_NT, smem, st>>>(*a);
+		attn_mma_kernel<128, 2><<<grid, MMA_NT, smem, st>>>(*a);
 	if (cudaGetLastError() != cudaSuccess)
 		return -EIO;
 	return n_splits > 1 ? kc_attn_combine(a, n_splits, st) : 0;

@@ -114,6 +114,9 @@ struct kern_cuda {
 	int dec_mma;
 	uint32_t dec_occ[2];         /* kc_attn_decode_occupancy at head_dim 64, 128 */
 	int mma_blocks;
+	/* HEARTH_CUDA_ATTN_MMA_MT (1 or 2, default 1): m16 tiles of query rows
+	 * per warp of the tensor-core attention (2: 128-row blocks). */
+	uint32_t mma_mt;
 	/* HEARTH_CUDA_PDL_EARLY (bits, default 1): 1 rope_kv_write launched as a
 	 * programmatic dependent of the q/k/v matmul (1B decode 1% faster, 8B
 	 * the same); 2 decode attention lets the o projection launch at its
@@ -364,17 +367,19 @@ int kc_attn_plan(const struct kc_attn_args *a, uint32_t rows_per_token, uint32_t
 int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st);
 
 /* cuda_attention_mma.cu: tensor-core attention for steps of several tokens
- * per sequence. Shapes it takes: head_dim 64 or 128 (any GQA group) when
- * its shared memory fits smem_optin. */
-int kc_attn_mma_ok(uint32_t head_dim, size_t smem_optin);
+ * per sequence, mt (1 or 2) m16 tiles of query rows per warp. Shapes it
+ * takes: head_dim 64 or 128 (any GQA group) when its shared memory fits
+ * smem_optin. */
+int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin);
 /* Query rows ((token, q head) pairs of one kv head) per block. */
-uint32_t kc_attn_mma_rows(void);
+uint32_t kc_attn_mma_rows(uint32_t mt);
 int kc_attn_mma_init(size_t smem_optin);
 /* Plan, attention and, for n_splits > 1, the combine (a->tile_start as for
  * kc_attention; a->part holds kc_attn_part_floats(n_splits, ...)). Each
  * block splits its own KV length (graphs replay any context). -EINVAL for
  * an unsupported shape or q / kv_base not 16-byte aligned. */
-int kc_attention_mma(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st);
+int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint32_t n_splits,
+		     cudaStream_t st);
 
 #ifdef __cplusplus
 }

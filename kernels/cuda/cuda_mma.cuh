@@ -209,4 +209,41 @@ static __device__ __forceinline__ void fa_pv(const float sc[NT][4], const __nv_b
 	}
 }
 
+/*
+ * fa_pv for MT m16 tiles of rows at once: each V fragment read from shared
+ * memory feeds all of them (half the ldmatrix traffic at MT = 2).
+ */
+template <int MT, int NT, int DT, int LD>
+static __device__ __forceinline__ void fa_pv_mt(const float sc[MT][NT][4],
+						const __nv_bfloat16 *vt, float o[MT][DT][4])
+{
+	const int lane = threadIdx.x & 31;
+	const uint32_t va = smem_addr(vt + ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD +
+				      (lane >> 4) * 8);
+
+#pragma unroll
+	for (int kk = 0; kk < NT / 2; kk++) {
+		uint32_t pa[MT][4];
+
+#pragma unroll
+		for (int t = 0; t < MT; t++) {
+			pa[t][0] = pack_bf16(sc[t][2 * kk][0], sc[t][2 * kk][1]);
+			pa[t][1] = pack_bf16(sc[t][2 * kk][2], sc[t][2 * kk][3]);
+			pa[t][2] = pack_bf16(sc[t][2 * kk + 1][0], sc[t][2 * kk + 1][1]);
+			pa[t][3] = pack_bf16(sc[t][2 * kk + 1][2], sc[t][2 * kk + 1][3]);
+		}
+#pragma unroll
+		for (int dp = 0; dp < DT / 2; dp++) {
+			uint32_t b[4];
+
+			ldsm_x4_t(va + (kk * 16 * LD + dp * 16) * 2, b);
+#pragma unroll
+			for (int t = 0; t < MT; t++) {
+				mma_bf16(o[t][2 * dp], pa[t], b[0], b[1]);
+				mma_bf16(o[t][2 * dp + 1], pa[t], b[2], b[3]);
+			}
+		}
+	}
+}
+
 #endif

@@ -465,7 +465,7 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 			 uint32_t n_heads, float scale)
 {
 	struct kern_cuda *c = kc_priv(be);
-	const uint32_t group = n_heads / kv->n_kv_heads, rows = kc_attn_mma_rows();
+	const uint32_t group = n_heads / kv->n_kv_heads, rows = kc_attn_mma_rows(c->mma_mt);
 	uint64_t tiles = ((uint64_t)b->n_tokens * group + rows - 1) / rows +
 			 HR_MIN(b->n_seqs, b->n_tokens);
 	uint64_t blocks = tiles * kv->n_kv_heads, want;
@@ -481,7 +481,7 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
 	if ((r = attn_tiled_args(be, &a, out, q, b, kv, layer, n_heads, scale, n_splits)) < 0)
 		return r;
-	return kc_attention_mma(&a, n_splits, c->stream);
+	return kc_attention_mma(&a, c->mma_mt, n_splits, c->stream);
 }
 
 int kc_attention_op(struct kern_backend *be, void *out, const void *q,
@@ -531,7 +531,7 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 		return attention_decode(be, out, q, b, kv, layer, n_heads, scale,
 					path == KC_ATTN_DECODE_MMA);
 	if ((path == KC_ATTN_MMA || (path == KC_ATTN_AUTO && c->mma_blocks)) &&
-	    kc_attn_mma_ok(kv->head_dim, c->smem_optin) && q16 &&
+	    kc_attn_mma_ok(kv->head_dim, c->mma_mt, c->smem_optin) && q16 &&
 	    (uint64_t)b->n_tokens * group <= INT32_MAX)
 		return attention_mma(be, out, q, b, kv, layer, n_heads, scale);
 	if (path == KC_ATTN_MMA)

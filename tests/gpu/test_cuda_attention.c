@@ -427,6 +427,17 @@ static void set_path(enum kc_attn_path path, uint32_t splits)
 	c->attn_splits = splits;
 }
 
+/* The tensor-core attention's m16 tiles per warp (1: 64-row blocks, 2: 128). */
+static void set_mt(uint32_t mt)
+{
+	((struct kern_cuda *)gt_gpu->priv)->mma_mt = mt;
+}
+
+static const char *mt_tag(void)
+{
+	return ((struct kern_cuda *)gt_gpu->priv)->mma_mt == 2 ? "x2" : "";
+}
+
 static void run_both(struct scen *sc, struct step *st)
 {
 	for (int i = 0; i < 2; i++) {
@@ -463,14 +474,15 @@ static void run_scenario(const struct scen *tmpl, const char *name, enum kc_attn
 	scen_init(&sc);
 	for (int step = 1; step <= 2; step++) {
 		step_build(&sc, step, &st);
-		snprintf(tag, sizeof(tag), "%s [%s/%u] step %d", name, path_name(path), splits, step);
+		snprintf(tag, sizeof(tag), "%s [%s%s/%u] step %d", name, path_name(path), mt_tag(),
+			 splits, step);
 		if (st.n) {
 			run_both(&sc, &st);
 			step_check(&sc, &st, tag);
 		}
 		step_free(&sc, &st);
 	}
-	snprintf(tag, sizeof(tag), "%s [%s/%u]", name, path_name(path), splits);
+	snprintf(tag, sizeof(tag), "%s [%s%s/%u]", name, path_name(path), mt_tag(), splits);
 	check_pool_untouched(&sc, tag);
 	scen_free(&sc);
 	set_path(KC_ATTN_AUTO, 0);
@@ -482,7 +494,7 @@ struct path_cfg {
 };
 
 /* The tensor-core kernels where they take the shape (head_dim 64, 128;
- * else they fall back). */
+ * else they fall back); the multi-token one with 64- and 128-row blocks. */
 static void run_paths(const struct scen *tmpl, const char *name, const struct path_cfg *cfg,
 		      size_t n)
 {
@@ -491,7 +503,11 @@ static void run_paths(const struct scen *tmpl, const char *name, const struct pa
 	for (size_t i = 0; i < n; i++)
 		if ((cfg[i].path != KC_ATTN_MMA && cfg[i].path != KC_ATTN_DECODE_MMA) || hd == 64 ||
 		    hd == 128)
-			run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
+			for (uint32_t mt = 1; mt <= (cfg[i].path == KC_ATTN_MMA ? 2u : 1u); mt++) {
+				set_mt(mt);
+				run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
+			}
+	set_mt(1);
 }
 
 static void run_all_paths(const struct scen *tmpl, const char *name)
@@ -713,8 +729,9 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 		g->ops->graph_destroy(g, graph);
 	}
 	set_path(KC_ATTN_AUTO, 0);
-	printf("  %-34s %-6s splits %-3u %9.1f us (graph %7.1f us) %7.1f TFLOP/s\n", name,
-	       path_name(path), splits, t * 1e6, tg * 1e6, flop / tg / 1e12);
+	printf("  %-34s %-4s%-2s splits %-3u %9.1f us (graph %7.1f us) %7.1f TFLOP/s\n", name,
+	       path_name(path), path == KC_ATTN_MMA ? mt_tag() : "", splits, t * 1e6, tg * 1e6,
+	       flop / tg / 1e12);
 	g->ops->free(g, kv.base);
 	g->ops->free(g, q);
 	g->ops->free(g, out);
@@ -770,10 +787,15 @@ static void time_all(int decode_only)
 				       dec[i].n_seqs, dec[i].n_past, 1, dcfg[j].path, dcfg[j].splits);
 	for (size_t i = 0; i < KT_ARRAY_SIZE(shp) && !decode_only; i++)
 		for (size_t j = 0; j < KT_ARRAY_SIZE(cfg); j++)
-			if (cfg[j].splits <= 1 || shp[i].n_new <= 32)
-				time_attention(shp[i].name, shp[i].n_heads, shp[i].n_kv_heads,
-					       shp[i].hd, shp[i].n_seqs, shp[i].n_past,
-					       shp[i].n_new, cfg[j].path, cfg[j].splits);
+			for (uint32_t mt = 1; mt <= (cfg[j].path == KC_ATTN_MMA ? 2u : 1u); mt++)
+				if (cfg[j].splits <= 1 || shp[i].n_new <= 32) {
+					set_mt(mt);
+					time_attention(shp[i].name, shp[i].n_heads,
+						       shp[i].n_kv_heads, shp[i].hd, shp[i].n_seqs,
+						       shp[i].n_past, shp[i].n_new, cfg[j].path,
+						       cfg[j].splits);
+				}
+	set_mt(1);
 }
 
 /* Usage: test_cuda_attention [quick | time [dec]]; quick (for
