@@ -522,7 +522,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->dec_blocks = db && atoi(db) >= 1 && atoi(db) <= 64 ? atoi(db) : 0;
 		c->dec_mma = !(dm && !strcmp(dm, "0"));
 		c->mma_blocks = mma && atoi(mma) >= 0 && atoi(mma) <= 64 ? atoi(mma) : 4;
-		c->mma_mt = mt && !strcmp(mt, "2") ? 2 : 1;
+		c->mma_mt = mt && (!strcmp(mt, "1") || !strcmp(mt, "2")) ? (uint32_t)atoi(mt) : 0;
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));

@@ -114,8 +114,9 @@ struct kern_cuda {
 	int dec_mma;
 	uint32_t dec_occ[2];         /* kc_attn_decode_occupancy at head_dim 64, 128 */
 	int mma_blocks;
-	/* HEARTH_CUDA_ATTN_MMA_MT (1 or 2, default 1): m16 tiles of query rows
-	 * per warp of the tensor-core attention (2: 128-row blocks). */
+	/* HEARTH_CUDA_ATTN_MMA_MT: m16 tiles of query rows per warp of the
+	 * tensor-core attention, 1 (64-row blocks) or 2 (128); default 0: by
+	 * step (attention_mma). */
 	uint32_t mma_mt;
 	/* HEARTH_CUDA_PDL_EARLY (bits, default 1): 1 rope_kv_write launched as a
 	 * programmatic dependent of the q/k/v matmul (1B decode 1% faster, 8B

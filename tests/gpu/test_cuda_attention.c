@@ -427,7 +427,8 @@ static void set_path(enum kc_attn_path path, uint32_t splits)
 	c->attn_splits = splits;
 }
 
-/* The tensor-core attention's m16 tiles per warp (1: 64-row blocks, 2: 128). */
+/* The tensor-core attention's m16 tiles per warp (1: 64-row blocks, 2: 128,
+ * 0: by step). */
 static void set_mt(uint32_t mt)
 {
 	((struct kern_cuda *)gt_gpu->priv)->mma_mt = mt;
@@ -503,11 +504,12 @@ static void run_paths(const struct scen *tmpl, const char *name, const struct pa
 	for (size_t i = 0; i < n; i++)
 		if ((cfg[i].path != KC_ATTN_MMA && cfg[i].path != KC_ATTN_DECODE_MMA) || hd == 64 ||
 		    hd == 128)
-			for (uint32_t mt = 1; mt <= (cfg[i].path == KC_ATTN_MMA ? 2u : 1u); mt++) {
+			for (uint32_t mt = cfg[i].path == KC_ATTN_MMA;
+			     mt <= (cfg[i].path == KC_ATTN_MMA ? 2u : 0u); mt++) {
 				set_mt(mt);
 				run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
 			}
-	set_mt(1);
+	set_mt(0);
 }
 
 static void run_all_paths(const struct scen *tmpl, const char *name)
@@ -795,7 +797,7 @@ static void time_all(int decode_only)
 						       shp[i].n_past, shp[i].n_new, cfg[j].path,
 						       cfg[j].splits);
 				}
-	set_mt(1);
+	set_mt(0);
 }
 
 /* Usage: test_cuda_attention [quick | time [dec]]; quick (for
