@@ -85,7 +85,6 @@ attn_mma_kernel(const struct kc_attn_args a)
 	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
 	uint32_t s, tile;
 	int32_t t0, ctx, begin, end, kv_end, wlim, wmin;
-	int32_t lim_a[MT], lim_b[MT];
 	int64_t r0, n_rows;
 	const int32_t *bt;
 	bool ctx_ok;
@@ -129,10 +128,11 @@ attn_mma_kernel(const struct kc_attn_args a)
 		kv_end = warp_max_int(mx) + 1;
 #pragma unroll
 		for (int t = 0; t < MT; t++) {
-			lim_a[t] = sm_lim[warp * 16 * MT + t * 16 + g];
-			lim_b[t] = sm_lim[warp * 16 * MT + t * 16 + g + 8];
-			wl = max(wl, max(lim_a[t], lim_b[t]));
-			wm = min(wm, min(lim_a[t], lim_b[t]));
+			const int32_t la = sm_lim[warp * 16 * MT + t * 16 + g];
+			const int32_t lb = sm_lim[warp * 16 * MT + t * 16 + g + 8];
+
+			wl = max(wl, max(la, lb));
+			wm = min(wm, min(la, lb));
 		}
 		wlim = warp_max_int(wl);
 		wmin = -warp_max_int(-wm);
@@ -281,7 +281,10 @@ attn_mma_kernel(const struct kc_attn_args a)
 					for (int e = 0; e < 4; e++)
 						sc[t][j][e] *= sl2;
 			} else {
-				fa_mask<NTL>(sc[t], p0, t4, lim_a[t], lim_b[t], end, sl2);
+				/* this lane's rows' limits, from shared memory (registers
+				 * are short at head_dim 128 with two tiles) */
+				fa_mask<NTL>(sc[t], p0, t4, sm_lim[warp * 16 * MT + t * 16 + g],
+					     sm_lim[warp * 16 * MT + t * 16 + g + 8], end, sl2);
 			}
 			fa_softmax<NTL, DT>(sc[t], o[t], m_a[t], m_b[t], l_a[t], l_b[t]);
 		}
