@@ -19,13 +19,14 @@
 typedef __nv_bfloat16 bf16;
 
 /*
- * A block is 4 warps; its 64 query rows are consecutive (token, q head)
+ * A block is 4 warps; its 64 x MT query rows are consecutive (token, q head)
  * pairs of one sequence and one kv head: row R of the sequence is token
  * R / group, head R % group of the kv head's group, so the group's heads
  * share every K/V tile (read once per group) whatever the group size. Each
- * warp owns 16 rows (one m16 MMA tile) and keeps its Q fragments, its
- * scores (16 x 64 fp32) and its output (16 x head_dim fp32) in registers.
- * K/V tiles of 64 positions stream from the pages into shared memory with
+ * warp owns 16 x MT rows (MT m16 MMA tiles) and keeps its scores (16 x 64
+ * fp32 a tile) and its output (16 x head_dim fp32 a tile) in registers, and
+ * at MT = 1 its Q fragments too. K/V tiles of 64 positions (32 at head_dim
+ * 128 with MT = 2) stream from the pages into shared memory with
  * cp.async, double-buffered: the next tile's loads fly while this one is
  * used. Rows are padded by 16 bytes so that ldmatrix's eight row addresses
  * fall in distinct banks.
