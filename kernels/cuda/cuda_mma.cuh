@@ -181,37 +181,8 @@ static __device__ __forceinline__ void fa_softmax(float sc[NT][4], float o[DT][4
  * shared memory (NT * 8 positions of rows LD bf16 apart from vt) by
  * ldmatrix.trans: lanes 0-7 positions 0-7 at d, 8-15 positions 8-15 at d,
  * 16-31 the same at d + 8, b0 b1 of two n8 tiles of O.
- */
-template <int NT, int DT, int LD>
-static __device__ __forceinline__ void fa_pv(const float sc[NT][4], const __nv_bfloat16 *vt,
-					     float o[DT][4])
-{
-	const int lane = threadIdx.x & 31;
-	const uint32_t va = smem_addr(vt + ((lane & 7) + (((lane >> 3) & 1) << 3)) * LD +
-				      (lane >> 4) * 8);
-
-#pragma unroll
-	for (int kk = 0; kk < NT / 2; kk++) {
-		uint32_t pa[4];
-
-		pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-		pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-		pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-		pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-#pragma unroll
-		for (int dp = 0; dp < DT / 2; dp++) {
-			uint32_t b[4];
-
-			ldsm_x4_t(va + (kk * 16 * LD + dp * 16) * 2, b);
-			mma_bf16(o[2 * dp], pa, b[0], b[1]);
-			mma_bf16(o[2 * dp + 1], pa, b[2], b[3]);
-		}
-	}
-}
-
-/*
- * fa_pv for MT m16 tiles of rows at once: each V fragment read from shared
- * memory feeds all of them (half the ldmatrix traffic at MT = 2).
+ * MT m16 tiles of rows at once: each V fragment read from shared memory
+ * feeds all of them (half the ldmatrix traffic at MT = 2).
  */
 template <int MT, int NT, int DT, int LD>
 static __device__ __forceinline__ void fa_pv_mt(const float sc[MT][NT][4],
@@ -244,6 +215,15 @@ static __device__ __forceinline__ void fa_pv_mt(const float sc[MT][NT][4],
 			}
 		}
 	}
+}
+
+/* fa_pv_mt for one m16 tile of rows. */
+template <int NT, int DT, int LD>
+static __device__ __forceinline__ void fa_pv(const float sc[NT][4], const __nv_bfloat16 *vt,
+					     float o[DT][4])
+{
+	fa_pv_mt<1, NT, DT, LD>(reinterpret_cast<const float(*)[NT][4]>(sc), vt,
+				reinterpret_cast<float(*)[DT][4]>(o));
 }
 
 #endif
