@@ -9,7 +9,7 @@
 #   attn    test_cuda_attention time: every attention kernel and split on
 #           the 1B and 8B decode, APPEND 32, mixed and prefill-2048 shapes;
 #   profile hearth-bench-engine --profile (every op timed alone), 1B and 8B at
-#           ctx 2048 (decode, APPEND 32, batch 64, 9 x APPEND 16);
+#           ctx 2048 (decode, APPEND 32, batch 64, the 2048-token prefill);
 #   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
 #   engine  hearth-bench-engine at ctx 2048, batch 1 (decode, APPEND 32 +
 #           SCORE, prefill), 1B and 8B, once for each word of AB_ENVS: an
