@@ -68,7 +68,7 @@ attn_mma_kernel(const struct kc_attn_args a)
 	constexpr int BN = mma_bn(HD, MT); /* KV positions per tile */
 	constexpr int LD = HD + 8;         /* shared row stride, bf16 */
 	constexpr int CPR = HD / 8;        /* 16-byte chunks per row */
-	constexpr int NTL = BN / 8;    /* n8 tiles of S */
+	constexpr int NTL = BN / 8;        /* n8 tiles of S */
 	constexpr int DT = HD / 8;         /* n8 tiles of O */
 	constexpr int QR = MT == 1 ? HD / 16 : 1; /* Q fragments kept in registers */
 	extern __shared__ __align__(16) bf16 mma_smem[];
@@ -250,10 +250,10 @@ attn_mma_kernel(const struct kc_attn_args a)
 
 #pragma unroll
 				for (int t = 0; t < MT; t++) {
-					if (MT == 1)
+					if constexpr (MT == 1)
 #pragma unroll
 						for (int e = 0; e < 4; e++)
-							qm[t][e] = qf[MT == 1 ? kk : 0][e];
+							qm[t][e] = qf[kk][e];
 					else
 						ldsm_x4(qa + (t * 16 * LD + kk * 16) * 2, qm[t]);
 				}
@@ -394,7 +394,7 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint32_t n_splits,
 				cudaStream_t st)
 {
-	const uint32_t group = a->n_heads / a->n_kv_heads, bm = 64 * mt;
+	const uint32_t group = a->n_heads / a->n_kv_heads, bm = kc_attn_mma_rows(mt);
 	const uint64_t rows = (uint64_t)a->n_tokens * group;
 	const uint64_t tiles = (rows + bm - 1) / bm +
 			       (a->n_seqs < a->n_tokens ? a->n_seqs : a->n_tokens);

@@ -472,8 +472,7 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	struct kern_cuda *c = kc_priv(be);
 	const uint32_t group = n_heads / kv->n_kv_heads;
 	const uint64_t rows_all = (uint64_t)b->n_tokens * group;
-	uint32_t mt = c->mma_mt, rows, n_splits;
-	uint64_t tiles, blocks, want;
+	uint32_t mt = c->mma_mt, n_splits;
 	struct kc_attn_args a;
 	int r;
 
@@ -483,12 +482,14 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 			     kc_attn_mma_ok(kv->head_dim, 2, c->smem_optin)
 		     ? 2
 		     : 1;
-	rows = kc_attn_mma_rows(mt);
-	tiles = (rows_all + rows - 1) / rows + HR_MIN(b->n_seqs, b->n_tokens);
-	blocks = tiles * kv->n_kv_heads;
 	n_splits = c->attn_splits;
 	if (!n_splits && mt == 1) {
-		want = ((uint64_t)c->mma_blocks * (uint32_t)c->n_sms + blocks - 1) / blocks;
+		const uint32_t rows = kc_attn_mma_rows(1);
+		const uint64_t blocks = ((rows_all + rows - 1) / rows +
+					 HR_MIN(b->n_seqs, b->n_tokens)) * kv->n_kv_heads;
+		const uint64_t want = ((uint64_t)c->mma_blocks * (uint32_t)c->n_sms + blocks - 1) /
+				      blocks;
+
 		n_splits = (uint32_t)HR_MIN(want, (uint64_t)(b->max_ctx / 128));
 	}
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
