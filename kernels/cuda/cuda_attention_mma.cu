@@ -15,6 +15,7 @@
 #include "cuda_device.cuh"
 #include "cuda_internal.h"
 #include "cuda_mma.cuh"
+#include "cuda_wgmma.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -45,63 +46,48 @@ static constexpr __host__ __device__ int mma_bn(int hd, int mt)
 {
 	return hd == 128 && mt == 2 ? 32 : 64;
 }
+
+/* What a block of either kernel works on: its sequence, the KV positions
+ * [begin, end) of its split, and its rows' tables in shared memory. */
+struct fa_block {
+	const int32_t *bt; /* the sequence's block table */
+	int32_t begin, end;
+};
+
 /*
- * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, 64 x
- * MT rows of group x tokens each) and run last first, the kv heads of a tile
+ * Block (tile x kv head, split). Tiles come from the plan (a.tile_start, BM
+ * rows of group x tokens each) and run last first, the kv heads of a tile
  * side by side: in a long prefill the last tiles see the most positions, so
  * they start in the first wave and the short ones fill the tail. With
  * n_splits > 1 each block takes its share of its own KV length (the rows'
- * largest position + 1, in whole tiles) and writes fp32 partials (O, m, l)
- * that attn_combine_kernel merges.
- *
- * MT: m16 tiles of rows per warp. At MT = 1 a warp keeps its Q fragments in
- * registers; at MT = 2 (32 rows a warp, 128 a block) every K and V fragment
- * read from shared memory feeds two MMAs, and Q fragments are read from
- * shared memory at each use instead (the registers go to the second tile's O
- * and scores).
+ * largest position + 1, in whole tiles of BN) and writes fp32 partials (O, m,
+ * l) that attn_combine_kernel merges. Fills the rows' token, head and causal
+ * limit (-1: no row) with NTHR threads and synchronises; false (for the whole
+ * block) when the block has no tile.
  */
-template <int HD, int MT>
-static __global__ void __launch_bounds__(MMA_NT)
-attn_mma_kernel(const struct kc_attn_args a)
+template <int BM, int BN, int NTHR>
+static __device__ __forceinline__ bool fa_block_rows(const struct kc_attn_args &a, int *sm_tok,
+						     int *sm_head, int *sm_lim, struct fa_block &fb)
 {
-	constexpr int BM = 64 * MT;        /* query rows per block */
-	constexpr int BN = mma_bn(HD, MT); /* KV positions per tile */
-	constexpr int LD = HD + 8;         /* shared row stride, bf16 */
-	constexpr int CPR = HD / 8;        /* 16-byte chunks per row */
-	constexpr int NTL = BN / 8;        /* n8 tiles of S */
-	constexpr int DT = HD / 8;         /* n8 tiles of O */
-	constexpr int QR = MT == 1 ? HD / 16 : 1; /* Q fragments kept in registers */
-	extern __shared__ __align__(16) bf16 mma_smem[];
-	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
-	bf16 *sq = mma_smem, *sk = sq + BM * LD, *sv = sk + 2 * BN * LD;
-	const uint32_t group = a.n_heads / a.n_kv_heads, pt = a.page_tokens;
-	const uint32_t kvh = blockIdx.x % a.n_kv_heads, split = blockIdx.y, n_splits = gridDim.y;
-	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	const int g = lane >> 2, t4 = lane & 3;
+	const uint32_t group = a.n_heads / a.n_kv_heads, kvh = blockIdx.x % a.n_kv_heads;
+	const uint32_t split = blockIdx.y, n_splits = gridDim.y;
 	const int32_t *ts = a.tile_start;
 	const uint32_t n_tiles = (uint32_t)ts[a.n_seqs];
-	const bf16 *kvb = (const bf16 *)a.kv_base, *qb = (const bf16 *)a.q;
-	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
-	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
-	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
-	uint32_t s, tile;
-	int32_t t0, ctx, begin, end, kv_end, wlim, wmin;
-	int64_t r0, n_rows;
-	const int32_t *bt;
-	bool ctx_ok;
+	const int lane = threadIdx.x & 31;
 
 	if (blockIdx.x / a.n_kv_heads >= n_tiles)
-		return; /* the grid is an upper bound on the tiles */
-	tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;
-	s = tile_seq(ts, a.n_seqs, tile);
-	t0 = a.seq_start[s];
-	n_rows = (int64_t)(a.seq_start[s + 1] - t0) * group;
-	r0 = (int64_t)(tile - (uint32_t)ts[s]) * BM;
-	ctx = a.ctx_len[s];
-	ctx_ok = ctx >= 0 && (uint64_t)ctx <= (uint64_t)a.max_blocks * pt;
-	bt = a.block_table + (size_t)s * a.max_blocks;
+		return false; /* the grid is an upper bound on the tiles */
 
-	for (int i = tid; i < BM; i += MMA_NT) {
+	const uint32_t tile = n_tiles - 1 - blockIdx.x / a.n_kv_heads;
+	const uint32_t s = tile_seq(ts, a.n_seqs, tile);
+	const int32_t t0 = a.seq_start[s], ctx = a.ctx_len[s];
+	const int64_t n_rows = (int64_t)(a.seq_start[s + 1] - t0) * group;
+	const int64_t r0 = (int64_t)(tile - (uint32_t)ts[s]) * BM;
+	const bool ctx_ok = ctx >= 0 && (uint64_t)ctx <= (uint64_t)a.max_blocks * a.page_tokens;
+	int mx = -1, kv_end;
+
+	fb.bt = a.block_table + (size_t)s * a.max_blocks;
+	for (int i = threadIdx.x; i < BM; i += NTHR) {
 		const int64_t R = r0 + i;
 		int tok = -1, head = -1, lim = -1;
 
@@ -121,12 +107,185 @@ attn_mma_kernel(const struct kc_attn_args a)
 		sm_lim[i] = lim;
 	}
 	__syncthreads();
-	{
-		int mx = -1, wl = -1, wm = INT32_MAX;
+	for (int i = lane; i < BM; i += 32)
+		mx = max(mx, sm_lim[i]);
+	kv_end = warp_max_int(mx) + 1;
+	if (n_splits > 1) {
+		const int32_t len = (int32_t)((((uint32_t)kv_end + n_splits - 1) / n_splits +
+					       BN - 1) & ~(uint32_t)(BN - 1));
 
-		for (int i = lane; i < BM; i += 32)
-			mx = max(mx, sm_lim[i]);
-		kv_end = warp_max_int(mx) + 1;
+		fb.begin = (int32_t)split * len;
+		fb.end = split + 1 == n_splits ? kv_end : min(kv_end, fb.begin + len);
+	} else {
+		fb.begin = 0;
+		fb.end = kv_end;
+	}
+	return true;
+}
+
+/*
+ * One tile of K and V (positions p0 .. p0 + BN - 1 of kv head blockIdx.x %
+ * n_kv_heads) into shared memory at kd and vd by cp.async, NTHR threads; 16-byte
+ * chunk ch of position row r lands at byte off(r, ch). Positions at or past end
+ * are zeros (their scores are masked; zero V keeps 0 * NaN out of P V).
+ * LK, LV: load K, V (one of them alone for pipelines that stagger them).
+ */
+template <int HD, int BN, int NTHR, bool LK = true, bool LV = true, class Off>
+static __device__ __forceinline__ void fa_load_kv(const struct kc_attn_args &a,
+						  const struct fa_block &fb, int32_t p0,
+						  uint32_t kd, uint32_t vd, Off off)
+{
+	constexpr int CPR = HD / 8; /* 16-byte chunks per row */
+	const uint32_t pt = a.page_tokens, kvh = blockIdx.x % a.n_kv_heads;
+	const int pt_sh = pt & (pt - 1) ? -1 : __ffs((int)pt) - 1; /* pages of 2^k: shifts */
+	const uint64_t k_off = a.layer_off + (uint64_t)kvh * pt * HD;
+	const uint64_t v_off = k_off + (uint64_t)a.n_kv_heads * pt * HD;
+	const bf16 *kvb = (const bf16 *)a.kv_base;
+
+#pragma unroll
+	for (int i = 0; i < BN * CPR / NTHR; i++) {
+		const int c = threadIdx.x + i * NTHR, r = c / CPR, ch = c % CPR;
+		const int32_t p = p0 + r;
+		const bf16 *ks = kvb, *vs = kvb;
+		bool ok = false;
+
+		if (p < fb.end) {
+			const int32_t blk = pt_sh >= 0 ? p >> pt_sh : p / (int32_t)pt;
+			const int32_t pg = fb.bt[blk];
+
+			if (pg < 0 || (uint32_t)pg >= a.n_pages) {
+				set_err(a.err, KC_ERR_PAGE);
+			} else {
+				const uint64_t base = (uint64_t)pg * a.page_elems +
+						      (uint64_t)(p - blk * (int32_t)pt) * HD + ch * 8;
+
+				ks = kvb + base + k_off;
+				vs = kvb + base + v_off;
+				ok = true;
+			}
+		}
+		if (LK)
+			cp_async16(kd + off(r, ch), ks, ok);
+		if (LV)
+			cp_async16(vd + off(r, ch), vs, ok);
+	}
+}
+
+/* The block's BM rows of Q into shared memory at qd (chunk ch of row r at
+ * off(r, ch)); rows of no token are zeros. */
+template <int HD, int BM, int NTHR, class Off>
+static __device__ __forceinline__ void fa_load_q(const struct kc_attn_args &a, const int *sm_tok,
+						 const int *sm_head, uint32_t qd, Off off)
+{
+	constexpr int CPR = HD / 8;
+	const bf16 *qb = (const bf16 *)a.q;
+
+#pragma unroll
+	for (int i = 0; i < BM * CPR / NTHR; i++) {
+		const int c = threadIdx.x + i * NTHR, r = c / CPR, ch = c % CPR, tok = sm_tok[r];
+		const bf16 *src = tok >= 0 ? qb + ((size_t)tok * a.n_heads + sm_head[r]) * HD + ch * 8
+					   : qb;
+
+		cp_async16(qd + off(r, ch), src, tok >= 0);
+	}
+}
+
+/*
+ * The end of a warp's m16 tile of rows ra and rb = ra + 8 (O in the m16n8 C
+ * layout of DT n8 tiles, the rows' maxima and this lane's share of their
+ * sums): unsplit, O / l in bf16 into out; split, the fp32 partials (O, m, l)
+ * of this split into a.part.
+ */
+template <int HD>
+static __device__ __forceinline__ void fa_store(const struct kc_attn_args &a, const float (&o)[HD / 8][4],
+						float m_a, float m_b, float la, float lb, int ra,
+						const int *sm_tok, const int *sm_head)
+{
+	constexpr int DT = HD / 8;
+	const int t4 = threadIdx.x & 3, rb = ra + 8;
+	const int tok_a = sm_tok[ra], tok_b = sm_tok[rb];
+
+	la += __shfl_xor_sync(0xffffffffu, la, 1);
+	la += __shfl_xor_sync(0xffffffffu, la, 2);
+	lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+	lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+	if (gridDim.y == 1) {
+		const float inv_a = la > 0.0f ? 1.0f / la : 0.0f;
+		const float inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
+		uint32_t *oa = tok_a < 0 ? NULL
+					 : (uint32_t *)a.out +
+						   (((size_t)tok_a * a.n_heads + sm_head[ra]) * HD) / 2 + t4;
+		uint32_t *ob = tok_b < 0 ? NULL
+					 : (uint32_t *)a.out +
+						   (((size_t)tok_b * a.n_heads + sm_head[rb]) * HD) / 2 + t4;
+
+#pragma unroll
+		for (int j = 0; j < DT; j++) {
+			if (oa)
+				oa[j * 4] = pack_bf16(o[j][0] * inv_a, o[j][1] * inv_a);
+			if (ob)
+				ob[j * 4] = pack_bf16(o[j][2] * inv_b, o[j][3] * inv_b);
+		}
+	} else {
+		const size_t row_f = HD + 2, split = blockIdx.y;
+		float *pa = tok_a < 0 ? NULL
+				      : a.part + ((split * a.n_tokens + tok_a) * a.n_heads +
+						  sm_head[ra]) * row_f;
+		float *pb = tok_b < 0 ? NULL
+				      : a.part + ((split * a.n_tokens + tok_b) * a.n_heads +
+						  sm_head[rb]) * row_f;
+
+#pragma unroll
+		for (int j = 0; j < DT; j++) {
+			if (pa)
+				*(float2 *)(pa + j * 8 + 2 * t4) = make_float2(o[j][0], o[j][1]);
+			if (pb)
+				*(float2 *)(pb + j * 8 + 2 * t4) = make_float2(o[j][2], o[j][3]);
+		}
+		if (!t4) {
+			if (pa) {
+				pa[HD] = m_a;
+				pa[HD + 1] = la;
+			}
+			if (pb) {
+				pb[HD] = m_b;
+				pb[HD + 1] = lb;
+			}
+		}
+	}
+}
+
+/*
+ * mma.sync kernel, 4 warps. MT: m16 tiles of rows per warp. At MT = 1 a warp
+ * keeps its Q fragments in registers; at MT = 2 (32 rows a warp, 128 a
+ * block) every K and V fragment read from shared memory feeds two MMAs, and
+ * Q fragments are read from shared memory at each use instead (the registers
+ * go to the second tile's O and scores).
+ */
+template <int HD, int MT>
+static __global__ void __launch_bounds__(MMA_NT)
+attn_mma_kernel(const struct kc_attn_args a)
+{
+	constexpr int BM = 64 * MT;        /* query rows per block */
+	constexpr int BN = mma_bn(HD, MT); /* KV positions per tile */
+	constexpr int LD = HD + 8;         /* shared row stride, bf16 */
+	constexpr int NTL = BN / 8;        /* n8 tiles of S */
+	constexpr int DT = HD / 8;         /* n8 tiles of O */
+	constexpr int QR = MT == 1 ? HD / 16 : 1; /* Q fragments kept in registers */
+	extern __shared__ __align__(16) bf16 mma_smem[];
+	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
+	bf16 *sq = mma_smem, *sk = sq + BM * LD, *sv = sk + 2 * BN * LD;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int g = lane >> 2, t4 = lane & 3;
+	const auto off = [](int r, int ch) { return (uint32_t)(r * LD + ch * 8) * 2; };
+	struct fa_block fb;
+	int32_t wlim, wmin;
+
+	if (!fa_block_rows<BM, BN, MMA_NT>(a, sm_tok, sm_head, sm_lim, fb))
+		return;
+	{
+		int wl = -1, wm = INT32_MAX;
+
 #pragma unroll
 		for (int t = 0; t < MT; t++) {
 			const int32_t la = sm_lim[warp * 16 * MT + t * 16 + g];
@@ -138,51 +297,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 		wlim = warp_max_int(wl);
 		wmin = -warp_max_int(-wm);
 	}
-	if (n_splits > 1) {
-		const int32_t len = (int32_t)((((uint32_t)kv_end + n_splits - 1) / n_splits +
-					       BN - 1) & ~(uint32_t)(BN - 1));
 
-		begin = (int32_t)split * len;
-		end = split + 1 == n_splits ? kv_end : min(kv_end, begin + len);
-	} else {
-		begin = 0;
-		end = kv_end;
-	}
-
-	/* One tile of K and V (positions p0 .. p0 + 63) into buffer b; positions
-	 * at or past end are zeros (their scores are masked; zero V keeps
-	 * 0 * NaN out of the P V product). */
-	auto load_kv = [&](int32_t p0, int b) {
-		const uint32_t kd = smem_addr(sk + b * BN * LD), vd = smem_addr(sv + b * BN * LD);
-
-#pragma unroll
-		for (int i = 0; i < BN * CPR / MMA_NT; i++) {
-			const int c = tid + i * MMA_NT, r = c / CPR, ch = c % CPR;
-			const int32_t p = p0 + r;
-			const bf16 *ks = kvb, *vs = kvb;
-			bool ok = false;
-
-			if (p < end) {
-				const int32_t blk = pt_sh >= 0 ? p >> pt_sh : p / (int32_t)pt;
-				const int32_t pg = bt[blk];
-
-				if (pg < 0 || (uint32_t)pg >= a.n_pages) {
-					set_err(a.err, KC_ERR_PAGE);
-				} else {
-					const uint64_t base = (uint64_t)pg * a.page_elems +
-							      (uint64_t)(p - blk * (int32_t)pt) * HD +
-							      ch * 8;
-
-					ks = kvb + base + k_off;
-					vs = kvb + base + v_off;
-					ok = true;
-				}
-			}
-			cp_async16(kd + (uint32_t)(r * LD + ch * 8) * 2, ks, ok);
-			cp_async16(vd + (uint32_t)(r * LD + ch * 8) * 2, vs, ok);
-		}
-	};
-
+	const int32_t begin = fb.begin, end = fb.end;
 	float o[MT][DT][4], m_a[MT], m_b[MT], l_a[MT], l_b[MT];
 	uint32_t qf[QR][4];
 	const float sl2 = a.scale * KC_LOG2E;
@@ -199,18 +315,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 			o[t][j][0] = o[t][j][1] = o[t][j][2] = o[t][j][3] = 0.0f;
 	}
 	if (begin < end) {
-		const uint32_t qd = smem_addr(sq);
-
-#pragma unroll
-		for (int i = 0; i < BM * CPR / MMA_NT; i++) {
-			const int c = tid + i * MMA_NT, r = c / CPR, ch = c % CPR, tok = sm_tok[r];
-			const bf16 *src = tok >= 0 ? qb + ((size_t)tok * a.n_heads + sm_head[r]) * HD +
-							     ch * 8
-						   : qb;
-
-			cp_async16(qd + (uint32_t)(r * LD + ch * 8) * 2, src, tok >= 0);
-		}
-		load_kv(begin, 0);
+		fa_load_q<HD, BM, MMA_NT>(a, sm_tok, sm_head, smem_addr(sq), off);
+		fa_load_kv<HD, BN, MMA_NT>(a, fb, begin, smem_addr(sk), smem_addr(sv), off);
 	}
 	cp_async_commit();
 
@@ -220,7 +326,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 		cp_async_wait_all();
 		__syncthreads(); /* tile p0 (and Q) landed; buffer buf ^ 1 is free */
 		if (p0 + BN < end)
-			load_kv(p0 + BN, buf ^ 1);
+			fa_load_kv<HD, BN, MMA_NT>(a, fb, p0 + BN, smem_addr(sk + (buf ^ 1) * BN * LD),
+						   smem_addr(sv + (buf ^ 1) * BN * LD), off);
 		cp_async_commit();
 		if (MT == 1 && p0 == begin) {
 #pragma unroll
@@ -293,98 +400,333 @@ attn_mma_kernel(const struct kc_attn_args a)
 	}
 
 #pragma unroll
-	for (int t = 0; t < MT; t++) {
-		float la = l_a[t], lb = l_b[t];
+	for (int t = 0; t < MT; t++)
+		fa_store<HD>(a, o[t], m_a[t], m_b[t], l_a[t], l_b[t], warp * 16 * MT + t * 16 + g,
+			     sm_tok, sm_head);
+}
 
-		la += __shfl_xor_sync(0xffffffffu, la, 1);
-		la += __shfl_xor_sync(0xffffffffu, la, 2);
-		lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-		lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+/*
+ * wgmma kernel (sm_90a), 128 rows a block: two warpgroups of 64 rows each
+ * share every K/V tile of WG_BN positions. Q, K and V sit in shared memory in
+ * the 128-byte swizzle (cuda_wgmma.cuh), K and V double-buffered by cp.async
+ * as in the kernel above. Per tile and warpgroup: S = Q K^T by HD / 16
+ * wgmma m64nBNk16 from shared memory (both K-major); each warp then masks
+ * and runs the online softmax on its 16 rows (the wgmma accumulator of a
+ * warp is the m16n8 C layout of mma.sync, so fa_mask and fa_softmax serve
+ * unchanged); P in bf16 from those registers is the A operand of BN / 16
+ * wgmma m64nHDk16 with V from shared memory (MN-major): O += P V. The two
+ * warpgroups interleave on the tensor cores: one's softmax runs while the
+ * other's MMAs do.
+ */
+#define WG_NT 256
+#define WG_BN 128 /* KV positions per tile */
 
-		const int ra = warp * 16 * MT + t * 16 + g, rb = ra + 8;
-		const int tok_a = sm_tok[ra], tok_b = sm_tok[rb];
+template <int HD>
+static __global__ void __launch_bounds__(WG_NT, 1)
+attn_wg_kernel(const struct kc_attn_args a)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr int BM = 128, BN = WG_BN, NTL = BN / 8, DT = HD / 8;
+	constexpr uint32_t QB = BM * HD * 2, KB = BN * HD * 2; /* bytes of Q, of one K tile */
+	extern __shared__ __align__(1024) unsigned char wg_smem[];
+	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
+	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + 2 * KB;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+	const int g = lane >> 2, t4 = lane & 3, row0 = wg * 64 + (warp & 3) * 16;
+	const auto q_off = [](int r, int ch) { return sw128_off(BM, r, ch); };
+	const auto kv_off = [](int r, int ch) { return sw128_off(BN, r, ch); };
+	struct fa_block fb;
+	int32_t glim, wmin;
 
-		if (n_splits == 1) {
-			const float inv_a = la > 0.0f ? 1.0f / la : 0.0f;
-			const float inv_b = lb > 0.0f ? 1.0f / lb : 0.0f;
-			uint32_t *oa = tok_a < 0 ? NULL
-						 : (uint32_t *)a.out + (((size_t)tok_a * a.n_heads +
-									 sm_head[ra]) * HD) / 2 + t4;
-			uint32_t *ob = tok_b < 0 ? NULL
-						 : (uint32_t *)a.out + (((size_t)tok_b * a.n_heads +
-									 sm_head[rb]) * HD) / 2 + t4;
+	if (!fa_block_rows<BM, BN, WG_NT>(a, sm_tok, sm_head, sm_lim, fb))
+		return;
+	{
+		/* the warpgroup's last row (uniform over its 4 warps: wgmma is
+		 * collective) and the warp's first */
+		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
+
+		glim = warp_max_int(max(sm_lim[wg * 64 + lane], sm_lim[wg * 64 + 32 + lane]));
+		wmin = -warp_max_int(-min(la, lb));
+	}
+
+	const int32_t begin = fb.begin, end = fb.end;
+	float o[DT][4], sc[NTL][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+	const float sl2 = a.scale * KC_LOG2E;
 
 #pragma unroll
-			for (int j = 0; j < DT; j++) {
-				if (oa)
-					oa[j * 4] = pack_bf16(o[t][j][0] * inv_a, o[t][j][1] * inv_a);
-				if (ob)
-					ob[j * 4] = pack_bf16(o[t][j][2] * inv_b, o[t][j][3] * inv_b);
-			}
+	for (int j = 0; j < DT; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+	for (int j = 0; j < NTL; j++)
+		sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+	if (begin < end) {
+		fa_load_q<HD, BM, WG_NT>(a, sm_tok, sm_head, sq, q_off);
+		fa_load_kv<HD, BN, WG_NT>(a, fb, begin, sk, sv, kv_off);
+	}
+	cp_async_commit();
+
+	int buf = 0;
+
+	for (int32_t p0 = begin; p0 < end; p0 += BN, buf ^= 1) {
+		cp_async_wait_all();
+		fence_async_smem();
+		__syncthreads(); /* tile p0 (and Q) landed; buffer buf ^ 1 is free */
+		if (p0 + BN < end)
+			fa_load_kv<HD, BN, WG_NT>(a, fb, p0 + BN, sk + (buf ^ 1) * KB,
+						  sv + (buf ^ 1) * KB, kv_off);
+		cp_async_commit();
+		if (p0 > glim)
+			continue; /* no row of this warpgroup sees the tile */
+
+		const uint32_t kt = sk + buf * KB, vt = sv + buf * KB;
+
+		/* S = Q K^T: k steps of 16 along head_dim, 32 bytes apart
+		 * inside an atom, atoms BM (Q) or BN (K) rows of 128 bytes apart */
+		wg_fence();
+#pragma unroll
+		for (int kk = 0; kk < HD / 16; kk++)
+			wgmma_ss<BN>(sc,
+				     wg_desc(sq + (kk >> 2) * BM * 128 + wg * 64 * 128 + (kk & 3) * 32,
+					     16, 1024),
+				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
+				     kk > 0);
+		wg_commit();
+		wg_wait<0>(sc);
+		if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
+#pragma unroll
+			for (int j = 0; j < NTL; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					sc[j][e] *= sl2;
 		} else {
-			const size_t row_f = HD + 2;
-			float *pa = tok_a < 0 ? NULL
-					      : a.part + (((size_t)split * a.n_tokens + tok_a) *
-								  a.n_heads + sm_head[ra]) * row_f;
-			float *pb = tok_b < 0 ? NULL
-					      : a.part + (((size_t)split * a.n_tokens + tok_b) *
-								  a.n_heads + sm_head[rb]) * row_f;
+			fa_mask<NTL>(sc, p0, t4, sm_lim[row0 + g], sm_lim[row0 + g + 8], end, sl2);
+		}
+		fa_softmax<NTL, DT>(sc, o, m_a, m_b, l_a, l_b);
+
+		/* O += P V: k steps of 16 positions (2048 bytes of V apart), V's
+		 * atoms along head_dim BN rows of 128 bytes apart (LBO) */
+		uint32_t pa[BN / 16][4];
 
 #pragma unroll
-			for (int j = 0; j < DT; j++) {
-				if (pa)
-					*(float2 *)(pa + j * 8 + 2 * t4) =
-						make_float2(o[t][j][0], o[t][j][1]);
-				if (pb)
-					*(float2 *)(pb + j * 8 + 2 * t4) =
-						make_float2(o[t][j][2], o[t][j][3]);
-			}
-			if (!t4) {
-				if (pa) {
-					pa[HD] = m_a[t];
-					pa[HD + 1] = la;
-				}
-				if (pb) {
-					pb[HD] = m_b[t];
-					pb[HD + 1] = lb;
-				}
-			}
+		for (int kk = 0; kk < BN / 16; kk++) {
+			pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+			pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+			pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+			pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+		}
+		wg_fence();
+#pragma unroll
+		for (int kk = 0; kk < BN / 16; kk++)
+			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
+		wg_commit();
+		wg_wait<0>(o);
+	}
+	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
+#else
+	__trap(); /* built without sm_90a: kc_attn_mma_ok() refuses this path */
+#endif
+}
+
+/*
+ * The same with the softmax of one tile overlapping the tensor cores' work
+ * on the last (flash attention 3's pipelining inside a warpgroup): at tile
+ * i the warpgroup issues S_i = Q K_i^T and O += P_{i-1} V_{i-1} together,
+ * waits for S_i alone, runs the softmax of tile i while P_{i-1} V_{i-1}
+ * runs, then waits for that and rescales O. K and V are staggered: tile i's
+ * loads bring K_{i+1} and V_i (two buffers each).
+ */
+template <int HD>
+static __global__ void __launch_bounds__(WG_NT, 1)
+attn_wgp_kernel(const struct kc_attn_args a)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr int BM = 128, BN = WG_BN, NTL = BN / 8, DT = HD / 8;
+	constexpr uint32_t QB = BM * HD * 2, KB = BN * HD * 2;
+	extern __shared__ __align__(1024) unsigned char wg_smem[];
+	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
+	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + 2 * KB;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+	const int g = lane >> 2, t4 = lane & 3, row0 = wg * 64 + (warp & 3) * 16;
+	const auto q_off = [](int r, int ch) { return sw128_off(BM, r, ch); };
+	const auto kv_off = [](int r, int ch) { return sw128_off(BN, r, ch); };
+	struct fa_block fb;
+	int32_t glim, wmin;
+
+	if (!fa_block_rows<BM, BN, WG_NT>(a, sm_tok, sm_head, sm_lim, fb))
+		return;
+	{
+		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
+
+		glim = warp_max_int(max(sm_lim[wg * 64 + lane], sm_lim[wg * 64 + 32 + lane]));
+		wmin = -warp_max_int(-min(la, lb));
+	}
+
+	const int32_t begin = fb.begin, end = fb.end;
+	/* tiles of the block, and of this warpgroup (those its rows see) */
+	const int32_t n_t = end > begin ? (end - begin + BN - 1) / BN : 0;
+	const int32_t n_w = glim >= begin ? min(n_t, (glim - begin) / BN + 1) : 0;
+	float o[DT][4], sc[NTL][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+	uint32_t pa[BN / 16][4]; /* P of the last tile, bf16 A fragments */
+	const float sl2 = a.scale * KC_LOG2E;
+	const int32_t lim_a = sm_lim[row0 + g], lim_b = sm_lim[row0 + g + 8];
+
+	/* S = Q K^T of the tile in K buffer b; O += P V of the tile in V buffer b */
+	const auto issue_s = [&](int b) {
+		const uint32_t kt = sk + b * KB;
+
+#pragma unroll
+		for (int kk = 0; kk < HD / 16; kk++)
+			wgmma_ss<BN>(sc,
+				     wg_desc(sq + (kk >> 2) * BM * 128 + wg * 64 * 128 + (kk & 3) * 32,
+					     16, 1024),
+				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024), kk > 0);
+		wg_commit();
+	};
+	const auto issue_pv = [&](int b) {
+		const uint32_t vt = sv + b * KB;
+
+#pragma unroll
+		for (int kk = 0; kk < BN / 16; kk++)
+			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
+		wg_commit();
+	};
+	/* mask (without a branch: P V may be running) and probabilities of
+	 * tile p0; the factors for O */
+	const auto probs = [&](int32_t p0, float &al_a, float &al_b) {
+		const bool full = p0 + BN <= end && p0 + BN - 1 <= wmin;
+
+		fa_mask<NTL>(sc, p0, t4, full ? INT32_MAX : lim_a, full ? INT32_MAX : lim_b,
+			     full ? INT32_MAX : end, sl2);
+		fa_probs<NTL>(sc, m_a, m_b, l_a, l_b, al_a, al_b);
+	};
+	const auto pack_p = [&]() {
+#pragma unroll
+		for (int kk = 0; kk < BN / 16; kk++) {
+			pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+			pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+			pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+			pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+		}
+	};
+
+#pragma unroll
+	for (int j = 0; j < DT; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+	for (int j = 0; j < NTL; j++)
+		sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+	if (n_t) {
+		fa_load_q<HD, BM, WG_NT>(a, sm_tok, sm_head, sq, q_off);
+		fa_load_kv<HD, BN, WG_NT, true, false>(a, fb, begin, sk, 0, kv_off);
+	}
+	cp_async_commit();
+
+	/* step i: K_i and V_(i-1) have landed; K_(i+1) and V_i are loaded for
+	 * the next; one step past the last tile for its P V */
+	for (int32_t i = 0; i <= n_t; i++) {
+		const int b = i & 1;
+		const int32_t p0 = begin + i * BN;
+
+		cp_async_wait_all();
+		fence_async_smem();
+		__syncthreads();
+		if (i + 1 < n_t)
+			fa_load_kv<HD, BN, WG_NT, true, false>(a, fb, p0 + BN, sk + (b ^ 1) * KB, 0,
+							       kv_off);
+		if (i < n_t)
+			fa_load_kv<HD, BN, WG_NT, false, true>(a, fb, p0, 0, sv + b * KB, kv_off);
+		cp_async_commit();
+
+		float al_a, al_b;
+
+		if (i == 0 && n_w > 0) {
+			wg_fence();
+			issue_s(b);
+			wg_wait<0>(sc);
+			probs(p0, al_a, al_b);
+			fa_rescale<DT>(o, al_a, al_b);
+			pack_p();
+		} else if (i > 0 && i < n_w) {
+			wg_fence();
+			issue_s(b);
+			issue_pv(b ^ 1);
+			wg_wait<1>(sc); /* S_i done; P V of tile i - 1 may still run */
+			probs(p0, al_a, al_b);
+			wg_wait<0>(o);
+			fa_rescale<DT>(o, al_a, al_b);
+			pack_p();
+		} else if (i > 0 && i == n_w) {
+			wg_fence();
+			issue_pv(b ^ 1);
+			wg_wait<0>(o);
 		}
 	}
+	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
+#else
+	__trap();
+#endif
 }
+
 
 /* ------------------------------------------------------------ launchers */
 
+/* mt 1, 2: the mma.sync kernel with that many m16 tiles a warp; KC_MMA_WG:
+ * the wgmma kernel. */
 static size_t mma_smem_bytes(uint32_t hd, uint32_t mt)
 {
+	if (mt == KC_MMA_WG || mt == KC_MMA_WGP) /* Q, two K and two V tiles, 1 KB to align */
+		return (size_t)(128 + 4 * WG_BN) * hd * sizeof(bf16) + 1024;
 	return (size_t)(64 * mt + 4 * mma_bn((int)hd, (int)mt)) * (hd + 8) * sizeof(bf16);
 }
 
+/* The device runs sm_90a code (compute capability 9.0) and this file was
+ * built for it; set by kc_attn_mma_init(). */
+static int wg_ok;
+
 extern "C" int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin)
 {
-	return (head_dim == 64 || head_dim == 128) && (mt == 1 || mt == 2) &&
+	return (head_dim == 64 || head_dim == 128) &&
+	       (mt == 1 || mt == 2 || ((mt == KC_MMA_WG || mt == KC_MMA_WGP) && wg_ok)) &&
 	       mma_smem_bytes(head_dim, mt) <= smem_optin;
 }
 
 extern "C" uint32_t kc_attn_mma_rows(uint32_t mt)
 {
-	return 64 * mt;
+	return mt == KC_MMA_WG || mt == KC_MMA_WGP ? 128 : mt == 1 || mt == 2 ? 64 * mt : 0;
 }
 
-template <int HD, int MT>
-static int mma_attr(size_t smem_optin)
+template <class K>
+static int kernel_smem(K *kernel, size_t bytes, size_t smem_optin)
 {
-	const size_t b = mma_smem_bytes(HD, MT);
-
-	return b <= smem_optin && cudaFuncSetAttribute(attn_mma_kernel<HD, MT>,
-						       cudaFuncAttributeMaxDynamicSharedMemorySize,
-						       (int)b) != cudaSuccess;
+	return bytes <= smem_optin &&
+	       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)bytes) != cudaSuccess;
 }
 
 extern "C" int kc_attn_mma_init(size_t smem_optin)
 {
-	if (mma_attr<64, 1>(smem_optin) || mma_attr<128, 1>(smem_optin) ||
-	    mma_attr<64, 2>(smem_optin) || mma_attr<128, 2>(smem_optin)) {
+	int dev, major = 0, minor = 0;
+
+#if defined(KC_WGMMA)
+	if (cudaGetDevice(&dev) == cudaSuccess &&
+	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
+		wg_ok = major == 9 && minor == 0;
+#else
+	(void)dev;
+	(void)major;
+	(void)minor;
+#endif
+	if (kernel_smem(attn_mma_kernel<64, 1>, mma_smem_bytes(64, 1), smem_optin) ||
+	    kernel_smem(attn_mma_kernel<128, 1>, mma_smem_bytes(128, 1), smem_optin) ||
+	    kernel_smem(attn_mma_kernel<64, 2>, mma_smem_bytes(64, 2), smem_optin) ||
+	    kernel_smem(attn_mma_kernel<128, 2>, mma_smem_bytes(128, 2), smem_optin) ||
+	    (wg_ok && (kernel_smem(attn_wg_kernel<64>, mma_smem_bytes(64, KC_MMA_WG), smem_optin) ||
+		       kernel_smem(attn_wg_kernel<128>, mma_smem_bytes(128, KC_MMA_WG),
+				   smem_optin) ||
+		       kernel_smem(attn_wgp_kernel<64>, mma_smem_bytes(64, KC_MMA_WGP), smem_optin) ||
+		       kernel_smem(attn_wgp_kernel<128>, mma_smem_bytes(128, KC_MMA_WGP),
+				   smem_optin)))) {
 		(void)cudaGetLastError();
 		return -EIO;
 	}
@@ -403,7 +745,8 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	dim3 grid;
 	int r;
 
-	if ((a->head_dim != 64 && a->head_dim != 128) || (mt != 1 && mt != 2) || !n_splits ||
+	if ((a->head_dim != 64 && a->head_dim != 128) ||
+	    !kc_attn_mma_rows(mt) || ((mt == KC_MMA_WG || mt == KC_MMA_WGP) && !wg_ok) || !n_splits ||
 	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) ||
 	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
 	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
@@ -411,7 +754,15 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (a->head_dim == 64 && mt == 1)
+	if (mt == KC_MMA_WGP && a->head_dim == 64)
+		attn_wgp_kernel<64><<<grid, WG_NT, smem, st>>>(*a);
+	else if (mt == KC_MMA_WGP)
+		attn_wgp_kernel<128><<<grid, WG_NT, smem, st>>>(*a);
+	else if (mt == KC_MMA_WG && a->head_dim == 64)
+		attn_wg_kernel<64><<<grid, WG_NT, smem, st>>>(*a);
+	else if (mt == KC_MMA_WG)
+		attn_wg_kernel<128><<<grid, WG_NT, smem, st>>>(*a);
+	else if (a->head_dim == 64 && mt == 1)
 		attn_mma_kernel<64, 1><<<grid, MMA_NT, smem, st>>>(*a);
 	else if (a->head_dim == 64)
 		attn_mma_kernel<64, 2><<<grid, MMA_NT, smem, st>>>(*a);

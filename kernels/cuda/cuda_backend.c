@@ -516,13 +516,20 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *nf = getenv("HEARTH_CUDA_NORM_FUSE");
 		const char *rf = getenv("HEARTH_CUDA_ROPE_FUSE");
 		const char *mt = getenv("HEARTH_CUDA_ATTN_MMA_MT");
+		const char *wg = getenv("HEARTH_CUDA_ATTN_WG");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
 		c->dec_blocks = db && atoi(db) >= 1 && atoi(db) <= 64 ? atoi(db) : 0;
 		c->dec_mma = !(dm && !strcmp(dm, "0"));
 		c->mma_blocks = mma && atoi(mma) >= 0 && atoi(mma) <= 64 ? atoi(mma) : 4;
-		c->mma_mt = mt && (!strcmp(mt, "1") || !strcmp(mt, "2")) ? (uint32_t)atoi(mt) : 0;
+		c->mma_mt = !mt ? 0
+			    : !strcmp(mt, "1") ? 1
+			    : !strcmp(mt, "2") ? 2
+			    : !strcmp(mt, "wg") ? KC_MMA_WG
+			    : !strcmp(mt, "wgp") ? KC_MMA_WGP
+						: 0;
+		c->attn_wg = wg && !strcmp(wg, "1") ? KC_MMA_WG : wg && !strcmp(wg, "p") ? KC_MMA_WGP : 0;
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));

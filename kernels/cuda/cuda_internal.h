@@ -114,10 +114,12 @@ struct kern_cuda {
 	int dec_mma;
 	uint32_t dec_occ[2];         /* kc_attn_decode_occupancy at head_dim 64, 128 */
 	int mma_blocks;
-	/* HEARTH_CUDA_ATTN_MMA_MT: m16 tiles of query rows per warp of the
-	 * tensor-core attention, 1 (64-row blocks) or 2 (128); default 0: by
-	 * step (attention_mma). */
+	/* HEARTH_CUDA_ATTN_MMA_MT: the multi-token tensor-core attention's
+	 * blocks, 1 (mma.sync, 64 rows), 2 (mma.sync, 128 rows) or wg (wgmma,
+	 * 128 rows: KC_MMA_WG); default 0: by step (attention_mma).
+	 * HEARTH_CUDA_ATTN_WG=0: the step's choice never takes wgmma. */
 	uint32_t mma_mt;
+	int attn_wg;
 	/* HEARTH_CUDA_PDL_EARLY (bits, default 1): 1 rope_kv_write launched as a
 	 * programmatic dependent of the q/k/v matmul (1B decode 1% faster, 8B
 	 * the same); 2 decode attention lets the o projection launch at its
@@ -368,9 +370,12 @@ int kc_attn_plan(const struct kc_attn_args *a, uint32_t rows_per_token, uint32_t
 int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_t st);
 
 /* cuda_attention_mma.cu: tensor-core attention for steps of several tokens
- * per sequence, mt (1 or 2) m16 tiles of query rows per warp. Shapes it
- * takes: head_dim 64 or 128 (any GQA group) when its shared memory fits
- * smem_optin. */
+ * per sequence: mt 1 or 2, mma.sync with that many m16 tiles of query rows
+ * per warp (64 or 128 rows a block); KC_MMA_WG, wgmma with 128 rows a block
+ * (sm_90a builds on compute capability 9.0 only). Shapes it takes: head_dim
+ * 64 or 128 (any GQA group) when its shared memory fits smem_optin. */
+#define KC_MMA_WG 3
+#define KC_MMA_WGP 4 /* wgmma, the softmax overlapping the MMAs */
 int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin);
 /* Query rows ((token, q head) pairs of one kv head) per block. */
 uint32_t kc_attn_mma_rows(uint32_t mt);

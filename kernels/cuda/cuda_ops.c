@@ -455,15 +455,16 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 /*
  * Steps of several tokens per sequence on tensor cores. Long chunks (two
  * 128-row tiles a sequence or more, and enough of them for two blocks per
- * multiprocessor) take 128-row blocks (two m16 tiles a warp), unsplit:
- * prefill 2048 attention 17% faster than 64-row blocks on an H100 (8B: 199 ->
- * 166 us a layer). Other steps take 64-row blocks; the grid is then about
+ * multiprocessor) take 128-row blocks, unsplit: the wgmma kernel where the
+ * device and build have it (HEARTH_CUDA_ATTN_WG=0: never), else two m16 tiles
+ * a warp of mma.sync (prefill 2048 attention 17% faster than 64-row blocks on
+ * an H100, 8B: 199 -> 166 us a layer). Other steps take 64-row blocks; the grid is then about
  * tiles x kv heads (64 rows of the group's heads x tokens per tile), and when
  * that is short of the machine (APPEND 32: 2 tiles x 8 kv heads) the KV
  * length is split to fill about mma_blocks blocks per multiprocessor, each
  * split at least 128 positions (two tiles; the combine reads every split).
  * As for decode, the choice depends on the bucket and the max_ctx hint only.
- * HEARTH_CUDA_ATTN_MMA_MT=1 or 2 forces one block size (c->mma_mt).
+ * HEARTH_CUDA_ATTN_MMA_MT=1, 2 or wg forces one kernel (c->mma_mt).
  */
 static int attention_mma(struct kern_backend *be, void *out, const void *q,
 			 const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
@@ -476,12 +477,13 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	struct kc_attn_args a;
 	int r;
 
-	if (!mt)
-		mt = rows_all >= 256ull * b->n_seqs &&
-			     rows_all / 128 * kv->n_kv_heads >= 2ull * (uint32_t)c->n_sms &&
-			     kc_attn_mma_ok(kv->head_dim, 2, c->smem_optin)
-		     ? 2
-		     : 1;
+	if (!mt && rows_all >= 256ull * b->n_seqs &&
+	    rows_all / 128 * kv->n_kv_heads >= 2ull * (uint32_t)c->n_sms)
+		mt = c->attn_wg && kc_attn_mma_ok(kv->head_dim, (uint32_t)c->attn_wg, c->smem_optin)
+			     ? (uint32_t)c->attn_wg
+			     : 2;
+	if (!kc_attn_mma_ok(kv->head_dim, mt, c->smem_optin))
+		mt = 1; /* by step: not long; or forced where it cannot run */
 	n_splits = c->attn_splits;
 	if (!n_splits && mt == 1) {
 		const uint32_t rows = kc_attn_mma_rows(1);

@@ -427,8 +427,8 @@ static void set_path(enum kc_attn_path path, uint32_t splits)
 	c->attn_splits = splits;
 }
 
-/* The tensor-core attention's m16 tiles per warp (1: 64-row blocks, 2: 128,
- * 0: by step). */
+/* The multi-token tensor-core attention's kernel (1: mma.sync, 64-row
+ * blocks; 2: mma.sync, 128; KC_MMA_WG: wgmma, 128; 0: by step). */
 static void set_mt(uint32_t mt)
 {
 	((struct kern_cuda *)gt_gpu->priv)->mma_mt = mt;
@@ -436,7 +436,22 @@ static void set_mt(uint32_t mt)
 
 static const char *mt_tag(void)
 {
-	return ((struct kern_cuda *)gt_gpu->priv)->mma_mt == 2 ? "x2" : "";
+	uint32_t mt = ((struct kern_cuda *)gt_gpu->priv)->mma_mt;
+
+	return mt == 2 ? "x2" : mt == KC_MMA_WG ? "wg" : mt == KC_MMA_WGP ? "wgp" : "";
+}
+
+/* The next kernel to force after mt (1, 2, then KC_MMA_WG where this device
+ * and build run it at head_dim hd); 0 after the last. */
+static uint32_t next_mt(uint32_t mt, uint32_t hd)
+{
+	const struct kern_cuda *c = gt_gpu->priv;
+
+	if (mt < 2)
+		return mt + 1;
+	if (mt == 2 || mt == KC_MMA_WG)
+		return kc_attn_mma_ok(hd, mt + 1, c->smem_optin) ? mt + 1 : 0;
+	return 0;
 }
 
 static void run_both(struct scen *sc, struct step *st)
@@ -495,20 +510,24 @@ struct path_cfg {
 };
 
 /* The tensor-core kernels where they take the shape (head_dim 64, 128;
- * else they fall back); the multi-token one with 64- and 128-row blocks. */
+ * else they fall back); the multi-token one with each of its kernels
+ * (mma.sync with 64- and 128-row blocks, wgmma where it runs). */
 static void run_paths(const struct scen *tmpl, const char *name, const struct path_cfg *cfg,
 		      size_t n)
 {
 	uint32_t hd = tmpl->g.head_dim;
 
-	for (size_t i = 0; i < n; i++)
-		if ((cfg[i].path != KC_ATTN_MMA && cfg[i].path != KC_ATTN_DECODE_MMA) || hd == 64 ||
-		    hd == 128)
-			for (uint32_t mt = cfg[i].path == KC_ATTN_MMA;
-			     mt <= (cfg[i].path == KC_ATTN_MMA ? 2u : 0u); mt++) {
-				set_mt(mt);
-				run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
-			}
+	for (size_t i = 0; i < n; i++) {
+		uint32_t mt = cfg[i].path == KC_ATTN_MMA;
+
+		if ((cfg[i].path == KC_ATTN_MMA || cfg[i].path == KC_ATTN_DECODE_MMA) && hd != 64 &&
+		    hd != 128)
+			continue;
+		do {
+			set_mt(mt);
+			run_scenario(tmpl, name, cfg[i].path, cfg[i].splits);
+		} while (mt && (mt = next_mt(mt, hd)));
+	}
 	set_mt(0);
 }
 
@@ -789,7 +808,8 @@ static void time_all(int decode_only)
 				       dec[i].n_seqs, dec[i].n_past, 1, dcfg[j].path, dcfg[j].splits);
 	for (size_t i = 0; i < KT_ARRAY_SIZE(shp) && !decode_only; i++)
 		for (size_t j = 0; j < KT_ARRAY_SIZE(cfg); j++)
-			for (uint32_t mt = 1; mt <= (cfg[j].path == KC_ATTN_MMA ? 2u : 1u); mt++)
+			for (uint32_t mt = 1; mt;
+			     mt = cfg[j].path == KC_ATTN_MMA ? next_mt(mt, shp[i].hd) : 0)
 				if (cfg[j].splits <= 1 || shp[i].n_new <= 32) {
 					set_mt(mt);
 					time_attention(shp[i].name, shp[i].n_heads,
