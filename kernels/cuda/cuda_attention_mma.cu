@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_device.cuh"
 #include "cuda_internal.h"
@@ -407,7 +409,7 @@ attn_mma_kernel(const struct kc_attn_args a)
 
 /*
  * wgmma kernel (sm_90a), 128 rows a block: two warpgroups of 64 rows each
- * share every K/V tile of WG_BN positions. Q, K and V sit in shared memory in
+ * share every K/V tile of BN positions. Q, K and V sit in shared memory in
  * the 128-byte swizzle (cuda_wgmma.cuh), K and V double-buffered by cp.async
  * as in the kernel above. Per tile and warpgroup: S = Q K^T by HD / 16
  * wgmma m64nBNk16 from shared memory (both K-major); each warp then masks
@@ -419,18 +421,18 @@ attn_mma_kernel(const struct kc_attn_args a)
  * other's MMAs do.
  */
 #define WG_NT 256
-#define WG_BN 128 /* KV positions per tile */
 
-template <int HD>
+/* KV positions per tile (BN) and tiles in flight (ST stages) */
+template <int HD, int BN, int ST>
 static __global__ void __launch_bounds__(WG_NT, 1)
 attn_wg_kernel(const struct kc_attn_args a)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	constexpr int BM = 128, BN = WG_BN, NTL = BN / 8, DT = HD / 8;
+	constexpr int BM = 128, NTL = BN / 8, DT = HD / 8;
 	constexpr uint32_t QB = BM * HD * 2, KB = BN * HD * 2; /* bytes of Q, of one K tile */
 	extern __shared__ __align__(1024) unsigned char wg_smem[];
 	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
-	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + 2 * KB;
+	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + ST * KB;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
 	const int g = lane >> 2, t4 = lane & 3, row0 = wg * 64 + (warp & 3) * 16;
 	const auto q_off = [](int r, int ch) { return sw128_off(BM, r, ch); };
@@ -459,21 +461,28 @@ attn_wg_kernel(const struct kc_attn_args a)
 #pragma unroll
 	for (int j = 0; j < NTL; j++)
 		sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-	if (begin < end) {
+	if (begin < end)
 		fa_load_q<HD, BM, WG_NT>(a, sm_tok, sm_head, sq, q_off);
-		fa_load_kv<HD, BN, WG_NT>(a, fb, begin, sk, sv, kv_off);
+	/* one cp.async group a tile, empty past the end: the first ST - 1 */
+#pragma unroll
+	for (int t = 0; t < ST - 1; t++) {
+		if (begin + t * BN < end)
+			fa_load_kv<HD, BN, WG_NT>(a, fb, begin + t * BN, sk + t * KB, sv + t * KB,
+						  kv_off);
+		cp_async_commit();
 	}
-	cp_async_commit();
 
 	int buf = 0;
 
-	for (int32_t p0 = begin; p0 < end; p0 += BN, buf ^= 1) {
-		cp_async_wait_all();
+	for (int32_t p0 = begin; p0 < end; p0 += BN, buf = buf + 1 == ST ? 0 : buf + 1) {
+		const int nb = buf == 0 ? ST - 1 : buf - 1; /* tile p0 + (ST - 1) BN's buffer */
+
+		cp_async_wait<ST - 2>();
 		fence_async_smem();
-		__syncthreads(); /* tile p0 (and Q) landed; buffer buf ^ 1 is free */
-		if (p0 + BN < end)
-			fa_load_kv<HD, BN, WG_NT>(a, fb, p0 + BN, sk + (buf ^ 1) * KB,
-						  sv + (buf ^ 1) * KB, kv_off);
+		__syncthreads(); /* tile p0 (and Q) landed; buffer nb (tile p0 - BN) is free */
+		if (p0 + (ST - 1) * BN < end)
+			fa_load_kv<HD, BN, WG_NT>(a, fb, p0 + (ST - 1) * BN, sk + nb * KB,
+						  sv + nb * KB, kv_off);
 		cp_async_commit();
 		if (p0 > glim)
 			continue; /* no row of this warpgroup sees the tile */
@@ -491,7 +500,7 @@ attn_wg_kernel(const struct kc_attn_args a)
 				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
 				     kk > 0);
 		wg_commit();
-		wg_wait<0>(sc);
+		wg_wait(sc);
 		if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
 #pragma unroll
 			for (int j = 0; j < NTL; j++)
@@ -519,7 +528,7 @@ attn_wg_kernel(const struct kc_attn_args a)
 		for (int kk = 0; kk < BN / 16; kk++)
 			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
 		wg_commit();
-		wg_wait<0>(o);
+		wg_wait(o);
 	}
 	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
 #else
@@ -527,155 +536,22 @@ attn_wg_kernel(const struct kc_attn_args a)
 #endif
 }
 
-/*
- * The same with the softmax of one tile overlapping the tensor cores' work
- * on the last (flash attention 3's pipelining inside a warpgroup): at tile
- * i the warpgroup issues S_i = Q K_i^T and O += P_{i-1} V_{i-1} together,
- * waits for S_i alone, runs the softmax of tile i while P_{i-1} V_{i-1}
- * runs, then waits for that and rescales O. K and V are staggered: tile i's
- * loads bring K_{i+1} and V_i (two buffers each).
- */
-template <int HD>
-static __global__ void __launch_bounds__(WG_NT, 1)
-attn_wgp_kernel(const struct kc_attn_args a)
-{
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-	constexpr int BM = 128, BN = WG_BN, NTL = BN / 8, DT = HD / 8;
-	constexpr uint32_t QB = BM * HD * 2, KB = BN * HD * 2;
-	extern __shared__ __align__(1024) unsigned char wg_smem[];
-	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
-	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + 2 * KB;
-	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-	const int g = lane >> 2, t4 = lane & 3, row0 = wg * 64 + (warp & 3) * 16;
-	const auto q_off = [](int r, int ch) { return sw128_off(BM, r, ch); };
-	const auto kv_off = [](int r, int ch) { return sw128_off(BN, r, ch); };
-	struct fa_block fb;
-	int32_t glim, wmin;
-
-	if (!fa_block_rows<BM, BN, WG_NT>(a, sm_tok, sm_head, sm_lim, fb))
-		return;
-	{
-		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
-
-		glim = warp_max_int(max(sm_lim[wg * 64 + lane], sm_lim[wg * 64 + 32 + lane]));
-		wmin = -warp_max_int(-min(la, lb));
-	}
-
-	const int32_t begin = fb.begin, end = fb.end;
-	/* tiles of the block, and of this warpgroup (those its rows see) */
-	const int32_t n_t = end > begin ? (end - begin + BN - 1) / BN : 0;
-	const int32_t n_w = glim >= begin ? min(n_t, (glim - begin) / BN + 1) : 0;
-	float o[DT][4], sc[NTL][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
-	uint32_t pa[BN / 16][4]; /* P of the last tile, bf16 A fragments */
-	const float sl2 = a.scale * KC_LOG2E;
-	const int32_t lim_a = sm_lim[row0 + g], lim_b = sm_lim[row0 + g + 8];
-
-	/* S = Q K^T of the tile in K buffer b; O += P V of the tile in V buffer b */
-	const auto issue_s = [&](int b) {
-		const uint32_t kt = sk + b * KB;
-
-#pragma unroll
-		for (int kk = 0; kk < HD / 16; kk++)
-			wgmma_ss<BN>(sc,
-				     wg_desc(sq + (kk >> 2) * BM * 128 + wg * 64 * 128 + (kk & 3) * 32,
-					     16, 1024),
-				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024), kk > 0);
-		wg_commit();
-	};
-	const auto issue_pv = [&](int b) {
-		const uint32_t vt = sv + b * KB;
-
-#pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++)
-			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
-		wg_commit();
-	};
-	/* mask (without a branch: P V may be running) and probabilities of
-	 * tile p0; the factors for O */
-	const auto probs = [&](int32_t p0, float &al_a, float &al_b) {
-		const bool full = p0 + BN <= end && p0 + BN - 1 <= wmin;
-
-		fa_mask<NTL>(sc, p0, t4, full ? INT32_MAX : lim_a, full ? INT32_MAX : lim_b,
-			     full ? INT32_MAX : end, sl2);
-		fa_probs<NTL>(sc, m_a, m_b, l_a, l_b, al_a, al_b);
-	};
-	const auto pack_p = [&]() {
-#pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++) {
-			pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-			pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-			pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-			pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-		}
-	};
-
-#pragma unroll
-	for (int j = 0; j < DT; j++)
-		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
-#pragma unroll
-	for (int j = 0; j < NTL; j++)
-		sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
-	if (n_t) {
-		fa_load_q<HD, BM, WG_NT>(a, sm_tok, sm_head, sq, q_off);
-		fa_load_kv<HD, BN, WG_NT, true, false>(a, fb, begin, sk, 0, kv_off);
-	}
-	cp_async_commit();
-
-	/* step i: K_i and V_(i-1) have landed; K_(i+1) and V_i are loaded for
-	 * the next; one step past the last tile for its P V */
-	for (int32_t i = 0; i <= n_t; i++) {
-		const int b = i & 1;
-		const int32_t p0 = begin + i * BN;
-
-		cp_async_wait_all();
-		fence_async_smem();
-		__syncthreads();
-		if (i + 1 < n_t)
-			fa_load_kv<HD, BN, WG_NT, true, false>(a, fb, p0 + BN, sk + (b ^ 1) * KB, 0,
-							       kv_off);
-		if (i < n_t)
-			fa_load_kv<HD, BN, WG_NT, false, true>(a, fb, p0, 0, sv + b * KB, kv_off);
-		cp_async_commit();
-
-		float al_a, al_b;
-
-		if (i == 0 && n_w > 0) {
-			wg_fence();
-			issue_s(b);
-			wg_wait<0>(sc);
-			probs(p0, al_a, al_b);
-			fa_rescale<DT>(o, al_a, al_b);
-			pack_p();
-		} else if (i > 0 && i < n_w) {
-			wg_fence();
-			issue_s(b);
-			issue_pv(b ^ 1);
-			wg_wait<1>(sc); /* S_i done; P V of tile i - 1 may still run */
-			probs(p0, al_a, al_b);
-			wg_wait<0>(o);
-			fa_rescale<DT>(o, al_a, al_b);
-			pack_p();
-		} else if (i > 0 && i == n_w) {
-			wg_fence();
-			issue_pv(b ^ 1);
-			wg_wait<0>(o);
-		}
-	}
-	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
-#else
-	__trap();
-#endif
-}
-
-
 /* ------------------------------------------------------------ launchers */
+
+/* The wgmma kernel's tiles: 128 positions, two stages; or (HEARTH_CUDA_WG_STAGES=3,
+ * read at init) 64 positions, three stages. */
+static const struct {
+	uint32_t bn, st;
+} wg_cfg[2] = { { 128, 2 }, { 64, 3 } };
+static int wg_st3;
 
 /* mt 1, 2: the mma.sync kernel with that many m16 tiles a warp; KC_MMA_WG:
  * the wgmma kernel. */
 static size_t mma_smem_bytes(uint32_t hd, uint32_t mt)
 {
-	if (mt == KC_MMA_WG || mt == KC_MMA_WGP) /* Q, two K and two V tiles, 1 KB to align */
-		return (size_t)(128 + 4 * WG_BN) * hd * sizeof(bf16) + 1024;
+	if (mt == KC_MMA_WG) /* Q, the K and V tiles of every stage, 1 KB to align them */
+		return (size_t)(128 + 2 * wg_cfg[wg_st3].bn * wg_cfg[wg_st3].st) * hd * sizeof(bf16) +
+		       1024;
 	return (size_t)(64 * mt + 4 * mma_bn((int)hd, (int)mt)) * (hd + 8) * sizeof(bf16);
 }
 
@@ -686,13 +562,13 @@ static int wg_ok;
 extern "C" int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin)
 {
 	return (head_dim == 64 || head_dim == 128) &&
-	       (mt == 1 || mt == 2 || ((mt == KC_MMA_WG || mt == KC_MMA_WGP) && wg_ok)) &&
+	       (mt == 1 || mt == 2 || (mt == KC_MMA_WG && wg_ok)) &&
 	       mma_smem_bytes(head_dim, mt) <= smem_optin;
 }
 
 extern "C" uint32_t kc_attn_mma_rows(uint32_t mt)
 {
-	return mt == KC_MMA_WG || mt == KC_MMA_WGP ? 128 : mt == 1 || mt == 2 ? 64 * mt : 0;
+	return mt == KC_MMA_WG ? 128 : mt == 1 || mt == 2 ? 64 * mt : 0;
 }
 
 template <class K>
@@ -708,6 +584,11 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	int dev, major = 0, minor = 0;
 
 #if defined(KC_WGMMA)
+	{
+		const char *e = getenv("HEARTH_CUDA_WG_STAGES");
+
+		wg_st3 = e && !strcmp(e, "3");
+	}
 	if (cudaGetDevice(&dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
@@ -721,12 +602,12 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	    kernel_smem(attn_mma_kernel<128, 1>, mma_smem_bytes(128, 1), smem_optin) ||
 	    kernel_smem(attn_mma_kernel<64, 2>, mma_smem_bytes(64, 2), smem_optin) ||
 	    kernel_smem(attn_mma_kernel<128, 2>, mma_smem_bytes(128, 2), smem_optin) ||
-	    (wg_ok && (kernel_smem(attn_wg_kernel<64>, mma_smem_bytes(64, KC_MMA_WG), smem_optin) ||
-		       kernel_smem(attn_wg_kernel<128>, mma_smem_bytes(128, KC_MMA_WG),
-				   smem_optin) ||
-		       kernel_smem(attn_wgp_kernel<64>, mma_smem_bytes(64, KC_MMA_WGP), smem_optin) ||
-		       kernel_smem(attn_wgp_kernel<128>, mma_smem_bytes(128, KC_MMA_WGP),
-				   smem_optin)))) {
+	    (wg_ok &&
+	     (kernel_smem(attn_wg_kernel<64, 128, 2>, mma_smem_bytes(64, KC_MMA_WG), smem_optin) ||
+	      kernel_smem(attn_wg_kernel<128, 128, 2>, mma_smem_bytes(128, KC_MMA_WG), smem_optin) ||
+	      kernel_smem(attn_wg_kernel<64, 64, 3>, mma_smem_bytes(64, KC_MMA_WG), smem_optin) ||
+	      kernel_smem(attn_wg_kernel<128, 64, 3>, mma_smem_bytes(128, KC_MMA_WG),
+			  smem_optin)))) {
 		(void)cudaGetLastError();
 		return -EIO;
 	}
@@ -746,7 +627,7 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	int r;
 
 	if ((a->head_dim != 64 && a->head_dim != 128) ||
-	    !kc_attn_mma_rows(mt) || ((mt == KC_MMA_WG || mt == KC_MMA_WGP) && !wg_ok) || !n_splits ||
+	    !kc_attn_mma_rows(mt) || (mt == KC_MMA_WG && !wg_ok) || !n_splits ||
 	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) ||
 	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
 	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
@@ -754,14 +635,14 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (mt == KC_MMA_WGP && a->head_dim == 64)
-		attn_wgp_kernel<64><<<grid, WG_NT, smem, st>>>(*a);
-	else if (mt == KC_MMA_WGP)
-		attn_wgp_kernel<128><<<grid, WG_NT, smem, st>>>(*a);
+	if (mt == KC_MMA_WG && wg_st3 && a->head_dim == 64)
+		attn_wg_kernel<64, 64, 3><<<grid, WG_NT, smem, st>>>(*a);
+	else if (mt == KC_MMA_WG && wg_st3)
+		attn_wg_kernel<128, 64, 3><<<grid, WG_NT, smem, st>>>(*a);
 	else if (mt == KC_MMA_WG && a->head_dim == 64)
-		attn_wg_kernel<64><<<grid, WG_NT, smem, st>>>(*a);
+		attn_wg_kernel<64, 128, 2><<<grid, WG_NT, smem, st>>>(*a);
 	else if (mt == KC_MMA_WG)
-		attn_wg_kernel<128><<<grid, WG_NT, smem, st>>>(*a);
+		attn_wg_kernel<128, 128, 2><<<grid, WG_NT, smem, st>>>(*a);
 	else if (a->head_dim == 64 && mt == 1)
 		attn_mma_kernel<64, 1><<<grid, MMA_NT, smem, st>>>(*a);
 	else if (a->head_dim == 64)

@@ -527,9 +527,8 @@ struct kern_backend *kern_cuda_new(int device_index)
 			    : !strcmp(mt, "1") ? 1
 			    : !strcmp(mt, "2") ? 2
 			    : !strcmp(mt, "wg") ? KC_MMA_WG
-			    : !strcmp(mt, "wgp") ? KC_MMA_WGP
 						: 0;
-		c->attn_wg = wg && !strcmp(wg, "1") ? KC_MMA_WG : wg && !strcmp(wg, "p") ? KC_MMA_WGP : 0;
+		c->attn_wg = wg && !strcmp(wg, "1");
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));

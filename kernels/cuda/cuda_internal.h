@@ -213,6 +213,9 @@ int kc_add_rmsnorm(void *out, void *resid, const void *resid_in, const void *add
 		   cudaStream_t st);
 int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
 	      cudaStream_t st);
+/* The same over rows of cols elements, gate and up dense, out rows ld apart. */
+int kc_swiglu_cols(void *out, size_t ld, const void *gate, const void *up, size_t rows,
+		   size_t cols, int hf, cudaStream_t st);
 /* x[i] = bf16(x[i]) in place, fp32 storage (logits as transformers returns them). */
 int kc_round_bf16_f32(float *x, size_t n, cudaStream_t st);
 int kc_gather_rows(void *out, const void *in, const int32_t *rows, uint32_t n, uint32_t dim,
@@ -375,7 +378,6 @@ int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_
  * (sm_90a builds on compute capability 9.0 only). Shapes it takes: head_dim
  * 64 or 128 (any GQA group) when its shared memory fits smem_optin. */
 #define KC_MMA_WG 3
-#define KC_MMA_WGP 4 /* wgmma, the softmax overlapping the MMAs */
 int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin);
 /* Query rows ((token, q head) pairs of one kv head) per block. */
 uint32_t kc_attn_mma_rows(uint32_t mt);

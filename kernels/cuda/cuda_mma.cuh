@@ -128,14 +128,13 @@ static __device__ __forceinline__ void fa_mask(float sc[NT][4], int32_t p0, int 
  * m16n8 C layout (this lane: row g in [0] [1], row g + 8 in [2] [3]), the
  * scores scaled to base 2 and masked to -inf. Updates the rows' running
  * maxima and this lane's share of their sums (the quad adds its shares at
- * the end), leaves the probabilities in sc and returns in al_a, al_b the
- * factors by which the rows' O must be rescaled (fa_rescale). A row that has
- * seen nothing yet keeps m = -inf; 0 then stands in as its reference (every
- * p and alpha is 0).
+ * the end), rescales O (DT n8 tiles) and leaves the probabilities in sc. A
+ * row that has seen nothing yet keeps m = -inf; 0 then stands in as its
+ * reference (every p and alpha is 0).
  */
-template <int NT>
-static __device__ __forceinline__ void fa_probs(float sc[NT][4], float &m_a, float &m_b, float &l_a,
-						float &l_b, float &al_a, float &al_b)
+template <int NT, int DT>
+static __device__ __forceinline__ void fa_softmax(float sc[NT][4], float o[DT][4], float &m_a,
+						  float &m_b, float &l_a, float &l_b)
 {
 	float mx_a = -INFINITY, mx_b = -INFINITY, su_a = 0.0f, su_b = 0.0f;
 
@@ -152,9 +151,8 @@ static __device__ __forceinline__ void fa_probs(float sc[NT][4], float &m_a, flo
 	const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
 	const float ref_a = mn_a == -INFINITY ? 0.0f : mn_a;
 	const float ref_b = mn_b == -INFINITY ? 0.0f : mn_b;
+	const float al_a = fast_exp2(m_a - ref_a), al_b = fast_exp2(m_b - ref_b);
 
-	al_a = fast_exp2(m_a - ref_a);
-	al_b = fast_exp2(m_b - ref_b);
 	m_a = mn_a;
 	m_b = mn_b;
 #pragma unroll
@@ -168,12 +166,6 @@ static __device__ __forceinline__ void fa_probs(float sc[NT][4], float &m_a, flo
 	}
 	l_a = l_a * al_a + su_a;
 	l_b = l_b * al_b + su_b;
-}
-
-/* O (DT n8 tiles, rows g and g + 8) times the factors of fa_probs. */
-template <int DT>
-static __device__ __forceinline__ void fa_rescale(float o[DT][4], float al_a, float al_b)
-{
 #pragma unroll
 	for (int j = 0; j < DT; j++) {
 		o[j][0] *= al_a;
@@ -181,17 +173,6 @@ static __device__ __forceinline__ void fa_rescale(float o[DT][4], float al_a, fl
 		o[j][2] *= al_b;
 		o[j][3] *= al_b;
 	}
-}
-
-/* fa_probs, then O rescaled at once. */
-template <int NT, int DT>
-static __device__ __forceinline__ void fa_softmax(float sc[NT][4], float o[DT][4], float &m_a,
-						  float &m_b, float &l_a, float &l_b)
-{
-	float al_a, al_b;
-
-	fa_probs<NT>(sc, m_a, m_b, l_a, l_b, al_a, al_b);
-	fa_rescale<DT>(o, al_a, al_b);
 }
 
 /*

@@ -479,9 +479,8 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 
 	if (!mt && rows_all >= 256ull * b->n_seqs &&
 	    rows_all / 128 * kv->n_kv_heads >= 2ull * (uint32_t)c->n_sms)
-		mt = c->attn_wg && kc_attn_mma_ok(kv->head_dim, (uint32_t)c->attn_wg, c->smem_optin)
-			     ? (uint32_t)c->attn_wg
-			     : 2;
+		mt = c->attn_wg && kc_attn_mma_ok(kv->head_dim, KC_MMA_WG, c->smem_optin) ? KC_MMA_WG
+											   : 2;
 	if (!kc_attn_mma_ok(kv->head_dim, mt, c->smem_optin))
 		mt = 1; /* by step: not long; or forced where it cannot run */
 	n_splits = c->attn_splits;

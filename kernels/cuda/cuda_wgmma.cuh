@@ -50,13 +50,12 @@ static __device__ __forceinline__ void wg_commit(void)
 	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 
-/* Wait until at most N committed batches are still running (they finish in
- * order); the accumulators of n8 tiles d may be read after it (the empty asm
- * ties them to the wait). */
-template <int N, int NT>
+/* Wait for every committed batch; the accumulators of n8 tiles d may be
+ * read after it (the empty asm ties them to the wait). */
+template <int NT>
 static __device__ __forceinline__ void wg_wait(float (&d)[NT][4])
 {
-	asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+	asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
 	for (int j = 0; j < NT; j++)
 #pragma unroll

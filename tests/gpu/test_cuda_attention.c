@@ -438,7 +438,7 @@ static const char *mt_tag(void)
 {
 	uint32_t mt = ((struct kern_cuda *)gt_gpu->priv)->mma_mt;
 
-	return mt == 2 ? "x2" : mt == KC_MMA_WG ? "wg" : mt == KC_MMA_WGP ? "wgp" : "";
+	return mt == 2 ? "x2" : mt == KC_MMA_WG ? "wg" : "";
 }
 
 /* The next kernel to force after mt (1, 2, then KC_MMA_WG where this device
@@ -449,9 +449,7 @@ static uint32_t next_mt(uint32_t mt, uint32_t hd)
 
 	if (mt < 2)
 		return mt + 1;
-	if (mt == 2 || mt == KC_MMA_WG)
-		return kc_attn_mma_ok(hd, mt + 1, c->smem_optin) ? mt + 1 : 0;
-	return 0;
+	return mt == 2 && kc_attn_mma_ok(hd, KC_MMA_WG, c->smem_optin) ? KC_MMA_WG : 0;
 }
 
 static void run_both(struct scen *sc, struct step *st)
@@ -685,16 +683,40 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+/* A KV pool of pe bf16 values on g: a random block of at most 32 MB repeated
+ * (the times do not depend on the values, and a model's whole pool would
+ * not fit the host as floats). */
+static void *time_pool(struct kern_backend *g, size_t pe)
+{
+	const size_t blk = pe < ((size_t)16 << 20) ? pe : (size_t)16 << 20;
+	float *x = gt_rand(&rng, blk, 1.0f);
+	uint16_t *h = kt_xmalloc(blk * 2);
+	char *p = g->ops->alloc(g, pe * 2);
+
+	KT_CHECK(p != NULL);
+	for (size_t i = 0; i < blk; i++)
+		h[i] = kern_f32_to_bf16(x[i]);
+	for (size_t at = 0; at < pe; at += blk)
+		KT_CHECK_EQ_INT(g->ops->upload(g, p + at * 2, h, (pe - at < blk ? pe - at : blk) * 2),
+				0);
+	free(h);
+	free(x);
+	return p;
+}
+
+/* Attention of layer n_layers - 1 in a pool of pages of 16 positions that
+ * hold every layer, as the engine's do (a page is 2 MB at the 8B's 32
+ * layers: each 16-position chunk of a kv head lies in another 2 MB). */
 static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_heads, uint32_t hd,
-			   uint32_t n_seqs, uint32_t n_past, uint32_t n_new,
+			   uint32_t n_layers, uint32_t n_seqs, uint32_t n_past, uint32_t n_new,
 			   enum kc_attn_path path, uint32_t splits)
 {
 	const uint32_t pt = 16, ctx = n_past + n_new, nb = (ctx + pt - 1) / pt, reps = 20;
-	const uint32_t n_tok = n_seqs * n_new;
-	struct kern_kv kv = { .n_pages = nb * n_seqs, .page_tokens = pt, .n_layers = 1,
+	const uint32_t n_tok = n_seqs * n_new, layer = n_layers - 1;
+	struct kern_kv kv = { .n_pages = nb * n_seqs, .page_tokens = pt, .n_layers = n_layers,
 			      .n_kv_heads = n_kv_heads, .head_dim = hd };
 	size_t pe = kern_kv_page_elems(&kv) * kv.n_pages, qe = (size_t)n_tok * n_heads * hd;
-	float *x = gt_rand(&rng, pe > qe ? pe : qe, 1.0f);
+	float *x = gt_rand(&rng, qe, 1.0f);
 	int32_t *pos = kt_xmalloc(n_tok * 4), *seq_start = kt_xmalloc((n_seqs + 1) * 4);
 	int32_t *ctx_len = kt_xmalloc(n_seqs * 4), *bt = kt_xmalloc((size_t)n_seqs * nb * 4);
 	struct kern_backend *g = gt_gpu;
@@ -713,7 +735,7 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 			bt[s * nb + j] = (int32_t)(s * nb + j);
 	}
 	seq_start[n_seqs] = (int32_t)n_tok;
-	kv.base = gt_put(g, x, pe);
+	kv.base = time_pool(g, pe);
 	q = gt_put(g, x, qe);
 	out = g->ops->alloc(g, qe * 2);
 	b = (struct kern_batch){ .n_tokens = n_tok, .n_seqs = n_seqs, .max_blocks = nb,
@@ -724,11 +746,11 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 				 .block_table = kt_upload(g, bt, (size_t)n_seqs * nb * 4) };
 	set_path(path, splits);
 	for (int i = 0; i < 3; i++)
-		KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, 0, n_heads, 0.1f), 0);
+		KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, layer, n_heads, 0.1f), 0);
 	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
 	t0 = now_s();
 	for (uint32_t i = 0; i < reps; i++)
-		KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, 0, n_heads, 0.1f), 0);
+		KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, layer, n_heads, 0.1f), 0);
 	KT_CHECK_EQ_INT(g->ops->sync(g), 0);
 	t = (now_s() - t0) / reps;
 	/* The same launches captured as one graph: device time without the
@@ -738,7 +760,7 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 
 		KT_CHECK_EQ_INT(g->ops->graph_begin(g), 0);
 		for (uint32_t i = 0; i < reps; i++)
-			KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, 0, n_heads, 0.1f), 0);
+			KT_CHECK_EQ_INT(g->ops->attention(g, out, q, &b, &kv, layer, n_heads, 0.1f), 0);
 		KT_CHECK_EQ_INT(g->ops->graph_end(g, &graph), 0);
 		KT_CHECK_EQ_INT(g->ops->graph_launch(g, graph), 0);
 		KT_CHECK_EQ_INT(g->ops->sync(g), 0);
@@ -767,18 +789,19 @@ static void time_attention(const char *name, uint32_t n_heads, uint32_t n_kv_hea
 	free(bt);
 }
 
-static void time_all(int decode_only)
+/* which: 0 every shape, 1 decode only, 2 multi-token only */
+static void time_all(int which)
 {
 	static const struct {
 		const char *name;
-		uint32_t n_heads, n_kv_heads, hd, n_seqs, n_past, n_new;
+		uint32_t n_heads, n_kv_heads, hd, n_layers, n_seqs, n_past, n_new;
 	} shp[] = {
-		{ "1B prefill 2048", 32, 8, 64, 1, 0, 2048 },
-		{ "1B APPEND 32 at 2048", 32, 8, 64, 1, 2048, 32 },
-		{ "1B 64 x 16-token chunks at 512", 32, 8, 64, 64, 512, 16 },
-		{ "8B prefill 2048", 32, 8, 128, 1, 0, 2048 },
-		{ "8B APPEND 32 at 2048", 32, 8, 128, 1, 2048, 32 },
-		{ "8B 64 x 16-token chunks at 512", 32, 8, 128, 64, 512, 16 },
+		{ "1B prefill 2048", 32, 8, 64, 16, 1, 0, 2048 },
+		{ "1B APPEND 32 at 2048", 32, 8, 64, 16, 1, 2048, 32 },
+		{ "1B 64 x 16-token chunks at 512", 32, 8, 64, 16, 64, 512, 16 },
+		{ "8B prefill 2048", 32, 8, 128, 32, 1, 0, 2048 },
+		{ "8B APPEND 32 at 2048", 32, 8, 128, 32, 1, 2048, 32 },
+		{ "8B 64 x 16-token chunks at 512", 32, 8, 128, 32, 64, 512, 16 },
 	};
 	static const struct path_cfg cfg[] = {
 		{ KC_ATTN_LARGE, 0 }, { KC_ATTN_MMA, 0 }, { KC_ATTN_MMA, 1 }, { KC_ATTN_MMA, 4 },
@@ -789,12 +812,12 @@ static void time_all(int decode_only)
 	 * (0) and forced. */
 	static const struct {
 		const char *name;
-		uint32_t n_heads, n_kv_heads, hd, n_seqs, n_past;
+		uint32_t n_heads, n_kv_heads, hd, n_layers, n_seqs, n_past;
 	} dec[] = {
-		{ "1B decode at 2048", 32, 8, 64, 1, 2047 },
-		{ "8B decode at 2048", 32, 8, 128, 1, 2047 },
-		{ "1B 64 x decode at 512", 32, 8, 64, 64, 511 },
-		{ "8B 64 x decode at 512", 32, 8, 128, 64, 511 },
+		{ "1B decode at 2048", 32, 8, 64, 16, 1, 2047 },
+		{ "8B decode at 2048", 32, 8, 128, 32, 1, 2047 },
+		{ "1B 64 x decode at 512", 32, 8, 64, 16, 64, 511 },
+		{ "8B 64 x decode at 512", 32, 8, 128, 32, 64, 511 },
 	};
 	static const struct path_cfg dcfg[] = {
 		{ KC_ATTN_DECODE, 0 }, { KC_ATTN_DECODE_MMA, 0 }, { KC_ATTN_DECODE_MMA, 1 },
@@ -802,27 +825,29 @@ static void time_all(int decode_only)
 		{ KC_ATTN_DECODE_MMA, 32 }, { KC_ATTN_DECODE_MMA, 64 },
 	};
 
-	for (size_t i = 0; i < KT_ARRAY_SIZE(dec); i++)
+	for (size_t i = 0; i < KT_ARRAY_SIZE(dec) && which != 2; i++)
 		for (size_t j = 0; j < KT_ARRAY_SIZE(dcfg); j++)
 			time_attention(dec[i].name, dec[i].n_heads, dec[i].n_kv_heads, dec[i].hd,
-				       dec[i].n_seqs, dec[i].n_past, 1, dcfg[j].path, dcfg[j].splits);
-	for (size_t i = 0; i < KT_ARRAY_SIZE(shp) && !decode_only; i++)
+				       dec[i].n_layers, dec[i].n_seqs, dec[i].n_past, 1, dcfg[j].path,
+				       dcfg[j].splits);
+	for (size_t i = 0; i < KT_ARRAY_SIZE(shp) && which != 1; i++)
 		for (size_t j = 0; j < KT_ARRAY_SIZE(cfg); j++)
 			for (uint32_t mt = 1; mt;
 			     mt = cfg[j].path == KC_ATTN_MMA ? next_mt(mt, shp[i].hd) : 0)
 				if (cfg[j].splits <= 1 || shp[i].n_new <= 32) {
 					set_mt(mt);
 					time_attention(shp[i].name, shp[i].n_heads,
-						       shp[i].n_kv_heads, shp[i].hd, shp[i].n_seqs,
+						       shp[i].n_kv_heads, shp[i].hd,
+						       shp[i].n_layers, shp[i].n_seqs,
 						       shp[i].n_past, shp[i].n_new, cfg[j].path,
 						       cfg[j].splits);
 				}
 	set_mt(0);
 }
 
-/* Usage: test_cuda_attention [quick | time [dec]]; quick (for
+/* Usage: test_cuda_attention [quick | time [dec | multi]]; quick (for
  * compute-sanitizer) runs the small scenarios only, time the timings above
- * (dec: the decode shapes only). */
+ * (dec: the decode shapes only, multi: the multi-token ones only). */
 int main(int argc, char **argv)
 {
 	int quick = argc > 1 && !strcmp(argv[1], "quick");
@@ -933,7 +958,7 @@ int main(int argc, char **argv)
 
 	gt_init("test_cuda_attention");
 	if (argc > 1 && !strcmp(argv[1], "time")) {
-		time_all(argc > 2 && !strcmp(argv[2], "dec"));
+		time_all(argc < 3 ? 0 : !strcmp(argv[2], "dec") ? 1 : !strcmp(argv[2], "multi") ? 2 : 0);
 		gt_fini();
 		return kt_finish("test_cuda_attention");
 	}
