@@ -11,8 +11,6 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "cuda_device.cuh"
 #include "cuda_internal.h"
@@ -410,8 +408,8 @@ attn_mma_kernel(const struct kc_attn_args a)
 /*
  * wgmma kernel (sm_90a), 128 rows a block: two warpgroups of 64 rows each
  * share every K/V tile of BN positions. Q, K and V sit in shared memory in
- * the 128-byte swizzle (cuda_wgmma.cuh), K and V double-buffered by cp.async
- * as in the kernel above. Per tile and warpgroup: S = Q K^T by HD / 16
+ * the 128-byte swizzle (cuda_wgmma.cuh), K and V in ST stages by cp.async
+ * (wg_bn, wg_st: by head_dim). Per tile and warpgroup: S = Q K^T by HD / 16
  * wgmma m64nBNk16 from shared memory (both K-major); each warp then masks
  * and runs the online softmax on its 16 rows (the wgmma accumulator of a
  * warp is the m16n8 C layout of mma.sync, so fa_mask and fa_softmax serve
@@ -538,20 +536,26 @@ attn_wg_kernel(const struct kc_attn_args a)
 
 /* ------------------------------------------------------------ launchers */
 
-/* The wgmma kernel's tiles: 128 positions, two stages; or (HEARTH_CUDA_WG_STAGES=3,
- * read at init) 64 positions, three stages. */
-static const struct {
-	uint32_t bn, st;
-} wg_cfg[2] = { { 128, 2 }, { 64, 3 } };
-static int wg_st3;
+/* The wgmma kernel's K/V tiles by head_dim (measured on an H100, engine-shaped
+ * pools): 128 positions in two stages at 128 (64 positions in three: 8B
+ * prefill attention 5.87 ms against 5.64), 64 in three at 64 (one block of
+ * 115 registers and 65 KB: two an SM; 128 in two: 1B 1.65 ms against 1.24). */
+static constexpr int wg_bn(int hd)
+{
+	return hd == 128 ? 128 : 64;
+}
+
+static constexpr int wg_st(int hd)
+{
+	return hd == 128 ? 2 : 3;
+}
 
 /* mt 1, 2: the mma.sync kernel with that many m16 tiles a warp; KC_MMA_WG:
  * the wgmma kernel. */
 static size_t mma_smem_bytes(uint32_t hd, uint32_t mt)
 {
 	if (mt == KC_MMA_WG) /* Q, the K and V tiles of every stage, 1 KB to align them */
-		return (size_t)(128 + 2 * wg_cfg[wg_st3].bn * wg_cfg[wg_st3].st) * hd * sizeof(bf16) +
-		       1024;
+		return (size_t)(128 + 2 * wg_bn((int)hd) * wg_st((int)hd)) * hd * sizeof(bf16) + 1024;
 	return (size_t)(64 * mt + 4 * mma_bn((int)hd, (int)mt)) * (hd + 8) * sizeof(bf16);
 }
 
@@ -584,11 +588,6 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	int dev, major = 0, minor = 0;
 
 #if defined(KC_WGMMA)
-	{
-		const char *e = getenv("HEARTH_CUDA_WG_STAGES");
-
-		wg_st3 = e && !strcmp(e, "3");
-	}
 	if (cudaGetDevice(&dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
@@ -603,11 +602,10 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	    kernel_smem(attn_mma_kernel<64, 2>, mma_smem_bytes(64, 2), smem_optin) ||
 	    kernel_smem(attn_mma_kernel<128, 2>, mma_smem_bytes(128, 2), smem_optin) ||
 	    (wg_ok &&
-	     (kernel_smem(attn_wg_kernel<64, 128, 2>, mma_smem_bytes(64, KC_MMA_WG), smem_optin) ||
-	      kernel_smem(attn_wg_kernel<128, 128, 2>, mma_smem_bytes(128, KC_MMA_WG), smem_optin) ||
-	      kernel_smem(attn_wg_kernel<64, 64, 3>, mma_smem_bytes(64, KC_MMA_WG), smem_optin) ||
-	      kernel_smem(attn_wg_kernel<128, 64, 3>, mma_smem_bytes(128, KC_MMA_WG),
-			  smem_optin)))) {
+	     (kernel_smem(attn_wg_kernel<64, wg_bn(64), wg_st(64)>, mma_smem_bytes(64, KC_MMA_WG),
+			  smem_optin) ||
+	      kernel_smem(attn_wg_kernel<128, wg_bn(128), wg_st(128)>,
+			  mma_smem_bytes(128, KC_MMA_WG), smem_optin)))) {
 		(void)cudaGetLastError();
 		return -EIO;
 	}
@@ -635,14 +633,10 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (mt == KC_MMA_WG && wg_st3 && a->head_dim == 64)
-		attn_wg_kernel<64, 64, 3><<<grid, WG_NT, smem, st>>>(*a);
-	else if (mt == KC_MMA_WG && wg_st3)
-		attn_wg_kernel<128, 64, 3><<<grid, WG_NT, smem, st>>>(*a);
-	else if (mt == KC_MMA_WG && a->head_dim == 64)
-		attn_wg_kernel<64, 128, 2><<<grid, WG_NT, smem, st>>>(*a);
+	if (mt == KC_MMA_WG && a->head_dim == 64)
+		attn_wg_kernel<64, wg_bn(64), wg_st(64)><<<grid, WG_NT, smem, st>>>(*a);
 	else if (mt == KC_MMA_WG)
-		attn_wg_kernel<128, 128, 2><<<grid, WG_NT, smem, st>>>(*a);
+		attn_wg_kernel<128, wg_bn(128), wg_st(128)><<<grid, WG_NT, smem, st>>>(*a);
 	else if (a->head_dim == 64 && mt == 1)
 		attn_mma_kernel<64, 1><<<grid, MMA_NT, smem, st>>>(*a);
 	else if (a->head_dim == 64)

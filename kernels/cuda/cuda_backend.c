@@ -528,7 +528,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 			    : !strcmp(mt, "2") ? 2
 			    : !strcmp(mt, "wg") ? KC_MMA_WG
 						: 0;
-		c->attn_wg = wg && !strcmp(wg, "1");
+		c->attn_wg = !(wg && !strcmp(wg, "0"));
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));

@@ -457,31 +457,34 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
  * 128-row tiles a sequence or more, and enough of them for two blocks per
  * multiprocessor) take 128-row blocks, unsplit: the wgmma kernel where the
  * device and build have it (HEARTH_CUDA_ATTN_WG=0: never), else two m16 tiles
- * a warp of mma.sync (prefill 2048 attention 17% faster than 64-row blocks on
- * an H100, 8B: 199 -> 166 us a layer). Other steps take 64-row blocks; the grid is then about
- * tiles x kv heads (64 rows of the group's heads x tokens per tile), and when
- * that is short of the machine (APPEND 32: 2 tiles x 8 kv heads) the KV
- * length is split to fill about mma_blocks blocks per multiprocessor, each
- * split at least 128 positions (two tiles; the combine reads every split).
- * As for decode, the choice depends on the bucket and the max_ctx hint only.
- * HEARTH_CUDA_ATTN_MMA_MT=1, 2 or wg forces one kernel (c->mma_mt).
+ * a warp of mma.sync. Other steps take 64-row blocks of mma.sync; the grid is
+ * then about tiles x kv heads (64 rows of the group's heads x tokens per
+ * tile), and when that is short of the machine (APPEND 32: 2 tiles x 8 kv
+ * heads) the KV length is split to fill about mma_blocks blocks per
+ * multiprocessor, each split at least 128 positions (two tiles; the combine
+ * reads every split). Head_dim 64 steps left unsplit take wgmma too (the
+ * 1B's 64 x 16-token chunks: 43 against 54 us alone, a 64-session mixed step
+ * 5.5 against 6.2 ms; H100, docs/BENCHMARKS.md). (The 8B's APPEND 32 on
+ * wgmma at 16 splits: 20.8 against 23.0 us alone, but no faster end to end.)
+ * As for decode, the choice depends on the bucket and the max_ctx hint
+ * only. HEARTH_CUDA_ATTN_MMA_MT=1, 2 or wg forces one kernel (c->mma_mt).
  */
 static int attention_mma(struct kern_backend *be, void *out, const void *q,
 			 const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
 			 uint32_t n_heads, float scale)
 {
 	struct kern_cuda *c = kc_priv(be);
-	const uint32_t group = n_heads / kv->n_kv_heads;
+	const uint32_t group = n_heads / kv->n_kv_heads, hd = kv->head_dim;
 	const uint64_t rows_all = (uint64_t)b->n_tokens * group;
+	const int wg = c->attn_wg && kc_attn_mma_ok(hd, KC_MMA_WG, c->smem_optin);
 	uint32_t mt = c->mma_mt, n_splits;
 	struct kc_attn_args a;
 	int r;
 
 	if (!mt && rows_all >= 256ull * b->n_seqs &&
 	    rows_all / 128 * kv->n_kv_heads >= 2ull * (uint32_t)c->n_sms)
-		mt = c->attn_wg && kc_attn_mma_ok(kv->head_dim, KC_MMA_WG, c->smem_optin) ? KC_MMA_WG
-											   : 2;
-	if (!kc_attn_mma_ok(kv->head_dim, mt, c->smem_optin))
+		mt = wg ? KC_MMA_WG : 2;
+	if (!kc_attn_mma_ok(hd, mt, c->smem_optin))
 		mt = 1; /* by step: not long; or forced where it cannot run */
 	n_splits = c->attn_splits;
 	if (!n_splits && mt == 1) {
@@ -494,6 +497,8 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 		n_splits = (uint32_t)HR_MIN(want, (uint64_t)(b->max_ctx / 128));
 	}
 	n_splits = HR_MAX(HR_MIN(n_splits, (uint32_t)KC_DEC_MAX_SPLITS), 1u);
+	if (!c->mma_mt && mt == 1 && wg && hd == 64 && n_splits == 1)
+		mt = KC_MMA_WG;
 	if ((r = attn_tiled_args(be, &a, out, q, b, kv, layer, n_heads, scale, n_splits)) < 0)
 		return r;
 	return kc_attention_mma(&a, mt, n_splits, c->stream);
