@@ -86,6 +86,13 @@ static int p_matmul(struct kern_backend *be, void *out, const void *in, const vo
 	PROF_RUN(prof_name, prof_real->matmul(be, out, in, w, bias, n, k, m));
 }
 
+static int p_matmul_acc(struct kern_backend *be, void *out, const void *in, const void *w,
+			uint32_t n, uint32_t k, uint32_t m)
+{
+	snprintf(prof_name, sizeof(prof_name), "matmul_acc %ux%u", k, m);
+	PROF_RUN(prof_name, prof_real->matmul_acc(be, out, in, w, n, k, m));
+}
+
 static int p_matmul_f32out(struct kern_backend *be, float *out, const void *in, const void *w,
 			   uint32_t n, uint32_t k, uint32_t m)
 {
@@ -167,6 +174,7 @@ void prof_on(struct kern_backend *be)
 	prof_ops.add_rmsnorm = p_add_rmsnorm;
 	prof_ops.matmul = p_matmul;
 	prof_ops.matmul_f32out = p_matmul_f32out;
+	prof_ops.matmul_acc = be->ops->matmul_acc ? p_matmul_acc : NULL;
 	prof_ops.rope_kv_write = p_rope;
 	prof_ops.attention = p_attention;
 	prof_ops.swiglu = p_swiglu;

@@ -31,6 +31,7 @@ AB_LOAD_SHAPES=${AB_LOAD_SHAPES:-8b 1b}
 AB_ENVS=${AB_ENVS:-- HEARTH_CUDA_PDL=0 -}
 AB_REPS=${AB_REPS:-2}
 AB_TEST_TIMEOUT=${AB_TEST_TIMEOUT:-240} # seconds a gpu test
+AB_TEST_ENV=${AB_TEST_ENV:-} # environment of the tests stage, e.g. HEARTH_CUDA_GEMM_ACC=16
 AB_DURATION=${AB_DURATION:-5} # seconds a load: a 5 s 8B load has ~2900 samples, so its p99 is ~29 of them
 on() { case " $AB_STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 T0=$(date +%s)
@@ -58,7 +59,8 @@ wait_model() {
 }
 t() {
 	name=$1; shift
-	timeout "$AB_TEST_TIMEOUT" "$@" >"$OUT/$name.log" 2>&1
+	# shellcheck disable=SC2086
+	timeout "$AB_TEST_TIMEOUT" env $AB_TEST_ENV "$@" >"$OUT/$name.log" 2>&1
 	echo "== $name rc=$? $(el)"; grep -iE "out of tolerance|fail|mismatch" "$OUT/$name.log" | head -5
 }
 # shellcheck disable=SC2086

@@ -383,9 +383,11 @@ static int step_prepare(struct model_scratch *s, uint32_t pt, const struct model
 }
 
 /* The MLP half of a layer over n rows: x_out = x_in + o, h = norm(x_out),
- * then o = down(SwiGLU(h)). x_out is x_in but with the fused norms. */
+ * then o = down(SwiGLU(h)). x_out is x_in but with the fused norms. acc:
+ * the o projection has already added into x_out (== x_in), and the down
+ * projection adds into it too (no o). */
 static int mlp_forward(struct model *m, const struct model_layer *L, struct model_scratch *s,
-		       const void *x_in, void *x_out, uint32_t n)
+		       const void *x_in, void *x_out, uint32_t n, bool acc)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
@@ -393,14 +395,14 @@ static int mlp_forward(struct model *m, const struct model_layer *L, struct mode
 	uint32_t D = c->hidden_size, F = c->intermediate_size;
 	int r;
 
-	if (s->x2) {
+	if (s->x2 && !acc) {
 		const struct kern_norm nm = { .resid = x_out, .resid_in = x_in, .add = s->o,
 					      .weight = L->mlp_norm, .h = s->h,
 					      .eps = c->rms_norm_eps };
 
 		r = op->norm_matmul_swiglu(be, &nm, s->act, s->gate, s->up, L->w_gate, L->w_up, n,
 					   D, F);
-	} else if ((r = op->add_rmsnorm(be, s->h, x_out, s->o, L->mlp_norm, n, D,
+	} else if ((r = op->add_rmsnorm(be, s->h, x_out, acc ? NULL : s->o, L->mlp_norm, n, D,
 					c->rms_norm_eps)) < 0) {
 		return r;
 	} else if (op->matmul_swiglu)
@@ -408,9 +410,10 @@ static int mlp_forward(struct model *m, const struct model_layer *L, struct mode
 	else if ((r = op->matmul(be, s->gate, s->h, L->w_gate, NULL, n, D, F)) >= 0 &&
 		 (r = op->matmul(be, s->up, s->h, L->w_up, NULL, n, D, F)) >= 0)
 		r = op->swiglu(be, s->act, s->gate, s->up, n, F);
-	if (r < 0 || (r = op->matmul(be, s->o, s->act, L->w_down, NULL, n, F, D)) < 0)
+	if (r < 0)
 		return r;
-	return 0;
+	return acc ? op->matmul_acc(be, x_out, s->act, L->w_down, n, F, D)
+		   : op->matmul(be, s->o, s->act, L->w_down, NULL, n, F, D);
 }
 
 /*
@@ -423,7 +426,7 @@ static int mlp_forward(struct model *m, const struct model_layer *L, struct mode
 static int layer_forward(struct model *m, const struct model_layer *L, uint32_t l,
 			 struct model_scratch *s, const struct kern_batch *b,
 			 const struct kern_kv *kv, bool last, const int32_t *rows, uint32_t n_rows,
-			 bool ident)
+			 bool ident, bool acc)
 {
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
@@ -432,14 +435,18 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 	uint32_t qdim = c->n_heads * c->head_dim, kvdim = c->n_kv_heads * c->head_dim;
 	float scale = 1.0f / sqrtf((float)c->head_dim);
 	/* The residual after this layer's attention half: in place in x, or in
-	 * x2 with the fused norms (whose MLP half moves it back to x). */
-	void *x = s->x2 ? s->x2 : s->x, *x_out = s->x, *att = s->att;
+	 * x2 with the fused norms (whose MLP half moves it back to x). acc
+	 * (model_forward's choice for the step): in place in x, the o and down
+	 * projections adding into it (ops->matmul_acc), so nothing to add at the
+	 * norms. */
+	const bool fused = s->x2 && !acc;
+	void *x = fused ? s->x2 : s->x, *x_out = s->x, *att = s->att;
 	int r;
 
 	/* x = residual + previous layer's MLP output (none before layer 0);
 	 * h = norm(x); q, k, v from h; q and k rotated, k and v into the pages
 	 * (with the fused norms, all in one op). */
-	if (s->x2) {
+	if (fused) {
 		const struct kern_norm nm = { .resid = s->x2, .resid_in = s->x,
 					      .add = l ? s->o : NULL, .weight = L->attn_norm,
 					      .h = s->h, .eps = c->rms_norm_eps };
@@ -448,8 +455,8 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 
 		r = op->norm_matmul_qkv(be, &nm, &rope, s->q, s->k, s->v, L->wq, L->wk, L->wv, L->bq,
 					L->bk, L->bv, T, D, qdim, kvdim);
-	} else if ((r = op->add_rmsnorm(be, s->h, s->x, l ? s->o : NULL, L->attn_norm, T, D,
-					c->rms_norm_eps)) < 0) {
+	} else if ((r = op->add_rmsnorm(be, s->h, s->x, l && !acc ? s->o : NULL, L->attn_norm, T,
+					D, c->rms_norm_eps)) < 0) {
 		return r;
 	} else {
 		if (op->matmul_qkv)
@@ -474,15 +481,17 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 		    (r = op->gather_rows(be, s->x_rows, x, rows, n_rows, D)) < 0)
 			return r;
 		x = s->x_rows;
-		x_out = s->x_rows2 ? s->x_rows2 : s->x_rows;
+		x_out = fused && s->x_rows2 ? s->x_rows2 : s->x_rows;
 		att = s->q;
 		T = n_rows;
 	}
-	if (!s->x2)
+	if (!fused)
 		x_out = x;
-	if ((r = op->matmul(be, s->o, att, L->wo, NULL, T, qdim, D)) < 0)
+	r = acc ? op->matmul_acc(be, x, att, L->wo, T, qdim, D)
+		: op->matmul(be, s->o, att, L->wo, NULL, T, qdim, D);
+	if (r < 0)
 		return r;
-	return mlp_forward(m, L, s, x, x_out, T);
+	return mlp_forward(m, L, s, x, x_out, T, acc);
 }
 
 /* The step's launches, given its metadata in backend memory. */
@@ -493,6 +502,8 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 	const struct model_config *c = &m->cfg;
 	const struct kern_ops *op = m->be->ops;
 	struct kern_backend *be = m->be;
+	/* the residual adds the o and down projections itself (kern.h) */
+	const bool acc = op->matmul_acc && be->acc_min_rows && b->n_tokens >= be->acc_min_rows;
 	int r;
 
 	if (out == OUT_NONE)
@@ -505,7 +516,7 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 		return r;
 	for (uint32_t l = 0; l < c->n_layers; l++) {
 		r = layer_forward(m, &m->layers[l], l, s, b, kv, l + 1 == c->n_layers, rows, n_rows,
-				  ident);
+				  ident, acc);
 		if (r < 0)
 			return r;
 	}
@@ -513,9 +524,12 @@ static int forward_body(struct model *m, struct model_scratch *s, const struct k
 		return 0;
 	/* Final residual add and norm of the wanted rows, then the LM head over
 	 * them (none for a score: model_step_score). */
-	if ((r = op->add_rmsnorm(be, s->last, ident ? s->x : s->x_rows2 ? s->x_rows2 : s->x_rows,
-				 s->o, m->final_norm,
-				 n_rows, c->hidden_size, c->rms_norm_eps)) < 0 ||
+	if ((r = op->add_rmsnorm(be, s->last,
+				 ident			 ? s->x
+				 : s->x_rows2 && !acc ? s->x_rows2
+							: s->x_rows,
+				 acc ? NULL : s->o, m->final_norm, n_rows, c->hidden_size,
+				 c->rms_norm_eps)) < 0 ||
 	    (out == OUT_LOGITS &&
 	     (r = op->matmul_f32out(be, s->logits, s->last, m->lm_head, n_rows, c->hidden_size,
 				    c->vocab_size)) < 0))

@@ -170,6 +170,7 @@ static const struct kern_ops cpu_ops = {
 	.embed = kern_cpu_embed,
 	.add_rmsnorm = kern_cpu_add_rmsnorm,
 	.matmul = kern_cpu_matmul,
+	.matmul_acc = kern_cpu_matmul_acc,
 	.matmul_f32out = kern_cpu_matmul_f32out,
 	.rope_kv_write = kern_cpu_rope_kv_write,
 	.attention = kern_cpu_attention,
@@ -247,6 +248,10 @@ struct kern_backend *kern_cpu_new(int n_threads)
 	be->name = "cpu";
 	be->act_bytes = 4;
 	be->act_dtype = KERN_F32;
+	/* From 16 tokens a step (prefill chunks; not decode nor short appends):
+	 * the residual add is a small share of a cpu step either way, and so the
+	 * cpu tests run both ways through the forward pass. */
+	be->acc_min_rows = 16;
 	be->priv = cpu;
 	snprintf(be->device_name, sizeof(be->device_name), "host cpu, %d threads, %s",
 		 n_threads, openblas_get_config());

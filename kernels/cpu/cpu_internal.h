@@ -79,6 +79,8 @@ int kern_cpu_add_rmsnorm(struct kern_backend *be, void *out, void *resid, const 
 			 const void *weight, uint32_t n, uint32_t dim, float eps);
 int kern_cpu_matmul(struct kern_backend *be, void *out, const void *in, const void *w,
 		    const void *bias, uint32_t n, uint32_t k, uint32_t m);
+int kern_cpu_matmul_acc(struct kern_backend *be, void *out, const void *in, const void *w,
+			uint32_t n, uint32_t k, uint32_t m);
 int kern_cpu_matmul_f32out(struct kern_backend *be, float *out, const void *in, const void *w,
 			   uint32_t n, uint32_t k, uint32_t m);
 int kern_cpu_swiglu(struct kern_backend *be, void *out, const void *gate, const void *up,

@@ -74,8 +74,9 @@ int kern_cpu_add_rmsnorm(struct kern_backend *be, void *out, void *resid, const 
 	return 0;
 }
 
+/* out = in @ W^T (+ bias), or out += in @ W^T with beta = 1. */
 static int cpu_gemm(struct kern_backend *be, float *out, const float *in, const float *w,
-		    const float *bias, uint32_t n, uint32_t k, uint32_t m)
+		    const float *bias, uint32_t n, uint32_t k, uint32_t m, float beta)
 {
 	struct kern_cpu *cpu = kern_cpu_priv(be);
 	int want;
@@ -93,10 +94,10 @@ static int cpu_gemm(struct kern_backend *be, float *out, const float *in, const 
 	if (n == 1)
 		/* One row: out[m] = W[m, k] x, a matrix-vector product. */
 		cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)k, 1.0f, w, (int)k, in, 1,
-			    0.0f, out, 1);
+			    beta, out, 1);
 	else
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)m, (int)k, 1.0f,
-			    in, (int)k, w, (int)k, 0.0f, out, (int)m);
+			    in, (int)k, w, (int)k, beta, out, (int)m);
 	if (bias)
 		for (uint32_t i = 0; i < n; i++) {
 			float *oi = out + (size_t)i * m;
@@ -110,15 +111,19 @@ static int cpu_gemm(struct kern_backend *be, float *out, const float *in, const 
 int kern_cpu_matmul(struct kern_backend *be, void *out, const void *in, const void *w,
 		    const void *bias, uint32_t n, uint32_t k, uint32_t m)
 {
-	(void)be;
-	return cpu_gemm(be, out, in, w, bias, n, k, m);
+	return cpu_gemm(be, out, in, w, bias, n, k, m, 0.0f);
+}
+
+int kern_cpu_matmul_acc(struct kern_backend *be, void *out, const void *in, const void *w,
+			uint32_t n, uint32_t k, uint32_t m)
+{
+	return cpu_gemm(be, out, in, w, NULL, n, k, m, 1.0f);
 }
 
 int kern_cpu_matmul_f32out(struct kern_backend *be, float *out, const void *in, const void *w,
 			   uint32_t n, uint32_t k, uint32_t m)
 {
-	(void)be;
-	return cpu_gemm(be, out, in, w, NULL, n, k, m);
+	return cpu_gemm(be, out, in, w, NULL, n, k, m, 0.0f);
 }
 
 int kern_cpu_swiglu(struct kern_backend *be, void *out, const void *gate, const void *up,

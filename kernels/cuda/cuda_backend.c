@@ -422,8 +422,9 @@ static const struct kern_ops cuda_ops = {
 	.softmax_ids = kc_softmax_ids_op,
 	.matmul_qkv = kc_matmul_qkv_op,
 	.matmul_swiglu = kc_matmul_swiglu_op,
-	/* norm_matmul_qkv, norm_matmul_swiglu: added in kern_cuda_new() when a
-	 * fusion knob asks for them (not yet run on a GPU: off by default). */
+	.matmul_acc = kc_matmul_acc_op,
+	/* norm_matmul_qkv, norm_matmul_swiglu: added in kern_cuda_new() unless
+	 * both fusion knobs turn them off. */
 	.graph_begin = cuda_graph_begin,
 	.graph_end = cuda_graph_end,
 	.graph_launch = cuda_graph_launch,
@@ -550,6 +551,15 @@ struct kern_backend *kern_cuda_new(int device_index)
 	be->name = "cuda";
 	be->act_bytes = 2;
 	be->act_dtype = KERN_BF16;
+	/* HEARTH_CUDA_GEMM_ACC=N: the o and down projections of steps of N
+	 * tokens or more add into the residual (cuBLASLt, beta = 1; meant for N
+	 * past the skinny kernel's 64 rows, where cuBLASLt runs them anyway).
+	 * Off until it has run on a GPU (built 2026-12-07, sixth session). */
+	{
+		const char *ga = getenv("HEARTH_CUDA_GEMM_ACC");
+
+		be->acc_min_rows = ga && atoi(ga) > 0 ? (uint32_t)atoi(ga) : 0;
+	}
 	be->priv = c;
 	snprintf(be->device_name, sizeof(be->device_name), "%.80s (sm_%d%d, %zu MiB, %d SMs)",
 		 prop.name, prop.major, prop.minor, prop.totalGlobalMem >> 20,

@@ -29,6 +29,7 @@
 #define KC_GEMM_WS ((size_t)32 << 20)
 #define KC_GEMM_ALGOS 8
 #define KC_GEMM_PAIR (1u << 24) /* key flag: a strided batch of two (kc_gemm_pair) */
+#define KC_GEMM_ACC (1u << 25)  /* key flag: out += (kc_gemm_acc), a plan of its own */
 
 struct kc_gemm_key {
 	uint32_t n, k, m;
@@ -340,10 +341,13 @@ static uint32_t min_u32(uint32_t a, uint32_t b)
 /*
  * out = in @ W^T (+ bias) through cuBLASLt, or the plain kernel for shapes
  * it declines. With pr, a pair in one call: also out + pr->out = in @ (W +
- * pr->w)^T (+ bias + pr->bias), as a strided batch of two.
+ * pr->w)^T (+ bias + pr->bias), as a strided batch of two. acc: out += in @
+ * W^T instead (beta = 1, out as C and D; never tuned: the candidates would
+ * add into out).
  */
 static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in, const void *w,
-		     const void *bias, uint32_t n, uint32_t k, uint32_t m, const struct lt_pair *pr)
+		     const void *bias, uint32_t n, uint32_t k, uint32_t m, const struct lt_pair *pr,
+		     int acc)
 {
 	const size_t es = out_f32 ? 4 : 2, out_bytes = (size_t)n * m * es;
 	void *out1 = pr ? (char *)out + pr->out * (int64_t)es : NULL;
@@ -351,7 +355,7 @@ static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in
 	const void *b1 = pr && bias ? (const char *)bias + pr->bias * 2 : NULL;
 	uint32_t al_in = align_log2(in), al_w = align_log2(w), al_out = align_log2(out);
 	uint32_t al_b = bias ? align_log2(bias) : 8;
-	const float alpha = 1.0f, beta = 0.0f;
+	const float alpha = 1.0f, beta = acc ? 1.0f : 0.0f;
 	struct kc_gemm_key key;
 	struct kc_gemm_plan *p;
 	cublasStatus_t st;
@@ -366,15 +370,15 @@ static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in
 	key = (struct kc_gemm_key){
 		.n = n, .k = k, .m = m,
 		.flags = (uint32_t)!!out_f32 | (uint32_t)!!bias << 1 | al_in << 4 | al_w << 8 |
-			 al_out << 12 | al_b << 16 | (pr ? KC_GEMM_PAIR : 0),
+			 al_out << 12 | al_b << 16 | (pr ? KC_GEMM_PAIR : 0) | (acc ? KC_GEMM_ACC : 0),
 	};
 	p = plan_get(c, &key, bias, al_in, al_w, al_out, &r);
 	if (!p)
 		return r;
 	if (p->simple) {
-		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, acc, c->stream);
 		if (!r && pr)
-			r = kc_gemm_simple(out1, out_f32, in, w1, b1, n, k, m, c->stream);
+			r = kc_gemm_simple(out1, out_f32, in, w1, b1, n, k, m, acc, c->stream);
 		return r;
 	}
 	if (bias && !LT_OK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER,
@@ -395,7 +399,7 @@ static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in
 	 * request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms when a
 	 * bucket's first step tuned its shapes). Not in place: the candidates'
 	 * runs would feed on their own output. */
-	if (!p->tuned && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
+	if (!p->tuned && !acc && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
 	    kern_step_bucket(n) == n && disjoint(out, out_bytes, in, (size_t)n * k * 2) &&
 	    (!pr || disjoint(out1, out_bytes, in, (size_t)n * k * 2)))
 		plan_tune(c, p, out, in, w);
@@ -405,9 +409,9 @@ static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in
 		/* The heuristic's choice refused at run time: use the plain kernel
 		 * for this shape from now on. */
 		p->simple = 1;
-		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, c->stream);
+		r = kc_gemm_simple(out, out_f32, in, w, bias, n, k, m, acc, c->stream);
 		if (!r && pr)
-			r = kc_gemm_simple(out1, out_f32, in, w1, b1, n, k, m, c->stream);
+			r = kc_gemm_simple(out1, out_f32, in, w1, b1, n, k, m, acc, c->stream);
 		return r;
 	}
 	return LT_OK(st) ? 0 : -EIO;
@@ -446,12 +450,26 @@ int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, con
 			goto out;
 		r = 0; /* a shape it does not take: cuBLASLt */
 	}
-	r = lt_matmul(c, out, out_f32, in, w, bias, n, k, m, NULL);
+	r = lt_matmul(c, out, out_f32, in, w, bias, n, k, m, NULL, 0);
 out:
 	/* transformers returns bf16 logits (see kern_cuda.hf_round) */
 	if (!r && out_f32 && c->hf_round)
 		r = kc_round_bf16_f32(out, (size_t)n * m, c->stream);
 	return r;
+}
+
+int kc_gemm_acc(struct kern_backend *be, void *out, const void *in, const void *w, uint32_t n,
+		uint32_t k, uint32_t m)
+{
+	struct kern_cuda *c = kc_priv(be);
+	int r;
+
+	if (!out || !in || !w || !n || !k || !m || align_log2(in) < 1 || align_log2(w) < 1 ||
+	    align_log2(out) < 1 || !disjoint(out, (size_t)n * m * 2, in, (size_t)n * k * 2))
+		return -EINVAL;
+	if ((r = kc_enter(be)) < 0)
+		return r;
+	return lt_matmul(c, out, 0, in, w, NULL, n, k, m, NULL, 1);
 }
 
 /*
@@ -498,7 +516,7 @@ int kc_gemm_pair(struct kern_backend *be, void *out0, void *out1, const void *in
 	    !disjoint(out1, out_bytes, in, (size_t)n * k * 2))
 		return -ENOTSUP;
 	pr.w /= 2, pr.out /= 2, pr.bias /= 2;
-	r = lt_matmul(c, out0, 0, in, w0, b0, n, k, m, &pr);
+	r = lt_matmul(c, out0, 0, in, w0, b0, n, k, m, &pr, 0);
 	if (!r)
 		c->n_pairs++;
 	return r;

@@ -153,6 +153,9 @@ int kc_gemm_init(struct kern_cuda *c);
 void kc_gemm_destroy(struct kern_cuda *c);
 int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
 	    const void *bias, uint32_t n, uint32_t k, uint32_t m);
+/* out[n, m] += in @ W^T, bf16, through cuBLASLt (beta = 1, C = D = out). */
+int kc_gemm_acc(struct kern_backend *be, void *out, const void *in, const void *w, uint32_t n,
+		uint32_t k, uint32_t m);
 /* out0 = in @ W0^T (+ b0) and out1 = in @ W1^T (+ b1), bf16 out, in one
  * cuBLASLt launch; -ENOTSUP where the buffers' placement does not allow it
  * (or HEARTH_CUDA_LT_PAIR=0): the caller makes two kc_gemm calls. */
@@ -187,6 +190,8 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 		     const void *wq, const void *wk, const void *wv, const void *bq,
 		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
 		     uint32_t mkv);
+int kc_matmul_acc_op(struct kern_backend *be, void *out, const void *in, const void *w,
+		     uint32_t n, uint32_t k, uint32_t m);
 int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
 			const void *in, const void *w_gate, const void *w_up, uint32_t n,
 			uint32_t k, uint32_t m);
@@ -223,9 +228,10 @@ int kc_gather_rows(void *out, const void *in, const int32_t *rows, uint32_t n, u
 int kc_argmax(int32_t *out, const float *logits, uint32_t n, uint32_t vocab, cudaStream_t st);
 int kc_softmax_ids(float *out, const float *logits, const int32_t *ids, uint32_t n,
 		   uint32_t n_ids, uint32_t vocab, uint32_t *err, cudaStream_t st);
-/* Reference GEMM for shapes cuBLASLt declines: out[n, m] = in @ W^T + bias. */
+/* Reference GEMM for shapes cuBLASLt declines: out[n, m] = in @ W^T + bias
+ * (acc: out += that). */
 int kc_gemm_simple(void *out, int out_f32, const void *in, const void *w, const void *bias,
-		   uint32_t n, uint32_t k, uint32_t m, cudaStream_t st);
+		   uint32_t n, uint32_t k, uint32_t m, int acc, cudaStream_t st);
 
 /* cuda_gemv.cu: matmul for n <= KC_GEMV_MAX_N rows (decode); -EINVAL when
  * the shape or alignment does not suit it (k % 8, 16-byte in and w). */

@@ -349,11 +349,12 @@ static __global__ void softmax_ids_kernel(float *out, const float *logits, const
 
 /* One warp per output element; slow, for odd shapes only. */
 static __global__ void gemm_simple_kernel(void *out, int out_f32, const bf16 *in, const bf16 *w,
-					  const bf16 *bias, uint32_t n, uint32_t k, uint32_t m)
+					  const bf16 *bias, uint32_t n, uint32_t k, uint32_t m,
+					  int acc)
 {
 	size_t e = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
 	int lane = threadIdx.x & 31;
-	float acc = 0.0f;
+	float sum = 0.0f;
 	uint32_t i, j;
 
 	if (e >= (size_t)n * m)
@@ -361,16 +362,16 @@ static __global__ void gemm_simple_kernel(void *out, int out_f32, const bf16 *in
 	i = (uint32_t)(e / m);
 	j = (uint32_t)(e % m);
 	for (uint32_t t = lane; t < k; t += 32)
-		acc = fmaf(bf2f(in[(size_t)i * k + t]), bf2f(w[(size_t)j * k + t]), acc);
-	acc = warp_sum(acc);
+		sum = fmaf(bf2f(in[(size_t)i * k + t]), bf2f(w[(size_t)j * k + t]), sum);
+	sum = warp_sum(sum);
 	if (lane)
 		return;
 	if (bias)
-		acc += bf2f(bias[j]);
+		sum += bf2f(bias[j]);
 	if (out_f32)
-		((float *)out)[e] = acc;
+		((float *)out)[e] = acc ? ((float *)out)[e] + sum : sum;
 	else
-		((bf16 *)out)[e] = f2bf(acc);
+		((bf16 *)out)[e] = f2bf(acc ? bf2f(((bf16 *)out)[e]) + sum : sum);
 }
 
 /* ------------------------------------------------------------ launchers */
@@ -497,7 +498,8 @@ extern "C" int kc_softmax_ids(float *out, const float *logits, const int32_t *id
 }
 
 extern "C" int kc_gemm_simple(void *out, int out_f32, const void *in, const void *w,
-			      const void *bias, uint32_t n, uint32_t k, uint32_t m, cudaStream_t st)
+			      const void *bias, uint32_t n, uint32_t k, uint32_t m, int acc,
+			      cudaStream_t st)
 {
 	size_t threads = (size_t)n * m * 32;
 	size_t blocks = (threads + 255) / 256;
@@ -506,6 +508,6 @@ extern "C" int kc_gemm_simple(void *out, int out_f32, const void *in, const void
 		return -EINVAL;
 	gemm_simple_kernel<<<(unsigned)blocks, 256, 0, st>>>(out, out_f32, (const bf16 *)in,
 							     (const bf16 *)w, (const bf16 *)bias,
-							     n, k, m);
+							     n, k, m, acc);
 	return launched();
 }

@@ -251,6 +251,14 @@ struct kern_ops {
 			  const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
 			  uint32_t mkv);
 	/*
+	 * matmul_acc: out[n, m] += in[n, k] @ W[m, k]^T (no bias). The forward
+	 * pass adds the o and down projections to the residual with it, in steps
+	 * of at least be->acc_min_rows tokens, so that the norm after each reads
+	 * the residual instead of adding another [n, dim] pass to it.
+	 */
+	int (*matmul_acc)(struct kern_backend *be, void *out, const void *in, const void *w,
+			  uint32_t n, uint32_t k, uint32_t m);
+	/*
 	 * matmul_swiglu: out[n, m] = silu(in @ Wg^T) * (in @ Wu^T). gate and up
 	 * ([n, m] each) are scratch the backend may use (contents undefined after).
 	 */
@@ -310,6 +318,7 @@ struct kern_backend {
 	const char *name;          /* "cpu", "cuda" */
 	uint32_t act_bytes;        /* bytes per activation / KV element */
 	enum kern_dtype act_dtype; /* KERN_F32 on cpu, KERN_BF16 on cuda */
+	uint32_t acc_min_rows;     /* steps that take ops->matmul_acc (0: none) */
 	char device_name[128];
 	void *priv;
 };

@@ -224,6 +224,17 @@ static void test_matmul(uint32_t n, uint32_t k, uint32_t m, int with_bias)
 		gt_close(what, rf, rc, (size_t)n * m, 1e-3, 1e-3);
 		free(rc);
 		free(rf);
+		/* matmul_acc onto what each holds now (x W^T): 2 x W^T, bf16
+		 * rounded once on the gpu (cuBLASLt, beta = 1, at every n) */
+		KT_CHECK_EQ_INT(gt_cpu->ops->matmul_acc(gt_cpu, oc, xc, wc, n, k, m), 0);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_acc(gt_gpu, og, xg, wg, n, k, m), 0);
+		rc = gt_get(gt_cpu, oc, (size_t)n * m);
+		free(rg);
+		rg = gt_get(gt_gpu, og, (size_t)n * m);
+		snprintf(what, sizeof(what), "matmul_acc n=%u k=%u m=%u", n, k, m);
+		gt_close(what, rg, rc, (size_t)n * m, 2 * GT_ATOL, GT_RTOL);
+		free(rc);
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_acc(gt_gpu, og, og, wg, n, k, m), -EINVAL);
 	}
 	KT_CHECK_EQ_INT(gt_gpu->ops->matmul(gt_gpu, og, xg, wg, NULL, 0, k, m), -EINVAL);
 

@@ -2,7 +2,7 @@
 /*
  * Unit tests of the cpu backend's row-wise operations and matmul against naive
  * double-precision references on fresh random inputs: embed, add_rmsnorm,
- * matmul (gemv and gemm paths, bias, odd sizes), matmul_f32out, swiglu,
+ * matmul (gemv and gemm paths, bias, odd sizes), matmul_acc, matmul_f32out, swiglu,
  * gather_rows, argmax (ties), softmax_ids, and their argument checks.
  */
 #include <errno.h>
@@ -129,15 +129,21 @@ static void one_rmsnorm(struct kern_backend *be, uint32_t n, uint32_t dim, int w
 	free(ref_res);
 }
 
+/* mode: MM_PLAIN matmul, MM_F32OUT matmul_f32out, MM_ACC matmul_acc (onto
+ * random values already in out). */
+enum { MM_PLAIN, MM_F32OUT, MM_ACC };
+
 static void one_matmul(struct kern_backend *be, uint32_t n, uint32_t k, uint32_t m, int with_bias,
-		       int f32out)
+		       int mode)
 {
+	static const char *const names[] = { "matmul", "matmul_f32out", "matmul_acc" };
 	float *in = kt_xmalloc((size_t)n * k * sizeof(float));
 	float *w = kt_xmalloc((size_t)m * k * sizeof(float));
 	float *bias = kt_xmalloc(m * sizeof(float));
 	float *got = kt_xmalloc((size_t)n * m * sizeof(float));
 	double *ref = kt_xmalloc((size_t)n * m * sizeof(double));
 	float *d_in = dev_rand(be, in, (size_t)n * k, 1.0f);
+	float *prev = kt_xmalloc((size_t)n * m * sizeof(float));
 	float *d_w, *d_bias = NULL, *d_out;
 	char what[80];
 
@@ -149,22 +155,27 @@ static void one_matmul(struct kern_backend *be, uint32_t n, uint32_t k, uint32_t
 		kt_fill(&rng, bias, m, 1.0f);
 		d_bias = be->ops->weight_upload(be, bias, KERN_F32, m);
 	}
-	d_out = be->ops->alloc(be, (size_t)n * m * sizeof(float));
+	if (mode == MM_ACC)
+		d_out = dev_rand(be, prev, (size_t)n * m, 1.0f);
+	else
+		d_out = be->ops->alloc(be, (size_t)n * m * sizeof(float));
 	for (uint32_t i = 0; i < n; i++)
 		for (uint32_t j = 0; j < m; j++) {
-			double acc = with_bias ? bias[j] : 0.0;
+			double acc = (with_bias ? bias[j] : 0.0) +
+				     (mode == MM_ACC ? prev[(size_t)i * m + j] : 0.0);
 
 			for (uint32_t l = 0; l < k; l++)
 				acc += (double)in[(size_t)i * k + l] * w[(size_t)j * k + l];
 			ref[(size_t)i * m + j] = acc;
 		}
-	if (f32out)
+	if (mode == MM_F32OUT)
 		KT_CHECK_EQ_INT(be->ops->matmul_f32out(be, d_out, d_in, d_w, n, k, m), 0);
+	else if (mode == MM_ACC)
+		KT_CHECK_EQ_INT(be->ops->matmul_acc(be, d_out, d_in, d_w, n, k, m), 0);
 	else
 		KT_CHECK_EQ_INT(be->ops->matmul(be, d_out, d_in, d_w, d_bias, n, k, m), 0);
 	be->ops->download(be, got, d_out, (size_t)n * m * sizeof(float));
-	snprintf(what, sizeof(what), "%s n=%u k=%u m=%u bias=%d", f32out ? "matmul_f32out" : "matmul",
-		 n, k, m, with_bias);
+	snprintf(what, sizeof(what), "%s n=%u k=%u m=%u bias=%d", names[mode], n, k, m, with_bias);
 	/* fp32 sums of k products of magnitude <= 0.5: error grows like sqrt(k). */
 	kt_close(what, got, ref, (size_t)n * m, ATOL * sqrt(k), RTOL);
 
@@ -181,6 +192,7 @@ static void one_matmul(struct kern_backend *be, uint32_t n, uint32_t k, uint32_t
 	free(bias);
 	free(got);
 	free(ref);
+	free(prev);
 }
 
 static void test_matmul(struct kern_backend *be)
@@ -190,11 +202,13 @@ static void test_matmul(struct kern_backend *be)
 		{ 7, 129, 33 }, { 33, 255, 301 }, { 64, 256, 512 },
 	};
 
-	for (size_t s = 0; s < KT_ARRAY_SIZE(shapes); s++)
+	for (size_t s = 0; s < KT_ARRAY_SIZE(shapes); s++) {
 		for (int bias = 0; bias < 2; bias++)
-			one_matmul(be, shapes[s][0], shapes[s][1], shapes[s][2], bias, 0);
-	one_matmul(be, 1, 200, 1001, 0, 1);
-	one_matmul(be, 5, 96, 1003, 0, 1);
+			one_matmul(be, shapes[s][0], shapes[s][1], shapes[s][2], bias, MM_PLAIN);
+		one_matmul(be, shapes[s][0], shapes[s][1], shapes[s][2], 0, MM_ACC);
+	}
+	one_matmul(be, 1, 200, 1001, 0, MM_F32OUT);
+	one_matmul(be, 5, 96, 1003, 0, MM_F32OUT);
 }
 
 static void test_swiglu(struct kern_backend *be, uint32_t n, uint32_t dim)
