@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * cuda backend, paged causal attention on tensor cores (flash attention 2
- * with warp-level mma.sync m16n8k16 bf16 -> fp32) for steps whose sequences
- * bring several tokens: prefill chunks, appends, mixed batches. head_dim 64
- * and 128, any GQA group; the tile kernels of cuda_attention.cu serve the
- * other shapes, attn_decode_kernel one token per sequence.
+ * cuda backend, paged causal attention on tensor cores (flash attention 2)
+ * for steps whose sequences bring several tokens: prefill chunks, appends,
+ * mixed batches. Two kernels share the block setup, the K/V loads and the
+ * epilogue: attn_mma_kernel (warp-level mma.sync m16n8k16 bf16 -> fp32, 64
+ * or 128 rows a block) and attn_wg_kernel (warpgroup wgmma, sm_90a, 128 rows
+ * a block; long chunks). head_dim 64 and 128, any GQA group; the tile
+ * kernels of cuda_attention.cu serve the other shapes, the decode kernels
+ * one token per sequence.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
