@@ -481,7 +481,7 @@ static int layer_forward(struct model *m, const struct model_layer *L, uint32_t 
 		    (r = op->gather_rows(be, s->x_rows, x, rows, n_rows, D)) < 0)
 			return r;
 		x = s->x_rows;
-		x_out = fused && s->x_rows2 ? s->x_rows2 : s->x_rows;
+		x_out = s->x_rows2 ? s->x_rows2 : s->x_rows;
 		att = s->q;
 		T = n_rows;
 	}

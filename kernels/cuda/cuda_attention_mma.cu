@@ -518,12 +518,8 @@ attn_wg_kernel(const struct kc_attn_args a)
 		uint32_t pa[BN / 16][4];
 
 #pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++) {
-			pa[kk][0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
-			pa[kk][1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
-			pa[kk][2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-			pa[kk][3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-		}
+		for (int kk = 0; kk < BN / 16; kk++)
+			fa_p_frag(sc, kk, pa[kk]);
 		wg_fence();
 #pragma unroll
 		for (int kk = 0; kk < BN / 16; kk++)

@@ -422,7 +422,7 @@ static const struct kern_ops cuda_ops = {
 	.softmax_ids = kc_softmax_ids_op,
 	.matmul_qkv = kc_matmul_qkv_op,
 	.matmul_swiglu = kc_matmul_swiglu_op,
-	.matmul_acc = kc_matmul_acc_op,
+	.matmul_acc = kc_gemm_acc,
 	/* norm_matmul_qkv, norm_matmul_swiglu: added in kern_cuda_new() unless
 	 * both fusion knobs turn them off. */
 	.graph_begin = cuda_graph_begin,

@@ -190,8 +190,6 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 		     const void *wq, const void *wk, const void *wv, const void *bq,
 		     const void *bk, const void *bv, uint32_t n, uint32_t kdim, uint32_t mq,
 		     uint32_t mkv);
-int kc_matmul_acc_op(struct kern_backend *be, void *out, const void *in, const void *w,
-		     uint32_t n, uint32_t k, uint32_t m);
 int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
 			const void *in, const void *w_gate, const void *w_up, uint32_t n,
 			uint32_t k, uint32_t m);
@@ -218,9 +216,6 @@ int kc_add_rmsnorm(void *out, void *resid, const void *resid_in, const void *add
 		   cudaStream_t st);
 int kc_swiglu(void *out, const void *gate, const void *up, size_t n_elems, int hf,
 	      cudaStream_t st);
-/* The same over rows of cols elements, gate and up dense, out rows ld apart. */
-int kc_swiglu_cols(void *out, size_t ld, const void *gate, const void *up, size_t rows,
-		   size_t cols, int hf, cudaStream_t st);
 /* x[i] = bf16(x[i]) in place, fp32 storage (logits as transformers returns them). */
 int kc_round_bf16_f32(float *x, size_t n, cudaStream_t st);
 int kc_gather_rows(void *out, const void *in, const int32_t *rows, uint32_t n, uint32_t dim,

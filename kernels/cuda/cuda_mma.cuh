@@ -175,6 +175,16 @@ static __device__ __forceinline__ void fa_softmax(float sc[NT][4], float o[DT][4
 	}
 }
 
+/* The m16k16 A fragment of P for positions 16 kk .. 16 kk + 15 from the
+ * probabilities of two n8 tiles in the C layout, rounded to bf16. */
+static __device__ __forceinline__ void fa_p_frag(const float sc[][4], int kk, uint32_t pa[4])
+{
+	pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+	pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+	pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+	pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+}
+
 /*
  * O += P V for the tile: P straight from the probabilities in registers (the
  * C layout of two n8 tiles is the m16k16 A layout, rounded to bf16), V from
@@ -197,12 +207,8 @@ static __device__ __forceinline__ void fa_pv_mt(const float sc[MT][NT][4],
 		uint32_t pa[MT][4];
 
 #pragma unroll
-		for (int t = 0; t < MT; t++) {
-			pa[t][0] = pack_bf16(sc[t][2 * kk][0], sc[t][2 * kk][1]);
-			pa[t][1] = pack_bf16(sc[t][2 * kk][2], sc[t][2 * kk][3]);
-			pa[t][2] = pack_bf16(sc[t][2 * kk + 1][0], sc[t][2 * kk + 1][1]);
-			pa[t][3] = pack_bf16(sc[t][2 * kk + 1][2], sc[t][2 * kk + 1][3]);
-		}
+		for (int t = 0; t < MT; t++)
+			fa_p_frag(sc[t], kk, pa[t]);
 #pragma unroll
 		for (int dp = 0; dp < DT / 2; dp++) {
 			uint32_t b[4];

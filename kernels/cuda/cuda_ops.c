@@ -99,12 +99,6 @@ int kc_matmul_qkv_op(struct kern_backend *be, void *q, void *k, void *v, const v
 	return kc_gemm(be, v, 0, in, wv, bv, n, kdim, mkv);
 }
 
-int kc_matmul_acc_op(struct kern_backend *be, void *out, const void *in, const void *w,
-		     uint32_t n, uint32_t k, uint32_t m)
-{
-	return kc_gemm_acc(be, out, in, w, n, k, m);
-}
-
 int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up,
 			const void *in, const void *w_gate, const void *w_up, uint32_t n,
 			uint32_t k, uint32_t m)
