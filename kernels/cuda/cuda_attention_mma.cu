@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda_device.cuh"
 #include "cuda_internal.h"
@@ -533,6 +535,164 @@ attn_wg_kernel(const struct kc_attn_args a)
 #endif
 }
 
+/*
+ * Warp-specialised wgmma kernel (sm_90a, FA3's layout), 128 rows a block,
+ * three warpgroups: the first (the producer, 40 registers a thread) loads Q
+ * and the K/V tiles into ST stages by cp.async, each stage's arrival counted
+ * by its `full` mbarrier; the other two (the consumers, 232 registers) own
+ * 64 rows each and run the arithmetic of attn_wg_kernel, each warp freeing
+ * a stage through its `empty` mbarrier once its wgmma have read it. No block
+ * barrier inside the loop: the consumers take turns to issue S = Q K^T
+ * (named barriers 1 and 2), so that one's softmax runs while the other's
+ * MMAs do (ping-pong) instead of both waiting on the tensor cores at once.
+ */
+#define WS_NT 384
+#define WS_REGS_P 40  /* producer registers a thread */
+#define WS_REGS_C 232 /* consumer: (168 x 384 - 40 x 128) / 256 */
+
+template <int HD, int BN, int ST>
+static __global__ void __launch_bounds__(WS_NT, 1)
+attn_ws_kernel(const struct kc_attn_args a)
+{
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+	constexpr int BM = 128, NTL = BN / 8, DT = HD / 8;
+	constexpr uint32_t QB = BM * HD * 2, KB = BN * HD * 2; /* bytes of Q, of one K tile */
+	extern __shared__ __align__(1024) unsigned char wg_smem[];
+	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
+	__shared__ __align__(8) uint64_t bars[2 * ST + 1]; /* full[ST], empty[ST], Q */
+	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + ST * KB;
+	const uint32_t full = smem_addr(bars), empty = full + 8 * ST, qfull = full + 16 * ST;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+	struct fa_block fb;
+
+	if (tid == 0) {
+		for (int s = 0; s < ST; s++) {
+			mbar_init(full + 8 * s, 128);
+			mbar_init(empty + 8 * s, 8);
+		}
+		mbar_init(qfull, 128);
+	}
+	/* (its barrier makes the mbarriers' initialisation visible) */
+	if (!fa_block_rows<BM, BN, WS_NT>(a, sm_tok, sm_head, sm_lim, fb))
+		return;
+
+	const int32_t begin = fb.begin, end = fb.end;
+
+	if (wg == 0) {
+		/* producer: Q, then tile t into stage t % ST once both consumers
+		 * are done with tile t - ST; eight rows of a tile a pass, so
+		 * that a thread keeps one page lookup live */
+		regs_dec<WS_REGS_P>();
+		if (begin < end) {
+			fa_load_q<HD, BM, 128>(a, sm_tok, sm_head, sq,
+					       [](int r, int ch) { return sw128_off(BM, r, ch); });
+			cp_async_mbar_arrive(qfull);
+		}
+		int t = 0;
+
+		for (int32_t p0 = begin; p0 < end; p0 += BN, t++) {
+			const int s = t % ST;
+
+			if (t >= ST)
+				mbar_wait(empty + 8 * s, (uint32_t)(t / ST - 1) & 1);
+#pragma unroll 4
+			for (int i = 0; i < BN / 8; i++)
+				fa_load_kv<HD, 8, 128>(a, fb, p0 + 8 * i, sk + s * KB, sv + s * KB,
+						       [i](int r, int ch) {
+							       return sw128_off(BN, r + 8 * i, ch);
+						       });
+			cp_async_mbar_arrive(full + 8 * s);
+		}
+		cp_async_wait_all(); /* nothing in flight past the thread's end */
+		return;
+	}
+
+	regs_inc<WS_REGS_C>();
+	const int cw = wg - 1; /* consumer 0 or 1 */
+	const int g = lane >> 2, t4 = lane & 3, row0 = cw * 64 + (warp & 3) * 16;
+	int32_t glim, wmin;
+	{
+		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
+
+		glim = warp_max_int(max(sm_lim[cw * 64 + lane], sm_lim[cw * 64 + 32 + lane]));
+		wmin = -warp_max_int(-min(la, lb));
+	}
+
+	float o[DT][4], sc[NTL][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
+	const float sl2 = a.scale * KC_LOG2E;
+
+#pragma unroll
+	for (int j = 0; j < DT; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+#pragma unroll
+	for (int j = 0; j < NTL; j++)
+		sc[j][0] = sc[j][1] = sc[j][2] = sc[j][3] = 0.0f;
+	if (cw == 1)
+		bar_arrive(1, 256); /* consumer 0 issues first */
+	if (begin < end)
+		mbar_wait(qfull, 0);
+
+	int t = 0;
+
+	for (int32_t p0 = begin; p0 < end; p0 += BN, t++) {
+		const int s = t % ST;
+		const uint32_t kt = sk + s * KB, vt = sv + s * KB;
+
+		mbar_wait(full + 8 * s, (uint32_t)(t / ST) & 1);
+		fence_async_smem(); /* the producer's cp.async writes, to wgmma */
+		bar_sync(1 + cw, 256); /* this consumer's turn */
+		if (p0 > glim) { /* no row of this consumer sees the tile */
+			bar_arrive(2 - cw, 256);
+			__syncwarp();
+			if (lane == 0)
+				mbar_arrive(empty + 8 * s);
+			continue;
+		}
+		wg_fence();
+#pragma unroll
+		for (int kk = 0; kk < HD / 16; kk++)
+			wgmma_ss<BN>(sc,
+				     wg_desc(sq + (kk >> 2) * BM * 128 + cw * 64 * 128 + (kk & 3) * 32,
+					     16, 1024),
+				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
+				     kk > 0);
+		wg_commit();
+		bar_arrive(2 - cw, 256); /* the other's turn */
+		wg_wait(sc);
+		if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
+#pragma unroll
+			for (int j = 0; j < NTL; j++)
+#pragma unroll
+				for (int e = 0; e < 4; e++)
+					sc[j][e] *= sl2;
+		} else {
+			fa_mask<NTL>(sc, p0, t4, sm_lim[row0 + g], sm_lim[row0 + g + 8], end, sl2);
+		}
+		fa_softmax<NTL, DT>(sc, o, m_a, m_b, l_a, l_b);
+
+		uint32_t pa[BN / 16][4];
+
+#pragma unroll
+		for (int kk = 0; kk < BN / 16; kk++)
+			fa_p_frag(sc, kk, pa[kk]);
+		wg_fence();
+#pragma unroll
+		for (int kk = 0; kk < BN / 16; kk++)
+			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
+		wg_commit();
+		wg_wait(o);
+		__syncwarp();
+		if (lane == 0)
+			mbar_arrive(empty + 8 * s); /* this warp is done with stage s */
+	}
+	if (cw == 0)
+		bar_sync(1, 256); /* consumer 1's last arrival */
+	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
+#else
+	__trap(); /* built without sm_90a: kc_attn_mma_ok() refuses this path */
+#endif
+}
+
 /* ------------------------------------------------------------ launchers */
 
 /* The wgmma kernel's K/V tiles by head_dim (measured on an H100, engine-shaped
@@ -549,29 +709,37 @@ static constexpr int wg_st(int hd)
 	return hd == 128 ? 2 : 3;
 }
 
+/* The warp-specialised kernel: head_dim 128 only, K/V tiles of 128
+ * positions, ws_st stages (2 or 3: HEARTH_CUDA_ATTN_WS_ST, read at init). */
+static int ws_st = 2;
+
 /* mt 1, 2: the mma.sync kernel with that many m16 tiles a warp; KC_MMA_WG:
- * the wgmma kernel. */
+ * the wgmma kernel; KC_MMA_WS: the warp-specialised one. */
 static size_t mma_smem_bytes(uint32_t hd, uint32_t mt)
 {
 	if (mt == KC_MMA_WG) /* Q, the K and V tiles of every stage, 1 KB to align them */
 		return (size_t)(128 + 2 * wg_bn((int)hd) * wg_st((int)hd)) * hd * sizeof(bf16) + 1024;
+	if (mt == KC_MMA_WS)
+		return (size_t)(128 + 2 * 128 * ws_st) * hd * sizeof(bf16) + 1024;
 	return (size_t)(64 * mt + 4 * mma_bn((int)hd, (int)mt)) * (hd + 8) * sizeof(bf16);
 }
 
 /* The device runs sm_90a code (compute capability 9.0) and this file was
- * built for it; set by kc_attn_mma_init(). */
-static int wg_ok;
+ * built for it; and the warp-specialised kernel's shared memory was granted.
+ * Set by kc_attn_mma_init(). */
+static int wg_ok, ws_ok;
 
 extern "C" int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin)
 {
 	return (head_dim == 64 || head_dim == 128) &&
-	       (mt == 1 || mt == 2 || (mt == KC_MMA_WG && wg_ok)) &&
+	       (mt == 1 || mt == 2 || (mt == KC_MMA_WG && wg_ok) ||
+		(mt == KC_MMA_WS && ws_ok && head_dim == 128)) &&
 	       mma_smem_bytes(head_dim, mt) <= smem_optin;
 }
 
 extern "C" uint32_t kc_attn_mma_rows(uint32_t mt)
 {
-	return mt == KC_MMA_WG ? 128 : mt == 1 || mt == 2 ? 64 * mt : 0;
+	return mt == KC_MMA_WG || mt == KC_MMA_WS ? 128 : mt == 1 || mt == 2 ? 64 * mt : 0;
 }
 
 template <class K>
@@ -587,6 +755,9 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	int dev, major = 0, minor = 0;
 
 #if defined(KC_WGMMA)
+	const char *st = getenv("HEARTH_CUDA_ATTN_WS_ST");
+
+	ws_st = st && !strcmp(st, "3") ? 3 : 2;
 	if (cudaGetDevice(&dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
@@ -608,6 +779,14 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 		(void)cudaGetLastError();
 		return -EIO;
 	}
+	/* three stages fill the 227 KB of a block to the byte: where the
+	 * device refuses them, the kernel is left out */
+	ws_ok = wg_ok && mma_smem_bytes(128, KC_MMA_WS) <= smem_optin &&
+		!(ws_st == 3 ? kernel_smem(attn_ws_kernel<128, 128, 3>,
+					   mma_smem_bytes(128, KC_MMA_WS), smem_optin)
+			     : kernel_smem(attn_ws_kernel<128, 128, 2>,
+					   mma_smem_bytes(128, KC_MMA_WS), smem_optin));
+	(void)cudaGetLastError();
 	return 0;
 }
 
@@ -624,7 +803,8 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	int r;
 
 	if ((a->head_dim != 64 && a->head_dim != 128) ||
-	    !kc_attn_mma_rows(mt) || (mt == KC_MMA_WG && !wg_ok) || !n_splits ||
+	    !kc_attn_mma_rows(mt) || (mt == KC_MMA_WG && !wg_ok) || (mt == KC_MMA_WS && !ws_ok) ||
+	    (mt == KC_MMA_WS && a->head_dim != 128) || !n_splits ||
 	    n_splits > KC_DEC_MAX_SPLITS || (n_splits > 1 && !a->part) ||
 	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
 	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
@@ -632,7 +812,11 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (mt == KC_MMA_WG && a->head_dim == 64)
+	if (mt == KC_MMA_WS && ws_st == 3)
+		attn_ws_kernel<128, 128, 3><<<grid, WS_NT, smem, st>>>(*a);
+	else if (mt == KC_MMA_WS)
+		attn_ws_kernel<128, 128, 2><<<grid, WS_NT, smem, st>>>(*a);
+	else if (mt == KC_MMA_WG && a->head_dim == 64)
 		attn_wg_kernel<64, wg_bn(64), wg_st(64)><<<grid, WG_NT, smem, st>>>(*a);
 	else if (mt == KC_MMA_WG)
 		attn_wg_kernel<128, wg_bn(128), wg_st(128)><<<grid, WG_NT, smem, st>>>(*a);

@@ -518,6 +518,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *rf = getenv("HEARTH_CUDA_ROPE_FUSE");
 		const char *mt = getenv("HEARTH_CUDA_ATTN_MMA_MT");
 		const char *wg = getenv("HEARTH_CUDA_ATTN_WG");
+		const char *ws = getenv("HEARTH_CUDA_ATTN_WS");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -528,8 +529,10 @@ struct kern_backend *kern_cuda_new(int device_index)
 			    : !strcmp(mt, "1") ? 1
 			    : !strcmp(mt, "2") ? 2
 			    : !strcmp(mt, "wg") ? KC_MMA_WG
+			    : !strcmp(mt, "ws") ? KC_MMA_WS
 						: 0;
 		c->attn_wg = !(wg && !strcmp(wg, "0"));
+		c->attn_wspec = ws && !strcmp(ws, "1");
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));

@@ -117,9 +117,12 @@ struct kern_cuda {
 	/* HEARTH_CUDA_ATTN_MMA_MT: the multi-token tensor-core attention's
 	 * blocks, 1 (mma.sync, 64 rows), 2 (mma.sync, 128 rows) or wg (wgmma,
 	 * 128 rows: KC_MMA_WG); default 0: by step (attention_mma).
-	 * HEARTH_CUDA_ATTN_WG=0: the step's choice never takes wgmma. */
+	 * HEARTH_CUDA_ATTN_WG=0: the step's choice never takes wgmma;
+	 * HEARTH_CUDA_ATTN_WS=1: it takes the warp-specialised kernel
+	 * (KC_MMA_WS, ws) where it would take wg at head_dim 128. */
 	uint32_t mma_mt;
 	int attn_wg;
+	int attn_wspec;
 	/* HEARTH_CUDA_PDL_EARLY (bits, default 1): 1 rope_kv_write launched as a
 	 * programmatic dependent of the q/k/v matmul (1B decode 1% faster, 8B
 	 * the same); 2 decode attention lets the o projection launch at its
@@ -379,6 +382,9 @@ int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_
  * (sm_90a builds on compute capability 9.0 only). Shapes it takes: head_dim
  * 64 or 128 (any GQA group) when its shared memory fits smem_optin. */
 #define KC_MMA_WG 3
+/* KC_MMA_WS: wgmma, warp-specialised (a producer warpgroup, two consumers
+ * taking turns on the tensor cores), 128 rows a block, head_dim 128. */
+#define KC_MMA_WS 4
 int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin);
 /* Query rows ((token, q head) pairs of one kv head) per block. */
 uint32_t kc_attn_mma_rows(uint32_t mt);

@@ -484,6 +484,9 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	if (!mt && rows_all >= 256ull * b->n_seqs &&
 	    rows_all / 128 * kv->n_kv_heads >= 2ull * (uint32_t)c->n_sms)
 		mt = wg ? KC_MMA_WG : 2;
+	if (!c->mma_mt && mt == KC_MMA_WG && c->attn_wspec &&
+	    kc_attn_mma_ok(hd, KC_MMA_WS, c->smem_optin))
+		mt = KC_MMA_WS;
 	if (!kc_attn_mma_ok(hd, mt, c->smem_optin))
 		mt = 1; /* by step: not long; or forced where it cannot run */
 	n_splits = c->attn_splits;

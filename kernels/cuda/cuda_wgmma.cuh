@@ -2,9 +2,10 @@
 /*
  * Warpgroup tensor-core helpers (sm_90a PTX: wgmma): shared-memory matrix
  * descriptors for the 128-byte swizzle, the fence / commit / wait of a batch
- * of wgmma, and the m64nNk16 bf16 -> fp32 forms the attention uses (N = 64,
- * 128). Only compiled where __CUDA_ARCH_FEAT_SM90_ALL is defined (nvcc
- * -arch=sm_90a); callers guard their bodies the same way.
+ * of wgmma, the m64nNk16 bf16 -> fp32 forms the attention uses (N = 64,
+ * 128), and what warp-specialised kernels need besides: mbarriers, named
+ * barriers, setmaxnreg. Only compiled where __CUDA_ARCH_FEAT_SM90_ALL is
+ * defined (nvcc -arch=sm_90a); callers guard their bodies the same way.
  *
  * Layouts (PTX ISA, "Shared Memory Matrix Layout"), bf16, 128-byte swizzle:
  * an operand is made of atoms of 8 rows x 64 elements (128 bytes a row),
@@ -68,6 +69,62 @@ static __device__ __forceinline__ void wg_wait(float (&d)[NT][4])
 static __device__ __forceinline__ void fence_async_smem(void)
 {
 	asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+/*
+ * mbarriers (a 64-bit object in shared memory at addr): init with the
+ * arrivals a phase needs; wait until the phase of the given parity has
+ * completed (acquire); arrive; and the arrival of this thread's earlier
+ * cp.async once they land (counted among the arrivals: .noinc).
+ */
+static __device__ __forceinline__ void mbar_init(uint32_t addr, uint32_t count)
+{
+	asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
+}
+
+static __device__ __forceinline__ void mbar_wait(uint32_t addr, uint32_t parity)
+{
+	asm volatile("{\n.reg .pred p;\nWAIT:\n"
+		     "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+		     "@!p bra WAIT;\n}\n" ::"r"(addr),
+		     "r"(parity)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void mbar_arrive(uint32_t addr)
+{
+	asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_mbar_arrive(uint32_t addr)
+{
+	asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
+}
+
+/* Named barrier id (1-15; 0 is __syncthreads) of n threads: wait there, or
+ * count this warp's threads in and go on. */
+static __device__ __forceinline__ void bar_sync(uint32_t id, uint32_t n)
+{
+	asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+static __device__ __forceinline__ void bar_arrive(uint32_t id, uint32_t n)
+{
+	asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+/* A warpgroup gives registers back to the block's pool (N a thread from
+ * here on), or takes them from it (waits until they are free). */
+template <int N>
+static __device__ __forceinline__ void regs_dec(void)
+{
+	asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+template <int N>
+static __device__ __forceinline__ void regs_inc(void)
+{
+	asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
 }
 
 template <int N>

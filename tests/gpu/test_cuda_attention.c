@@ -438,18 +438,20 @@ static const char *mt_tag(void)
 {
 	uint32_t mt = ((struct kern_cuda *)gt_gpu->priv)->mma_mt;
 
-	return mt == 2 ? "x2" : mt == KC_MMA_WG ? "wg" : "";
+	return mt == 2 ? "x2" : mt == KC_MMA_WG ? "wg" : mt == KC_MMA_WS ? "ws" : "";
 }
 
-/* The next kernel to force after mt (1, 2, then KC_MMA_WG where this device
- * and build run it at head_dim hd); 0 after the last. */
+/* The next kernel to force after mt (1, 2, then KC_MMA_WG and KC_MMA_WS
+ * where this device and build run them at head_dim hd); 0 after the last. */
 static uint32_t next_mt(uint32_t mt, uint32_t hd)
 {
 	const struct kern_cuda *c = gt_gpu->priv;
 
 	if (mt < 2)
 		return mt + 1;
-	return mt == 2 && kc_attn_mma_ok(hd, KC_MMA_WG, c->smem_optin) ? KC_MMA_WG : 0;
+	if (mt == 2 && kc_attn_mma_ok(hd, KC_MMA_WG, c->smem_optin))
+		return KC_MMA_WG;
+	return mt <= KC_MMA_WG && kc_attn_mma_ok(hd, KC_MMA_WS, c->smem_optin) ? KC_MMA_WS : 0;
 }
 
 static void run_both(struct scen *sc, struct step *st)
