@@ -425,6 +425,62 @@ attn_mma_kernel(const struct kc_attn_args a)
  */
 #define WG_NT 256
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Issue S = Q K^T for a warpgroup's 64 rows: k steps of 16 along head_dim,
+ * 32 bytes apart inside an atom, atoms BM (Q: its rows from qw) or BN (K)
+ * rows of 128 bytes apart. Committed, not waited for. */
+template <int HD, int BM, int BN>
+static __device__ __forceinline__ void wg_qk(float (&sc)[BN / 8][4], uint32_t qw, uint32_t kt)
+{
+	wg_fence();
+#pragma unroll
+	for (int kk = 0; kk < HD / 16; kk++)
+		wgmma_ss<BN>(sc, wg_desc(qw + (kk >> 2) * BM * 128 + (kk & 3) * 32, 16, 1024),
+			     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024), kk > 0);
+	wg_commit();
+}
+
+/* A warp's scores of the tile at p0 to probabilities: scaled to base 2, masked
+ * unless every row of the warp (its first: wmin) sees the whole tile, then the
+ * online softmax (rows ra and ra + 8 of this lane). */
+template <int HD, int BN>
+static __device__ __forceinline__ void wg_softmax(float (&sc)[BN / 8][4], float (&o)[HD / 8][4],
+						  float &m_a, float &m_b, float &l_a, float &l_b,
+						  int32_t p0, int32_t end, int32_t wmin,
+						  const int *sm_lim, int ra, float sl2)
+{
+	if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
+#pragma unroll
+		for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				sc[j][e] *= sl2;
+	} else {
+		fa_mask<BN / 8>(sc, p0, threadIdx.x & 3, sm_lim[ra], sm_lim[ra + 8], end, sl2);
+	}
+	fa_softmax<BN / 8, HD / 8>(sc, o, m_a, m_b, l_a, l_b);
+}
+
+/* O += P V, waited for: k steps of 16 positions (2048 bytes of V apart), V's
+ * atoms along head_dim BN rows of 128 bytes apart (LBO). */
+template <int HD, int BN>
+static __device__ __forceinline__ void wg_pv(const float (&sc)[BN / 8][4], float (&o)[HD / 8][4],
+					     uint32_t vt)
+{
+	uint32_t pa[BN / 16][4];
+
+#pragma unroll
+	for (int kk = 0; kk < BN / 16; kk++)
+		fa_p_frag(sc, kk, pa[kk]);
+	wg_fence();
+#pragma unroll
+	for (int kk = 0; kk < BN / 16; kk++)
+		wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
+	wg_commit();
+	wg_wait(o);
+}
+#endif
+
 /* KV positions per tile (BN) and tiles in flight (ST stages) */
 template <int HD, int BN, int ST>
 static __global__ void __launch_bounds__(WG_NT, 1)
@@ -437,7 +493,7 @@ attn_wg_kernel(const struct kc_attn_args a)
 	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
 	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + ST * KB;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-	const int g = lane >> 2, t4 = lane & 3, row0 = wg * 64 + (warp & 3) * 16;
+	const int g = lane >> 2, row0 = wg * 64 + (warp & 3) * 16;
 	const auto q_off = [](int r, int ch) { return sw128_off(BM, r, ch); };
 	const auto kv_off = [](int r, int ch) { return sw128_off(BN, r, ch); };
 	struct fa_block fb;
@@ -490,44 +546,10 @@ attn_wg_kernel(const struct kc_attn_args a)
 		if (p0 > glim)
 			continue; /* no row of this warpgroup sees the tile */
 
-		const uint32_t kt = sk + buf * KB, vt = sv + buf * KB;
-
-		/* S = Q K^T: k steps of 16 along head_dim, 32 bytes apart
-		 * inside an atom, atoms BM (Q) or BN (K) rows of 128 bytes apart */
-		wg_fence();
-#pragma unroll
-		for (int kk = 0; kk < HD / 16; kk++)
-			wgmma_ss<BN>(sc,
-				     wg_desc(sq + (kk >> 2) * BM * 128 + wg * 64 * 128 + (kk & 3) * 32,
-					     16, 1024),
-				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
-				     kk > 0);
-		wg_commit();
+		wg_qk<HD, BM, BN>(sc, sq + wg * 64 * 128, sk + buf * KB);
 		wg_wait(sc);
-		if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
-#pragma unroll
-			for (int j = 0; j < NTL; j++)
-#pragma unroll
-				for (int e = 0; e < 4; e++)
-					sc[j][e] *= sl2;
-		} else {
-			fa_mask<NTL>(sc, p0, t4, sm_lim[row0 + g], sm_lim[row0 + g + 8], end, sl2);
-		}
-		fa_softmax<NTL, DT>(sc, o, m_a, m_b, l_a, l_b);
-
-		/* O += P V: k steps of 16 positions (2048 bytes of V apart), V's
-		 * atoms along head_dim BN rows of 128 bytes apart (LBO) */
-		uint32_t pa[BN / 16][4];
-
-#pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++)
-			fa_p_frag(sc, kk, pa[kk]);
-		wg_fence();
-#pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++)
-			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
-		wg_commit();
-		wg_wait(o);
+		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, sm_lim, row0 + g, sl2);
+		wg_pv<HD, BN>(sc, o, sv + buf * KB);
 	}
 	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
 #else
@@ -609,7 +631,7 @@ attn_ws_kernel(const struct kc_attn_args a)
 
 	regs_inc<WS_REGS_C>();
 	const int cw = wg - 1; /* consumer 0 or 1 */
-	const int g = lane >> 2, t4 = lane & 3, row0 = cw * 64 + (warp & 3) * 16;
+	const int g = lane >> 2, row0 = cw * 64 + (warp & 3) * 16;
 	int32_t glim, wmin;
 	{
 		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
@@ -636,7 +658,6 @@ attn_ws_kernel(const struct kc_attn_args a)
 
 	for (int32_t p0 = begin; p0 < end; p0 += BN, t++) {
 		const int s = t % ST;
-		const uint32_t kt = sk + s * KB, vt = sv + s * KB;
 
 		mbar_wait(full + 8 * s, (uint32_t)(t / ST) & 1);
 		fence_async_smem(); /* the producer's cp.async writes, to wgmma */
@@ -648,39 +669,11 @@ attn_ws_kernel(const struct kc_attn_args a)
 				mbar_arrive(empty + 8 * s);
 			continue;
 		}
-		wg_fence();
-#pragma unroll
-		for (int kk = 0; kk < HD / 16; kk++)
-			wgmma_ss<BN>(sc,
-				     wg_desc(sq + (kk >> 2) * BM * 128 + cw * 64 * 128 + (kk & 3) * 32,
-					     16, 1024),
-				     wg_desc(kt + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024),
-				     kk > 0);
-		wg_commit();
+		wg_qk<HD, BM, BN>(sc, sq + cw * 64 * 128, sk + s * KB);
 		bar_arrive(2 - cw, 256); /* the other's turn */
 		wg_wait(sc);
-		if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
-#pragma unroll
-			for (int j = 0; j < NTL; j++)
-#pragma unroll
-				for (int e = 0; e < 4; e++)
-					sc[j][e] *= sl2;
-		} else {
-			fa_mask<NTL>(sc, p0, t4, sm_lim[row0 + g], sm_lim[row0 + g + 8], end, sl2);
-		}
-		fa_softmax<NTL, DT>(sc, o, m_a, m_b, l_a, l_b);
-
-		uint32_t pa[BN / 16][4];
-
-#pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++)
-			fa_p_frag(sc, kk, pa[kk]);
-		wg_fence();
-#pragma unroll
-		for (int kk = 0; kk < BN / 16; kk++)
-			wgmma_rs<HD>(o, pa[kk], wg_desc(vt + kk * 16 * 128, BN * 128, 1024), 1);
-		wg_commit();
-		wg_wait(o);
+		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, sm_lim, row0 + g, sl2);
+		wg_pv<HD, BN>(sc, o, sv + s * KB);
 		__syncwarp();
 		if (lane == 0)
 			mbar_arrive(empty + 8 * s); /* this warp is done with stage s */
