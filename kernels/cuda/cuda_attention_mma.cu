@@ -442,11 +442,11 @@ static __device__ __forceinline__ void wg_qk(float (&sc)[BN / 8][4], uint32_t qw
 
 /* A warp's scores of the tile at p0 to probabilities: scaled to base 2, masked
  * unless every row of the warp (its first: wmin) sees the whole tile, then the
- * online softmax (rows ra and ra + 8 of this lane). */
+ * online softmax (rows ra and ra + 8 of this lane, t4 = lane & 3). */
 template <int HD, int BN>
 static __device__ __forceinline__ void wg_softmax(float (&sc)[BN / 8][4], float (&o)[HD / 8][4],
 						  float &m_a, float &m_b, float &l_a, float &l_b,
-						  int32_t p0, int32_t end, int32_t wmin,
+						  int32_t p0, int32_t end, int32_t wmin, int t4,
 						  const int *sm_lim, int ra, float sl2)
 {
 	if (p0 + BN <= end && p0 + BN - 1 <= wmin) {
@@ -456,7 +456,7 @@ static __device__ __forceinline__ void wg_softmax(float (&sc)[BN / 8][4], float 
 			for (int e = 0; e < 4; e++)
 				sc[j][e] *= sl2;
 	} else {
-		fa_mask<BN / 8>(sc, p0, threadIdx.x & 3, sm_lim[ra], sm_lim[ra + 8], end, sl2);
+		fa_mask<BN / 8>(sc, p0, t4, sm_lim[ra], sm_lim[ra + 8], end, sl2);
 	}
 	fa_softmax<BN / 8, HD / 8>(sc, o, m_a, m_b, l_a, l_b);
 }
@@ -493,7 +493,7 @@ attn_wg_kernel(const struct kc_attn_args a)
 	__shared__ int sm_tok[BM], sm_head[BM], sm_lim[BM];
 	const uint32_t sq = (smem_addr(wg_smem) + 1023) & ~1023u, sk = sq + QB, sv = sk + ST * KB;
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
-	const int g = lane >> 2, row0 = wg * 64 + (warp & 3) * 16;
+	const int g = lane >> 2, t4 = lane & 3, row0 = wg * 64 + (warp & 3) * 16;
 	const auto q_off = [](int r, int ch) { return sw128_off(BM, r, ch); };
 	const auto kv_off = [](int r, int ch) { return sw128_off(BN, r, ch); };
 	struct fa_block fb;
@@ -548,7 +548,8 @@ attn_wg_kernel(const struct kc_attn_args a)
 
 		wg_qk<HD, BM, BN>(sc, sq + wg * 64 * 128, sk + buf * KB);
 		wg_wait(sc);
-		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, sm_lim, row0 + g, sl2);
+		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, t4, sm_lim, row0 + g,
+				   sl2);
 		wg_pv<HD, BN>(sc, o, sv + buf * KB);
 	}
 	fa_store<HD>(a, o, m_a, m_b, l_a, l_b, row0 + g, sm_tok, sm_head);
@@ -631,7 +632,7 @@ attn_ws_kernel(const struct kc_attn_args a)
 
 	regs_inc<WS_REGS_C>();
 	const int cw = wg - 1; /* consumer 0 or 1 */
-	const int g = lane >> 2, row0 = cw * 64 + (warp & 3) * 16;
+	const int g = lane >> 2, t4 = lane & 3, row0 = cw * 64 + (warp & 3) * 16;
 	int32_t glim, wmin;
 	{
 		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
@@ -672,7 +673,8 @@ attn_ws_kernel(const struct kc_attn_args a)
 		wg_qk<HD, BM, BN>(sc, sq + cw * 64 * 128, sk + s * KB);
 		bar_arrive(2 - cw, 256); /* the other's turn */
 		wg_wait(sc);
-		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, sm_lim, row0 + g, sl2);
+		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, t4, sm_lim, row0 + g,
+				   sl2);
 		wg_pv<HD, BN>(sc, o, sv + s * KB);
 		__syncwarp();
 		if (lane == 0)
