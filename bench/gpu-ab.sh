@@ -13,8 +13,8 @@
 #   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
 #   engine  hearth-bench-engine at ctx 2048, batch 1 (decode, APPEND 32 +
 #           SCORE, prefill), 1B and 8B, once for each word of AB_ENVS: an
-#           environment assignment (a cuda backend knob, docs/gpu.md) or "-"
-#           for none; default "- HEARTH_CUDA_PDL=0 -";
+#           environment assignment (a cuda backend knob, docs/gpu.md; several
+#           joined by commas) or "-" for none; default "- HEARTH_CUDA_PDL=0 -";
 #   ratio   issue 6's batch-64 / batch-1 decode step at ctx 512, 1B and 8B;
 #   load    hearth-bench-load at 64 sessions, 8B at 10 events/s and 1B at
 #           100 events/s each (AB_LOAD_SHAPES, default "8b 1b"),
@@ -87,7 +87,8 @@ on engine && for s in 1b 8b; do
 	for v in $AB_ENVS; do
 		i=$((i + 1))
 		[ "$v" = - ] && v=HEARTH_AB=none
-		timeout 120 env "$v" $R/hearth-bench-engine --backend cuda \
+		# shellcheck disable=SC2046
+		timeout 120 env $(echo "$v" | tr , ' ') $R/hearth-bench-engine --backend cuda \
 			--shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$i.log" 2>&1
 		echo "-- engine $s $v rc=$? $(el)"
 		grep ^BENCH "$OUT/engine-$s-$i.log" |

@@ -747,20 +747,15 @@ static int kernel_smem(K *kernel, size_t bytes, size_t smem_optin)
 
 extern "C" int kc_attn_mma_init(size_t smem_optin)
 {
-	int dev, major = 0, minor = 0;
-
 #if defined(KC_WGMMA)
 	const char *st = getenv("HEARTH_CUDA_ATTN_WS_ST");
+	int dev, major = 0, minor = 0;
 
 	ws_st = st && !strcmp(st, "3") ? 3 : 2;
 	if (cudaGetDevice(&dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
 		wg_ok = major == 9 && minor == 0;
-#else
-	(void)dev;
-	(void)major;
-	(void)minor;
 #endif
 	if (kernel_smem(attn_mma_kernel<64, 1>, mma_smem_bytes(64, 1), smem_optin) ||
 	    kernel_smem(attn_mma_kernel<128, 1>, mma_smem_bytes(128, 1), smem_optin) ||
