@@ -426,6 +426,19 @@ attn_mma_kernel(const struct kc_attn_args a)
 #define WG_NT 256
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/* Limits of the warpgroup whose 64 rows start at r0: glim, its last row's
+ * (uniform over its 4 warps: wgmma is collective), and wmin, the first of
+ * this warp's rows at row0 (this lane's rows row0 + g, row0 + g + 8). */
+static __device__ __forceinline__ void wg_lims(const int *sm_lim, int r0, int row0, int32_t &glim,
+					       int32_t &wmin)
+{
+	const int lane = threadIdx.x & 31, g = lane >> 2;
+	const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
+
+	glim = warp_max_int(max(sm_lim[r0 + lane], sm_lim[r0 + 32 + lane]));
+	wmin = -warp_max_int(-min(la, lb));
+}
+
 /* Issue S = Q K^T for a warpgroup's 64 rows: k steps of 16 along head_dim,
  * 32 bytes apart inside an atom, atoms BM (Q: its rows from qw) or BN (K)
  * rows of 128 bytes apart. Committed, not waited for. */
@@ -501,14 +514,7 @@ attn_wg_kernel(const struct kc_attn_args a)
 
 	if (!fa_block_rows<BM, BN, WG_NT>(a, sm_tok, sm_head, sm_lim, fb))
 		return;
-	{
-		/* the warpgroup's last row (uniform over its 4 warps: wgmma is
-		 * collective) and the warp's first */
-		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
-
-		glim = warp_max_int(max(sm_lim[wg * 64 + lane], sm_lim[wg * 64 + 32 + lane]));
-		wmin = -warp_max_int(-min(la, lb));
-	}
+	wg_lims(sm_lim, wg * 64, row0, glim, wmin);
 
 	const int32_t begin = fb.begin, end = fb.end;
 	float o[DT][4], sc[NTL][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
@@ -634,12 +640,8 @@ attn_ws_kernel(const struct kc_attn_args a)
 	const int cw = wg - 1; /* consumer 0 or 1 */
 	const int g = lane >> 2, t4 = lane & 3, row0 = cw * 64 + (warp & 3) * 16;
 	int32_t glim, wmin;
-	{
-		const int32_t la = sm_lim[row0 + g], lb = sm_lim[row0 + g + 8];
 
-		glim = warp_max_int(max(sm_lim[cw * 64 + lane], sm_lim[cw * 64 + 32 + lane]));
-		wmin = -warp_max_int(-min(la, lb));
-	}
+	wg_lims(sm_lim, cw * 64, row0, glim, wmin);
 
 	float o[DT][4], sc[NTL][4], m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f;
 	const float sl2 = a.scale * KC_LOG2E;

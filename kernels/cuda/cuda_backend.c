@@ -557,7 +557,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 	/* HEARTH_CUDA_GEMM_ACC=N: the o and down projections of steps of N
 	 * tokens or more add into the residual (cuBLASLt, beta = 1; meant for N
 	 * past the skinny kernel's 64 rows, where cuBLASLt runs them anyway).
-	 * Off until it has run on a GPU (built 2026-12-07, sixth session). */
+	 * Off: right on an H100 but no faster (docs/gpu.md, 2026-12-07). */
 	{
 		const char *ga = getenv("HEARTH_CUDA_GEMM_ACC");
 

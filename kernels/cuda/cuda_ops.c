@@ -467,7 +467,9 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
  * 5.5 against 6.2 ms; H100, docs/BENCHMARKS.md). (The 8B's APPEND 32 on
  * wgmma at 16 splits: 20.8 against 23.0 us alone, but no faster end to end.)
  * As for decode, the choice depends on the bucket and the max_ctx hint
- * only. HEARTH_CUDA_ATTN_MMA_MT=1, 2 or wg forces one kernel (c->mma_mt).
+ * only. HEARTH_CUDA_ATTN_WS=1 puts the warp-specialised wgmma kernel in the
+ * long chunks' place where it runs (head_dim 128). HEARTH_CUDA_ATTN_MMA_MT=1,
+ * 2, wg or ws forces one kernel (c->mma_mt).
  */
 static int attention_mma(struct kern_backend *be, void *out, const void *q,
 			 const struct kern_batch *b, const struct kern_kv *kv, uint32_t layer,
@@ -477,16 +479,14 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	const uint32_t group = n_heads / kv->n_kv_heads, hd = kv->head_dim;
 	const uint64_t rows_all = (uint64_t)b->n_tokens * group;
 	const int wg = c->attn_wg && kc_attn_mma_ok(hd, KC_MMA_WG, c->smem_optin);
+	const int ws = wg && c->attn_wspec && kc_attn_mma_ok(hd, KC_MMA_WS, c->smem_optin);
 	uint32_t mt = c->mma_mt, n_splits;
 	struct kc_attn_args a;
 	int r;
 
 	if (!mt && rows_all >= 256ull * b->n_seqs &&
 	    rows_all / 128 * kv->n_kv_heads >= 2ull * (uint32_t)c->n_sms)
-		mt = wg ? KC_MMA_WG : 2;
-	if (!c->mma_mt && mt == KC_MMA_WG && c->attn_wspec &&
-	    kc_attn_mma_ok(hd, KC_MMA_WS, c->smem_optin))
-		mt = KC_MMA_WS;
+		mt = ws ? KC_MMA_WS : wg ? KC_MMA_WG : 2;
 	if (!kc_attn_mma_ok(hd, mt, c->smem_optin))
 		mt = 1; /* by step: not long; or forced where it cannot run */
 	n_splits = c->attn_splits;
