@@ -236,24 +236,6 @@ static double read_all_deep(const struct files *f, size_t chunk, unsigned depth,
 
 /* ---------------------------------------------------------------- validation */
 
-static const struct {
-	const char *suffix;
-	size_t off;
-} layer_tensors[] = {
-	{ "input_layernorm.weight", offsetof(struct model_layer, attn_norm) },
-	{ "self_attn.q_proj.weight", offsetof(struct model_layer, wq) },
-	{ "self_attn.k_proj.weight", offsetof(struct model_layer, wk) },
-	{ "self_attn.v_proj.weight", offsetof(struct model_layer, wv) },
-	{ "self_attn.q_proj.bias", offsetof(struct model_layer, bq) },
-	{ "self_attn.k_proj.bias", offsetof(struct model_layer, bk) },
-	{ "self_attn.v_proj.bias", offsetof(struct model_layer, bv) },
-	{ "self_attn.o_proj.weight", offsetof(struct model_layer, wo) },
-	{ "post_attention_layernorm.weight", offsetof(struct model_layer, mlp_norm) },
-	{ "mlp.gate_proj.weight", offsetof(struct model_layer, w_gate) },
-	{ "mlp.up_proj.weight", offsetof(struct model_layer, w_up) },
-	{ "mlp.down_proj.weight", offsetof(struct model_layer, w_down) },
-};
-
 struct check {
 	unsigned tensors;
 	uint64_t bytes, mismatches;
@@ -358,12 +340,10 @@ static int validate(struct kern_backend *be, const struct model *m, const struct
 	if (!r && m->lm_head != m->embed)
 		r = check_tensor(be, sf, f->n, "lm_head.weight", m->lm_head, ck);
 	for (int k = 0; k < 3 && !r; k++)
-		for (size_t j = 0; j < HR_ARRAY_SIZE(layer_tensors) && !r; j++) {
+		for (unsigned j = 0; model_layer_tensor_suffix(j) && !r; j++) {
 			snprintf(name, sizeof(name), "model.layers.%u.%s", layers[k],
-				 layer_tensors[j].suffix);
-			r = check_tensor(be, sf, f->n, name,
-					 *(void *const *)((const char *)&m->layers[layers[k]] +
-							  layer_tensors[j].off), ck);
+				 model_layer_tensor_suffix(j));
+			r = check_tensor(be, sf, f->n, name, model_tensor(m, name), ck);
 		}
 	for (unsigned i = 0; i < f->n; i++)
 		st_close(&sf[i]);

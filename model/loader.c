@@ -516,32 +516,49 @@ static int ld_tensor(struct loader *l, const char *name, enum ld_dim rows, enum 
 	return 0;
 }
 
+#define LD_LAYERS "model.layers."
+
+/* The layer number of "model.layers.<i>.<suffix>" (decimal, no leading
+ * zero), *suffix set past its dot; -1 for any other name. */
+static int64_t ld_layer_of(const char *name, const char **suffix)
+{
+	const char *p = name + sizeof(LD_LAYERS) - 1, *q;
+	int64_t layer = 0;
+
+	if (strncmp(name, LD_LAYERS, sizeof(LD_LAYERS) - 1) != 0)
+		return -1;
+	for (q = p; *q >= '0' && *q <= '9' && layer <= UINT32_MAX; q++)
+		layer = layer * 10 + (*q - '0');
+	if (q == p || *q != '.' || (p[0] == '0' && q - p > 1))
+		return -1;
+	*suffix = q + 1;
+	return layer;
+}
+
 /*
  * A tensor under "model.layers." must be one the architecture uses, of a
  * layer that exists: anything else means config and weights disagree.
  */
 static int ld_check_layer_name(const struct loader *l, const struct ld_shard *s, const char *name)
 {
-	static const char prefix[] = "model.layers.", rot[] = "rotary_emb.inv_freq";
+	static const char rot[] = "rotary_emb.inv_freq";
 	const struct model_config *cfg = &l->m->cfg;
-	const char *p = name + sizeof(prefix) - 1, *suffix;
+	const char *suffix;
 	char esc[MODEL_ESC_MAX];
-	uint64_t layer = 0;
+	int64_t layer;
 	size_t i, n = strlen(name);
 
-	if (strncmp(name, prefix, sizeof(prefix) - 1) != 0)
+	if (strncmp(name, LD_LAYERS, sizeof(LD_LAYERS) - 1) != 0)
 		return 0;
 	if (n >= sizeof(rot) - 1 && strcmp(name + n - (sizeof(rot) - 1), rot) == 0)
 		return 0;
-	for (suffix = p; *suffix >= '0' && *suffix <= '9' && layer <= UINT32_MAX; suffix++)
-		layer = layer * 10 + (uint64_t)(*suffix - '0');
-	if (suffix == p || *suffix != '.' || (p[0] == '0' && suffix - p > 1))
+	layer = ld_layer_of(name, &suffix);
+	if (layer < 0)
 		goto unexpected;
 	if (layer >= cfg->n_layers)
-		return ld_fail(l, -EINVAL, "%s: tensor '%s' is for layer %llu but num_hidden_layers is %u",
-			       s->file, model__esc(esc, sizeof(esc), name),
-			       (unsigned long long)layer, cfg->n_layers);
-	suffix++;
+		return ld_fail(l, -EINVAL, "%s: tensor '%s' is for layer %lld but num_hidden_layers is %u",
+			       s->file, model__esc(esc, sizeof(esc), name), (long long)layer,
+			       cfg->n_layers);
 	for (i = 0; i < HR_ARRAY_SIZE(ld_layer_tensors); i++)
 		if (strcmp(suffix, ld_layer_tensors[i].suffix) == 0 &&
 		    (!ld_layer_tensors[i].bias || cfg->qkv_bias))
@@ -716,6 +733,32 @@ out:
 		return NULL;
 	}
 	return m;
+}
+
+const char *model_layer_tensor_suffix(unsigned i)
+{
+	return i < HR_ARRAY_SIZE(ld_layer_tensors) ? ld_layer_tensors[i].suffix : NULL;
+}
+
+void *model_tensor(const struct model *m, const char *name)
+{
+	const char *suffix;
+	int64_t layer;
+
+	if (strcmp(name, "model.embed_tokens.weight") == 0)
+		return m->embed;
+	if (strcmp(name, "model.norm.weight") == 0)
+		return m->final_norm;
+	if (strcmp(name, "lm_head.weight") == 0)
+		return m->lm_head;
+	layer = ld_layer_of(name, &suffix);
+	if (layer < 0 || layer >= m->cfg.n_layers)
+		return NULL;
+	for (size_t i = 0; i < HR_ARRAY_SIZE(ld_layer_tensors); i++)
+		if (strcmp(suffix, ld_layer_tensors[i].suffix) == 0)
+			return *(void *const *)((const char *)&m->layers[layer] +
+						 ld_layer_tensors[i].off);
+	return NULL;
 }
 
 void model_free(struct model *m)

@@ -201,6 +201,15 @@ struct model *model_load_ex(const char *dir, struct kern_backend *be,
 /* Accepts NULL. */
 void model_free(struct model *m);
 
+/* The backend memory of the tensor the files call `name`
+ * ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight" or
+ * "model.layers.<i>.<suffix>"); NULL when m has no such tensor (a bias of a
+ * model without q/k/v bias, a layer past the last, any other name). */
+void *model_tensor(const struct model *m, const char *name);
+/* The suffix of a decoder layer's i-th tensor ("mlp.up_proj.weight"), in the
+ * loader's order; NULL past the last. */
+const char *model_layer_tensor_suffix(unsigned i);
+
 /* RoPE inverse frequencies for cfg (llama3 scaling applied): out[head_dim/2]. */
 void model_rope_inv_freq(const struct model_config *cfg, float *out);
 

@@ -386,48 +386,13 @@ static inline void write_sharded(struct tmodel *tm, const char *dir)
 
 /* ---------------------------------------------------------------- checks */
 
-static inline const float *weight_of(const struct model *m, const char *name)
-{
-	static const struct {
-		const char *suffix;
-		size_t off;
-	} lt[] = {
-		{ "input_layernorm.weight", offsetof(struct model_layer, attn_norm) },
-		{ "self_attn.q_proj.weight", offsetof(struct model_layer, wq) },
-		{ "self_attn.k_proj.weight", offsetof(struct model_layer, wk) },
-		{ "self_attn.v_proj.weight", offsetof(struct model_layer, wv) },
-		{ "self_attn.q_proj.bias", offsetof(struct model_layer, bq) },
-		{ "self_attn.k_proj.bias", offsetof(struct model_layer, bk) },
-		{ "self_attn.v_proj.bias", offsetof(struct model_layer, bv) },
-		{ "self_attn.o_proj.weight", offsetof(struct model_layer, wo) },
-		{ "post_attention_layernorm.weight", offsetof(struct model_layer, mlp_norm) },
-		{ "mlp.gate_proj.weight", offsetof(struct model_layer, w_gate) },
-		{ "mlp.up_proj.weight", offsetof(struct model_layer, w_up) },
-		{ "mlp.down_proj.weight", offsetof(struct model_layer, w_down) },
-	};
-	unsigned layer;
-	int n = 0;
-
-	if (strcmp(name, "model.embed_tokens.weight") == 0)
-		return m->embed;
-	if (strcmp(name, "model.norm.weight") == 0)
-		return m->final_norm;
-	if (strcmp(name, "lm_head.weight") == 0)
-		return m->lm_head;
-	if (sscanf(name, "model.layers.%u.%n", &layer, &n) == 1 && n > 0 && layer < m->cfg.n_layers)
-		for (size_t i = 0; i < sizeof(lt) / sizeof(lt[0]); i++)
-			if (strcmp(name + n, lt[i].suffix) == 0)
-				return *(float *const *)((const char *)&m->layers[layer] + lt[i].off);
-	return NULL;
-}
-
 static inline void check_weights(const struct model *m, const struct tmodel *tm)
 {
 	uint64_t bytes = 0;
 
 	for (int i = 0; i < tm->n; i++) {
 		const struct tt *t = &tm->t[i];
-		const float *w = weight_of(m, t->name);
+		const float *w = model_tensor(m, t->name);
 
 		if (t->skip || strstr(t->name, "rotary_emb"))
 			continue;
@@ -439,6 +404,19 @@ static inline void check_weights(const struct model *m, const struct tmodel *tm)
 	}
 	CHECK(m->weight_bytes == bytes);
 	CHECK(m->cfg.qkv_bias == (m->layers[0].bq != NULL));
+	/* names the model has no tensor for: a layer past the last (it has 2),
+	 * malformed layer numbers and suffixes, buffers the loader ignores */
+	CHECK(!model_tensor(m, "model.layers.2.mlp.up_proj.weight"));
+	CHECK(!model_tensor(m, "model.layers.01.mlp.up_proj.weight"));
+	CHECK(!model_tensor(m, "model.layers..mlp.up_proj.weight"));
+	CHECK(!model_tensor(m, "model.layers.1.mlp.up_proj"));
+	CHECK(!model_tensor(m, "model.layers.1.self_attn.rotary_emb.inv_freq"));
+	CHECK(!model_tensor(m, "model.embed_tokens"));
+	CHECK(model_tensor(m, "model.layers.1.mlp.up_proj.weight") == m->layers[1].w_up);
+	if (!m->cfg.qkv_bias)
+		CHECK(!model_tensor(m, "model.layers.0.self_attn.q_proj.bias"));
+	for (unsigned i = 0; model_layer_tensor_suffix(i); i++)
+		CHECK(i < 12);
 }
 
 static inline void check_inv_freq(const struct model *m)
