@@ -3,7 +3,8 @@
 # Build hearth and run the whole test suite: every suite in a normal build, the
 # unit, parity, fuzz-replay and integration suites again under AddressSanitizer+UBSan
 # (the daemon itself sanitized), and the
-# ring tests under ThreadSanitizer. Ends with one line of totals:
+# ring tests under ThreadSanitizer; then a clang build with -Werror and the
+# libFuzzer targets, every suite. Ends with one line of totals:
 #   N passed, N failed, N skipped
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ run_suite() {
 run_suite build-test ""
 run_suite build-asan "-Db_sanitize=address,undefined -Dcuda=disabled" --suite unit --suite parity --suite fuzz --suite integration
 run_suite build-tsan "-Db_sanitize=thread -Dcuda=disabled" --suite stress --suite shm
+CC=clang run_suite build-clang "-Dcuda=disabled -Dfuzzing=true -Dwerror=true"
 
 echo "$passed passed, $failed failed, $skipped skipped"
 exit $status

@@ -52,7 +52,9 @@ static inline struct kern_cpu *kern_cpu_priv(struct kern_backend *be)
  * baseline, one chosen when the program loads (an ifunc). The build targets
  * the baseline (SSE2), where these loops take longer (docs/BENCHMARKS.md).
  */
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__clang__)
+#define KERN_CPU_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__)
 #define KERN_CPU_HOT __attribute__((target_clones("arch=x86-64-v3", "default"), noinline))
 #else
 #define KERN_CPU_HOT
