@@ -9,6 +9,7 @@
  * kernels of cuda_attention.cu serve the other shapes, the decode kernels
  * one token per sequence.
  */
+#include <cuda.h> /* CUtensorMap (the type only: no libcuda link) */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -564,6 +565,64 @@ attn_wg_kernel(const struct kc_attn_args a)
 #endif
 }
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+/*
+ * The warp-specialised kernel's K/V tiles by TMA, from one thread: tile t
+ * (positions p0 .. p0 + BN - 1) into stage t % ST once both consumers are
+ * done with tile t - ST, one box a page and 64-wide head_dim atom of K and
+ * of V (ws_map's 4-D view of the pool: head_dim, the page's
+ * positions, (layer x 2 + k_or_v) x n_kv_heads + head, page), which lands
+ * in the 128-byte swizzle sw128_off gives. Pages wholly past the end are not
+ * copied (the consumers zero V's rows there); a page id out of range sets
+ * KC_ERR_PAGE and is not copied either: the phase counts only the bytes
+ * asked for.
+ */
+template <int HD, int BN, int ST>
+static __device__ __forceinline__ void ws_tma_tiles(const struct kc_attn_args &a,
+						    const struct fa_block &fb, const void *map,
+						    uint32_t sk, uint32_t sv, uint32_t full,
+						    uint32_t empty)
+{
+	constexpr uint32_t KB = BN * HD * 2;
+	const int32_t pt = (int32_t)a.page_tokens;
+	const uint32_t kvh = blockIdx.x % a.n_kv_heads;
+	const int32_t ck = (int32_t)(a.layer_off / ((uint64_t)pt * HD) + kvh);
+	const int32_t cv = ck + (int32_t)a.n_kv_heads;
+	const uint32_t page_bytes = (uint32_t)pt * 128; /* one atom of one page */
+	int t = 0;
+
+	for (int32_t p0 = fb.begin; p0 < fb.end; p0 += BN, t++) {
+		const int s = t % ST;
+		uint32_t n = 0;
+
+		if (t >= ST)
+			mbar_wait(empty + 8 * s, (uint32_t)(t / ST - 1) & 1);
+		for (int32_t p = p0; p < p0 + BN && p < fb.end; p += pt) {
+			const int32_t pg = fb.bt[p / pt];
+
+			n += pg >= 0 && (uint32_t)pg < a.n_pages;
+		}
+		mbar_expect_tx(full + 8 * s, n * 2 * (HD / 64) * page_bytes);
+		for (int32_t p = p0; p < p0 + BN && p < fb.end; p += pt) {
+			const int32_t pg = fb.bt[p / pt];
+			const uint32_t r = (uint32_t)(p - p0) * 128;
+
+			if (pg < 0 || (uint32_t)pg >= a.n_pages) {
+				set_err(a.err, KC_ERR_PAGE);
+				continue;
+			}
+#pragma unroll
+			for (int c = 0; c < HD / 64; c++) {
+				tma_load_4d(sk + s * KB + c * BN * 128 + r, map, c * 64, 0, ck, pg,
+					    full + 8 * s);
+				tma_load_4d(sv + s * KB + c * BN * 128 + r, map, c * 64, 0, cv, pg,
+					    full + 8 * s);
+			}
+		}
+	}
+}
+#endif
+
 /*
  * Warp-specialised wgmma kernel (sm_90a, FA3's layout), 128 rows a block,
  * three warpgroups: the first (the producer, 40 registers a thread) loads Q
@@ -579,9 +638,9 @@ attn_wg_kernel(const struct kc_attn_args a)
 #define WS_REGS_P 40  /* producer registers a thread */
 #define WS_REGS_C 232 /* consumer: (168 x 384 - 40 x 128) / 256 */
 
-template <int HD, int BN, int ST>
+template <int HD, int BN, int ST, bool TMA>
 static __global__ void __launch_bounds__(WS_NT, 1)
-attn_ws_kernel(const struct kc_attn_args a)
+attn_ws_kernel(const struct kc_attn_args a, const __grid_constant__ CUtensorMap kv_map)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 	constexpr int BM = 128, NTL = BN / 8, DT = HD / 8;
@@ -596,7 +655,7 @@ attn_ws_kernel(const struct kc_attn_args a)
 
 	if (tid == 0) {
 		for (int s = 0; s < ST; s++) {
-			mbar_init(full + 8 * s, 128);
+			mbar_init(full + 8 * s, TMA ? 1 : 128);
 			mbar_init(empty + 8 * s, 8);
 		}
 		mbar_init(qfull, 128);
@@ -616,6 +675,12 @@ attn_ws_kernel(const struct kc_attn_args a)
 			fa_load_q<HD, BM, 128>(a, sm_tok, sm_head, sq,
 					       [](int r, int ch) { return sw128_off(BM, r, ch); });
 			cp_async_mbar_arrive(qfull);
+		}
+		if (TMA) {
+			if (tid == 0)
+				ws_tma_tiles<HD, BN, ST>(a, fb, &kv_map, sk, sv, full, empty);
+			cp_async_wait_all();
+			return;
 		}
 		int t = 0;
 
@@ -674,6 +739,20 @@ attn_ws_kernel(const struct kc_attn_args a)
 		}
 		wg_qk<HD, BM, BN>(sc, sq + cw * 64 * 128, sk + s * KB);
 		bar_arrive(2 - cw, 256); /* the other's turn */
+		if (TMA && p0 + BN > end) {
+			/* whole pages came: V's rows at or past the end to zeros
+			 * (both consumers write the same zeros; K's are masked) */
+			for (int i = tid & 127; i < (p0 + BN - end) * (HD / 8); i += 128) {
+				const int r = end - p0 + i / (HD / 8), ch = i % (HD / 8);
+
+				asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(
+						     sv + s * KB + sw128_off(BN, r, ch)),
+					     "r"(0)
+					     : "memory");
+			}
+			fence_async_smem();
+			bar_sync(3 + cw, 128);
+		}
 		wg_wait(sc);
 		wg_softmax<HD, BN>(sc, o, m_a, m_b, l_a, l_b, p0, end, wmin, t4, sm_lim, row0 + g,
 				   sl2);
@@ -707,8 +786,43 @@ static constexpr int wg_st(int hd)
 }
 
 /* The warp-specialised kernel: head_dim 128 only, K/V tiles of 128
- * positions, ws_st stages (2 or 3: HEARTH_CUDA_ATTN_WS_ST, read at init). */
-static int ws_st = 2;
+ * positions, ws_st stages (2 or 3: HEARTH_CUDA_ATTN_WS_ST, read at init);
+ * K/V by TMA where ws_tma (HEARTH_CUDA_ATTN_WS_TMA=1) and the pool's shape
+ * allows it (ws_map), else by cp.async. */
+static int ws_st = 2, ws_tma;
+
+typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+				    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+				    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+				    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static encode_tiled_fn encode_tiled; /* from the driver, at init */
+
+/*
+ * The 4-D view of a's pool that ws_tma_tiles copies from (innermost first:
+ * head_dim; the page's positions; (layer x 2 + k_or_v) x n_kv_heads + head,
+ * kern_kv_offset's order; page), boxes of 64 x page_tokens in the 128-byte
+ * swizzle. Encoded at each launch (a host call of a microsecond or so, and
+ * no state shared between the reactors of several models). False where the
+ * shape does not suit: pages of 8 to 128 positions dividing 128, so that a
+ * page's rows start 1024-aligned in the tile.
+ */
+static bool ws_map(const struct kc_attn_args *a, CUtensorMap *ret)
+{
+	const uint32_t pt = a->page_tokens, hd = a->head_dim;
+
+	if (!encode_tiled || pt < 8 || pt > 128 || 128 % pt || a->page_elems % ((uint64_t)pt * hd))
+		return false;
+
+	const cuuint64_t dim[4] = { hd, pt, a->page_elems / ((uint64_t)pt * hd), a->n_pages };
+	const cuuint64_t stride[3] = { (cuuint64_t)hd * 2, (cuuint64_t)pt * hd * 2,
+				       a->page_elems * 2 };
+	const cuuint32_t box[4] = { 64, pt, 1, 1 }, es[4] = { 1, 1, 1, 1 };
+
+	return encode_tiled(ret, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, (void *)a->kv_base, dim,
+			    stride, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+			    CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+			    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
 
 /* mt 1, 2: the mma.sync kernel with that many m16 tiles a warp; KC_MMA_WG:
  * the wgmma kernel; KC_MMA_WS: the warp-specialised one. */
@@ -753,7 +867,16 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	const char *st = getenv("HEARTH_CUDA_ATTN_WS_ST");
 	int dev, major = 0, minor = 0;
 
+	const char *tma = getenv("HEARTH_CUDA_ATTN_WS_TMA");
+	cudaDriverEntryPointQueryResult q;
+	void *fn = NULL;
+
 	ws_st = st && !strcmp(st, "3") ? 3 : 2;
+	ws_tma = tma && !strcmp(tma, "1");
+	if (ws_tma && cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+						       cudaEnableDefault, &q) == cudaSuccess &&
+	    q == cudaDriverEntryPointSuccess)
+		encode_tiled = (encode_tiled_fn)fn;
 	if (cudaGetDevice(&dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
@@ -774,10 +897,14 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	/* three stages fill the 227 KB of a block to the byte: where the
 	 * device refuses them, the kernel is left out */
 	ws_ok = wg_ok && mma_smem_bytes(128, KC_MMA_WS) <= smem_optin &&
-		!(ws_st == 3 ? kernel_smem(attn_ws_kernel<128, 128, 3>,
-					   mma_smem_bytes(128, KC_MMA_WS), smem_optin)
-			     : kernel_smem(attn_ws_kernel<128, 128, 2>,
-					   mma_smem_bytes(128, KC_MMA_WS), smem_optin));
+		!(ws_st == 3 ? kernel_smem(attn_ws_kernel<128, 128, 3, false>,
+					   mma_smem_bytes(128, KC_MMA_WS), smem_optin) ||
+				       kernel_smem(attn_ws_kernel<128, 128, 3, true>,
+						   mma_smem_bytes(128, KC_MMA_WS), smem_optin)
+			     : kernel_smem(attn_ws_kernel<128, 128, 2, false>,
+					   mma_smem_bytes(128, KC_MMA_WS), smem_optin) ||
+				       kernel_smem(attn_ws_kernel<128, 128, 2, true>,
+						   mma_smem_bytes(128, KC_MMA_WS), smem_optin));
 	(void)cudaGetLastError();
 	return 0;
 }
@@ -804,11 +931,21 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (mt == KC_MMA_WS && ws_st == 3)
-		attn_ws_kernel<128, 128, 3><<<grid, WS_NT, smem, st>>>(*a);
-	else if (mt == KC_MMA_WS)
-		attn_ws_kernel<128, 128, 2><<<grid, WS_NT, smem, st>>>(*a);
-	else if (mt == KC_MMA_WG && a->head_dim == 64)
+	if (mt == KC_MMA_WS) {
+		CUtensorMap map;
+		const bool tma = ws_tma && ws_map(a, &map);
+
+		if (!tma)
+			memset(&map, 0, sizeof(map));
+		if (ws_st == 3 && tma)
+			attn_ws_kernel<128, 128, 3, true><<<grid, WS_NT, smem, st>>>(*a, map);
+		else if (ws_st == 3)
+			attn_ws_kernel<128, 128, 3, false><<<grid, WS_NT, smem, st>>>(*a, map);
+		else if (tma)
+			attn_ws_kernel<128, 128, 2, true><<<grid, WS_NT, smem, st>>>(*a, map);
+		else
+			attn_ws_kernel<128, 128, 2, false><<<grid, WS_NT, smem, st>>>(*a, map);
+	} else if (mt == KC_MMA_WG && a->head_dim == 64)
 		attn_wg_kernel<64, wg_bn(64), wg_st(64)><<<grid, WG_NT, smem, st>>>(*a);
 	else if (mt == KC_MMA_WG)
 		attn_wg_kernel<128, wg_bn(128), wg_st(128)><<<grid, WG_NT, smem, st>>>(*a);

@@ -101,6 +101,27 @@ static __device__ __forceinline__ void cp_async_mbar_arrive(uint32_t addr)
 	asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(addr) : "memory");
 }
 
+/* This thread's arrival on the mbarrier at addr, announcing `bytes` more
+ * that copies of the async proxy (TMA) will deliver to the phase. */
+static __device__ __forceinline__ void mbar_expect_tx(uint32_t addr, uint32_t bytes)
+{
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(addr),
+		     "r"(bytes)
+		     : "memory");
+}
+
+/* TMA: the box of the 4-D tensor map at `map` (a __grid_constant__
+ * parameter) at coordinates c0..c3 (innermost first) into shared memory at
+ * dst, its bytes counted on the mbarrier at bar. */
+static __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void *map, int32_t c0,
+						   int32_t c1, int32_t c2, int32_t c3, uint32_t bar)
+{
+	asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+		     " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst),
+		     "l"((uint64_t)(uintptr_t)map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+		     : "memory");
+}
+
 /* Named barrier id (1-15; 0 is __syncthreads) of n threads: wait there, or
  * count this warp's threads in and go on. */
 static __device__ __forceinline__ void bar_sync(uint32_t id, uint32_t n)
