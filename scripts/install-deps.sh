@@ -4,7 +4,7 @@
 # Idempotent: packages already installed are not fetched again.
 set -euo pipefail
 
-pkgs=(gcc g++ clang libclang-rt-dev pkg-config meson ninja-build
+pkgs=(gcc g++ pkg-config meson ninja-build
       libopenblas-dev libcjson-dev libxxhash-dev liburing-dev
       libprotobuf-c-dev protobuf-c-compiler libinih-dev libmicrohttpd-dev systemd)
 [ "$#" -gt 0 ] && pkgs+=("$@")

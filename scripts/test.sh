@@ -8,7 +8,7 @@
 #   N passed, N failed, N skipped
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh || exit 1
+scripts/install-deps.sh clang libclang-rt-dev || exit 1 # clang: the fourth build
 jobs=$(nproc)
 passed=0 failed=0 skipped=0 status=0
 
