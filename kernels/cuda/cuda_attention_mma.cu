@@ -787,15 +787,15 @@ static constexpr int wg_st(int hd)
 
 /* The warp-specialised kernel: head_dim 128 only, K/V tiles of 128
  * positions, ws_st stages (2 or 3: HEARTH_CUDA_ATTN_WS_ST, read at init);
- * K/V by TMA where ws_tma (HEARTH_CUDA_ATTN_WS_TMA=1) and the pool's shape
- * allows it (ws_map), else by cp.async. */
-static int ws_st = 2, ws_tma;
+ * K/V by TMA where encode_tiled is set (HEARTH_CUDA_ATTN_WS_TMA=1 and the
+ * driver has it) and the pool's shape allows it (ws_map), else by cp.async. */
+static int ws_st = 2;
 
 typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
 				    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
 				    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
 				    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-static encode_tiled_fn encode_tiled; /* from the driver, at init */
+static encode_tiled_fn encode_tiled; /* from the driver, at init; NULL: no TMA */
 
 /*
  * The 4-D view of a's pool that ws_tma_tiles copies from (innermost first:
@@ -861,19 +861,42 @@ static int kernel_smem(K *kernel, size_t bytes, size_t smem_optin)
 				    (int)bytes) != cudaSuccess;
 }
 
+/* The warp-specialised kernel of ST stages gets its shared memory (its TMA
+ * instantiation too where encode_tiled is set); true when granted. */
+template <int ST>
+static bool ws_grant(size_t smem_optin)
+{
+	const size_t bytes = mma_smem_bytes(128, KC_MMA_WS);
+
+	return !kernel_smem(attn_ws_kernel<128, 128, ST, false>, bytes, smem_optin) &&
+	       (!encode_tiled || !kernel_smem(attn_ws_kernel<128, 128, ST, true>, bytes, smem_optin));
+}
+
+/* Launch it, with K/V by TMA where ws_map gives a tensor map. */
+template <int ST>
+static void ws_launch(const struct kc_attn_args *a, dim3 grid, size_t smem, cudaStream_t st)
+{
+	CUtensorMap map;
+
+	if (ws_map(a, &map)) {
+		attn_ws_kernel<128, 128, ST, true><<<grid, WS_NT, smem, st>>>(*a, map);
+	} else {
+		memset(&map, 0, sizeof(map));
+		attn_ws_kernel<128, 128, ST, false><<<grid, WS_NT, smem, st>>>(*a, map);
+	}
+}
+
 extern "C" int kc_attn_mma_init(size_t smem_optin)
 {
 #if defined(KC_WGMMA)
 	const char *st = getenv("HEARTH_CUDA_ATTN_WS_ST");
-	int dev, major = 0, minor = 0;
-
 	const char *tma = getenv("HEARTH_CUDA_ATTN_WS_TMA");
 	cudaDriverEntryPointQueryResult q;
 	void *fn = NULL;
+	int dev, major = 0, minor = 0;
 
 	ws_st = st && !strcmp(st, "3") ? 3 : 2;
-	ws_tma = tma && !strcmp(tma, "1");
-	if (ws_tma && cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+	if (tma && !strcmp(tma, "1") && cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
 						       cudaEnableDefault, &q) == cudaSuccess &&
 	    q == cudaDriverEntryPointSuccess)
 		encode_tiled = (encode_tiled_fn)fn;
@@ -897,14 +920,7 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	/* three stages fill the 227 KB of a block to the byte: where the
 	 * device refuses them, the kernel is left out */
 	ws_ok = wg_ok && mma_smem_bytes(128, KC_MMA_WS) <= smem_optin &&
-		!(ws_st == 3 ? kernel_smem(attn_ws_kernel<128, 128, 3, false>,
-					   mma_smem_bytes(128, KC_MMA_WS), smem_optin) ||
-				       kernel_smem(attn_ws_kernel<128, 128, 3, true>,
-						   mma_smem_bytes(128, KC_MMA_WS), smem_optin)
-			     : kernel_smem(attn_ws_kernel<128, 128, 2, false>,
-					   mma_smem_bytes(128, KC_MMA_WS), smem_optin) ||
-				       kernel_smem(attn_ws_kernel<128, 128, 2, true>,
-						   mma_smem_bytes(128, KC_MMA_WS), smem_optin));
+		(ws_st == 3 ? ws_grant<3>(smem_optin) : ws_grant<2>(smem_optin));
 	(void)cudaGetLastError();
 	return 0;
 }
@@ -931,21 +947,11 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
-	if (mt == KC_MMA_WS) {
-		CUtensorMap map;
-		const bool tma = ws_tma && ws_map(a, &map);
-
-		if (!tma)
-			memset(&map, 0, sizeof(map));
-		if (ws_st == 3 && tma)
-			attn_ws_kernel<128, 128, 3, true><<<grid, WS_NT, smem, st>>>(*a, map);
-		else if (ws_st == 3)
-			attn_ws_kernel<128, 128, 3, false><<<grid, WS_NT, smem, st>>>(*a, map);
-		else if (tma)
-			attn_ws_kernel<128, 128, 2, true><<<grid, WS_NT, smem, st>>>(*a, map);
-		else
-			attn_ws_kernel<128, 128, 2, false><<<grid, WS_NT, smem, st>>>(*a, map);
-	} else if (mt == KC_MMA_WG && a->head_dim == 64)
+	if (mt == KC_MMA_WS && ws_st == 3)
+		ws_launch<3>(a, grid, smem, st);
+	else if (mt == KC_MMA_WS)
+		ws_launch<2>(a, grid, smem, st);
+	else if (mt == KC_MMA_WG && a->head_dim == 64)
 		attn_wg_kernel<64, wg_bn(64), wg_st(64)><<<grid, WG_NT, smem, st>>>(*a);
 	else if (mt == KC_MMA_WG)
 		attn_wg_kernel<128, wg_bn(128), wg_st(128)><<<grid, WG_NT, smem, st>>>(*a);
