@@ -516,6 +516,10 @@ static int ld_tensor(struct loader *l, const char *name, enum ld_dim rows, enum 
 	return 0;
 }
 
+/* The model-wide tensors' names, as the files carry them. */
+#define LD_EMBED "model.embed_tokens.weight"
+#define LD_NORM "model.norm.weight"
+#define LD_HEAD "lm_head.weight"
 #define LD_LAYERS "model.layers."
 
 /* The layer number of "model.layers.<i>.<suffix>" (decimal, no leading
@@ -591,7 +595,7 @@ static int ld_weights(struct loader *l)
 	size_t k;
 	int r;
 
-	r = ld_tensor(l, "model.embed_tokens.weight", D_VOCAB, D_HIDDEN, false, &m->embed);
+	r = ld_tensor(l, LD_EMBED, D_VOCAB, D_HIDDEN, false, &m->embed);
 	if (r < 0)
 		return r;
 	for (i = 0; i < cfg->n_layers; i++)
@@ -606,11 +610,11 @@ static int ld_weights(struct loader *l)
 			if (r < 0)
 				return r;
 		}
-	r = ld_tensor(l, "model.norm.weight", D_HIDDEN, D_NONE, false, &m->final_norm);
+	r = ld_tensor(l, LD_NORM, D_HIDDEN, D_NONE, false, &m->final_norm);
 	if (r < 0)
 		return r;
 	/* Tied: lm_head is the embedding, unless the file carries its own copy. */
-	return ld_tensor(l, "lm_head.weight", D_VOCAB, D_HIDDEN, cfg->tie_word_embeddings,
+	return ld_tensor(l, LD_HEAD, D_VOCAB, D_HIDDEN, cfg->tie_word_embeddings,
 			 &m->lm_head);
 }
 
@@ -745,11 +749,11 @@ void *model_tensor(const struct model *m, const char *name)
 	const char *suffix;
 	int64_t layer;
 
-	if (strcmp(name, "model.embed_tokens.weight") == 0)
+	if (strcmp(name, LD_EMBED) == 0)
 		return m->embed;
-	if (strcmp(name, "model.norm.weight") == 0)
+	if (strcmp(name, LD_NORM) == 0)
 		return m->final_norm;
-	if (strcmp(name, "lm_head.weight") == 0)
+	if (strcmp(name, LD_HEAD) == 0)
 		return m->lm_head;
 	layer = ld_layer_of(name, &suffix);
 	if (layer < 0 || layer >= m->cfg.n_layers)
