@@ -567,15 +567,18 @@ attn_wg_kernel(const struct kc_attn_args a)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 /*
- * The warp-specialised kernel's K/V tiles by TMA, from one thread: tile t
- * (positions p0 .. p0 + BN - 1) into stage t % ST once both consumers are
- * done with tile t - ST, one box a page and 64-wide head_dim atom of K and
- * of V (ws_map's 4-D view of the pool: head_dim, the page's
+ * The warp-specialised kernel's K/V tiles by TMA, from the producer's first
+ * warp: tile t (positions p0 .. p0 + BN - 1) into stage t % ST once both
+ * consumers are done with tile t - ST, one box a page and 64-wide head_dim
+ * atom of K and of V (ws_map's 4-D view of the pool: head_dim, the page's
  * positions, (layer x 2 + k_or_v) x n_kv_heads + head, page), which lands
- * in the 128-byte swizzle sw128_off gives. Pages wholly past the end are not
- * copied (the consumers zero V's rows there); a page id out of range sets
- * KC_ERR_PAGE and is not copied either: the phase counts only the bytes
- * asked for.
+ * in the 128-byte swizzle sw128_off gives. Lane i owns page i of the tile
+ * (BN / page_tokens <= 16 of them): it reads that page's id for the next
+ * tile while the current one is consumed, so a tile costs one block-table
+ * round trip at most, and issues that page's copies. Pages wholly past the
+ * end are not copied (the consumers zero V's rows there); a page id out of
+ * range sets KC_ERR_PAGE and is not copied either: the phase counts only
+ * the bytes asked for.
  */
 template <int HD, int BN, int ST>
 static __device__ __forceinline__ void ws_tma_tiles(const struct kc_attn_args &a,
@@ -585,40 +588,39 @@ static __device__ __forceinline__ void ws_tma_tiles(const struct kc_attn_args &a
 {
 	constexpr uint32_t KB = BN * HD * 2;
 	const int32_t pt = (int32_t)a.page_tokens;
+	const int32_t off = (int32_t)(threadIdx.x & 31) * pt; /* this lane's page, in the tile */
 	const uint32_t kvh = blockIdx.x % a.n_kv_heads;
 	const int32_t ck = (int32_t)(a.layer_off / ((uint64_t)pt * HD) + kvh);
 	const int32_t cv = ck + (int32_t)a.n_kv_heads;
 	const uint32_t page_bytes = (uint32_t)pt * 128; /* one atom of one page */
+	int32_t pg = off < BN && fb.begin + off < fb.end ? fb.bt[(fb.begin + off) / pt] : 0;
 	int t = 0;
 
 	for (int32_t p0 = fb.begin; p0 < fb.end; p0 += BN, t++) {
 		const int s = t % ST;
-		uint32_t n = 0;
+		const bool here = off < BN && p0 + off < fb.end;
+		const bool ok = here && pg >= 0 && (uint32_t)pg < a.n_pages;
+		const uint32_t n = __popc(__ballot_sync(~0u, ok));
 
+		if (here && !ok)
+			set_err(a.err, KC_ERR_PAGE);
 		if (t >= ST)
 			mbar_wait(empty + 8 * s, (uint32_t)(t / ST - 1) & 1);
-		for (int32_t p = p0; p < p0 + BN && p < fb.end; p += pt) {
-			const int32_t pg = fb.bt[p / pt];
-
-			n += pg >= 0 && (uint32_t)pg < a.n_pages;
-		}
-		mbar_expect_tx(full + 8 * s, n * 2 * (HD / 64) * page_bytes);
-		for (int32_t p = p0; p < p0 + BN && p < fb.end; p += pt) {
-			const int32_t pg = fb.bt[p / pt];
-			const uint32_t r = (uint32_t)(p - p0) * 128;
-
-			if (pg < 0 || (uint32_t)pg >= a.n_pages) {
-				set_err(a.err, KC_ERR_PAGE);
-				continue;
-			}
+		if ((threadIdx.x & 31) == 0)
+			mbar_expect_tx(full + 8 * s, n * 2 * (HD / 64) * page_bytes);
+		__syncwarp();
+		if (ok) {
 #pragma unroll
 			for (int c = 0; c < HD / 64; c++) {
-				tma_load_4d(sk + s * KB + c * BN * 128 + r, map, c * 64, 0, ck, pg,
-					    full + 8 * s);
-				tma_load_4d(sv + s * KB + c * BN * 128 + r, map, c * 64, 0, cv, pg,
-					    full + 8 * s);
+				tma_load_4d(sk + s * KB + c * BN * 128 + off * 128, map, c * 64, 0, ck,
+					    pg, full + 8 * s);
+				tma_load_4d(sv + s * KB + c * BN * 128 + off * 128, map, c * 64, 0, cv,
+					    pg, full + 8 * s);
 			}
 		}
+		/* the next tile's page, read while this one is consumed */
+		if (off < BN && p0 + BN + off < fb.end)
+			pg = fb.bt[(p0 + BN + off) / pt];
 	}
 }
 #endif
@@ -626,8 +628,9 @@ static __device__ __forceinline__ void ws_tma_tiles(const struct kc_attn_args &a
 /*
  * Warp-specialised wgmma kernel (sm_90a, FA3's layout), 128 rows a block,
  * three warpgroups: the first (the producer, 40 registers a thread) loads Q
- * and the K/V tiles into ST stages by cp.async, each stage's arrival counted
- * by its `full` mbarrier; the other two (the consumers, 232 registers) own
+ * by cp.async and the K/V tiles into ST stages, by TMA from its first warp
+ * (ws_tma_tiles) or by cp.async from all of it, each stage's arrival
+ * counted by its `full` mbarrier; the other two (the consumers, 232 registers) own
  * 64 rows each and run the arithmetic of attn_wg_kernel, each warp freeing
  * a stage through its `empty` mbarrier once its wgmma have read it. No block
  * barrier inside the loop: the consumers take turns to issue S = Q K^T
@@ -677,7 +680,7 @@ attn_ws_kernel(const struct kc_attn_args a, const __grid_constant__ CUtensorMap 
 			cp_async_mbar_arrive(qfull);
 		}
 		if (TMA) {
-			if (tid == 0)
+			if (warp == 0)
 				ws_tma_tiles<HD, BN, ST>(a, fb, &kv_map, sk, sv, full, empty);
 			cp_async_wait_all();
 			return;
@@ -787,8 +790,9 @@ static constexpr int wg_st(int hd)
 
 /* The warp-specialised kernel: head_dim 128 only, K/V tiles of 128
  * positions, ws_st stages (2 or 3: HEARTH_CUDA_ATTN_WS_ST, read at init);
- * K/V by TMA where encode_tiled is set (HEARTH_CUDA_ATTN_WS_TMA=1 and the
- * driver has it) and the pool's shape allows it (ws_map), else by cp.async. */
+ * K/V by TMA where encode_tiled is set (the driver has it and
+ * HEARTH_CUDA_ATTN_WS_TMA is not 0) and the pool's pages suit (ws_tma_pages),
+ * else by cp.async. */
 static int ws_st = 2;
 
 typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
@@ -797,20 +801,26 @@ typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32
 				    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 static encode_tiled_fn encode_tiled; /* from the driver, at init; NULL: no TMA */
 
+/* TMA is on and suits pools of pt-position pages: 8 to 128 positions
+ * dividing 128, so that a page's rows start 1024-aligned in the tile. */
+static bool ws_tma_pages(uint32_t pt)
+{
+	return encode_tiled && pt >= 8 && pt <= 128 && 128 % pt == 0;
+}
+
 /*
  * The 4-D view of a's pool that ws_tma_tiles copies from (innermost first:
  * head_dim; the page's positions; (layer x 2 + k_or_v) x n_kv_heads + head,
  * kern_kv_offset's order; page), boxes of 64 x page_tokens in the 128-byte
  * swizzle. Encoded at each launch (a host call of a microsecond or so, and
  * no state shared between the reactors of several models). False where the
- * shape does not suit: pages of 8 to 128 positions dividing 128, so that a
- * page's rows start 1024-aligned in the tile.
+ * pages do not suit.
  */
 static bool ws_map(const struct kc_attn_args *a, CUtensorMap *ret)
 {
 	const uint32_t pt = a->page_tokens, hd = a->head_dim;
 
-	if (!encode_tiled || pt < 8 || pt > 128 || 128 % pt || a->page_elems % ((uint64_t)pt * hd))
+	if (!ws_tma_pages(pt) || a->page_elems % ((uint64_t)pt * hd))
 		return false;
 
 	const cuuint64_t dim[4] = { hd, pt, a->page_elems / ((uint64_t)pt * hd), a->n_pages };
@@ -846,6 +856,11 @@ extern "C" int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin)
 	       (mt == 1 || mt == 2 || (mt == KC_MMA_WG && wg_ok) ||
 		(mt == KC_MMA_WS && ws_ok && head_dim == 128)) &&
 	       mma_smem_bytes(head_dim, mt) <= smem_optin;
+}
+
+extern "C" int kc_attn_ws_tma(uint32_t page_tokens)
+{
+	return ws_ok && ws_tma_pages(page_tokens);
 }
 
 extern "C" uint32_t kc_attn_mma_rows(uint32_t mt)
@@ -896,7 +911,7 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 	int dev, major = 0, minor = 0;
 
 	ws_st = st && !strcmp(st, "3") ? 3 : 2;
-	if (tma && !strcmp(tma, "1") && cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+	if (!(tma && !strcmp(tma, "0")) && cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
 						       cudaEnableDefault, &q) == cudaSuccess &&
 	    q == cudaDriverEntryPointSuccess)
 		encode_tiled = (encode_tiled_fn)fn;

@@ -532,7 +532,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 			    : !strcmp(mt, "ws") ? KC_MMA_WS
 						: 0;
 		c->attn_wg = !(wg && !strcmp(wg, "0"));
-		c->attn_wspec = ws && !strcmp(ws, "1");
+		c->attn_wspec = !ws ? -1 : !strcmp(ws, "1") ? 1 : !strcmp(ws, "0") ? 0 : -1;
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_pair = !(lp && !strcmp(lp, "0"));

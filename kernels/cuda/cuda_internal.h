@@ -118,8 +118,9 @@ struct kern_cuda {
 	 * blocks, 1 (mma.sync, 64 rows), 2 (mma.sync, 128 rows) or wg (wgmma,
 	 * 128 rows: KC_MMA_WG); default 0: by step (attention_mma).
 	 * HEARTH_CUDA_ATTN_WG=0: the step's choice never takes wgmma;
-	 * HEARTH_CUDA_ATTN_WS=1: it takes the warp-specialised kernel
-	 * (KC_MMA_WS, ws) where it would take wg at head_dim 128. */
+	 * attn_wspec (HEARTH_CUDA_ATTN_WS): where it would take wg at
+	 * head_dim 128, it takes the warp-specialised kernel (KC_MMA_WS, ws)
+	 * when that loads K/V by TMA (default, -1), always (1) or never (0). */
 	uint32_t mma_mt;
 	int attn_wg;
 	int attn_wspec;
@@ -386,6 +387,9 @@ int kc_attn_combine(const struct kc_attn_args *a, uint32_t n_splits, cudaStream_
  * taking turns on the tensor cores), 128 rows a block, head_dim 128. */
 #define KC_MMA_WS 4
 int kc_attn_mma_ok(uint32_t head_dim, uint32_t mt, size_t smem_optin);
+/* KC_MMA_WS runs and loads K/V by TMA for pools of pages of page_tokens
+ * positions (HEARTH_CUDA_ATTN_WS_TMA=0 turns TMA off). */
+int kc_attn_ws_tma(uint32_t page_tokens);
 /* Query rows ((token, q head) pairs of one kv head) per block. */
 uint32_t kc_attn_mma_rows(uint32_t mt);
 int kc_attn_mma_init(size_t smem_optin);

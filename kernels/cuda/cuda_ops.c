@@ -467,8 +467,11 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
  * 5.5 against 6.2 ms; H100, docs/BENCHMARKS.md). (The 8B's APPEND 32 on
  * wgmma at 16 splits: 20.8 against 23.0 us alone, but no faster end to end.)
  * As for decode, the choice depends on the bucket and the max_ctx hint
- * only. HEARTH_CUDA_ATTN_WS=1 puts the warp-specialised wgmma kernel in the
- * long chunks' place where it runs (head_dim 128). HEARTH_CUDA_ATTN_MMA_MT=1,
+ * only. At head_dim 128 the long chunks take the warp-specialised wgmma
+ * kernel instead where it loads K/V by TMA (8B prefill 2048: 95.5 against
+ * 143.2 us alone, the prefill 47.1 against 48.4-48.8 ms; H100); cp.async
+ * loads make it no faster than wg. HEARTH_CUDA_ATTN_WS=0 keeps it out, =1
+ * takes it even without TMA. HEARTH_CUDA_ATTN_MMA_MT=1,
  * 2, wg or ws forces one kernel (c->mma_mt).
  */
 static int attention_mma(struct kern_backend *be, void *out, const void *q,
@@ -479,7 +482,8 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 	const uint32_t group = n_heads / kv->n_kv_heads, hd = kv->head_dim;
 	const uint64_t rows_all = (uint64_t)b->n_tokens * group;
 	const int wg = c->attn_wg && kc_attn_mma_ok(hd, KC_MMA_WG, c->smem_optin);
-	const int ws = wg && c->attn_wspec && kc_attn_mma_ok(hd, KC_MMA_WS, c->smem_optin);
+	const int ws = wg && kc_attn_mma_ok(hd, KC_MMA_WS, c->smem_optin) &&
+		       (c->attn_wspec > 0 || (c->attn_wspec < 0 && kc_attn_ws_tma(kv->page_tokens)));
 	uint32_t mt = c->mma_mt, n_splits;
 	struct kc_attn_args a;
 	int r;
