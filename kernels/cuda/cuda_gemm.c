@@ -185,8 +185,9 @@ out:
  * The heuristic's first choice is often not the fastest for few rows (its
  * model favours large tiles; split-k variants further down the list read
  * the weights with more blocks). So the first time a plan of a graph
- * bucket's shape runs while the model prepares (ops->tune on, from
- * model_scratch_warm), each candidate runs once to warm up and then three
+ * bucket's shape (or the longest prefill chunk's) runs while the model
+ * prepares (ops->tune on, from model_scratch_warm), each candidate runs once
+ * to warm up and then three
  * times between two events, and the fastest stays. This synchronises the
  * stream once per shape and process (milliseconds);
  * HEARTH_CUDA_LT_TUNE=0 keeps the heuristic's choice. Measured: a batch-64
@@ -394,13 +395,15 @@ static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in
 				    sizeof(pr->bias))))))
 		return -EIO;
 	/* Only the shapes of graph buckets (kern_step_bucket() row counts: a
-	 * few dozen shapes) and only while the model prepares (ops->tune, from
+	 * few dozen shapes) and of the longest prefill chunk (past any graph
+	 * step), and only while the model prepares (ops->tune, from
 	 * model_scratch_warm before serving): a tuning under load stalls every
 	 * request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms when a
 	 * bucket's first step tuned its shapes). Not in place: the candidates'
 	 * runs would feed on their own output. */
-	if (!p->tuned && !acc && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
-	    kern_step_bucket(n) == n && disjoint(out, out_bytes, in, (size_t)n * k * 2) &&
+	if (!p->tuned && !acc && c->tuning && !c->capturing &&
+	    (n > KERN_GRAPH_MAX_TOKENS || kern_step_bucket(n) == n) &&
+	    disjoint(out, out_bytes, in, (size_t)n * k * 2) &&
 	    (!pr || disjoint(out1, out_bytes, in, (size_t)n * k * 2)))
 		plan_tune(c, p, out, in, w);
 	st = cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, in, p->lb, &beta, out, p->lc, out,
