@@ -70,7 +70,7 @@ on tests && for m in llama-tiny qwen2-tiny llama3-scaled mistral-tiny; do
 done
 if on attn; then
 	timeout 200 $R/test_cuda_attention time >"$OUT/attn-time.log" 2>&1
-	echo "-- attn rc=$? $(el)"; grep -iE "prefill|APPEND" "$OUT/attn-time.log" | cut -c1-160
+	echo "-- attn rc=$? $(el)"; grep -iE "prefill|APPEND" "$OUT/attn-time.log" | grep -v large | cut -c1-160
 fi
 on profile && for s in 1b 8b; do
 	timeout 120 $R/hearth-bench-engine --backend cuda --shape $s --ctx 2048 --batches 64 \
@@ -90,7 +90,7 @@ on engine && for s in 1b 8b; do
 		# shellcheck disable=SC2046
 		timeout 120 env $(echo "$v" | tr , ' ') $R/hearth-bench-engine --backend cuda \
 			--shape $s --ctx 2048 --batches 1 --iters 100 >"$OUT/engine-$s-$i.log" 2>&1
-		echo "-- engine $s $v rc=$? $(el)"
+		echo "-- engine $s $v rc=$? $(el) $(grep -o 'warm-up:.*' "$OUT/engine-$s-$i.log")"
 		grep ^BENCH "$OUT/engine-$s-$i.log" |
 			grep -oE '"(copy_gbs|roofline_ms|decode_ms|append32_score_ms|prefill_ms|mixed[0-9]+_ms|valid)":[a-z0-9.]+' |
 			tr '\n' ' '
