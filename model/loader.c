@@ -539,6 +539,15 @@ static int64_t ld_layer_of(const char *name, const char **suffix)
 	return layer;
 }
 
+/* The layer tensor named by suffix, or NULL. */
+static const struct ld_layer_tensor *ld_layer_tensor_of(const char *suffix)
+{
+	for (size_t i = 0; i < HR_ARRAY_SIZE(ld_layer_tensors); i++)
+		if (strcmp(suffix, ld_layer_tensors[i].suffix) == 0)
+			return &ld_layer_tensors[i];
+	return NULL;
+}
+
 /*
  * A tensor under "model.layers." must be one the architecture uses, of a
  * layer that exists: anything else means config and weights disagree.
@@ -549,8 +558,9 @@ static int ld_check_layer_name(const struct loader *l, const struct ld_shard *s,
 	const struct model_config *cfg = &l->m->cfg;
 	const char *suffix;
 	char esc[MODEL_ESC_MAX];
+	const struct ld_layer_tensor *lt;
 	int64_t layer;
-	size_t i, n = strlen(name);
+	size_t n = strlen(name);
 
 	if (strncmp(name, LD_LAYERS, sizeof(LD_LAYERS) - 1) != 0)
 		return 0;
@@ -563,10 +573,9 @@ static int ld_check_layer_name(const struct loader *l, const struct ld_shard *s,
 		return ld_fail(l, -EINVAL, "%s: tensor '%s' is for layer %lld but num_hidden_layers is %u",
 			       s->file, model__esc(esc, sizeof(esc), name), (long long)layer,
 			       cfg->n_layers);
-	for (i = 0; i < HR_ARRAY_SIZE(ld_layer_tensors); i++)
-		if (strcmp(suffix, ld_layer_tensors[i].suffix) == 0 &&
-		    (!ld_layer_tensors[i].bias || cfg->qkv_bias))
-			return 0;
+	lt = ld_layer_tensor_of(suffix);
+	if (lt && (!lt->bias || cfg->qkv_bias))
+		return 0;
 unexpected:
 	return ld_fail(l, -EINVAL, "%s: unexpected tensor '%s' for %s", s->file,
 		       model__esc(esc, sizeof(esc), name), cfg->arch_name);
@@ -746,6 +755,7 @@ const char *model_layer_tensor_suffix(unsigned i)
 
 void *model_tensor(const struct model *m, const char *name)
 {
+	const struct ld_layer_tensor *lt;
 	const char *suffix;
 	int64_t layer;
 
@@ -758,11 +768,8 @@ void *model_tensor(const struct model *m, const char *name)
 	layer = ld_layer_of(name, &suffix);
 	if (layer < 0 || layer >= m->cfg.n_layers)
 		return NULL;
-	for (size_t i = 0; i < HR_ARRAY_SIZE(ld_layer_tensors); i++)
-		if (strcmp(suffix, ld_layer_tensors[i].suffix) == 0)
-			return *(void *const *)((const char *)&m->layers[layer] +
-						 ld_layer_tensors[i].off);
-	return NULL;
+	lt = ld_layer_tensor_of(suffix);
+	return lt ? *(void *const *)((const char *)&m->layers[layer] + lt->off) : NULL;
 }
 
 void model_free(struct model *m)

@@ -593,12 +593,14 @@ static __device__ __forceinline__ void ws_tma_tiles(const struct kc_attn_args &a
 	const int32_t ck = (int32_t)(a.layer_off / ((uint64_t)pt * HD) + kvh);
 	const int32_t cv = ck + (int32_t)a.n_kv_heads;
 	const uint32_t page_bytes = (uint32_t)pt * 128; /* one atom of one page */
-	int32_t pg = off < BN && fb.begin + off < fb.end ? fb.bt[(fb.begin + off) / pt] : 0;
+	/* the tile at p0 has this lane's page (not past the end) */
+	const auto here_at = [&](int32_t p0) { return off < BN && p0 + off < fb.end; };
+	int32_t pg = here_at(fb.begin) ? fb.bt[(fb.begin + off) / pt] : 0;
 	int t = 0;
 
 	for (int32_t p0 = fb.begin; p0 < fb.end; p0 += BN, t++) {
 		const int s = t % ST;
-		const bool here = off < BN && p0 + off < fb.end;
+		const bool here = here_at(p0);
 		const bool ok = here && pg >= 0 && (uint32_t)pg < a.n_pages;
 		const uint32_t n = __popc(__ballot_sync(~0u, ok));
 
@@ -619,7 +621,7 @@ static __device__ __forceinline__ void ws_tma_tiles(const struct kc_attn_args &a
 			}
 		}
 		/* the next tile's page, read while this one is consumed */
-		if (off < BN && p0 + BN + off < fb.end)
+		if (here_at(p0 + BN))
 			pg = fb.bt[(p0 + BN + off) / pt];
 	}
 }

@@ -187,8 +187,8 @@ out:
  * the weights with more blocks). So the first time a plan of a graph
  * bucket's shape (or the longest prefill chunk's) runs while the model
  * prepares (ops->tune on, from model_scratch_warm), each candidate runs once
- * to warm up and then three
- * times between two events, and the fastest stays. This synchronises the
+ * to warm up and then three times between two events, and the fastest
+ * stays. This synchronises the
  * stream once per shape and process (milliseconds);
  * HEARTH_CUDA_LT_TUNE=0 keeps the heuristic's choice. Measured: a batch-64
  * step at context 512, 8B 6.92 -> 6.76 ms, 1B 1.750 -> 1.743 ms.
