@@ -19,18 +19,10 @@
 #include <time.h>
 
 #include "gt.h"
+#include "kt_attn.h"
 #include "cuda_internal.h"
 
 #define MAX_SEQS 16
-
-struct geom {
-	uint32_t n_layers, n_kv_heads, n_heads, head_dim, page_tokens, n_pages, max_blocks;
-	uint32_t layer;
-};
-
-struct seq {
-	uint32_t n_past, n_new; /* step 1 writes n_past tokens, step 2 n_new */
-};
 
 struct side {
 	struct kern_backend *be;
@@ -69,11 +61,6 @@ struct step {
 };
 
 static struct kt_rng rng = { 0x6174746e67707575ull };
-
-static uint32_t ctx_of(const struct seq *s, int step)
-{
-	return step == 1 ? s->n_past : s->n_past + s->n_new;
-}
 
 static size_t pool_elems(const struct scen *sc)
 {
@@ -383,39 +370,9 @@ static void step_check(const struct scen *sc, const struct step *st, const char 
  * each sequence's context were written. */
 static void check_pool_untouched(const struct scen *sc, const char *tag)
 {
-	const struct geom *g = &sc->g;
 	float *pool = gt_get(gt_gpu, sc->s[1].kv.base, pool_elems(sc));
-	size_t bad = 0;
 
-	for (uint32_t page = 0; page < g->n_pages; page++) {
-		int owner = -1;
-		uint32_t blk = 0;
-
-		for (uint32_t s = 0; s < sc->n_seqs && owner < 0; s++)
-			for (uint32_t j = 0; j < g->max_blocks; j++)
-				if (sc->bt[s * g->max_blocks + j] == (int32_t)page) {
-					owner = (int)s;
-					blk = j;
-				}
-		for (uint32_t l = 0; l < g->n_layers; l++)
-			for (uint32_t kvi = 0; kvi < 2; kvi++)
-				for (uint32_t h = 0; h < g->n_kv_heads; h++)
-					for (uint32_t t = 0; t < g->page_tokens; t++) {
-						const float *x = pool + kern_kv_offset(&sc->s[1].kv, page,
-										       l, kvi, h, t);
-						uint32_t p = blk * g->page_tokens + t;
-						int written = owner >= 0 && l == g->layer &&
-							      p < ctx_of(&sc->seq[owner], 2);
-
-						for (uint32_t d = 0; d < g->head_dim; d++)
-							bad += written == !!isnan(x[d]);
-					}
-	}
-	if (bad) {
-		fprintf(stderr, "%s: %zu pool elements wrong (written outside slots or not at all)\n",
-			tag, bad);
-		kt_failures++;
-	}
+	kt_pool_check(pool, &sc->s[1].kv, &sc->g, sc->bt, sc->n_seqs, sc->seq, tag);
 	free(pool);
 }
 

@@ -10,19 +10,9 @@
  */
 #include <errno.h>
 
-#include "kt.h"
+#include "kt_attn.h"
 
 #define MAX_SEQS 8
-
-struct geom {
-	uint32_t n_layers, n_kv_heads, n_heads, head_dim, page_tokens, n_pages, max_blocks;
-	uint32_t layer;
-};
-
-/* One sequence: n_past tokens written in step 1, n_new in step 2. */
-struct seq {
-	uint32_t n_past, n_new;
-};
 
 struct scen {
 	struct geom g;
@@ -45,11 +35,6 @@ struct step {
 };
 
 static struct kt_rng rng = { 0x617474ull };
-
-static uint32_t ctx_of(const struct seq *s, int step)
-{
-	return step == 1 ? s->n_past : s->n_past + s->n_new;
-}
 
 static void scen_init(struct kern_backend *be, struct scen *sc)
 {
@@ -289,39 +274,7 @@ static void step_check(const struct scen *sc, const struct step *st, const char 
 /* No element outside the written slots of `layer` may have changed. */
 static void check_pool_untouched(const struct scen *sc, const char *tag)
 {
-	const struct geom *g = &sc->g;
-	const float *base = sc->kv.base;
-	size_t bad = 0;
-
-	for (uint32_t page = 0; page < g->n_pages; page++) {
-		int owner = -1;
-		uint32_t blk = 0;
-
-		for (uint32_t s = 0; s < sc->n_seqs && owner < 0; s++)
-			for (uint32_t j = 0; j < g->max_blocks; j++)
-				if (sc->bt[s * g->max_blocks + j] == (int32_t)page) {
-					owner = (int)s;
-					blk = j;
-				}
-		for (uint32_t l = 0; l < g->n_layers; l++)
-			for (uint32_t kvi = 0; kvi < 2; kvi++)
-				for (uint32_t h = 0; h < g->n_kv_heads; h++)
-					for (uint32_t t = 0; t < g->page_tokens; t++) {
-						const float *x = base + kern_kv_offset(&sc->kv, page,
-										       l, kvi, h, t);
-						uint32_t p = blk * g->page_tokens + t;
-						int written = owner >= 0 && l == g->layer &&
-							      p < ctx_of(&sc->seq[owner], 2);
-
-						for (uint32_t d = 0; d < g->head_dim; d++)
-							bad += written == !!isnan(x[d]);
-					}
-	}
-	if (bad) {
-		fprintf(stderr, "%s: %zu pool elements wrong (written outside slots or not at all)\n",
-			tag, bad);
-		kt_failures++;
-	}
+	kt_pool_check(sc->kv.base, &sc->kv, &sc->g, sc->bt, sc->n_seqs, sc->seq, tag);
 }
 
 static void run_scenario(struct kern_backend *be, struct scen *sc, const char *tag)
