@@ -781,10 +781,8 @@ static int warm_step(struct model *m, struct model_scratch *s, const struct kern
 	return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, OUT_LOGITS, false);
 }
 
-/* The padding steps of model_scratch_warm: one per graph bucket up to top
- * (the LM head over as many rows as a graph step of t tokens can have), then
- * one of the scratch's max_tokens in one sequence where that is longer (the
- * longest prefill chunk: its GEMM shapes, run eagerly, are tuned too).
+/* The padding steps of model_scratch_warm: one per graph bucket up to top,
+ * the LM head over as many rows as a graph step of t tokens can have.
  * Returns how many ran, or -errno. */
 static int warm_buckets(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
 			uint32_t top)
@@ -801,8 +799,6 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
 		if (t == top)
 			break;
 	}
-	if (s->max_tokens > top && (r = warm_step(m, s, kv, s->max_tokens, 1, 1)) < 0)
-		return r;
 	return (int)n;
 }
 
@@ -810,13 +806,12 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
  * One eager step of padding tokens per token bucket a graph step can have (at
  * most graph_max and the scratch's size), built as a graph step's padding
  * (meta_pad), with the LM head over as many rows as such a step can have,
- * then one of the scratch's max_tokens where that is longer (the longest
- * prefill chunk), with ops->tune on. The backend meets every GEMM shape of
- * the graph steps and of the longest chunk here: cuda tunes cuBLASLt for each
- * (a stream synchronisation and a few milliseconds per shape; the only time
- * it tunes) and sizes its workspaces, before serving instead of at a
- * bucket's first step under load, where it stalled every request in flight
- * (seen: p99 of 37-52 ms against a 2.5 ms mean step). Every token sits at
+ * with ops->tune on. The backend meets every GEMM shape of the graph steps
+ * here: cuda tunes cuBLASLt for each (a stream synchronisation and a few
+ * milliseconds per shape; the only time it tunes) and sizes its workspaces,
+ * before serving instead of at a bucket's first step under load, where it
+ * stalled every request in flight (seen: p99 of 37-52 ms against a 2.5 ms
+ * mean step). Every token sits at
  * position 0 of a one-token context on page 0 with KERN_SLOT_PAD: no KV is
  * written. Returns the number of buckets run (0 without graphs) or -errno.
  */

@@ -347,8 +347,6 @@ static int cuda_graph_launch(struct kern_backend *be, void *graph)
 static void cuda_tune(struct kern_backend *be, bool on)
 {
 	kc_priv(be)->tuning = on;
-	if (!on && kc_enter(be) == 0)
-		kc_gemm_tune_end(kc_priv(be));
 }
 
 static void cuda_graph_destroy(struct kern_backend *be, void *graph)
@@ -536,7 +534,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->attn_wg = !(wg && !strcmp(wg, "0"));
 		c->attn_wspec = !ws ? -1 : !strcmp(ws, "1") ? 1 : !strcmp(ws, "0") ? 0 : -1;
 		c->skinny_off = sk && !strcmp(sk, "0");
-		c->lt_tune = !lt ? 1 : !strcmp(lt, "0") ? 0 : !strcmp(lt, "2") ? 2 : 1;
+		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_log = getenv("HEARTH_CUDA_LT_LOG") && !strcmp(getenv("HEARTH_CUDA_LT_LOG"), "1");
 		c->lt_pair = !(lp && !strcmp(lp, "0"));
 		c->norm_fuse = !(nf && !strcmp(nf, "0"));

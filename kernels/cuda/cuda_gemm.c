@@ -28,9 +28,7 @@
 #define KC_GEMM_CACHE 1024
 #define KC_GEMM_PROBE 8
 #define KC_GEMM_WS ((size_t)32 << 20)
-#define KC_GEMM_HEUR 8   /* the heuristic's candidates asked for */
-#define KC_GEMM_ALGOS 24 /* candidates timed at most: those and split-k variants */
-#define KC_GEMM_SPLIT_BASES 2 /* candidates given split-k variants (HEARTH_CUDA_LT_TUNE=2) */
+#define KC_GEMM_ALGOS 8
 #define KC_GEMM_PAIR (1u << 24) /* key flag: a strided batch of two (kc_gemm_pair) */
 #define KC_GEMM_ACC (1u << 25)  /* key flag: out += (kc_gemm_acc), a plan of its own */
 
@@ -46,8 +44,8 @@ struct kc_gemm_plan {
 	cublasLtMatmulDesc_t desc;
 	cublasLtMatrixLayout_t la, lb, lc;
 	cublasLtMatmulAlgo_t algo;
-	/* The heuristic's first KC_GEMM_HEUR choices (and split-k variants
-	 * of them), timed at the plan's first use while tuning (plan_tune). */
+	/* The heuristic's first KC_GEMM_ALGOS choices, timed at the plan's
+	 * first use while tuning (plan_tune). */
 	cublasLtMatmulAlgo_t cand[KC_GEMM_ALGOS];
 	int n_cand;
 	int tuned;
@@ -95,7 +93,7 @@ static int plan_make(struct kern_cuda *c, struct kc_gemm_plan *p, const struct k
 	cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
 	cudaDataType_t ot = key->flags & 1 ? CUDA_R_32F : CUDA_R_16BF;
 	cublasLtMatmulPreference_t pref = NULL;
-	cublasLtMatmulHeuristicResult_t res[KC_GEMM_HEUR];
+	cublasLtMatmulHeuristicResult_t res[KC_GEMM_ALGOS];
 	uint64_t ws = c->lt_ws_bytes;
 	int count = 0, r = -EIO;
 
@@ -165,7 +163,7 @@ static int plan_make(struct kern_cuda *c, struct kc_gemm_plan *p, const struct k
 			goto out;
 	}
 	if (!LT_OK(cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc,
-						  pref, c->lt_tune ? KC_GEMM_HEUR : 1, res, &count)) ||
+						  pref, c->lt_tune ? KC_GEMM_ALGOS : 1, res, &count)) ||
 	    count < 1 || !LT_OK(res[0].state)) {
 		p->simple = 1;
 	} else {
@@ -184,155 +182,55 @@ out:
 	return r;
 }
 
-/*
- * Split-k variants of the first KC_GEMM_SPLIT_BASES candidates that allow
- * it (HEARTH_CUDA_LT_TUNE=2), for shapes whose 128 x 128 tiles are fewer
- * than two waves: on a few dozen rows the heuristic's choices read the
- * weights with one block per 128 of their rows (1B q or o at 64 rows: 16
- * blocks, 10 us for 8 MB, a fifth of the copy rate), and its split-k
- * candidates, if any, come past the first KC_GEMM_HEUR. The partial sums
- * go to the workspace in fp32 and are reduced in a second step (the
- * COMPUTE_TYPE scheme: deterministic, no accuracy lost).
- */
-static void plan_add_splits(struct kern_cuda *c, struct kc_gemm_plan *p)
-{
-	static const int32_t splits[] = { 2, 3, 4, 6, 8, 12, 16 };
-	const struct kc_gemm_key *key = &p->key;
-	const uint64_t tiles = (uint64_t)((key->m + 127) / 128) * ((key->n + 127) / 128) *
-			       (key->flags & KC_GEMM_PAIR ? 2 : 1);
-	const int bases = p->n_cand < KC_GEMM_SPLIT_BASES ? p->n_cand : KC_GEMM_SPLIT_BASES;
-
-	if (tiles >= 2ull * (uint64_t)c->n_sms)
-		return;
-	for (int b = 0; b < bases; b++) {
-		cublasLtMatmulAlgo_t a = p->cand[b];
-		const uint32_t scheme = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
-		int32_t sup = 0, cur = 1;
-		uint32_t mask = 0;
-		size_t wr = 0;
-
-		if (!LT_OK(cublasLtMatmulAlgoCapGetAttribute(&a, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT,
-							     &sup, sizeof(sup), &wr)) ||
-		    !sup ||
-		    !LT_OK(cublasLtMatmulAlgoCapGetAttribute(
-			    &a, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &mask, sizeof(mask), &wr)) ||
-		    !(mask & scheme) ||
-		    !LT_OK(cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-								&cur, sizeof(cur), &wr)) ||
-		    cur > 1)
-			continue;
-		for (unsigned i = 0; i < sizeof(splits) / sizeof(splits[0]); i++) {
-			cublasLtMatmulHeuristicResult_t hr;
-
-			if (p->n_cand >= KC_GEMM_ALGOS || key->k < (uint32_t)splits[i] * 128)
-				break;
-			memset(&hr, 0, sizeof(hr));
-			if (LT_OK(cublasLtMatmulAlgoConfigSetAttribute(
-				    &a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits[i], sizeof(splits[i]))) &&
-			    LT_OK(cublasLtMatmulAlgoConfigSetAttribute(
-				    &a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof(scheme))) &&
-			    LT_OK(cublasLtMatmulAlgoCheck(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, &a,
-							  &hr)) &&
-			    hr.workspaceSize <= c->lt_ws_bytes)
-				p->cand[p->n_cand++] = a;
-		}
-	}
-}
-
-/* Twice the L2 of scratch, written between timed runs (HEARTH_CUDA_LT_TUNE=2);
- * freed when the tuning ends. 0, or -1 when it cannot be had (the runs are
- * then timed with the weights in L2). */
-static int lt_flush_get(struct kern_cuda *c)
-{
-	int dev = 0, l2 = 0;
-
-	if (c->lt_flush)
-		return 0;
-	if (cudaGetDevice(&dev) != cudaSuccess ||
-	    cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev) != cudaSuccess || l2 <= 0 ||
-	    cudaMalloc(&c->lt_flush, 2 * (size_t)l2) != cudaSuccess) {
-		c->lt_flush = NULL;
-		(void)cudaGetLastError();
-		return -1;
-	}
-	c->lt_flush_bytes = 2 * (size_t)l2;
-	return 0;
-}
-
-void kc_gemm_tune_end(struct kern_cuda *c)
-{
-	if (c->lt_flush)
-		cudaFree(c->lt_flush);
-	c->lt_flush = NULL;
-	c->lt_flush_bytes = 0;
-}
-
-/*
- * One candidate's time in ms, or a negative value when it failed: a run to
- * warm up, then three timed. Cold: each timed run alone, after a write over
- * twice the L2 has evicted the weights, as a step streaming a whole model
- * finds them; else the three back to back.
- */
+/* One candidate's time in ms, or a negative value when it failed: a run to
+ * warm up, then three back to back between two events. */
 static float cand_time(struct kern_cuda *c, struct kc_gemm_plan *p, const cublasLtMatmulAlgo_t *a,
-		       void *out, const void *in, const void *w, cudaEvent_t e0, cudaEvent_t e1,
-		       int cold)
+		       void *out, const void *in, const void *w, cudaEvent_t e0, cudaEvent_t e1)
 {
 	const float alpha = 1.0f, beta = 0.0f;
-	float total = 0.0f, ms = 0.0f;
+	float ms = 0.0f;
 
 	for (int r = 0; r < 4; r++) {
-		const int start = r == 1 || (r && cold), stop = r == 3 || (r && cold);
-
-		if (r && cold &&
-		    cudaMemsetAsync(c->lt_flush, r, c->lt_flush_bytes, c->stream) != cudaSuccess)
-			return -1.0f;
-		if (start && cudaEventRecord(e0, c->stream) != cudaSuccess)
+		if (r == 1 && cudaEventRecord(e0, c->stream) != cudaSuccess)
 			return -1.0f;
 		if (!LT_OK(cublasLtMatmul(c->lt, p->desc, &alpha, w, p->la, in, p->lb, &beta, out,
 					  p->lc, out, p->lc, a, c->lt_ws, c->lt_ws_bytes,
 					  c->stream)))
 			return -1.0f;
-		if (stop && (cudaEventRecord(e1, c->stream) != cudaSuccess ||
-			     cudaEventSynchronize(e1) != cudaSuccess ||
-			     cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess))
-			return -1.0f;
-		if (stop)
-			total += ms;
 	}
-	return total;
+	if (cudaEventRecord(e1, c->stream) != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess ||
+	    cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+		return -1.0f;
+	return ms;
 }
 
 /*
  * The heuristic's first choice is often not the fastest for few rows (its
- * model favours large tiles; split-k variants further down the list read
- * the weights with more blocks). So the first time a plan of a graph
- * bucket's shape (or the longest prefill chunk's) runs while the model
- * prepares (ops->tune on, from model_scratch_warm), each candidate is
- * timed (cand_time) and the fastest stays. This synchronises the stream a
- * few times per shape and process (milliseconds); HEARTH_CUDA_LT_TUNE=0
- * keeps the heuristic's choice, =2 adds split-k variants (plan_add_splits)
- * and times each run with the weights out of L2. HEARTH_CUDA_LT_LOG=1
- * prints each shape's outcome. Measured: a batch-64 step at context 512,
- * 8B 6.92 -> 6.76 ms, 1B 1.750 -> 1.743 ms (=1, the default).
+ * model favours large tiles). So the first time a plan of a graph bucket's
+ * shape runs while the model prepares (ops->tune on, from
+ * model_scratch_warm), each candidate is timed (cand_time) and the fastest
+ * stays. This synchronises the stream once per candidate and shape
+ * (milliseconds); HEARTH_CUDA_LT_TUNE=0 keeps the heuristic's choice, and
+ * HEARTH_CUDA_LT_LOG=1 prints each shape's outcome. Measured: a batch-64
+ * step at context 512, 8B 6.92 -> 6.76 ms, 1B 1.750 -> 1.743 ms. Tried and
+ * dropped (tenth session, H100): split-k variants of the first candidates
+ * with each run timed after evicting L2; chosen only for the 1B down
+ * projection at 32-64 rows, 0.2 us faster, and the batch-64 steps moved by
+ * 1% (noise).
  */
 static void plan_tune(struct kern_cuda *c, struct kc_gemm_plan *p, void *out, const void *in,
 		      const void *w)
 {
-	const int n_heur = p->n_cand;
 	cudaEvent_t e0 = NULL, e1 = NULL;
 	float best = 0.0f, first = 0.0f;
-	int cold = 0, pick = 0;
+	int pick = 0;
 
 	p->tuned = 1;
-	if (c->lt_tune == 2) {
-		plan_add_splits(c, p);
-		cold = lt_flush_get(c) == 0;
-	}
 	if (p->n_cand < 2 || cudaEventCreate(&e0) != cudaSuccess ||
 	    cudaEventCreate(&e1) != cudaSuccess)
 		goto out;
 	for (int i = 0; i < p->n_cand; i++) {
-		const float ms = cand_time(c, p, &p->cand[i], out, in, w, e0, e1, cold);
+		const float ms = cand_time(c, p, &p->cand[i], out, in, w, e0, e1);
 
 		if (ms < 0.0f) {
 			(void)cudaStreamSynchronize(c->stream);
@@ -347,19 +245,12 @@ static void plan_tune(struct kern_cuda *c, struct kc_gemm_plan *p, void *out, co
 		}
 	}
 	p->algo = p->cand[pick];
-	if (c->lt_log) {
-		int32_t split = 1;
-		size_t wr = 0;
-
-		(void)cublasLtMatmulAlgoConfigGetAttribute(&p->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-							   &split, sizeof(split), &wr);
+	if (c->lt_log)
 		fprintf(stderr,
-			"hearth cuda: tuned n=%u k=%u m=%u%s: %d + %d candidates, first %.1f us, "
-			"best #%d %.1f us (split-k %d)%s\n",
-			p->key.n, p->key.k, p->key.m, p->key.flags & KC_GEMM_PAIR ? " x2" : "", n_heur,
-			p->n_cand - n_heur, first * 1e3f / 3, pick, best * 1e3f / 3, split,
-			cold ? ", cold" : "");
-	}
+			"hearth cuda: tuned n=%u k=%u m=%u%s: %d candidates, first %.1f us, "
+			"best #%d %.1f us\n",
+			p->key.n, p->key.k, p->key.m, p->key.flags & KC_GEMM_PAIR ? " x2" : "",
+			p->n_cand, first * 1e3f / 3, pick, best * 1e3f / 3);
 out:
 	if (e0)
 		cudaEventDestroy(e0);
@@ -444,7 +335,6 @@ void kc_gemm_destroy(struct kern_cuda *c)
 	cudaFree(c->skinny_ws);
 	c->skinny_ws = NULL;
 	c->skinny_ws_bytes = 0;
-	kc_gemm_tune_end(c);
 }
 
 /* The skinny GEMM with the backend's workspace and choice of grid. */
@@ -529,14 +419,16 @@ static int lt_matmul(struct kern_cuda *c, void *out, int out_f32, const void *in
 				    sizeof(pr->bias))))))
 		return -EIO;
 	/* Only the shapes of graph buckets (kern_step_bucket() row counts: a
-	 * few dozen shapes) and of the longest prefill chunk (past any graph
-	 * step), and only while the model prepares (ops->tune, from
-	 * model_scratch_warm before serving): a tuning under load stalls every
-	 * request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms when a
-	 * bucket's first step tuned its shapes). Not in place: the candidates'
-	 * runs would feed on their own output. */
-	if (!p->tuned && !acc && c->tuning && !c->capturing &&
-	    (n > KERN_GRAPH_MAX_TOKENS || kern_step_bucket(n) == n) &&
+	 * few dozen shapes), and only while the model prepares (ops->tune,
+	 * from model_scratch_warm before serving): a tuning under load stalls
+	 * every request in flight (seen: p99 from 11 to 97 ms, and 37-52 ms
+	 * when a bucket's first step tuned its shapes). Not the 2048-row
+	 * prefill: tuned, the 8B's took 48.7-50.5 ms against 48.2-48.4
+	 * untuned (H100, tenth session; the fastest candidate alone is not
+	 * the fastest inside the step). Not in place: the candidates' runs
+	 * would feed on their own output. */
+	if (!p->tuned && !acc && c->tuning && !c->capturing && n <= KERN_GRAPH_MAX_TOKENS &&
+	    kern_step_bucket(n) == n &&
 	    disjoint(out, out_bytes, in, (size_t)n * k * 2) &&
 	    (!pr || disjoint(out1, out_bytes, in, (size_t)n * k * 2)))
 		plan_tune(c, p, out, in, w);

@@ -79,10 +79,8 @@ struct kern_cuda {
 	uint32_t attn_splits;        /* 0 = by shape; tests force a count */
 	int gemv_off;                /* tests: every matmul through cuBLASLt */
 	int skinny_off;              /* HEARTH_CUDA_SKINNY=0: no skinny GEMM */
-	int lt_tune;                 /* time cuBLASLt's candidates: 1, 0 off, 2 with split-k (HEARTH_CUDA_LT_TUNE) */
+	int lt_tune;                 /* time cuBLASLt's candidates (HEARTH_CUDA_LT_TUNE=0: off) */
 	int lt_log;                  /* print each tuned shape (HEARTH_CUDA_LT_LOG=1) */
-	void *lt_flush;              /* evicts L2 between timed runs (lt_tune 2, while tuning) */
-	size_t lt_flush_bytes;
 	int tuning;                  /* ops->tune: on while the model prepares, before serving */
 	void *skinny_ws;             /* its split-k counters and partials */
 	size_t skinny_ws_bytes;
@@ -158,7 +156,6 @@ int kc_attn_ws_reserve(struct kern_backend *be, size_t bytes);
 /* cuda_gemm.c */
 int kc_gemm_init(struct kern_cuda *c);
 void kc_gemm_destroy(struct kern_cuda *c);
-void kc_gemm_tune_end(struct kern_cuda *c); /* frees what the tuning held */
 int kc_gemm(struct kern_backend *be, void *out, int out_f32, const void *in, const void *w,
 	    const void *bias, uint32_t n, uint32_t k, uint32_t m);
 /* out[n, m] += in @ W^T, bf16, through cuBLASLt (beta = 1, C = D = out). */

@@ -67,7 +67,7 @@ static inline size_t kern_kv_offset(const struct kern_kv *kv, uint32_t page, uin
  * tokens is padded up to kern_step_bucket(tokens), powers of two up to 128,
  * then multiples of 32 (so a mixed step of 144 tokens pads to 160, not 256).
  * Backends may prepare work for these row counts (cuda tunes its GEMMs for
- * them, and for the longest chunk past them: ops->tune).
+ * them and for no others: ops->tune).
  */
 #define KERN_GRAPH_MAX_TOKENS 512u
 static inline uint32_t kern_step_bucket(uint32_t n)
@@ -300,8 +300,7 @@ struct kern_ops {
 	void (*graph_destroy)(struct kern_backend *be, void *graph);
 	/*
 	 * Optional (NULL: nothing to tune): while on, operations on shapes of
-	 * graph steps (kern_step_bucket() rows) and of steps longer than any
-	 * graph step (the longest prefill chunk) not met before are tuned, which
+	 * graph steps (kern_step_bucket() rows) not met before are tuned, which
 	 * may synchronise and take milliseconds each; off (the default), they
 	 * keep what they have. Turned on only to prepare, before serving.
 	 */
