@@ -519,6 +519,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *mt = getenv("HEARTH_CUDA_ATTN_MMA_MT");
 		const char *wg = getenv("HEARTH_CUDA_ATTN_WG");
 		const char *ws = getenv("HEARTH_CUDA_ATTN_WS");
+		const char *sw = getenv("HEARTH_CUDA_SWIGLU_WG");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -536,6 +537,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_log = getenv("HEARTH_CUDA_LT_LOG") && !strcmp(getenv("HEARTH_CUDA_LT_LOG"), "1");
+		c->swiglu_wg = sw && atoi(sw) > 0 ? (uint32_t)atoi(sw) : 0;
 		c->lt_pair = !(lp && !strcmp(lp, "0"));
 		c->norm_fuse = !(nf && !strcmp(nf, "0"));
 		c->rope_fuse = !(rf && !strcmp(rf, "0"));

@@ -68,6 +68,16 @@ static __device__ __forceinline__ float bf_round(float x)
 	return __bfloat162float(__float2bfloat16_rn(x));
 }
 
+/* silu(g) * u of a stored (bf16) gate and up, silu as PyTorch computes it:
+ * g / (1 + exp(-g)); hf: silu(g) rounded to bf16 first, as the bf16 module
+ * stores it. Shared by the SwiGLU pass and the GEMM epilogues. */
+static __device__ __forceinline__ float swiglu_bf(float g, float u, int hf)
+{
+	float s = g / (1.0f + expf(-g));
+
+	return (hf ? bf_round(s) : s) * u;
+}
+
 /*
  * The rotary embedding of one pair (x1, x2) = (x[d], x[d + hd/2]) at
  * position pos: angles as transformers computes them, float(pos) *

@@ -270,12 +270,7 @@ static __device__ __forceinline__ void gemv_store(float (&acc)[RR][NR], const ge
 
 		if (SWIGLU) {
 			/* as the swiglu kernel: g and u rounded to bf16 first */
-			float gt = bf_round(v), up = bf_round(v2);
-
-			v = gt / (1.0f + expf(-gt));
-			if (sg.hf)
-				v = bf_round(v);
-			v *= up;
+			v = swiglu_bf(bf_round(v), bf_round(v2), sg.hf);
 		} else {
 			if (j >= sg.m[0]) {
 				j -= sg.m[0];

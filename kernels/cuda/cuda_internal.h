@@ -81,6 +81,7 @@ struct kern_cuda {
 	int skinny_off;              /* HEARTH_CUDA_SKINNY=0: no skinny GEMM */
 	int lt_tune;                 /* time cuBLASLt's candidates (HEARTH_CUDA_LT_TUNE=0: off) */
 	int lt_log;                  /* print each tuned shape (HEARTH_CUDA_LT_LOG=1) */
+	uint32_t swiglu_wg;          /* gate/up + SwiGLU on wgmma from this many rows (0: off) */
 	int tuning;                  /* ops->tune: on while the model prepares, before serving */
 	void *skinny_ws;             /* its split-k counters and partials */
 	size_t skinny_ws_bytes;
@@ -317,6 +318,15 @@ int kc_skinny_multi(const struct kc_gemv_seg seg[3], const void *in, uint32_t n,
 int kc_skinny_swiglu(void *out, const void *in, const void *w_gate, const void *w_up,
 		     uint32_t n, uint32_t k, uint32_t m, int hf, void *ws, size_t ws_bytes,
 		     int n_sms, const struct kc_skinny_cfg *cfg, cudaStream_t st);
+/* cuda_gemm_wg.cu: out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) on wgmma with
+ * TMA loads, for many rows (HEARTH_CUDA_SWIGLU_WG=N: from N rows); -EINVAL
+ * where it does not run (not sm_90a, k % 64, m % 128, alignment). _init
+ * returns whether it can. kc_tma_encoder: the driver's
+ * cuTensorMapEncodeTiled, or NULL. */
+int kc_swiglu_wg_init(size_t smem_optin);
+int kc_swiglu_wg(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
+		 uint32_t k, uint32_t m, int hf, int n_sms, cudaStream_t st);
+void *kc_tma_encoder(void);
 /* cuda_gemm.c: kc_skinny_multi() with c's workspace and grid (-EINVAL: the
  * shape is not taken). */
 int kc_skinny_run(struct kern_cuda *c, const struct kc_gemv_seg seg[3], const void *in,

@@ -125,6 +125,11 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 		if (r != -EINVAL)
 			return r;
 	}
+	if (c->swiglu_wg && n >= c->swiglu_wg && !c->fused_off) {
+		r = kc_swiglu_wg(out, in, w_gate, w_up, n, k, m, c->hf_round, c->n_sms, c->stream);
+		if (r != -EINVAL)
+			return r;
+	}
 	/* gate and up are scratch: each takes whichever buffer puts the two
 	 * outputs in the weights' order, as one cuBLASLt launch wants them. */
 	if (((const char *)w_up > (const char *)w_gate) != ((char *)up > (char *)gate)) {

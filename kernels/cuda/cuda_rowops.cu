@@ -184,15 +184,6 @@ static __global__ void add_rmsnorm_kernel(bf16 *out, bf16 *resid, const bf16 *re
 	}
 }
 
-/* silu(g) * u as PyTorch computes silu: g / (1 + exp(-g)); hf: silu(g)
- * rounded to bf16 first, as the bf16 module stores it. */
-static __device__ __forceinline__ float swiglu1(float g, float u, int hf)
-{
-	float s = g / (1.0f + expf(-g));
-
-	return (hf ? bf_round(s) : s) * u;
-}
-
 template <bool VEC>
 static __global__ void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n,
 				     int hf)
@@ -207,12 +198,12 @@ static __global__ void swiglu_kernel(bf16 *out, const bf16 *gate, const bf16 *up
 			unpack8(((const uint4 *)up)[i], u);
 #pragma unroll
 			for (int e = 0; e < 8; e++)
-				g[e] = swiglu1(g[e], u[e], hf);
+				g[e] = swiglu_bf(g[e], u[e], hf);
 			((uint4 *)out)[i] = pack8(g);
 		}
 	} else {
 		for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += stride)
-			out[i] = f2bf(swiglu1(bf2f(gate[i]), bf2f(up[i]), hf));
+			out[i] = f2bf(swiglu_bf(bf2f(gate[i]), bf2f(up[i]), hf));
 	}
 }
 

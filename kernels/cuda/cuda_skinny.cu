@@ -159,12 +159,7 @@ static __device__ void sk_store(const skinny_args &a, const float *red0, uint32_
 			continue;
 		if (SWIGLU) {
 			/* as the swiglu kernel: g and u rounded to bf16 first */
-			float g = bf_round(v), up = bf_round(red0[q * SK_RLD + c + SK_BM / 2]);
-
-			v = g / (1.0f + expf(-g));
-			if (a.hf)
-				v = bf_round(v);
-			v *= up;
+			v = swiglu_bf(bf_round(v), bf_round(red0[q * SK_RLD + c + SK_BM / 2]), a.hf);
 		} else if (a.bias[seg]) {
 			v += __bfloat162float(a.bias[seg][j]);
 		}

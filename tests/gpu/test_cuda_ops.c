@@ -312,6 +312,59 @@ static void *mat3_swiglu_ref(const struct mat3 *t, void *xc, uint32_t n, uint32_
 }
 
 /*
+ * gate/up with the SwiGLU in a wgmma epilogue (cuda_gemm_wg.cu) against the
+ * cpu backend's two matmuls and swiglu: directly, and through matmul_swiglu
+ * with HEARTH_CUDA_SWIGLU_WG's threshold at 1. Returns 0, or -1 where the
+ * kernel does not run here (not sm_90a).
+ */
+static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc, *rg;
+	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
+	void *sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
+	void *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
+	void *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
+	const uint32_t was = c->swiglu_wg;
+	struct mat3 t;
+	char what[96];
+	void *sc;
+	int r;
+
+	mat3_new(&t, xc, n, k, 8, m, 0);
+	sc = mat3_swiglu_ref(&t, xc, n, k);
+	rc = gt_get(gt_cpu, sc, (size_t)n * m);
+	r = kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, c->hf_round, c->n_sms, c->stream);
+	if (r != -EINVAL) {
+		KT_CHECK_EQ_INT(r, 0);
+		rg = gt_get(gt_gpu, sg, (size_t)n * m);
+		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u", n, k, m);
+		gt_close(what, rg, rc, (size_t)n * m, GT_ATOL, GT_RTOL);
+		free(rg);
+		/* through the op, the rows past the skinny kernel's */
+		c->swiglu_wg = 1;
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2],
+							   n, k, m),
+				0);
+		c->swiglu_wg = was;
+		rg = gt_get(gt_gpu, sg, (size_t)n * m);
+		snprintf(what, sizeof(what), "matmul_swiglu (wg from 1 row) n=%u k=%u m=%u", n, k, m);
+		gt_close(what, rg, rc, (size_t)n * m, GT_ATOL, GT_RTOL);
+		free(rg);
+	}
+	free(rc);
+	free(x);
+	gt_cpu->ops->free(gt_cpu, sc);
+	gt_cpu->ops->free(gt_cpu, xc);
+	gt_gpu->ops->free(gt_gpu, xg);
+	gt_gpu->ops->free(gt_gpu, sg);
+	gt_gpu->ops->free(gt_gpu, t1);
+	gt_gpu->ops->free(gt_gpu, t2);
+	mat3_free(&t);
+	return r == -EINVAL ? -1 : 0;
+}
+
+/*
  * Matrices 1 and 2 of t (weights, biases, and room for outputs) copied into
  * one buffer each, matrix 1 first, so that their relative placement is
  * known whatever the allocator does: pk->w[i], pk->b[i], pk->o[i].
@@ -946,6 +999,17 @@ int main(void)
 	((struct kern_cuda *)gt_gpu->priv)->lt_pair = 0;
 	KT_CHECK_EQ_INT((int)test_fused(64, 2048, 2048, 512, 1), 0);
 	((struct kern_cuda *)gt_gpu->priv)->lt_pair = 1;
+	/* gate/up + SwiGLU on wgmma: one row tile and partial ones, a tile's
+	 * worth of columns and several, the 1B and 8B k, more tiles than SMs. */
+	if (test_swiglu_wg(1, 64, 128) == 0) {
+		test_swiglu_wg(65, 512, 256);
+		test_swiglu_wg(128, 2048, 1024);
+		test_swiglu_wg(200, 512, 384);
+		test_swiglu_wg(300, 4096, 256);
+		test_swiglu_wg(1024, 4096, 2048);
+	} else {
+		printf("swiglu_wg: not run (needs an sm_90a build on compute capability 9.0)\n");
+	}
 	/* The decode shapes (k x m): 1B q/k/v, o, gate/up, down; 8B gate/up and down. */
 	for (uint32_t n = 1; n <= KC_GEMV_MAX_N; n++) {
 		test_gemv_cfgs(n, 2048, 2048, 512);
