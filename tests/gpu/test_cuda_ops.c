@@ -951,7 +951,23 @@ static void test_softmax_ids(void)
 	free(rg);
 }
 
-int main(void)
+/* gate/up + SwiGLU on wgmma: one row tile and partial ones, a tile's worth
+ * of columns and several, the 1B and 8B k, more tiles than SMs. */
+static void test_swiglu_wg_all(void)
+{
+	if (test_swiglu_wg(1, 64, 128) < 0) {
+		printf("swiglu_wg: not run (needs an sm_90a build on compute capability 9.0)\n");
+		return;
+	}
+	test_swiglu_wg(65, 512, 256);
+	test_swiglu_wg(128, 2048, 1024);
+	test_swiglu_wg(200, 512, 384);
+	test_swiglu_wg(300, 4096, 256);
+	test_swiglu_wg(1024, 4096, 2048);
+}
+
+/* Usage: test_cuda_ops [swiglu_wg]   (the one kernel's checks alone) */
+int main(int argc, char **argv)
 {
 	static const uint32_t mm[][3] = {
 		{ 1, 128, 256 }, { 5, 2048, 512 }, { 64, 1024, 3072 }, { 300, 512, 1000 },
@@ -962,6 +978,11 @@ int main(void)
 	};
 
 	gt_init("test_cuda_ops");
+	if (argc > 1 && !strcmp(argv[1], "swiglu_wg")) {
+		test_swiglu_wg_all();
+		gt_fini();
+		return kt_finish("test_cuda_ops");
+	}
 	test_memory();
 	test_weight_upload();
 	test_embed(256);
@@ -999,17 +1020,7 @@ int main(void)
 	((struct kern_cuda *)gt_gpu->priv)->lt_pair = 0;
 	KT_CHECK_EQ_INT((int)test_fused(64, 2048, 2048, 512, 1), 0);
 	((struct kern_cuda *)gt_gpu->priv)->lt_pair = 1;
-	/* gate/up + SwiGLU on wgmma: one row tile and partial ones, a tile's
-	 * worth of columns and several, the 1B and 8B k, more tiles than SMs. */
-	if (test_swiglu_wg(1, 64, 128) == 0) {
-		test_swiglu_wg(65, 512, 256);
-		test_swiglu_wg(128, 2048, 1024);
-		test_swiglu_wg(200, 512, 384);
-		test_swiglu_wg(300, 4096, 256);
-		test_swiglu_wg(1024, 4096, 2048);
-	} else {
-		printf("swiglu_wg: not run (needs an sm_90a build on compute capability 9.0)\n");
-	}
+	test_swiglu_wg_all();
 	/* The decode shapes (k x m): 1B q/k/v, o, gate/up, down; 8B gate/up and down. */
 	for (uint32_t n = 1; n <= KC_GEMV_MAX_N; n++) {
 		test_gemv_cfgs(n, 2048, 2048, 512);
