@@ -797,10 +797,6 @@ static constexpr int wg_st(int hd)
  * else by cp.async. */
 static int ws_st = 2;
 
-typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
-				    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
-				    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
-				    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 static encode_tiled_fn encode_tiled; /* from the driver, at init; NULL: no TMA */
 
 /* TMA is on and suits pools of pt-position pages: 8 to 128 positions
@@ -908,15 +904,11 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 #if defined(KC_WGMMA)
 	const char *st = getenv("HEARTH_CUDA_ATTN_WS_ST");
 	const char *tma = getenv("HEARTH_CUDA_ATTN_WS_TMA");
-	cudaDriverEntryPointQueryResult q;
-	void *fn = NULL;
 	int dev, major = 0, minor = 0;
 
 	ws_st = st && !strcmp(st, "3") ? 3 : 2;
-	if (!(tma && !strcmp(tma, "0")) && cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-						       cudaEnableDefault, &q) == cudaSuccess &&
-	    q == cudaDriverEntryPointSuccess)
-		encode_tiled = (encode_tiled_fn)fn;
+	if (!(tma && !strcmp(tma, "0")))
+		encode_tiled = (encode_tiled_fn)kc_tma_encoder();
 	if (cudaGetDevice(&dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
 	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)

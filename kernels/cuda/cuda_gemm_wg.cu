@@ -180,11 +180,6 @@ swiglu_wg_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant
 
 /* ------------------------------------------------------------ host side */
 
-typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
-				    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
-				    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
-				    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
 extern "C" void *kc_tma_encoder(void)
 {
 	static void *fn;

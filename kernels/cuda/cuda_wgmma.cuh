@@ -19,7 +19,14 @@
 #ifndef KERN_CUDA_WGMMA_CUH
 #define KERN_CUDA_WGMMA_CUH
 
+#include <cuda.h> /* CUtensorMap (the types only: no libcuda link) */
 #include <stdint.h>
+
+/* The driver's cuTensorMapEncodeTiled (kc_tma_encoder(): NULL without). */
+typedef CUresult (*encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+				    const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+				    const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+				    CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
