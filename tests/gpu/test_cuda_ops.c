@@ -955,15 +955,16 @@ static void test_softmax_ids(void)
  * of columns and several, the 1B and 8B k, more tiles than SMs. */
 static void test_swiglu_wg_all(void)
 {
-	if (test_swiglu_wg(1, 64, 128) < 0) {
+	if (test_swiglu_wg(128, 64, 128) < 0) {
 		printf("swiglu_wg: not run (needs an sm_90a build on compute capability 9.0)\n");
 		return;
 	}
-	test_swiglu_wg(65, 512, 256);
-	test_swiglu_wg(128, 2048, 1024);
-	test_swiglu_wg(200, 512, 384);
-	test_swiglu_wg(300, 4096, 256);
-	test_swiglu_wg(1024, 4096, 2048);
+	KT_CHECK_EQ_INT(test_swiglu_wg(1, 64, 128), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(65, 512, 256), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(128, 2048, 1024), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(200, 512, 384), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(300, 4096, 256), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(1024, 4096, 2048), 0);
 }
 
 /* Usage: test_cuda_ops [swiglu_wg]   (the one kernel's checks alone) */
