@@ -180,20 +180,25 @@ swiglu_wg_kernel(const __grid_constant__ CUtensorMap xmap, const __grid_constant
 
 /* ------------------------------------------------------------ host side */
 
+static void *tma_encoder_query(void)
+{
+	cudaDriverEntryPointQueryResult q;
+	void *fn = NULL;
+
+	if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+					     cudaEnableDefault, &q) != cudaSuccess ||
+	    q != cudaDriverEntryPointSuccess)
+		fn = NULL;
+	(void)cudaGetLastError();
+	return fn;
+}
+
+/* Asked once per process (a function-local static: thread-safe, as backends
+ * of several models may start at once). */
 extern "C" void *kc_tma_encoder(void)
 {
-	static void *fn;
-	static int asked;
-	cudaDriverEntryPointQueryResult q;
+	static void *const fn = tma_encoder_query();
 
-	if (!asked) {
-		asked = 1;
-		if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-						     cudaEnableDefault, &q) != cudaSuccess ||
-		    q != cudaDriverEntryPointSuccess)
-			fn = NULL;
-		(void)cudaGetLastError();
-	}
 	return fn;
 }
 
