@@ -755,35 +755,7 @@ void model_scratch_set_graph_tokens(struct model_scratch *s, uint32_t max)
 	s->graph_max = HR_MIN(max, KERN_GRAPH_MAX_TOKENS);
 }
 
-/* A padding step of model_scratch_warm: t tokens spread over ns sequences of
- * at least one token each, and the LM head over sb rows (all token 0). */
-static int warm_step(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
-		     uint32_t t, uint32_t ns, uint32_t sb)
-{
-	size_t o[7], need = meta_layout(o, t, sb, 1);
-	int32_t *h, *dev;
-	struct kern_batch b;
-	int r;
-
-	if ((r = meta_reserve(s, need)) < 0)
-		return r;
-	h = s->meta_host;
-	dev = s->meta_dev;
-	memset(h, 0, need * sizeof(int32_t));
-	h[o[3] + ns] = (int32_t)meta_pad(h, o, 1, 0, ns, 0, t);
-	if ((r = s->be->ops->upload(s->be, dev, h, need * sizeof(int32_t))) < 0)
-		return r;
-	b = (struct kern_batch){
-		.n_tokens = t, .n_seqs = ns, .max_blocks = 1, .max_ctx = 1,
-		.pos = dev + o[1], .slot = dev + o[2], .seq_start = dev + o[3],
-		.ctx_len = dev + o[4], .block_table = dev + o[6],
-	};
-	return forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, OUT_LOGITS, false);
-}
-
-/* The padding steps of model_scratch_warm: one per graph bucket up to top,
- * the LM head over as many rows as a graph step of t tokens can have.
- * Returns how many ran, or -errno. */
+/* The padding steps of model_scratch_warm: returns how many ran, or -errno. */
 static int warm_buckets(struct model *m, struct model_scratch *s, const struct kern_kv *kv,
 			uint32_t top)
 {
@@ -791,9 +763,28 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
 	int r;
 
 	for (uint32_t tb = 1;; tb = kern_step_bucket(tb + 1)) {
-		uint32_t t = HR_MIN(tb, top), sb = bucket(t, s->max_seqs);
+		/* t padding tokens in sequences of at least one token each, and
+		 * the LM head over as many rows (sb) as a graph step of t tokens
+		 * can have (rows all token 0). */
+		uint32_t t = HR_MIN(tb, top), sb = bucket(t, s->max_seqs), ns = HR_MIN(sb, t);
+		size_t o[7], need = meta_layout(o, t, sb, 1);
+		int32_t *h, *dev;
+		struct kern_batch b;
 
-		if ((r = warm_step(m, s, kv, t, HR_MIN(sb, t), sb)) < 0)
+		if ((r = meta_reserve(s, need)) < 0)
+			return r;
+		h = s->meta_host;
+		dev = s->meta_dev;
+		memset(h, 0, need * sizeof(int32_t));
+		h[o[3] + ns] = (int32_t)meta_pad(h, o, 1, 0, ns, 0, t);
+		if ((r = s->be->ops->upload(s->be, dev, h, need * sizeof(int32_t))) < 0)
+			return r;
+		b = (struct kern_batch){
+			.n_tokens = t, .n_seqs = ns, .max_blocks = 1, .max_ctx = 1,
+			.pos = dev + o[1], .slot = dev + o[2], .seq_start = dev + o[3],
+			.ctx_len = dev + o[4], .block_table = dev + o[6],
+		};
+		if ((r = forward_body(m, s, kv, &b, dev + o[0], dev + o[5], sb, OUT_LOGITS, false)) < 0)
 			return r;
 		n++;
 		if (t == top)
@@ -811,9 +802,9 @@ static int warm_buckets(struct model *m, struct model_scratch *s, const struct k
  * milliseconds per shape; the only time it tunes) and sizes its workspaces,
  * before serving instead of at a bucket's first step under load, where it
  * stalled every request in flight (seen: p99 of 37-52 ms against a 2.5 ms
- * mean step). Every token sits at
- * position 0 of a one-token context on page 0 with KERN_SLOT_PAD: no KV is
- * written. Returns the number of buckets run (0 without graphs) or -errno.
+ * mean step). Every token sits at position 0 of a one-token context on
+ * page 0 with KERN_SLOT_PAD: no KV is written. Returns the number of buckets
+ * run (0 without graphs) or -errno.
  */
 int model_scratch_warm(struct model *m, struct kv_pool *pool, struct model_scratch *s)
 {
