@@ -904,15 +904,11 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 #if defined(KC_WGMMA)
 	const char *st = getenv("HEARTH_CUDA_ATTN_WS_ST");
 	const char *tma = getenv("HEARTH_CUDA_ATTN_WS_TMA");
-	int dev, major = 0, minor = 0;
 
 	ws_st = st && !strcmp(st, "3") ? 3 : 2;
 	if (!(tma && !strcmp(tma, "0")))
 		encode_tiled = (encode_tiled_fn)kc_tma_encoder();
-	if (cudaGetDevice(&dev) == cudaSuccess &&
-	    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-	    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess)
-		wg_ok = major == 9 && minor == 0;
+	wg_ok = kc_wgmma_device();
 #endif
 	if (kernel_smem(attn_mma_kernel<64, 1>, mma_smem_bytes(64, 1), smem_optin) ||
 	    kernel_smem(attn_mma_kernel<128, 1>, mma_smem_bytes(128, 1), smem_optin) ||

@@ -520,6 +520,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *wg = getenv("HEARTH_CUDA_ATTN_WG");
 		const char *ws = getenv("HEARTH_CUDA_ATTN_WS");
 		const char *sw = getenv("HEARTH_CUDA_SWIGLU_WG");
+		const char *ll = getenv("HEARTH_CUDA_LT_LOG");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -536,7 +537,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->attn_wspec = !ws ? -1 : !strcmp(ws, "1") ? 1 : !strcmp(ws, "0") ? 0 : -1;
 		c->skinny_off = sk && !strcmp(sk, "0");
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
-		c->lt_log = getenv("HEARTH_CUDA_LT_LOG") && !strcmp(getenv("HEARTH_CUDA_LT_LOG"), "1");
+		c->lt_log = ll && !strcmp(ll, "1");
 		c->swiglu_wg = sw && atoi(sw) > 0 ? (uint32_t)atoi(sw) : 0;
 		c->lt_pair = !(lp && !strcmp(lp, "0"));
 		c->norm_fuse = !(nf && !strcmp(nf, "0"));

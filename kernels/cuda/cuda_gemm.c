@@ -307,10 +307,10 @@ int kc_gemm_init(struct kern_cuda *c)
 	if (e != cudaSuccess)
 		return kc_err(e);
 	c->lt_ws_bytes = KC_GEMM_WS;
-	/* The skinny GEMM's split-k counters must start at zero; its kernels
-	 * leave them so. */
 	if (!kc_swiglu_wg_init(c->smem_optin))
 		c->swiglu_wg = 0; /* not sm_90a, no TMA: cuBLASLt */
+	/* The skinny GEMM's split-k counters must start at zero; its kernels
+	 * leave them so. */
 	c->skinny_ws_bytes = kc_skinny_ws_bytes(c->n_sms);
 	e = cudaMalloc(&c->skinny_ws, c->skinny_ws_bytes);
 	if (e == cudaSuccess)

@@ -43,16 +43,6 @@ typedef __nv_bfloat16 bf16;
 #define SG_SMEM ((size_t)SG_ST * SG_STAGE + 1024)
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-/* TMA: the box of the 2-D tensor map at `map` at (c0, c1), innermost first. */
-static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void *map, int32_t c0,
-						   int32_t c1, uint32_t bar)
-{
-	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-		     " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-		     "l"((uint64_t)(uintptr_t)map), "r"(c0), "r"(c1), "r"(bar)
-		     : "memory");
-}
-
 /* Wait until at most N committed batches are pending; the accumulators are
  * tied to the wait so that nothing reads them before. */
 template <int N>
@@ -202,25 +192,28 @@ extern "C" void *kc_tma_encoder(void)
 	return fn;
 }
 
-static int sg_ok; /* sm_90a code on a 9.0 device, TMA and the shared memory had */
-
-extern "C" int kc_swiglu_wg_init(size_t smem_optin)
+extern "C" int kc_wgmma_device(void)
 {
 #if defined(KC_WGMMA)
 	int dev, major = 0, minor = 0;
 
-	sg_ok = kc_tma_encoder() && SG_SMEM <= smem_optin && cudaGetDevice(&dev) == cudaSuccess &&
-		cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) ==
-			cudaSuccess &&
-		cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) ==
-			cudaSuccess &&
-		major == 9 && minor == 0 &&
+	return cudaGetDevice(&dev) == cudaSuccess &&
+	       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+	       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+	       major == 9 && minor == 0;
+#else
+	return 0;
+#endif
+}
+
+static int sg_ok; /* sm_90a code on a 9.0 device, TMA and the shared memory had */
+
+extern "C" int kc_swiglu_wg_init(size_t smem_optin)
+{
+	sg_ok = kc_wgmma_device() && kc_tma_encoder() && SG_SMEM <= smem_optin &&
 		cudaFuncSetAttribute(swiglu_wg_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 				     (int)SG_SMEM) == cudaSuccess;
 	(void)cudaGetLastError();
-#else
-	(void)smem_optin;
-#endif
 	return sg_ok;
 }
 

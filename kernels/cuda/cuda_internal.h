@@ -327,6 +327,8 @@ int kc_swiglu_wg_init(size_t smem_optin);
 int kc_swiglu_wg(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
 		 uint32_t k, uint32_t m, int hf, int n_sms, cudaStream_t st);
 void *kc_tma_encoder(void);
+/* This build has sm_90a code (KC_WGMMA) and the device runs it (9.0). */
+int kc_wgmma_device(void);
 /* cuda_gemm.c: kc_skinny_multi() with c's workspace and grid (-EINVAL: the
  * shape is not taken). */
 int kc_skinny_run(struct kern_cuda *c, const struct kc_gemv_seg seg[3], const void *in,

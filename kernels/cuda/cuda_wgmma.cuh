@@ -129,6 +129,16 @@ static __device__ __forceinline__ void tma_load_4d(uint32_t dst, const void *map
 		     : "memory");
 }
 
+/* The same for a 2-D tensor map, at (c0, c1). */
+static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void *map, int32_t c0,
+						   int32_t c1, uint32_t bar)
+{
+	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+		     " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+		     "l"((uint64_t)(uintptr_t)map), "r"(c0), "r"(c1), "r"(bar)
+		     : "memory");
+}
+
 /* Named barrier id (1-15; 0 is __syncthreads) of n threads: wait there, or
  * count this warp's threads in and go on. */
 static __device__ __forceinline__ void bar_sync(uint32_t id, uint32_t n)
