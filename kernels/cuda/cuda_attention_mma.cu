@@ -931,7 +931,7 @@ extern "C" int kc_attn_mma_init(size_t smem_optin)
 }
 
 extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint32_t n_splits,
-				cudaStream_t st)
+				int plan, cudaStream_t st)
 {
 	const uint32_t group = a->n_heads / a->n_kv_heads, bm = kc_attn_mma_rows(mt);
 	const uint64_t rows = (uint64_t)a->n_tokens * group;
@@ -949,7 +949,7 @@ extern "C" int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint3
 	    rows > 0x7fffffffu || blocks > 0x7fffffffu ||
 	    ((uintptr_t)a->q | (uintptr_t)a->kv_base) % 16)
 		return -EINVAL;
-	if ((r = kc_attn_plan(a, group, bm, st)) < 0)
+	if (plan && (r = kc_attn_plan(a, group, bm, st)) < 0)
 		return r;
 	grid = dim3((unsigned)blocks, n_splits);
 	if (mt == KC_MMA_WS && ws_st == 3)

@@ -135,6 +135,25 @@ struct kern_cuda {
 	uint32_t dec_split_min;      /* HEARTH_CUDA_DEC_SPLIT_MIN (default 128) */
 	int capturing;              /* a graph capture is under way on stream */
 	uint64_t ws_gen;            /* bumped whenever attn_ws moves */
+	/*
+	 * HEARTH_CUDA_PLAN_ONCE=1: the tiled attention's plan (the tiles of each
+	 * sequence, a one-block launch before every multi-token attention) is
+	 * the same at every layer of a step. With the knob it runs at a step's
+	 * first layer only: a call for layer l + 1 right after one for layer l,
+	 * on the same batch, rows per tile and workspace, reuses the tiles l's
+	 * call left in attn_ws (plan_last says what they are). Anything else
+	 * that writes that part of attn_ws (decode attention, the tile kernels)
+	 * clears plan_last.valid. Off until measured on a GPU (docs/gpu.md).
+	 */
+	int plan_once;
+	struct kc_plan_key {
+		const void *ws, *seq_start, *ctx_len;
+		uint64_t ws_gen;
+		uint32_t n_seqs, n_tokens, max_blocks, page_tokens, rows_per_token, rows_per_tile;
+		uint32_t layer;
+		int valid;
+	} plan_last;
+	uint64_t n_plans_reused;     /* tests */
 };
 
 static inline struct kern_cuda *kc_priv(struct kern_backend *be)
@@ -406,11 +425,13 @@ int kc_attn_ws_tma(uint32_t page_tokens);
 /* Query rows ((token, q head) pairs of one kv head) per block. */
 uint32_t kc_attn_mma_rows(uint32_t mt);
 int kc_attn_mma_init(size_t smem_optin);
-/* Plan, attention and, for n_splits > 1, the combine (a->tile_start as for
- * kc_attention; a->part holds kc_attn_part_floats(n_splits, ...)). Each
+/* Plan (unless plan is 0: a->tile_start already holds it, as kc_attn_plan
+ * with rows per token the group and rows per tile kc_attn_mma_rows(mt)
+ * left it), attention and, for n_splits > 1, the combine (a->tile_start as
+ * for kc_attention; a->part holds kc_attn_part_floats(n_splits, ...)). Each
  * block splits its own KV length (graphs replay any context). -EINVAL for
  * an unsupported shape or q / kv_base not 16-byte aligned. */
-int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint32_t n_splits,
+int kc_attention_mma(const struct kc_attn_args *a, uint32_t mt, uint32_t n_splits, int plan,
 		     cudaStream_t st);
 
 #ifdef __cplusplus

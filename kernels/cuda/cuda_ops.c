@@ -454,7 +454,26 @@ static int attention_decode(struct kern_backend *be, void *out, const void *q,
 		return r;
 	attn_args_fill(&a, c, out, q, b, kv, layer, n_heads, scale);
 	a.part = n_splits > 1 ? (float *)((char *)c->attn_ws + KC_ATTN_CNT_BYTES) : NULL;
+	c->plan_last.valid = 0; /* the partials overwrite the tiles */
 	return kc_attention_decode(&a, n_splits, mma, c->attn_ws, c->stream);
+}
+
+/*
+ * The tiles left in attn_ws by the last multi-token attention serve this
+ * call (HEARTH_CUDA_PLAN_ONCE, struct kern_cuda): the next layer of the same
+ * step. The metadata pointers, counts and workspace all match; the contents
+ * of the metadata cannot change between two layers of one step (the step
+ * uploads them before its first layer, which always plans).
+ */
+static bool plan_reusable(const struct kern_cuda *c, const struct kc_plan_key *k)
+{
+	const struct kc_plan_key *p = &c->plan_last;
+
+	return c->plan_once && p->valid && k->layer && k->layer == p->layer + 1 && p->ws == k->ws &&
+	       p->ws_gen == k->ws_gen && p->seq_start == k->seq_start && p->ctx_len == k->ctx_len &&
+	       p->n_seqs == k->n_seqs && p->n_tokens == k->n_tokens &&
+	       p->max_blocks == k->max_blocks && p->page_tokens == k->page_tokens &&
+	       p->rows_per_token == k->rows_per_token && p->rows_per_tile == k->rows_per_tile;
 }
 
 /*
@@ -491,6 +510,8 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 		       (c->attn_wspec > 0 || (c->attn_wspec < 0 && kc_attn_ws_tma(kv->page_tokens)));
 	uint32_t mt = c->mma_mt, n_splits;
 	struct kc_attn_args a;
+	struct kc_plan_key key;
+	bool reuse;
 	int r;
 
 	if (!mt && rows_all >= 256ull * b->n_seqs &&
@@ -513,7 +534,20 @@ static int attention_mma(struct kern_backend *be, void *out, const void *q,
 		mt = KC_MMA_WG;
 	if ((r = attn_tiled_args(be, &a, out, q, b, kv, layer, n_heads, scale, n_splits)) < 0)
 		return r;
-	return kc_attention_mma(&a, mt, n_splits, c->stream);
+	key = (struct kc_plan_key){
+		.ws = c->attn_ws, .seq_start = b->seq_start, .ctx_len = b->ctx_len,
+		.ws_gen = c->ws_gen, .n_seqs = b->n_seqs, .n_tokens = b->n_tokens,
+		.max_blocks = b->max_blocks, .page_tokens = kv->page_tokens,
+		.rows_per_token = group, .rows_per_tile = kc_attn_mma_rows(mt), .layer = layer,
+		.valid = 1,
+	};
+	reuse = plan_reusable(c, &key);
+	c->plan_last.valid = 0;
+	if ((r = kc_attention_mma(&a, mt, n_splits, !reuse, c->stream)) < 0)
+		return r;
+	c->plan_last = key;
+	c->n_plans_reused += reuse;
+	return 0;
 }
 
 int kc_attention_op(struct kern_backend *be, void *out, const void *q,
@@ -591,5 +625,6 @@ int kc_attention_op(struct kern_backend *be, void *out, const void *q,
 	if ((r = attn_tiled_args(be, &a, out, q, b, kv, layer, n_heads, scale, n_splits)) < 0)
 		return r;
 	(void)split_len; /* the kernel splits each tile's own length (graphs replay any) */
+	c->plan_last.valid = 0; /* it plans tiles of its own */
 	return kc_attention(&a, path, n_splits, 0, c->stream);
 }

@@ -513,6 +513,64 @@ static void run_long_paths(const struct scen *tmpl, const char *name)
 	run_paths(tmpl, name, cfg, KT_ARRAY_SIZE(cfg));
 }
 
+/* The cuda side's attention alone at `layer` on st's batch, into out. */
+static void gpu_attention(const struct scen *sc, const struct step *st, uint32_t layer, void *out)
+{
+	KT_CHECK_EQ_INT(gt_gpu->ops->attention(gt_gpu, out, st->d[1].q, &st->d[1].b, &sc->s[1].kv,
+					       layer, sc->g.n_heads, sc->scale), 0);
+}
+
+/*
+ * HEARTH_CUDA_PLAN_ONCE: the multi-token attention of layer l + 1 reuses
+ * the tiles of layer l's call when the batch is the same, and plans again
+ * for any other batch. tmpl's layer must be past 0; layer - 1's pages are
+ * NaN (its outputs are not checked, only that they do not disturb).
+ */
+static void test_plan_once(const struct scen *tmpl)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	const int was = c->plan_once;
+	const uint32_t l = tmpl->g.layer, q_w = tmpl->g.n_heads * tmpl->g.head_dim;
+	struct scen sc = *tmpl;
+	struct step st1, st2;
+	uint64_t n0;
+	void *scratch;
+
+	KT_CHECK(l >= 1);
+	c->plan_once = 1;
+	set_path(KC_ATTN_MMA, 0);
+	scen_init(&sc);
+	step_build(&sc, 1, &st1);
+	run_both(&sc, &st1);
+	step_check(&sc, &st1, "plan once: step 1");
+	step_build(&sc, 2, &st2);
+	scratch = gt_gpu->ops->alloc(gt_gpu, (size_t)st2.n * q_w * 2);
+	KT_CHECK(scratch != NULL);
+	/* layer l - 1 on step 1's batch, then layer l on step 2's: planned */
+	gpu_attention(&sc, &st1, l - 1, st1.d[1].out);
+	n0 = c->n_plans_reused;
+	run_both(&sc, &st2);
+	KT_CHECK_EQ_INT((int)(c->n_plans_reused - n0), 0);
+	step_check(&sc, &st2, "plan once: another batch");
+	/* layer l - 1, then layer l, both on step 2's batch: l reuses */
+	gpu_attention(&sc, &st2, l - 1, scratch);
+	gpu_attention(&sc, &st2, l, st2.d[1].out);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+	KT_CHECK_EQ_INT((int)(c->n_plans_reused - n0), 1);
+	step_check(&sc, &st2, "plan once: reused");
+	/* layer l again: not the next layer, planned */
+	gpu_attention(&sc, &st2, l, st2.d[1].out);
+	KT_CHECK_EQ_INT(gt_gpu->ops->sync(gt_gpu), 0);
+	KT_CHECK_EQ_INT((int)(c->n_plans_reused - n0), 1);
+	step_check(&sc, &st2, "plan once: same layer");
+	gt_gpu->ops->free(gt_gpu, scratch);
+	step_free(&sc, &st1);
+	step_free(&sc, &st2);
+	scen_free(&sc);
+	set_path(KC_ATTN_AUTO, 0);
+	c->plan_once = was;
+}
+
 /* Bad indices in device memory are skipped and reported at the next sync;
  * bad shapes are -EINVAL at once. The restored step then matches. head_dim
  * 8 runs the tile kernels, 64 the tensor-core one. */
@@ -953,6 +1011,7 @@ int main(int argc, char **argv)
 		run_all_paths(&decode1b, "decode1b");
 		run_all_paths(&prefill, "prefill");
 	}
+	test_plan_once(&mma64);
 	test_validation(8);
 	test_validation(64);
 	gt_fini();
