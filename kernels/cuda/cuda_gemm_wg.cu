@@ -238,7 +238,7 @@ extern "C" int kc_swiglu_wg(void *out, const void *in, const void *w_gate, const
 	uint64_t tiles;
 
 	if (!sg_ok || !out || !in || !w_gate || !w_up || !n || !k || k % SG_BK || !m ||
-	    m % SG_BN || n > (1u << 30) || ((uintptr_t)in | (uintptr_t)w_gate | (uintptr_t)w_up) & 15 ||
+	    m % SG_BN || n > (1u << 30) || m > (1u << 30) || ((uintptr_t)in | (uintptr_t)w_gate | (uintptr_t)w_up) & 15 ||
 	    ((uintptr_t)out & 3) || n_sms < 1)
 		return -EINVAL;
 	if (!sg_map(&xm, in, n, k) || !sg_map(&gm, w_gate, m, k) || !sg_map(&um, w_up, m, k))

@@ -311,46 +311,87 @@ static void *mat3_swiglu_ref(const struct mat3 *t, void *xc, uint32_t n, uint32_
 	return sc;
 }
 
+/* Elements past an output that a kernel must leave alone (test_swiglu_wg). */
+#define SG_GUARD 256
+
+/* out's n x m elements and the SG_GUARD after them set to 0xffff (a bf16
+ * NaN): an element the kernel does not write fails the comparison. */
+static void sg_poison(void *out, size_t nm)
+{
+	KT_CHECK_EQ_INT(cudaMemset(out, 0xff, (nm + SG_GUARD) * 2), cudaSuccess);
+	KT_CHECK_EQ_INT(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+/* out against ref, and the guard after it still NaN (no write past n x m). */
+static void sg_check(const char *what, const void *out, const float *ref, size_t nm)
+{
+	float *g = gt_get(gt_gpu, out, nm + SG_GUARD);
+	size_t bad = 0;
+
+	gt_close(what, g, ref, nm, GT_ATOL, GT_RTOL);
+	for (size_t i = nm; i < nm + SG_GUARD; i++)
+		bad += !isnan(g[i]);
+	if (bad)
+		fprintf(stderr, "%s: %zu of the %d elements past the output written\n", what, bad,
+			SG_GUARD);
+	KT_CHECK(bad == 0);
+	free(g);
+}
+
 /*
  * gate/up with the SwiGLU in a wgmma epilogue (cuda_gemm_wg.cu) against the
- * cpu backend's two matmuls and swiglu: directly, and through matmul_swiglu
- * with HEARTH_CUDA_SWIGLU_WG's threshold at 1. Returns 0, or -1 where the
- * kernel does not run here (not sm_90a).
+ * cpu backend's two matmuls and swiglu: directly, over n_sms blocks (0: the
+ * device's; fewer than the tiles makes each block take several, so the
+ * barriers' phases run on across tiles), with and without transformers'
+ * rounding, and through matmul_swiglu with HEARTH_CUDA_SWIGLU_WG's threshold
+ * at 1. The outputs start as NaN with a guard after them. Returns 0, or -1
+ * where the kernel cannot run here (not an sm_90a build on a 9.0 device);
+ * a refusal where it can is a failure.
  */
-static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m)
+static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms)
 {
 	struct kern_cuda *c = gt_gpu->priv;
-	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc, *rg;
+	const size_t nm = (size_t)n * m;
+	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc;
 	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
-	void *sg = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
-	void *t1 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
-	void *t2 = gt_gpu->ops->alloc(gt_gpu, (size_t)n * m * 2);
+	void *sg = gt_gpu->ops->alloc(gt_gpu, (nm + SG_GUARD) * 2);
+	void *t1 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
+	void *t2 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
 	const uint32_t was = c->swiglu_wg;
+	const int can = kc_wgmma_device() && kc_tma_encoder() != NULL;
 	struct mat3 t;
-	char what[96];
+	char what[128];
 	void *sc;
 	int r;
 
+	KT_CHECK(sg && t1 && t2);
 	mat3_new(&t, xc, n, k, 8, m, 0);
 	sc = mat3_swiglu_ref(&t, xc, n, k);
-	rc = gt_get(gt_cpu, sc, (size_t)n * m);
-	r = kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, c->hf_round, c->n_sms, c->stream);
-	if (r != -EINVAL) {
+	rc = gt_get(gt_cpu, sc, nm);
+	sg_poison(sg, nm);
+	r = kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, c->hf_round,
+			 n_sms ? n_sms : c->n_sms, c->stream);
+	if (can || r != -EINVAL) {
 		KT_CHECK_EQ_INT(r, 0);
-		rg = gt_get(gt_gpu, sg, (size_t)n * m);
-		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u", n, k, m);
-		gt_close(what, rg, rc, (size_t)n * m, GT_ATOL, GT_RTOL);
-		free(rg);
+		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u blocks=%d", n, k, m,
+			 n_sms ? n_sms : c->n_sms);
+		sg_check(what, sg, rc, nm);
+		/* the other rounding (one more bf16 rounding of silu(gate) or not) */
+		sg_poison(sg, nm);
+		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, !c->hf_round,
+					     n_sms ? n_sms : c->n_sms, c->stream),
+				0);
+		snprintf(what, sizeof(what), "swiglu_wg hf=%d n=%u k=%u m=%u", !c->hf_round, n, k, m);
+		sg_check(what, sg, rc, nm);
 		/* through the op, the rows past the skinny kernel's */
+		sg_poison(sg, nm);
 		c->swiglu_wg = 1;
 		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2],
 							   n, k, m),
 				0);
 		c->swiglu_wg = was;
-		rg = gt_get(gt_gpu, sg, (size_t)n * m);
 		snprintf(what, sizeof(what), "matmul_swiglu (wg from 1 row) n=%u k=%u m=%u", n, k, m);
-		gt_close(what, rg, rc, (size_t)n * m, GT_ATOL, GT_RTOL);
-		free(rg);
+		sg_check(what, sg, rc, nm);
 	}
 	free(rc);
 	free(x);
@@ -362,6 +403,56 @@ static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m)
 	gt_gpu->ops->free(gt_gpu, t2);
 	mat3_free(&t);
 	return r == -EINVAL ? -1 : 0;
+}
+
+/* Shapes the kernel refuses (k not a multiple of 64, m not of 128, an input
+ * not 16-byte aligned): -EINVAL at once, and matmul_swiglu with the knob at
+ * 1 then gives the cuBLASLt path's right answer for the first two. */
+static void test_swiglu_wg_refusals(void)
+{
+	static const uint32_t shp[][3] = { { 70, 96, 256 }, { 70, 128, 200 } };
+	struct kern_cuda *c = gt_gpu->priv;
+	const uint32_t was = c->swiglu_wg;
+
+	for (size_t i = 0; i < KT_ARRAY_SIZE(shp); i++) {
+		const uint32_t n = shp[i][0], k = shp[i][1], m = shp[i][2];
+		const size_t nm = (size_t)n * m;
+		float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc;
+		void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
+		void *sg = gt_gpu->ops->alloc(gt_gpu, (nm + SG_GUARD) * 2);
+		void *t1 = gt_gpu->ops->alloc(gt_gpu, nm * 2), *t2 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
+		struct mat3 t;
+		char what[96];
+		void *sc;
+
+		mat3_new(&t, xc, n, k, 8, m, 0);
+		sc = mat3_swiglu_ref(&t, xc, n, k);
+		rc = gt_get(gt_cpu, sc, nm);
+		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, 0, c->n_sms,
+					     c->stream),
+				-EINVAL);
+		sg_poison(sg, nm);
+		c->swiglu_wg = 1;
+		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2],
+							   n, k, m),
+				0);
+		c->swiglu_wg = was;
+		snprintf(what, sizeof(what), "matmul_swiglu (wg refused) n=%u k=%u m=%u", n, k, m);
+		sg_check(what, sg, rc, nm);
+		if (i == 0) /* an input 2 bytes off 16-byte alignment, at a shape it takes */
+			KT_CHECK_EQ_INT(kc_swiglu_wg(sg, (char *)xg + 2, t.wg[1], t.wg[2], 64, 64, 128,
+						     0, c->n_sms, c->stream),
+					-EINVAL);
+		free(rc);
+		free(x);
+		gt_cpu->ops->free(gt_cpu, sc);
+		gt_cpu->ops->free(gt_cpu, xc);
+		gt_gpu->ops->free(gt_gpu, xg);
+		gt_gpu->ops->free(gt_gpu, sg);
+		gt_gpu->ops->free(gt_gpu, t1);
+		gt_gpu->ops->free(gt_gpu, t2);
+		mat3_free(&t);
+	}
 }
 
 /*
@@ -955,16 +1046,23 @@ static void test_softmax_ids(void)
  * of columns and several, the 1B and 8B k, more tiles than SMs. */
 static void test_swiglu_wg_all(void)
 {
-	if (test_swiglu_wg(128, 64, 128) < 0) {
+	if (test_swiglu_wg(128, 64, 128, 0) < 0) {
 		printf("swiglu_wg: not run (needs an sm_90a build on compute capability 9.0)\n");
 		return;
 	}
-	KT_CHECK_EQ_INT(test_swiglu_wg(1, 64, 128), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(65, 512, 256), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(128, 2048, 1024), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(200, 512, 384), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(300, 4096, 256), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(1024, 4096, 2048), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(1, 64, 128, 0), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(65, 512, 256, 0), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(128, 2048, 1024, 0), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(200, 512, 384, 0), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(300, 4096, 256, 0), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(1024, 4096, 2048, 0), 0);
+	/* Several tiles a block: 9 tiles on one block with one k slice a tile
+	 * (the stages' phases wrap twice), 64 tiles on 7, and 160 tiles (more
+	 * than an H100's or H200's 132 multiprocessors) on the device's. */
+	KT_CHECK_EQ_INT(test_swiglu_wg(300, 64, 384, 1), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(1000, 512, 1024, 7), 0);
+	KT_CHECK_EQ_INT(test_swiglu_wg(2048, 256, 1280, 0), 0);
+	test_swiglu_wg_refusals();
 }
 
 /* Usage: test_cuda_ops [swiglu_wg]   (the one kernel's checks alone) */
