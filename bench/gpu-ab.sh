@@ -2,12 +2,15 @@
 # SPDX-License-Identifier: MIT
 # A/B runs on a GPU machine in one call, from binaries packed by
 # `bench/gpu-e2e.sh --pack build` (carry build-pack; this unpacks it):
-#   OUT=/dir [AB_STAGES="tests attn profile full engine ratio load model"] bench/gpu-ab.sh
+#   OUT=/dir [AB_STAGES="tests attn wg profile full engine ratio load model"] bench/gpu-ab.sh
 # Stages, in this order (a call that runs out of time keeps what it printed):
 #   tests   the gpu tests of AB_TESTS (default "ops attention skinny":
 #           test_cuda_ops, ...), then test_cuda_engine on the four fixtures;
 #   attn    test_cuda_attention time: every attention kernel and split on
 #           the 1B and 8B decode, APPEND 32, mixed and prefill-2048 shapes;
+#   wg      time_cuda_gemv all wg: gate/up + SwiGLU in the wgmma kernel
+#           (HEARTH_CUDA_SWIGLU_WG) against cuBLASLt's pair and the pass, at
+#           256-2048 rows, each output checked first;
 #   profile hearth-bench-engine --profile (every op timed alone), 1B and 8B at
 #           ctx 2048 (decode, APPEND 32, batch 64, the 2048-token prefill);
 #   full    hearth-bench-engine with its defaults (every figure), 1B and 8B;
@@ -71,6 +74,10 @@ done
 if on attn; then
 	timeout 200 $R/test_cuda_attention time >"$OUT/attn-time.log" 2>&1
 	echo "-- attn rc=$? $(el)"; grep -iE "prefill|APPEND" "$OUT/attn-time.log" | grep -v large | cut -c1-160
+fi
+if on wg; then
+	timeout 120 $R/time_cuda_gemv all wg >"$OUT/wg-time.log" 2>&1
+	echo "-- wg rc=$? $(el)"; grep -E "n=|refused|tolerance" "$OUT/wg-time.log" | cut -c1-160
 fi
 on profile && for s in 1b 8b; do
 	timeout 120 $R/hearth-bench-engine --backend cuda --shape $s --ctx 2048 --batches 64 \

@@ -20,10 +20,10 @@ if [ "${1:-}" = "--pack" ]; then
 		"$B/bench/hearth-bench-kv" "$B/bench/hearth-bench-engine" "$B/bench/hearth-bench-load" \
 		"$B/bench/hearth-bench-load-model" "$B/clients/hearthctl" "$R/" || exit 1
 	# The gpu tests where the build has them (a cuda build).
-	for t in test_cuda_ops test_cuda_engine test_cuda_attention test_cuda_skinny; do
+	for t in test_cuda_ops test_cuda_engine test_cuda_attention test_cuda_skinny time_cuda_gemv; do
 		[ -x "$B/tests/gpu/$t" ] && cp "$B/tests/gpu/$t" "$R/"
 	done
-	strip "$R"/hearth* "$R"/test_* 2>/dev/null
+	strip "$R"/hearth* "$R"/test_* "$R"/time_* 2>/dev/null
 	cp -L "$B"/clients/libhearth.so.0 "$R/lib/"
 	# Every shared library but the C runtime and CUDA's (the GPU machine has
 	# those): openblas, protobuf-c, liburing, libmicrohttpd and its TLS chain...

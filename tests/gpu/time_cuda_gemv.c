@@ -17,7 +17,15 @@
  * its default grid, one and two blocks per SM, and without PDL: the figures
  * behind kc_skinny_suits().
  *
- * Usage: time_cuda_gemv [1b|8b|all] [skinny]     (last line: BENCH {json})
+ * Mode wg: gate/up with the SwiGLU in one warp-specialised wgmma kernel
+ * (cuda_gemm_wg.cu, HEARTH_CUDA_SWIGLU_WG) against cuBLASLt's pair and the
+ * SwiGLU pass, at 256 to 2048 rows (prefill chunks), the output checked
+ * against cuBLASLt's first: us per launch and TFLOP/s. The kernel has no
+ * cluster multicast yet; at 128 x 256 x 64 a stage it asks about 11 TB/s of
+ * the L2 at the tensor cores' peak, so a shortfall against cuBLASLt here
+ * points at the L2 (docs/gpu.md, kernels/cuda/NOTES.md).
+ *
+ * Usage: time_cuda_gemv [1b|8b|all] [skinny|wg]     (last line: BENCH {json})
  */
 #include <time.h>
 
@@ -508,10 +516,87 @@ static void decode_step(int shape, double gbs, char *json, size_t jcap)
 		be->ops->free(be, bufs[i]);
 }
 
+/* Mode wg: one shape's gate/up (k, m) at each row count of ns. */
+static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char *json, size_t jcap)
+{
+	static const uint32_t ns[] = { 256, 512, 1024, 2048 };
+	const struct mat mt = { name, k, { m, 0, 0 }, 1, 0 };
+	const struct variant lt = { "lt", 0, 0, 0, 0 };
+	struct kern_cuda *c = be->priv;
+	const uint32_t was = c->swiglu_wg;
+	struct wset w;
+
+	(void)gbs;
+	wset_new(&w, &mt);
+	for (size_t i = 0; i < KT_ARRAY_SIZE(ns); i++) {
+		const uint32_t n = ns[i];
+		const size_t nm = (size_t)n * m;
+		void *in = rand_dev((size_t)n * k * 2), *o_lt = rand_dev(nm * 2);
+		void *o_wg = rand_dev(nm * 2), *out[3] = { o_lt, NULL, NULL };
+		void *tmp_was[2] = { lt_tmp[0], lt_tmp[1] };
+		double t_lt, t_wg, flop = 4.0 * n * k * m;
+		cudaEvent_t e0, e1;
+		float ms, best = 1e30f;
+		float *ref, *got;
+		int r;
+
+		lt_tmp[0] = rand_dev(nm * 2);
+		lt_tmp[1] = rand_dev(nm * 2);
+		c->swiglu_wg = 0;
+		KT_CHECK_EQ_INT(mat_run_lt(&mt, &w, out, in, n), 0);
+		r = kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m, c->hf_round, n_sms, st);
+		if (r < 0) {
+			printf("  %s n=%u: the wgmma kernel refused (%d): not an sm_90a build on a 9.0 "
+			       "device?\n", name, n, r);
+			KT_CHECK(0);
+		} else {
+			KT_CHECK_EQ_INT(cudaStreamSynchronize(st), 0);
+			ref = gt_get(be, o_lt, nm);
+			got = gt_get(be, o_wg, nm);
+			KT_CHECK(close_rms(got, ref, nm));
+			free(ref);
+			free(got);
+			t_lt = time_mat(&mt, &w, 1, out, in, n, &lt, 10);
+			cudaEventCreate(&e0);
+			cudaEventCreate(&e1);
+			for (int rep = 0; rep < 4; rep++) {
+				cudaEventRecord(e0, st);
+				for (int j = 0; j < 10; j++)
+					KT_CHECK_EQ_INT(kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m,
+								     c->hf_round, n_sms, st),
+							0);
+				cudaEventRecord(e1, st);
+				cudaEventSynchronize(e1);
+				cudaEventElapsedTime(&ms, e0, e1);
+				if (rep && ms < best)
+					best = ms;
+			}
+			cudaEventDestroy(e0);
+			cudaEventDestroy(e1);
+			t_wg = best * 1e3 / 10;
+			printf("  %-12s n=%-5u cuBLASLt pair + SwiGLU %8.1f us (%4.0f TFLOP/s)   wgmma "
+			       "%8.1f us (%4.0f TFLOP/s)   %.3fx\n",
+			       name, n, t_lt, flop / t_lt * 1e-6, t_wg, flop / t_wg * 1e-6, t_lt / t_wg);
+			snprintf(json + strlen(json), jcap - strlen(json),
+				 "\"%s n%u\":{\"lt_us\":%.2f,\"wg_us\":%.2f},", name, n, t_lt, t_wg);
+		}
+		be->ops->free(be, lt_tmp[0]);
+		be->ops->free(be, lt_tmp[1]);
+		lt_tmp[0] = tmp_was[0];
+		lt_tmp[1] = tmp_was[1];
+		be->ops->free(be, in);
+		be->ops->free(be, o_lt);
+		be->ops->free(be, o_wg);
+	}
+	c->swiglu_wg = was;
+	wset_free(&w);
+}
+
 int main(int argc, char **argv)
 {
 	const char *which = argc > 1 ? argv[1] : "all";
 	const int sk = argc > 2 && !strcmp(argv[2], "skinny");
+	const int wg = argc > 2 && !strcmp(argv[2], "wg");
 	static const uint32_t gemv_ns[] = { 1, 2, 3, 4 }, sk_ns[] = { 8, 16, 32, 64 };
 	const struct plan pl = sk ? (struct plan){ sk_ns, 4, sk_vars, KT_ARRAY_SIZE(sk_vars), 1 }
 				  : (struct plan){ gemv_ns, 4, vars, KT_ARRAY_SIZE(vars), 0 };
@@ -535,8 +620,17 @@ int main(int argc, char **argv)
 	printf("copy bandwidth %.0f GB/s (read + write); PDL %s\n", gbs,
 	       kc_pdl_enabled() ? "available" : "off");
 	snprintf(json + strlen(json), sizeof(json) - strlen(json), "\"copy_gbs\":%.1f,", gbs);
-	printf("one matrix, us per launch of 30 back to back (%s):\n",
-	       sk ? "GB/s of weights" : "% of copy rate");
+	if (wg) {
+		printf("gate/up + SwiGLU, us per launch of 10 back to back:\n");
+		if (!strcmp(which, "all") || !strcmp(which, "1b"))
+			wg_shape("1B gate/up", 2048, 8192, gbs, json, sizeof(json));
+		if (!strcmp(which, "all") || !strcmp(which, "8b"))
+			wg_shape("8B gate/up", 4096, 14336, gbs, json, sizeof(json));
+		which = "none";
+	} else {
+		printf("one matrix, us per launch of 30 back to back (%s):\n",
+		       sk ? "GB/s of weights" : "% of copy rate");
+	}
 	for (int sh = 0; sh < 2; sh++) {
 		if (strcmp(which, "all") && strcmp(which, sh ? "8b" : "1b"))
 			continue;
