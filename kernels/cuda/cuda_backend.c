@@ -522,6 +522,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		const char *sw = getenv("HEARTH_CUDA_SWIGLU_WG");
 		const char *ll = getenv("HEARTH_CUDA_LT_LOG");
 		const char *po = getenv("HEARTH_CUDA_PLAN_ONCE");
+		const char *sc = getenv("HEARTH_CUDA_SWIGLU_WG_CL");
 
 		c->hf_round = rnd && !strcmp(rnd, "transformers");
 		c->gemv_occ = occ && atoi(occ) >= 1 && atoi(occ) <= 8 ? atoi(occ) : 1;
@@ -540,6 +541,7 @@ struct kern_backend *kern_cuda_new(int device_index)
 		c->lt_tune = !(lt && !strcmp(lt, "0"));
 		c->lt_log = ll && !strcmp(ll, "1");
 		c->plan_once = po && !strcmp(po, "1");
+		c->swiglu_wg_cl = sc && !strcmp(sc, "2") ? 2 : 1;
 		c->swiglu_wg = sw && atoi(sw) > 0 ? (uint32_t)atoi(sw) : 0;
 		c->lt_pair = !(lp && !strcmp(lp, "0"));
 		c->norm_fuse = !(nf && !strcmp(nf, "0"));

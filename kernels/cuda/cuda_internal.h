@@ -82,6 +82,7 @@ struct kern_cuda {
 	int lt_tune;                 /* time cuBLASLt's candidates (HEARTH_CUDA_LT_TUNE=0: off) */
 	int lt_log;                  /* print each tuned shape (HEARTH_CUDA_LT_LOG=1) */
 	uint32_t swiglu_wg;          /* gate/up + SwiGLU on wgmma from this many rows (0: off) */
+	int swiglu_wg_cl;            /* its CTAs a cluster, 1 or 2 (HEARTH_CUDA_SWIGLU_WG_CL) */
 	int tuning;                  /* ops->tune: on while the model prepares, before serving */
 	void *skinny_ws;             /* its split-k counters and partials */
 	size_t skinny_ws_bytes;
@@ -338,13 +339,15 @@ int kc_skinny_swiglu(void *out, const void *in, const void *w_gate, const void *
 		     uint32_t n, uint32_t k, uint32_t m, int hf, void *ws, size_t ws_bytes,
 		     int n_sms, const struct kc_skinny_cfg *cfg, cudaStream_t st);
 /* cuda_gemm_wg.cu: out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) on wgmma with
- * TMA loads, for many rows (HEARTH_CUDA_SWIGLU_WG=N: from N rows); -EINVAL
- * where it does not run (not sm_90a, k % 64, m % 128, alignment). _init
- * returns whether it can. kc_tma_encoder: the driver's
+ * TMA loads, for many rows (HEARTH_CUDA_SWIGLU_WG=N: from N rows), over at
+ * most n_sms CTAs in clusters of cl (1, or 2: the weights multicast to a
+ * pair of row tiles, HEARTH_CUDA_SWIGLU_WG_CL); -EINVAL where it does not
+ * run (not sm_90a, k % 64, m % 128, alignment, no cluster of two resident).
+ * _init returns whether it can. kc_tma_encoder: the driver's
  * cuTensorMapEncodeTiled, or NULL. */
 int kc_swiglu_wg_init(size_t smem_optin);
 int kc_swiglu_wg(void *out, const void *in, const void *w_gate, const void *w_up, uint32_t n,
-		 uint32_t k, uint32_t m, int hf, int n_sms, cudaStream_t st);
+		 uint32_t k, uint32_t m, int hf, int n_sms, int cl, cudaStream_t st);
 void *kc_tma_encoder(void);
 /* This build has sm_90a code (KC_WGMMA) and the device runs it (9.0). */
 int kc_wgmma_device(void);

@@ -126,7 +126,8 @@ int kc_matmul_swiglu_op(struct kern_backend *be, void *out, void *gate, void *up
 			return r;
 	}
 	if (c->swiglu_wg && n >= c->swiglu_wg && !c->fused_off) {
-		r = kc_swiglu_wg(out, in, w_gate, w_up, n, k, m, c->hf_round, c->n_sms, c->stream);
+		r = kc_swiglu_wg(out, in, w_gate, w_up, n, k, m, c->hf_round, c->n_sms,
+				 c->swiglu_wg_cl, c->stream);
 		if (r != -EINVAL)
 			return r;
 	}

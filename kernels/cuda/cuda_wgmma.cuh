@@ -139,6 +139,45 @@ static __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void *map
 		     : "memory");
 }
 
+/* The same, multicast: the box lands at dst in every CTA of the cluster
+ * whose bit is set in mask, each counting its bytes on its own mbarrier at
+ * bar (the same shared offsets in each). */
+static __device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const void *map, int32_t c0,
+						      int32_t c1, uint32_t bar, uint16_t mask)
+{
+	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+		     ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+		     "l"((uint64_t)(uintptr_t)map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+		     : "memory");
+}
+
+/* Thread blocks clusters: this CTA's rank in its cluster; an arrival on the
+ * mbarrier at the local address addr of the CTA of rank `rank` (release at
+ * cluster scope); every thread of every CTA of the cluster meets (release,
+ * acquire; all threads of a warp together). */
+static __device__ __forceinline__ uint32_t cluster_rank(void)
+{
+	uint32_t r;
+
+	asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+	return r;
+}
+
+static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t addr, uint32_t rank)
+{
+	asm volatile("{\n.reg .b32 ra;\n"
+		     "mapa.shared::cluster.u32 ra, %0, %1;\n"
+		     "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(addr),
+		     "r"(rank)
+		     : "memory");
+}
+
+static __device__ __forceinline__ void cluster_sync(void)
+{
+	asm volatile("barrier.cluster.arrive.release.aligned;\n"
+		     "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
 /* Named barrier id (1-15; 0 is __syncthreads) of n threads: wait there, or
  * count this warp's threads in and go on. */
 static __device__ __forceinline__ void bar_sync(uint32_t id, uint32_t n)

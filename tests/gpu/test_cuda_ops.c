@@ -342,13 +342,14 @@ static void sg_check(const char *what, const void *out, const float *ref, size_t
  * gate/up with the SwiGLU in a wgmma epilogue (cuda_gemm_wg.cu) against the
  * cpu backend's two matmuls and swiglu: directly, over n_sms blocks (0: the
  * device's; fewer than the tiles makes each block take several, so the
- * barriers' phases run on across tiles), with and without transformers'
+ * barriers' phases run on across tiles) in clusters of cl (2: the weights
+ * multicast to a pair of row tiles), with and without transformers'
  * rounding, and through matmul_swiglu with HEARTH_CUDA_SWIGLU_WG's threshold
  * at 1. The outputs start as NaN with a guard after them. Returns 0, or -1
  * where the kernel cannot run here (not an sm_90a build on a 9.0 device);
  * a refusal where it can is a failure.
  */
-static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms)
+static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms, int cl)
 {
 	struct kern_cuda *c = gt_gpu->priv;
 	const size_t nm = (size_t)n * m;
@@ -358,6 +359,7 @@ static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms)
 	void *t1 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
 	void *t2 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
 	const uint32_t was = c->swiglu_wg;
+	const int was_cl = c->swiglu_wg_cl;
 	const int can = kc_wgmma_device() && kc_tma_encoder() != NULL;
 	struct mat3 t;
 	char what[128];
@@ -370,27 +372,31 @@ static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms)
 	rc = gt_get(gt_cpu, sc, nm);
 	sg_poison(sg, nm);
 	r = kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, c->hf_round,
-			 n_sms ? n_sms : c->n_sms, c->stream);
+			 n_sms ? n_sms : c->n_sms, cl, c->stream);
 	if (can || r != -EINVAL) {
 		KT_CHECK_EQ_INT(r, 0);
-		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u blocks=%d", n, k, m,
-			 n_sms ? n_sms : c->n_sms);
+		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u blocks=%d cluster=%d", n, k,
+			 m, n_sms ? n_sms : c->n_sms, cl);
 		sg_check(what, sg, rc, nm);
 		/* the other rounding (one more bf16 rounding of silu(gate) or not) */
 		sg_poison(sg, nm);
 		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, !c->hf_round,
-					     n_sms ? n_sms : c->n_sms, c->stream),
+					     n_sms ? n_sms : c->n_sms, cl, c->stream),
 				0);
-		snprintf(what, sizeof(what), "swiglu_wg hf=%d n=%u k=%u m=%u", !c->hf_round, n, k, m);
+		snprintf(what, sizeof(what), "swiglu_wg hf=%d n=%u k=%u m=%u cluster=%d", !c->hf_round,
+			 n, k, m, cl);
 		sg_check(what, sg, rc, nm);
 		/* through the op, the rows past the skinny kernel's */
 		sg_poison(sg, nm);
 		c->swiglu_wg = 1;
+		c->swiglu_wg_cl = cl;
 		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2],
 							   n, k, m),
 				0);
 		c->swiglu_wg = was;
-		snprintf(what, sizeof(what), "matmul_swiglu (wg from 1 row) n=%u k=%u m=%u", n, k, m);
+		c->swiglu_wg_cl = was_cl;
+		snprintf(what, sizeof(what), "matmul_swiglu (wg from 1 row) n=%u k=%u m=%u cluster=%d",
+			 n, k, m, cl);
 		sg_check(what, sg, rc, nm);
 	}
 	free(rc);
@@ -428,7 +434,7 @@ static void test_swiglu_wg_refusals(void)
 		mat3_new(&t, xc, n, k, 8, m, 0);
 		sc = mat3_swiglu_ref(&t, xc, n, k);
 		rc = gt_get(gt_cpu, sc, nm);
-		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, 0, c->n_sms,
+		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, 0, c->n_sms, 1,
 					     c->stream),
 				-EINVAL);
 		sg_poison(sg, nm);
@@ -439,10 +445,14 @@ static void test_swiglu_wg_refusals(void)
 		c->swiglu_wg = was;
 		snprintf(what, sizeof(what), "matmul_swiglu (wg refused) n=%u k=%u m=%u", n, k, m);
 		sg_check(what, sg, rc, nm);
-		if (i == 0) /* an input 2 bytes off 16-byte alignment, at a shape it takes */
-			KT_CHECK_EQ_INT(kc_swiglu_wg(sg, (char *)xg + 2, t.wg[1], t.wg[2], 64, 64, 128,
-						     0, c->n_sms, c->stream),
+		if (i == 0) { /* a cluster of 3; an input off 16-byte alignment */
+			KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], 64, 64, 128, 0,
+						     c->n_sms, 3, c->stream),
 					-EINVAL);
+			KT_CHECK_EQ_INT(kc_swiglu_wg(sg, (char *)xg + 2, t.wg[1], t.wg[2], 64, 64, 128,
+						     0, c->n_sms, 1, c->stream),
+					-EINVAL);
+		}
 		free(rc);
 		free(x);
 		gt_cpu->ops->free(gt_cpu, sc);
@@ -1046,22 +1056,27 @@ static void test_softmax_ids(void)
  * of columns and several, the 1B and 8B k, more tiles than SMs. */
 static void test_swiglu_wg_all(void)
 {
-	if (test_swiglu_wg(128, 64, 128, 0) < 0) {
+	if (test_swiglu_wg(128, 64, 128, 0, 1) < 0) {
 		printf("swiglu_wg: not run (needs an sm_90a build on compute capability 9.0)\n");
 		return;
 	}
-	KT_CHECK_EQ_INT(test_swiglu_wg(1, 64, 128, 0), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(65, 512, 256, 0), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(128, 2048, 1024, 0), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(200, 512, 384, 0), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(300, 4096, 256, 0), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(1024, 4096, 2048, 0), 0);
-	/* Several tiles a block: 9 tiles on one block with one k slice a tile
-	 * (the stages' phases wrap twice), 64 tiles on 7, and 160 tiles (more
-	 * than an H100's or H200's 132 multiprocessors) on the device's. */
-	KT_CHECK_EQ_INT(test_swiglu_wg(300, 64, 384, 1), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(1000, 512, 1024, 7), 0);
-	KT_CHECK_EQ_INT(test_swiglu_wg(2048, 256, 1280, 0), 0);
+	for (int cl = 1; cl <= 2; cl++) {
+		KT_CHECK_EQ_INT(test_swiglu_wg(1, 64, 128, 0, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(65, 512, 256, 0, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(128, 2048, 1024, 0, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(200, 512, 384, 0, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(300, 4096, 256, 0, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(1024, 4096, 2048, 0, cl), 0);
+		/* Several tiles a block: 9 tiles on one block (clusters: 6 on
+		 * one pair) with one k slice a tile (the stages' phases wrap),
+		 * 64 tiles on 7 (a pair of 6 or 3 pairs), and 160 tiles (more
+		 * than an H100's or H200's 132 multiprocessors) on the device's;
+		 * odd row-tile counts (3, 3, 1) leave a pair's second tile past
+		 * the rows. */
+		KT_CHECK_EQ_INT(test_swiglu_wg(300, 64, 384, 1, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(1000, 512, 1024, 7, cl), 0);
+		KT_CHECK_EQ_INT(test_swiglu_wg(2048, 256, 1280, 0, cl), 0);
+	}
 	test_swiglu_wg_refusals();
 }
 

@@ -20,10 +20,10 @@
  * Mode wg: gate/up with the SwiGLU in one warp-specialised wgmma kernel
  * (cuda_gemm_wg.cu, HEARTH_CUDA_SWIGLU_WG) against cuBLASLt's pair and the
  * SwiGLU pass, at 256 to 2048 rows (prefill chunks), the output checked
- * against cuBLASLt's first: us per launch and TFLOP/s. The kernel has no
- * cluster multicast yet; at 128 x 256 x 64 a stage it asks about 11 TB/s of
- * the L2 at the tensor cores' peak, so a shortfall against cuBLASLt here
- * points at the L2 (docs/gpu.md, kernels/cuda/NOTES.md).
+ * against cuBLASLt's first: us per launch and TFLOP/s, one CTA a cluster
+ * and two (the weight slices multicast to a pair of row tiles: half the L2
+ * reads; at 128 x 256 x 64 a stage and the tensor cores' peak, one CTA an SM
+ * alone asks about 11 TB/s of the L2).
  *
  * Usage: time_cuda_gemv [1b|8b|all] [skinny|wg]     (last line: BENCH {json})
  */
@@ -534,36 +534,45 @@ static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char 
 		void *in = rand_dev((size_t)n * k * 2), *o_lt = rand_dev(nm * 2);
 		void *o_wg = rand_dev(nm * 2), *out[3] = { o_lt, NULL, NULL };
 		void *tmp_was[2] = { lt_tmp[0], lt_tmp[1] };
-		double t_lt, t_wg, flop = 4.0 * n * k * m;
-		cudaEvent_t e0, e1;
-		float ms, best = 1e30f;
-		float *ref, *got;
-		int r;
+		double t_lt, flop = 4.0 * n * k * m;
 
 		lt_tmp[0] = rand_dev(nm * 2);
 		lt_tmp[1] = rand_dev(nm * 2);
 		c->swiglu_wg = 0;
 		KT_CHECK_EQ_INT(mat_run_lt(&mt, &w, out, in, n), 0);
-		r = kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m, c->hf_round, n_sms, st);
-		if (r < 0) {
-			printf("  %s n=%u: the wgmma kernel refused (%d): not an sm_90a build on a 9.0 "
-			       "device?\n", name, n, r);
-			KT_CHECK(0);
-		} else {
+		t_lt = time_mat(&mt, &w, 1, out, in, n, &lt, 10);
+		printf("  %-12s n=%-5u cuBLASLt pair + SwiGLU %8.1f us (%4.0f TFLOP/s)", name, n, t_lt,
+		       flop / t_lt * 1e-6);
+		snprintf(json + strlen(json), jcap - strlen(json), "\"%s n%u\":{\"lt_us\":%.2f",
+			 name, n, t_lt);
+		for (int cl = 1; cl <= 2; cl++) {
+			float ms, best = 1e30f;
+			cudaEvent_t e0, e1;
+			float *ref, *got;
+			double t_wg;
+			int r;
+
+			r = kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m, c->hf_round, n_sms, cl, st);
+			if (r < 0) {
+				printf("\n  %s n=%u cluster %d: the wgmma kernel refused (%d): not an "
+				       "sm_90a build on a 9.0 device?\n",
+				       name, n, cl, r);
+				KT_CHECK(0);
+				continue;
+			}
 			KT_CHECK_EQ_INT(cudaStreamSynchronize(st), 0);
 			ref = gt_get(be, o_lt, nm);
 			got = gt_get(be, o_wg, nm);
 			KT_CHECK(close_rms(got, ref, nm));
 			free(ref);
 			free(got);
-			t_lt = time_mat(&mt, &w, 1, out, in, n, &lt, 10);
 			cudaEventCreate(&e0);
 			cudaEventCreate(&e1);
 			for (int rep = 0; rep < 4; rep++) {
 				cudaEventRecord(e0, st);
 				for (int j = 0; j < 10; j++)
 					KT_CHECK_EQ_INT(kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m,
-								     c->hf_round, n_sms, st),
+								     c->hf_round, n_sms, cl, st),
 							0);
 				cudaEventRecord(e1, st);
 				cudaEventSynchronize(e1);
@@ -574,12 +583,12 @@ static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char 
 			cudaEventDestroy(e0);
 			cudaEventDestroy(e1);
 			t_wg = best * 1e3 / 10;
-			printf("  %-12s n=%-5u cuBLASLt pair + SwiGLU %8.1f us (%4.0f TFLOP/s)   wgmma "
-			       "%8.1f us (%4.0f TFLOP/s)   %.3fx\n",
-			       name, n, t_lt, flop / t_lt * 1e-6, t_wg, flop / t_wg * 1e-6, t_lt / t_wg);
-			snprintf(json + strlen(json), jcap - strlen(json),
-				 "\"%s n%u\":{\"lt_us\":%.2f,\"wg_us\":%.2f},", name, n, t_lt, t_wg);
+			printf("   wgmma cluster %d %8.1f us (%4.0f TFLOP/s, %.3fx)", cl, t_wg,
+			       flop / t_wg * 1e-6, t_lt / t_wg);
+			snprintf(json + strlen(json), jcap - strlen(json), ",\"wg%d_us\":%.2f", cl, t_wg);
 		}
+		printf("\n");
+		snprintf(json + strlen(json), jcap - strlen(json), "},");
 		be->ops->free(be, lt_tmp[0]);
 		be->ops->free(be, lt_tmp[1]);
 		lt_tmp[0] = tmp_was[0];
