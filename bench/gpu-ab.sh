@@ -63,7 +63,7 @@ wait_model() {
 t() {
 	name=$1; shift
 	# shellcheck disable=SC2086
-	timeout "$AB_TEST_TIMEOUT" env $AB_TEST_ENV "$@" >"$OUT/$name.log" 2>&1
+	timeout "$AB_TEST_TIMEOUT" env $AB_TEST_ENV stdbuf -oL "$@" >"$OUT/$name.log" 2>&1
 	echo "== $name rc=$? $(el)"; grep -iE "out of tolerance|fail|mismatch" "$OUT/$name.log" | head -5
 }
 # shellcheck disable=SC2086
@@ -77,7 +77,7 @@ if on attn; then
 fi
 if on wg; then
 	timeout 120 $R/time_cuda_gemv all wg >"$OUT/wg-time.log" 2>&1
-	echo "-- wg rc=$? $(el)"; grep -E "n=|refused|tolerance" "$OUT/wg-time.log" | cut -c1-160
+	echo "-- wg rc=$? $(el)"; grep -E "n=|refused|tolerance|differ" "$OUT/wg-time.log" | cut -c1-240
 fi
 on profile && for s in 1b 8b; do
 	timeout 120 $R/hearth-bench-engine --backend cuda --shape $s --ctx 2048 --batches 64 \

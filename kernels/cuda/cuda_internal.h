@@ -340,8 +340,9 @@ int kc_skinny_swiglu(void *out, const void *in, const void *w_gate, const void *
 		     int n_sms, const struct kc_skinny_cfg *cfg, cudaStream_t st);
 /* cuda_gemm_wg.cu: out[n, m] = silu(in @ Wg^T) * (in @ Wu^T) on wgmma with
  * TMA loads, for many rows (HEARTH_CUDA_SWIGLU_WG=N: from N rows), over at
- * most n_sms CTAs in clusters of cl (1, or 2: the weights multicast to a
- * pair of row tiles, HEARTH_CUDA_SWIGLU_WG_CL); -EINVAL where it does not
+ * most n_sms CTAs (at cl = 2 one cluster at least) in clusters of cl (1, or
+ * 2: the weights multicast to a pair of row tiles,
+ * HEARTH_CUDA_SWIGLU_WG_CL); -EINVAL where it does not
  * run (not sm_90a, k % 64, m % 128, alignment, no cluster of two resident).
  * _init returns whether it can. kc_tma_encoder: the driver's
  * cuTensorMapEncodeTiled, or NULL. */

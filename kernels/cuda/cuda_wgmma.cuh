@@ -151,10 +151,13 @@ static __device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const void *
 		     : "memory");
 }
 
-/* Thread blocks clusters: this CTA's rank in its cluster; an arrival on the
- * mbarrier at the local address addr of the CTA of rank `rank` (release at
- * cluster scope); every thread of every CTA of the cluster meets (release,
- * acquire; all threads of a warp together). */
+/* Thread block clusters: this CTA's rank in its cluster; an arrival on the
+ * mbarrier at the local address addr of the CTA of rank `rank` (the default
+ * release at CTA scope, as CUTLASS's ClusterBarrier: what it releases are
+ * wgmma reads, already done at wgmma.wait_group, for a TMA write, both of
+ * the async proxy; .release.cluster would add a GPU-scope fence an arrival);
+ * every thread of every CTA of the cluster meets (release, acquire; all
+ * threads of a warp together). */
 static __device__ __forceinline__ uint32_t cluster_rank(void)
 {
 	uint32_t r;
@@ -167,7 +170,7 @@ static __device__ __forceinline__ void mbar_arrive_cluster(uint32_t addr, uint32
 {
 	asm volatile("{\n.reg .b32 ra;\n"
 		     "mapa.shared::cluster.u32 ra, %0, %1;\n"
-		     "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}\n" ::"r"(addr),
+		     "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(addr),
 		     "r"(rank)
 		     : "memory");
 }

@@ -37,10 +37,14 @@ run() {
 	grep -E 'FAIL|fail|out of tolerance|ERROR|error|ok$|worst rel|agreement|follows|ms' \
 		"$OUT/$name.log" | grep -v '^  .*worst=0\.[0-9]* of tol' | tail -n 25
 }
-run ops "$R/test_cuda_ops"
-run attention "$R/test_cuda_attention"
+# The wgmma SwiGLU kernel's checks first and bounded: a barrier mistake in a
+# new kernel hangs rather than fails (stdbuf: a killed run keeps its lines).
+run ops_swiglu_wg timeout 120 stdbuf -oL "$R/test_cuda_ops" swiglu_wg
+run ops timeout 400 stdbuf -oL "$R/test_cuda_ops"
+run attention timeout 400 stdbuf -oL "$R/test_cuda_attention"
 run engine "$R/test_cuda_engine" $M/llama-tiny $M/qwen2-tiny $M/llama3-scaled $M/mistral-tiny
 run skinny "$R/test_cuda_skinny"
-run memcheck_ops timeout 150 compute-sanitizer --tool memcheck --leak-check no "$R/test_cuda_ops"
+run memcheck_ops timeout 300 compute-sanitizer --tool memcheck --leak-check no "$R/test_cuda_ops"
+run memcheck_wg timeout 200 compute-sanitizer --tool memcheck --leak-check no "$R/test_cuda_ops" swiglu_wg
 run memcheck_attn timeout 150 compute-sanitizer --tool memcheck "$R/test_cuda_attention" quick
 run racecheck_attn timeout 120 compute-sanitizer --tool racecheck "$R/test_cuda_attention" quick

@@ -339,6 +339,43 @@ static void sg_check(const char *what, const void *out, const float *ref, size_t
 }
 
 /*
+ * Clusters of two run the same wgmma a tile as one CTA a cluster: out (just
+ * written at cl = 2) must hold the bits of a cl = 1 run, and three more
+ * cl = 2 runs the same again (a race between the two CTAs of a cluster
+ * would show as a run that differs, which a tolerance might not catch).
+ */
+static void sg_same_bits(void *out, const void *in, const void *wg, const void *wu, uint32_t n,
+			 uint32_t k, uint32_t m, int blocks)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	const size_t nm = (size_t)n * m;
+	void *o1 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
+	float *g2 = gt_get(gt_gpu, out, nm), *g1, *g;
+
+	KT_CHECK(o1 != NULL);
+	KT_CHECK_EQ_INT(kc_swiglu_wg(o1, in, wg, wu, n, k, m, c->hf_round, blocks, 1, c->stream), 0);
+	g1 = gt_get(gt_gpu, o1, nm);
+	if (memcmp(g1, g2, nm * sizeof(float)))
+		fprintf(stderr, "swiglu_wg n=%u k=%u m=%u: clusters of 2 and 1 differ\n", n, k, m);
+	KT_CHECK(memcmp(g1, g2, nm * sizeof(float)) == 0);
+	for (int rep = 0; rep < 3; rep++) {
+		sg_poison(out, nm);
+		KT_CHECK_EQ_INT(kc_swiglu_wg(out, in, wg, wu, n, k, m, c->hf_round, blocks, 2,
+					     c->stream),
+				0);
+		g = gt_get(gt_gpu, out, nm);
+		if (memcmp(g1, g, nm * sizeof(float)))
+			fprintf(stderr, "swiglu_wg n=%u k=%u m=%u: cluster run %d differs\n", n, k, m,
+				rep);
+		KT_CHECK(memcmp(g1, g, nm * sizeof(float)) == 0);
+		free(g);
+	}
+	free(g1);
+	free(g2);
+	gt_gpu->ops->free(gt_gpu, o1);
+}
+
+/*
  * gate/up with the SwiGLU in a wgmma epilogue (cuda_gemm_wg.cu) against the
  * cpu backend's two matmuls and swiglu: directly, over n_sms blocks (0: the
  * device's; fewer than the tiles makes each block take several, so the
@@ -378,6 +415,8 @@ static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms, int cl)
 		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u blocks=%d cluster=%d", n, k,
 			 m, n_sms ? n_sms : c->n_sms, cl);
 		sg_check(what, sg, rc, nm);
+		if (cl == 2)
+			sg_same_bits(sg, xg, t.wg[1], t.wg[2], n, k, m, n_sms ? n_sms : c->n_sms);
 		/* the other rounding (one more bf16 rounding of silu(gate) or not) */
 		sg_poison(sg, nm);
 		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, !c->hf_round,
@@ -1067,12 +1106,12 @@ static void test_swiglu_wg_all(void)
 		KT_CHECK_EQ_INT(test_swiglu_wg(200, 512, 384, 0, cl), 0);
 		KT_CHECK_EQ_INT(test_swiglu_wg(300, 4096, 256, 0, cl), 0);
 		KT_CHECK_EQ_INT(test_swiglu_wg(1024, 4096, 2048, 0, cl), 0);
-		/* Several tiles a block: 9 tiles on one block (clusters: 6 on
-		 * one pair) with one k slice a tile (the stages' phases wrap),
-		 * 64 tiles on 7 (a pair of 6 or 3 pairs), and 160 tiles (more
-		 * than an H100's or H200's 132 multiprocessors) on the device's;
-		 * odd row-tile counts (3, 3, 1) leave a pair's second tile past
-		 * the rows. */
+		/* Several tiles a block: 9 tiles (3 row tiles x 3) on one block
+		 * (clusters: 6 on one pair, the second of the last pair past the
+		 * rows) with one k slice a tile (the stages' phases wrap), 64
+		 * tiles (8 x 8) on 7 blocks (3 pairs), and 160 tiles (16 x 10:
+		 * more than an H100's or H200's 132 multiprocessors) on the
+		 * device's. Odd row-tile counts above: n = 1, 65, 128, 300. */
 		KT_CHECK_EQ_INT(test_swiglu_wg(300, 64, 384, 1, cl), 0);
 		KT_CHECK_EQ_INT(test_swiglu_wg(1000, 512, 1024, 7, cl), 0);
 		KT_CHECK_EQ_INT(test_swiglu_wg(2048, 256, 1280, 0, cl), 0);

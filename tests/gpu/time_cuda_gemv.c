@@ -552,6 +552,8 @@ static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char 
 			double t_wg;
 			int r;
 
+			/* NaN first: an element the kernel leaves fails the check */
+			KT_CHECK_EQ_INT(cudaMemsetAsync(o_wg, 0xff, nm * 2, st), cudaSuccess);
 			r = kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m, c->hf_round, n_sms, cl, st);
 			if (r < 0) {
 				printf("\n  %s n=%u cluster %d: the wgmma kernel refused (%d): not an "
