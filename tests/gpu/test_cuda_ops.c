@@ -338,41 +338,106 @@ static void sg_check(const char *what, const void *out, const float *ref, size_t
 	free(g);
 }
 
-/*
- * Clusters of two run the same wgmma a tile as one CTA a cluster: out (just
- * written at cl = 2) must hold the bits of a cl = 1 run, and three more
- * cl = 2 runs the same again (a race between the two CTAs of a cluster
- * would show as a run that differs, which a tolerance might not catch).
- */
-static void sg_same_bits(void *out, const void *in, const void *wg, const void *wu, uint32_t n,
-			 uint32_t k, uint32_t m, int blocks)
+/* One shape's inputs, weights (mat3's matrices 1 and 2), the cpu backend's
+ * answer (rc) and the cuda outputs: sg (with the guard), t1 and t2 (gate
+ * and up scratch of the cuBLASLt path). */
+struct sg_case {
+	uint32_t n, k, m;
+	size_t nm;
+	float *x, *rc;
+	void *xc, *xg, *sc, *sg, *t1, *t2;
+	struct mat3 t;
+};
+
+static void sg_case_new(struct sg_case *e, uint32_t n, uint32_t k, uint32_t m)
+{
+	e->n = n, e->k = k, e->m = m, e->nm = (size_t)n * m;
+	e->x = gt_rand(&rng, (size_t)n * k, 1.0f);
+	e->xc = gt_put(gt_cpu, e->x, (size_t)n * k);
+	e->xg = gt_put(gt_gpu, e->x, (size_t)n * k);
+	e->sg = gt_gpu->ops->alloc(gt_gpu, (e->nm + SG_GUARD) * 2);
+	e->t1 = gt_gpu->ops->alloc(gt_gpu, e->nm * 2);
+	e->t2 = gt_gpu->ops->alloc(gt_gpu, e->nm * 2);
+	KT_CHECK(e->sg && e->t1 && e->t2);
+	mat3_new(&e->t, e->xc, n, k, 8, m, 0);
+	e->sc = mat3_swiglu_ref(&e->t, e->xc, n, k);
+	e->rc = gt_get(gt_cpu, e->sc, e->nm);
+}
+
+static void sg_case_free(struct sg_case *e)
+{
+	free(e->rc);
+	free(e->x);
+	gt_cpu->ops->free(gt_cpu, e->sc);
+	gt_cpu->ops->free(gt_cpu, e->xc);
+	gt_gpu->ops->free(gt_gpu, e->xg);
+	gt_gpu->ops->free(gt_gpu, e->sg);
+	gt_gpu->ops->free(gt_gpu, e->t1);
+	gt_gpu->ops->free(gt_gpu, e->t2);
+	mat3_free(&e->t);
+}
+
+/* The kernel on e's shape into e->sg, clusters of cl. */
+static int sg_run(const struct sg_case *e, int hf, int blocks, int cl)
 {
 	struct kern_cuda *c = gt_gpu->priv;
-	const size_t nm = (size_t)n * m;
-	void *o1 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
-	float *g2 = gt_get(gt_gpu, out, nm), *g1, *g;
 
-	KT_CHECK(o1 != NULL);
-	KT_CHECK_EQ_INT(kc_swiglu_wg(o1, in, wg, wu, n, k, m, c->hf_round, blocks, 1, c->stream), 0);
-	g1 = gt_get(gt_gpu, o1, nm);
-	if (memcmp(g1, g2, nm * sizeof(float)))
-		fprintf(stderr, "swiglu_wg n=%u k=%u m=%u: clusters of 2 and 1 differ\n", n, k, m);
-	KT_CHECK(memcmp(g1, g2, nm * sizeof(float)) == 0);
+	return kc_swiglu_wg(e->sg, e->xg, e->t.wg[1], e->t.wg[2], e->n, e->k, e->m, hf, blocks,
+			    cl, c->stream);
+}
+
+/* matmul_swiglu with HEARTH_CUDA_SWIGLU_WG's threshold at 1 and clusters of
+ * cl (the kernel where it takes the shape, else cuBLASLt), checked. */
+static void sg_via_op(const struct sg_case *e, int cl, const char *tag)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	const uint32_t was = c->swiglu_wg;
+	const int was_cl = c->swiglu_wg_cl;
+	char what[128];
+
+	sg_poison(e->sg, e->nm);
+	c->swiglu_wg = 1;
+	c->swiglu_wg_cl = cl;
+	KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, e->sg, e->t1, e->t2, e->xg, e->t.wg[1],
+						   e->t.wg[2], e->n, e->k, e->m),
+			0);
+	c->swiglu_wg = was;
+	c->swiglu_wg_cl = was_cl;
+	snprintf(what, sizeof(what), "matmul_swiglu (%s) n=%u k=%u m=%u cluster=%d", tag, e->n,
+		 e->k, e->m, cl);
+	sg_check(what, e->sg, e->rc, e->nm);
+}
+
+/*
+ * Clusters of two run the same wgmma a tile as one CTA a cluster: e->sg
+ * (just written at cl = 2) must hold the bits of a cl = 1 run, and three
+ * more cl = 2 runs the same again (a race between the two CTAs of a
+ * cluster would show as a run that differs, which a tolerance might not).
+ */
+static void sg_same_bits(const struct sg_case *e, int blocks)
+{
+	struct kern_cuda *c = gt_gpu->priv;
+	float *g2 = gt_get(gt_gpu, e->sg, e->nm), *g1, *g;
+	const size_t bytes = e->nm * sizeof(float);
+
+	KT_CHECK_EQ_INT(sg_run(e, c->hf_round, blocks, 1), 0);
+	g1 = gt_get(gt_gpu, e->sg, e->nm);
+	if (memcmp(g1, g2, bytes))
+		fprintf(stderr, "swiglu_wg n=%u k=%u m=%u: clusters of 2 and 1 differ\n", e->n, e->k,
+			e->m);
+	KT_CHECK(memcmp(g1, g2, bytes) == 0);
 	for (int rep = 0; rep < 3; rep++) {
-		sg_poison(out, nm);
-		KT_CHECK_EQ_INT(kc_swiglu_wg(out, in, wg, wu, n, k, m, c->hf_round, blocks, 2,
-					     c->stream),
-				0);
-		g = gt_get(gt_gpu, out, nm);
-		if (memcmp(g1, g, nm * sizeof(float)))
-			fprintf(stderr, "swiglu_wg n=%u k=%u m=%u: cluster run %d differs\n", n, k, m,
-				rep);
-		KT_CHECK(memcmp(g1, g, nm * sizeof(float)) == 0);
+		sg_poison(e->sg, e->nm);
+		KT_CHECK_EQ_INT(sg_run(e, c->hf_round, blocks, 2), 0);
+		g = gt_get(gt_gpu, e->sg, e->nm);
+		if (memcmp(g1, g, bytes))
+			fprintf(stderr, "swiglu_wg n=%u k=%u m=%u: cluster run %d differs\n", e->n,
+				e->k, e->m, rep);
+		KT_CHECK(memcmp(g1, g, bytes) == 0);
 		free(g);
 	}
 	free(g1);
 	free(g2);
-	gt_gpu->ops->free(gt_gpu, o1);
 }
 
 /*
@@ -380,127 +445,68 @@ static void sg_same_bits(void *out, const void *in, const void *wg, const void *
  * cpu backend's two matmuls and swiglu: directly, over n_sms blocks (0: the
  * device's; fewer than the tiles makes each block take several, so the
  * barriers' phases run on across tiles) in clusters of cl (2: the weights
- * multicast to a pair of row tiles), with and without transformers'
- * rounding, and through matmul_swiglu with HEARTH_CUDA_SWIGLU_WG's threshold
- * at 1. The outputs start as NaN with a guard after them. Returns 0, or -1
- * where the kernel cannot run here (not an sm_90a build on a 9.0 device);
- * a refusal where it can is a failure.
+ * multicast to a pair of row tiles, also checked bit for bit against 1),
+ * with and without transformers' rounding, and through matmul_swiglu with
+ * HEARTH_CUDA_SWIGLU_WG's threshold at 1. The outputs start as NaN with a
+ * guard after them. Returns 0, or -1 where the kernel cannot run here (not
+ * an sm_90a build on a 9.0 device); a refusal where it can is a failure.
  */
 static int test_swiglu_wg(uint32_t n, uint32_t k, uint32_t m, int n_sms, int cl)
 {
 	struct kern_cuda *c = gt_gpu->priv;
-	const size_t nm = (size_t)n * m;
-	float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc;
-	void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
-	void *sg = gt_gpu->ops->alloc(gt_gpu, (nm + SG_GUARD) * 2);
-	void *t1 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
-	void *t2 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
-	const uint32_t was = c->swiglu_wg;
-	const int was_cl = c->swiglu_wg_cl;
 	const int can = kc_wgmma_device() && kc_tma_encoder() != NULL;
-	struct mat3 t;
+	const int blocks = n_sms ? n_sms : c->n_sms;
+	struct sg_case e;
 	char what[128];
-	void *sc;
 	int r;
 
-	KT_CHECK(sg && t1 && t2);
-	mat3_new(&t, xc, n, k, 8, m, 0);
-	sc = mat3_swiglu_ref(&t, xc, n, k);
-	rc = gt_get(gt_cpu, sc, nm);
-	sg_poison(sg, nm);
-	r = kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, c->hf_round,
-			 n_sms ? n_sms : c->n_sms, cl, c->stream);
+	sg_case_new(&e, n, k, m);
+	sg_poison(e.sg, e.nm);
+	r = sg_run(&e, c->hf_round, blocks, cl);
 	if (can || r != -EINVAL) {
 		KT_CHECK_EQ_INT(r, 0);
 		snprintf(what, sizeof(what), "swiglu_wg n=%u k=%u m=%u blocks=%d cluster=%d", n, k,
-			 m, n_sms ? n_sms : c->n_sms, cl);
-		sg_check(what, sg, rc, nm);
+			 m, blocks, cl);
+		sg_check(what, e.sg, e.rc, e.nm);
 		if (cl == 2)
-			sg_same_bits(sg, xg, t.wg[1], t.wg[2], n, k, m, n_sms ? n_sms : c->n_sms);
+			sg_same_bits(&e, blocks);
 		/* the other rounding (one more bf16 rounding of silu(gate) or not) */
-		sg_poison(sg, nm);
-		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, !c->hf_round,
-					     n_sms ? n_sms : c->n_sms, cl, c->stream),
-				0);
+		sg_poison(e.sg, e.nm);
+		KT_CHECK_EQ_INT(sg_run(&e, !c->hf_round, blocks, cl), 0);
 		snprintf(what, sizeof(what), "swiglu_wg hf=%d n=%u k=%u m=%u cluster=%d", !c->hf_round,
 			 n, k, m, cl);
-		sg_check(what, sg, rc, nm);
+		sg_check(what, e.sg, e.rc, e.nm);
 		/* through the op, the rows past the skinny kernel's */
-		sg_poison(sg, nm);
-		c->swiglu_wg = 1;
-		c->swiglu_wg_cl = cl;
-		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2],
-							   n, k, m),
-				0);
-		c->swiglu_wg = was;
-		c->swiglu_wg_cl = was_cl;
-		snprintf(what, sizeof(what), "matmul_swiglu (wg from 1 row) n=%u k=%u m=%u cluster=%d",
-			 n, k, m, cl);
-		sg_check(what, sg, rc, nm);
+		sg_via_op(&e, cl, "wg from 1 row");
 	}
-	free(rc);
-	free(x);
-	gt_cpu->ops->free(gt_cpu, sc);
-	gt_cpu->ops->free(gt_cpu, xc);
-	gt_gpu->ops->free(gt_gpu, xg);
-	gt_gpu->ops->free(gt_gpu, sg);
-	gt_gpu->ops->free(gt_gpu, t1);
-	gt_gpu->ops->free(gt_gpu, t2);
-	mat3_free(&t);
+	sg_case_free(&e);
 	return r == -EINVAL ? -1 : 0;
 }
 
-/* Shapes the kernel refuses (k not a multiple of 64, m not of 128, an input
- * not 16-byte aligned): -EINVAL at once, and matmul_swiglu with the knob at
- * 1 then gives the cuBLASLt path's right answer for the first two. */
+/* Shapes the kernel refuses (k not a multiple of 64, m not of 128; on the
+ * first, a cluster of 3 and an input not 16-byte aligned): -EINVAL at once,
+ * and matmul_swiglu with the knob at 1 then gives the cuBLASLt path's
+ * right answer. */
 static void test_swiglu_wg_refusals(void)
 {
 	static const uint32_t shp[][3] = { { 70, 96, 256 }, { 70, 128, 200 } };
 	struct kern_cuda *c = gt_gpu->priv;
-	const uint32_t was = c->swiglu_wg;
 
 	for (size_t i = 0; i < KT_ARRAY_SIZE(shp); i++) {
-		const uint32_t n = shp[i][0], k = shp[i][1], m = shp[i][2];
-		const size_t nm = (size_t)n * m;
-		float *x = gt_rand(&rng, (size_t)n * k, 1.0f), *rc;
-		void *xc = gt_put(gt_cpu, x, (size_t)n * k), *xg = gt_put(gt_gpu, x, (size_t)n * k);
-		void *sg = gt_gpu->ops->alloc(gt_gpu, (nm + SG_GUARD) * 2);
-		void *t1 = gt_gpu->ops->alloc(gt_gpu, nm * 2), *t2 = gt_gpu->ops->alloc(gt_gpu, nm * 2);
-		struct mat3 t;
-		char what[96];
-		void *sc;
+		struct sg_case e;
 
-		mat3_new(&t, xc, n, k, 8, m, 0);
-		sc = mat3_swiglu_ref(&t, xc, n, k);
-		rc = gt_get(gt_cpu, sc, nm);
-		KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], n, k, m, 0, c->n_sms, 1,
-					     c->stream),
-				-EINVAL);
-		sg_poison(sg, nm);
-		c->swiglu_wg = 1;
-		KT_CHECK_EQ_INT(gt_gpu->ops->matmul_swiglu(gt_gpu, sg, t1, t2, xg, t.wg[1], t.wg[2],
-							   n, k, m),
-				0);
-		c->swiglu_wg = was;
-		snprintf(what, sizeof(what), "matmul_swiglu (wg refused) n=%u k=%u m=%u", n, k, m);
-		sg_check(what, sg, rc, nm);
-		if (i == 0) { /* a cluster of 3; an input off 16-byte alignment */
-			KT_CHECK_EQ_INT(kc_swiglu_wg(sg, xg, t.wg[1], t.wg[2], 64, 64, 128, 0,
+		sg_case_new(&e, shp[i][0], shp[i][1], shp[i][2]);
+		KT_CHECK_EQ_INT(sg_run(&e, 0, c->n_sms, 1), -EINVAL);
+		sg_via_op(&e, 1, "wg refused");
+		if (i == 0) {
+			KT_CHECK_EQ_INT(kc_swiglu_wg(e.sg, e.xg, e.t.wg[1], e.t.wg[2], 64, 64, 128, 0,
 						     c->n_sms, 3, c->stream),
 					-EINVAL);
-			KT_CHECK_EQ_INT(kc_swiglu_wg(sg, (char *)xg + 2, t.wg[1], t.wg[2], 64, 64, 128,
-						     0, c->n_sms, 1, c->stream),
+			KT_CHECK_EQ_INT(kc_swiglu_wg(e.sg, (char *)e.xg + 2, e.t.wg[1], e.t.wg[2], 64,
+						     64, 128, 0, c->n_sms, 1, c->stream),
 					-EINVAL);
 		}
-		free(rc);
-		free(x);
-		gt_cpu->ops->free(gt_cpu, sc);
-		gt_cpu->ops->free(gt_cpu, xc);
-		gt_gpu->ops->free(gt_gpu, xg);
-		gt_gpu->ops->free(gt_gpu, sg);
-		gt_gpu->ops->free(gt_gpu, t1);
-		gt_gpu->ops->free(gt_gpu, t2);
-		mat3_free(&t);
+		sg_case_free(&e);
 	}
 }
 

@@ -238,37 +238,9 @@ static int close_rms(const float *got, const float *ref, size_t n)
 	return bad == 0;
 }
 
-static double copy_gbs(void)
-{
-	size_t bytes = (size_t)1 << 30;
-	void *a = be->ops->alloc(be, bytes), *b = be->ops->alloc(be, bytes);
-	cudaEvent_t e0, e1;
-	float ms, best = 1e30f;
-
-	KT_CHECK(a && b);
-	cudaEventCreate(&e0);
-	cudaEventCreate(&e1);
-	for (int r = 0; r < 4; r++) {
-		cudaEventRecord(e0, st);
-		for (int i = 0; i < 5; i++)
-			cudaMemcpyAsync(i & 1 ? a : b, i & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice,
-					st);
-		cudaEventRecord(e1, st);
-		cudaEventSynchronize(e1);
-		cudaEventElapsedTime(&ms, e0, e1);
-		if (r && ms < best)
-			best = ms;
-	}
-	cudaEventDestroy(e0);
-	cudaEventDestroy(e1);
-	be->ops->free(be, a);
-	be->ops->free(be, b);
-	return 2.0 * bytes * 5 / (best * 1e6);
-}
-
-/* Microseconds per launch of `reps` launches back to back (best of 3). */
-static double time_mat(const struct mat *mt, const struct wset *w, uint32_t nw, void *const out[3],
-		       const void *in, uint32_t n, const struct variant *v, int reps)
+/* Microseconds per launch of `reps` launches of run(arg, i), i = 0 .. reps - 1,
+ * back to back on st: the best of three rounds after a first one. */
+static double time_launches(int (*run)(const void *arg, int i), const void *arg, int reps)
 {
 	cudaEvent_t e0, e1;
 	float ms, best = 1e30f;
@@ -278,7 +250,7 @@ static double time_mat(const struct mat *mt, const struct wset *w, uint32_t nw, 
 	for (int r = 0; r < 4; r++) {
 		cudaEventRecord(e0, st);
 		for (int i = 0; i < reps; i++)
-			KT_CHECK_EQ_INT(mat_run(mt, &w[i % nw], out, in, n, v), 0);
+			KT_CHECK_EQ_INT(run(arg, i), 0);
 		cudaEventRecord(e1, st);
 		cudaEventSynchronize(e1);
 		cudaEventElapsedTime(&ms, e0, e1);
@@ -288,6 +260,58 @@ static double time_mat(const struct mat *mt, const struct wset *w, uint32_t nw, 
 	cudaEventDestroy(e0);
 	cudaEventDestroy(e1);
 	return best * 1e3 / reps;
+}
+
+struct copy_arg {
+	void *a, *b;
+	size_t bytes;
+};
+
+static int copy_run(const void *arg, int i)
+{
+	const struct copy_arg *c = arg;
+
+	return cudaMemcpyAsync(i & 1 ? c->a : c->b, i & 1 ? c->b : c->a, c->bytes,
+			       cudaMemcpyDeviceToDevice, st) == cudaSuccess ? 0 : -1;
+}
+
+static double copy_gbs(void)
+{
+	struct copy_arg c = { be->ops->alloc(be, (size_t)1 << 30), be->ops->alloc(be, (size_t)1 << 30),
+			      (size_t)1 << 30 };
+	double us;
+
+	KT_CHECK(c.a && c.b);
+	us = time_launches(copy_run, &c, 5);
+	be->ops->free(be, c.a);
+	be->ops->free(be, c.b);
+	return 2.0 * c.bytes / (us * 1e3);
+}
+
+struct mat_arg {
+	const struct mat *mt;
+	const struct wset *w;
+	uint32_t nw, n;
+	void *const *out;
+	const void *in;
+	const struct variant *v;
+};
+
+static int mat_launch(const void *arg, int i)
+{
+	const struct mat_arg *m = arg;
+
+	return mat_run(m->mt, &m->w[(uint32_t)i % m->nw], m->out, m->in, m->n, m->v);
+}
+
+/* Microseconds per launch of `reps` launches back to back (best of 3),
+ * over the nw weight sets in turn. */
+static double time_mat(const struct mat *mt, const struct wset *w, uint32_t nw, void *const out[3],
+		       const void *in, uint32_t n, const struct variant *v, int reps)
+{
+	const struct mat_arg m = { mt, w, nw, n, out, in, v };
+
+	return time_launches(mat_launch, &m, reps);
 }
 
 /* Row counts and variants of one table (the first variant is the reference). */
@@ -516,6 +540,21 @@ static void decode_step(int shape, double gbs, char *json, size_t jcap)
 		be->ops->free(be, bufs[i]);
 }
 
+struct wg_arg {
+	void *out;
+	const void *in, *wg, *wu;
+	uint32_t n, k, m;
+	int hf, cl;
+};
+
+static int wg_launch(const void *arg, int i)
+{
+	const struct wg_arg *a = arg;
+
+	(void)i;
+	return kc_swiglu_wg(a->out, a->in, a->wg, a->wu, a->n, a->k, a->m, a->hf, n_sms, a->cl, st);
+}
+
 /* Mode wg: one shape's gate/up (k, m) at each row count of ns. */
 static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char *json, size_t jcap)
 {
@@ -546,15 +585,14 @@ static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char 
 		snprintf(json + strlen(json), jcap - strlen(json), "\"%s n%u\":{\"lt_us\":%.2f",
 			 name, n, t_lt);
 		for (int cl = 1; cl <= 2; cl++) {
-			float ms, best = 1e30f;
-			cudaEvent_t e0, e1;
+			const struct wg_arg wa = { o_wg, in, w.w[0], w.w[1], n, k, m, c->hf_round, cl };
 			float *ref, *got;
 			double t_wg;
 			int r;
 
 			/* NaN first: an element the kernel leaves fails the check */
 			KT_CHECK_EQ_INT(cudaMemsetAsync(o_wg, 0xff, nm * 2, st), cudaSuccess);
-			r = kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m, c->hf_round, n_sms, cl, st);
+			r = wg_launch(&wa, 0);
 			if (r < 0) {
 				printf("\n  %s n=%u cluster %d: the wgmma kernel refused (%d): not an "
 				       "sm_90a build on a 9.0 device?\n",
@@ -568,23 +606,7 @@ static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char 
 			KT_CHECK(close_rms(got, ref, nm));
 			free(ref);
 			free(got);
-			cudaEventCreate(&e0);
-			cudaEventCreate(&e1);
-			for (int rep = 0; rep < 4; rep++) {
-				cudaEventRecord(e0, st);
-				for (int j = 0; j < 10; j++)
-					KT_CHECK_EQ_INT(kc_swiglu_wg(o_wg, in, w.w[0], w.w[1], n, k, m,
-								     c->hf_round, n_sms, cl, st),
-							0);
-				cudaEventRecord(e1, st);
-				cudaEventSynchronize(e1);
-				cudaEventElapsedTime(&ms, e0, e1);
-				if (rep && ms < best)
-					best = ms;
-			}
-			cudaEventDestroy(e0);
-			cudaEventDestroy(e1);
-			t_wg = best * 1e3 / 10;
+			t_wg = time_launches(wg_launch, &wa, 10);
 			printf("   wgmma cluster %d %8.1f us (%4.0f TFLOP/s, %.3fx)", cl, t_wg,
 			       flop / t_wg * 1e-6, t_lt / t_wg);
 			snprintf(json + strlen(json), jcap - strlen(json), ",\"wg%d_us\":%.2f", cl, t_wg);
