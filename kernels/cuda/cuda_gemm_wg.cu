@@ -332,8 +332,10 @@ extern "C" int kc_swiglu_wg(void *out, const void *in, const void *w_gate, const
 		grid = tiles < grid ? tiles : grid;
 		cfg = sg_cl2_config((unsigned)(2 * grid), st, &at);
 		if (cudaLaunchKernelEx(&cfg, swiglu_wg_kernel<2>, xm, gm, um, (bf16 *)out, n, m, k,
-				       hf) != cudaSuccess)
+				       hf) != cudaSuccess) {
+			(void)cudaGetLastError(); /* as kc_launch_pdl: not left for the next check */
 			return -EIO;
+		}
 	}
 	return cudaPeekAtLastError() == cudaSuccess ? 0 : -EIO;
 }

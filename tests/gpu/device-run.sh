@@ -45,6 +45,5 @@ run attention timeout 400 stdbuf -oL "$R/test_cuda_attention"
 run engine "$R/test_cuda_engine" $M/llama-tiny $M/qwen2-tiny $M/llama3-scaled $M/mistral-tiny
 run skinny "$R/test_cuda_skinny"
 run memcheck_ops timeout 300 compute-sanitizer --tool memcheck --leak-check no "$R/test_cuda_ops"
-run memcheck_wg timeout 200 compute-sanitizer --tool memcheck --leak-check no "$R/test_cuda_ops" swiglu_wg
 run memcheck_attn timeout 150 compute-sanitizer --tool memcheck "$R/test_cuda_attention" quick
 run racecheck_attn timeout 120 compute-sanitizer --tool racecheck "$R/test_cuda_attention" quick

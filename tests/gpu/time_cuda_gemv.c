@@ -556,7 +556,7 @@ static int wg_launch(const void *arg, int i)
 }
 
 /* Mode wg: one shape's gate/up (k, m) at each row count of ns. */
-static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char *json, size_t jcap)
+static void wg_shape(const char *name, uint32_t k, uint32_t m, char *json, size_t jcap)
 {
 	static const uint32_t ns[] = { 256, 512, 1024, 2048 };
 	const struct mat mt = { name, k, { m, 0, 0 }, 1, 0 };
@@ -565,7 +565,6 @@ static void wg_shape(const char *name, uint32_t k, uint32_t m, double gbs, char 
 	const uint32_t was = c->swiglu_wg;
 	struct wset w;
 
-	(void)gbs;
 	wset_new(&w, &mt);
 	for (size_t i = 0; i < KT_ARRAY_SIZE(ns); i++) {
 		const uint32_t n = ns[i];
@@ -656,9 +655,9 @@ int main(int argc, char **argv)
 	if (wg) {
 		printf("gate/up + SwiGLU, us per launch of 10 back to back:\n");
 		if (!strcmp(which, "all") || !strcmp(which, "1b"))
-			wg_shape("1B gate/up", 2048, 8192, gbs, json, sizeof(json));
+			wg_shape("1B gate/up", 2048, 8192, json, sizeof(json));
 		if (!strcmp(which, "all") || !strcmp(which, "8b"))
-			wg_shape("8B gate/up", 4096, 14336, gbs, json, sizeof(json));
+			wg_shape("8B gate/up", 4096, 14336, json, sizeof(json));
 		which = "none";
 	} else {
 		printf("one matrix, us per launch of 30 back to back (%s):\n",
